@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny random-weight BERT config on small data written here."""
+import os
+import pathlib
+import random
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices for the whole session, so MirroredStrategy tests have two
+# replicas; this must happen before anything initializes TensorFlow's devices.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from tf_finetune import config as config_lib  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED = config_lib.shared_data_dir()
+
+POSITIVE = ["a wonderful, moving film", "great acting and a clever plot", "i loved every minute",
+            "charming and funny", "a delight from start to finish", "superb direction"]
+NEGATIVE = ["a dull, tedious mess", "the plot makes no sense", "i wanted my money back",
+            "boring and far too long", "badly acted throughout", "a waste of a good cast"]
+
+
+def requires_shared(*parts):
+  """Skips unless ../shared/data/<parts> exists (CI and development machines only)."""
+  path = SHARED.joinpath(*parts) if SHARED else None
+  return pytest.mark.skipif(path is None or not path.exists(),
+                            reason=f"../shared/data/{'/'.join(parts)} is absent on this machine")
+
+
+def write_sentiment_tsv(directory, n_train=48, n_dev=16, seed=0):
+  """Small two-label TSV data set made of fixed phrases, with a header."""
+  rng = random.Random(seed)
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+    lines = ["sentence\tlabel"]
+    for i in range(n):
+      label = i % 2
+      words = rng.choice(POSITIVE if label else NEGATIVE)
+      lines.append(f"{words} {rng.choice(['.', '!', ', really .'])}\t{label}")
+    (directory / name).write_text("\n".join(lines) + "\n")
+  return directory
+
+
+def tiny_config(data_dir, **train):
+  """configs/smoke.py's model on a TSV folder, with dropout off for exact comparisons."""
+  c = config_lib.base_config()
+  c.model.random_init = True
+  c.model.num_layers, c.model.hidden_dim, c.model.num_heads, c.model.intermediate_dim = 2, 32, 2, 64
+  c.model.dropout = 0.0
+  c.data.source = "tsv"
+  c.data.dir = str(data_dir)
+  c.data.train_file, c.data.dev_file = "train.tsv", "dev.tsv"
+  c.data.text_column = "sentence"
+  c.data.max_seq_length = 32
+  c.train.steps, c.train.batch_size, c.train.learning_rate = 6, 8, 1e-3
+  c.train.eval_every, c.train.log_every = 3, 1
+  c.train.eval_splits = "dev"
+  for key, value in train.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  return config_lib.validate(c)
+
+
+@pytest.fixture
+def sentiment_dir(tmp_path):
+  return write_sentiment_tsv(tmp_path / "data")

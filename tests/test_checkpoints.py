@@ -1,0 +1,44 @@
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tf_finetune import checkpoints
+from tf_finetune.errors import CheckpointError
+
+
+@pytest.mark.slow
+def test_minilm_matches_transformers_reference():
+  """tests/fixtures/minilm_reference.npz comes from tools/make_reference.py (PyTorch)."""
+  ref = np.load(REPO / "tests" / "fixtures" / "minilm_reference.npz")
+  backbone = checkpoints.load_backbone(checkpoints.resolve_checkpoint_dir(checkpoints.MINILM))
+  out = backbone({"token_ids": ref["token_ids"], "segment_ids": ref["segment_ids"],
+                  "padding_mask": ref["padding_mask"]}, training=False)
+  mask = ref["padding_mask"].astype(bool)
+  diff = np.abs(np.asarray(out["sequence_output"]) - ref["last_hidden_state"])[mask]
+  assert diff.max() < 1e-4, diff.max()
+  pooled = np.abs(np.asarray(out["pooled_output"]) - ref["pooler_output"]).max()
+  assert pooled < 1e-4
+
+
+def test_unknown_name_is_not_downloaded():
+  with pytest.raises(CheckpointError, match="neither a local directory nor a known offline name"):
+    checkpoints.resolve_checkpoint_dir("bert-base-uncased")
+
+
+def test_unsupported_model_type(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+  with pytest.raises(CheckpointError, match="model_type='gpt2' is not supported"):
+    checkpoints.read_hf_config(tmp_path)
+
+
+def test_exact_gelu_is_installed_on_random_backbone():
+  directory = checkpoints.resolve_checkpoint_dir(checkpoints.MINILM)
+  backbone = checkpoints.load_backbone(directory, random_init=True,
+                                       overrides=dict(num_layers=2, hidden_dim=32, num_heads=2,
+                                                      intermediate_dim=64))
+  import keras
+  assert backbone.num_layers == 2
+  for layer in backbone.transformer_layers:
+    assert layer._feedforward_intermediate_dense.activation is keras.activations.gelu

@@ -1,0 +1,36 @@
+import pytest
+
+from tf_finetune import config as config_lib
+from tf_finetune.errors import ConfigError
+
+
+def test_base_config_is_valid_and_has_public_keys():
+  c = config_lib.validate(config_lib.base_config())
+  for key in ("model.checkpoint", "data.dir", "train.steps", "train.batch_size",
+              "distribution.strategy"):
+    section, name = key.split(".")
+    assert name in c[section]
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("train.batch_size", 0, "config.train.batch_size=0: must be > 0"),
+    ("distribution.strategy", "gpu", "must be one of default, one_device"),
+    ("data.source", "xml", "must be one of bbc_news"),
+    ("data.max_seq_length", 1024, "must be in [8, 512]"),
+    ("model.num_layers", 2, "only applies with model.random_init=True"),
+])
+def test_bad_values_raise_one_line_naming_the_key(key, value, words):
+  c = config_lib.base_config()
+  section, name = key.split(".")
+  c[section][name] = value
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(c)
+  assert words in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_file_source_needs_an_existing_dir(tmp_path):
+  c = config_lib.base_config()
+  c.data.source, c.data.dir, c.data.train_file = "tsv", str(tmp_path / "missing"), "train.tsv"
+  with pytest.raises(ConfigError, match="data.dir=.*is not a directory"):
+    config_lib.validate(c)

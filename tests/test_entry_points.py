@@ -1,0 +1,67 @@
+"""The absl entry points as a user runs them, in subprocesses."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _run(*args, cwd=None):
+  return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                        cwd=cwd or REPO, timeout=600)
+
+
+@pytest.mark.slow
+def test_smoke_train_then_resume_then_evaluate(tmp_path):
+  workdir = tmp_path / "smoke"
+  first = _run("tf_finetune.train", "--config=configs/smoke.py", f"--workdir={workdir}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "dev accuracy:" in first.stdout
+  for name in ("config.json", "labels.json", "eval/report.json", "eval/report.txt",
+               "eval/confusion_matrix.png", "eval/predictions.tsv"):
+    assert (workdir / name).is_file(), name
+  assert (workdir / "tensorboard" / "train").is_dir()
+  report = json.loads((workdir / "eval" / "report.json").read_text())
+  dev = report["splits"]["dev"]
+  assert 0.0 <= dev["accuracy"] <= 1.0 and set(dev["per_class"]) == set(report["labels"])
+  assert "step 2/12 | loss" in first.stderr and "examples/s | ETA" in first.stderr
+  predictions = (workdir / "eval" / "predictions.tsv").read_text().splitlines()
+  assert predictions[0].split("\t")[:5] == ["split", "origin", "label", "predicted", "probability"]
+  assert len(predictions) == 1 + dev["num_examples"]
+
+  second = _run("tf_finetune.train", "--config=configs/smoke.py", f"--workdir={workdir}")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "training already finished at step 12" in second.stderr
+
+  evaluated = _run("tf_finetune.evaluate", f"--workdir={workdir}", "--checkpoint=latest")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "checkpoint step 12" in evaluated.stdout
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.train.batch_size=0", "error: config.train.batch_size=0: must be > 0"),
+    ("--config.train.no_such_key=1", "error: unknown config key among --config.train.no_such_key"),
+    ("--config.model.checkpoint=bert-base-uncased", "error: model.checkpoint='bert-base-uncased' is neither"),
+])
+def test_bad_config_fails_fast_with_one_line(tmp_path, flag, message):
+  result = _run("tf_finetune.train", "--config=configs/smoke.py", flag, f"--workdir={tmp_path / 'w'}")
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_malformed_data_fails_with_file_and_line(tmp_path):
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "train.tsv").write_text("sentence\tlabel\ngood\t1\nno tab here\n")
+  result = _run("tf_finetune.train", "--config=configs/smoke.py", "--config.data.source=tsv",
+                f"--config.data.dir={data}", "--config.data.train_file=train.tsv",
+                "--config.data.dev_file=", "--config.data.text_column=sentence",
+                f"--workdir={tmp_path / 'w'}")
+  assert result.returncode == 1
+  assert f"error: {data / 'train.tsv'}:3: expected 2 fields" in result.stderr
+  assert "Traceback" not in result.stderr

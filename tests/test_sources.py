@@ -1,0 +1,136 @@
+import json
+
+import pytest
+
+from tf_finetune import config as config_lib
+from tf_finetune.data import labels as labels_lib
+from tf_finetune.data import sources
+from tf_finetune.errors import DataError
+
+
+def test_tsv_with_pairs_and_quotes(tmp_path):
+  path = tmp_path / "pairs.tsv"
+  path.write_text('s1\ts2\tlabel\n"quoted" start\tsecond one\tyes\nplain\tother\tno\n')
+  split = sources.read_delimited(path, delimiter="\t", text_column="s1", text_pair_column="s2",
+                                 label_column="label")
+  assert split.texts == ['"quoted" start', "plain"]
+  assert split.text_pairs == ["second one", "other"]
+  assert split.labels == ["yes", "no"]
+  assert split.origins == [f"{path}:2", f"{path}:3"]
+
+
+def test_csv_and_headerless_columns(tmp_path):
+  path = tmp_path / "d.csv"
+  path.write_text('"hello, world",pos\nbye,neg\n')
+  split = sources.read_delimited(path, delimiter=",", text_column="0", label_column="1",
+                                 has_header=False)
+  assert split.texts == ["hello, world", "bye"] and split.labels == ["pos", "neg"]
+
+
+def test_semicolon_delimited_emotion_style(tmp_path):
+  path = tmp_path / "e.txt"
+  path.write_text("text;label\ni feel fine;joy\n")
+  split = sources.read_delimited(path, delimiter=";", text_column="text", label_column="label")
+  assert split.labels == ["joy"]
+
+
+def test_jsonl(tmp_path):
+  path = tmp_path / "d.jsonl"
+  path.write_text(json.dumps({"text": "a", "label": 3}) + "\n" + json.dumps({"text": "b", "label": "x"}) + "\n")
+  split = sources.read_jsonl(path, text_column="text", label_column="label")
+  assert split.labels == ["3", "x"]
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"sentence\tlabel\ngood\t1\nbad row without tab\n", ":3: expected 2 fields separated by '\\t', found 1"),
+    (b"sentence\tlabel\ngood\t1\n\xff\xfebroken\t0\n", ":3: bytes b'\\xff' are not valid UTF-8"),
+    (b"text\tlabel\ngood\t1\n", ":1: no text column 'sentence'"),
+    (b"sentence\tlabel\ngood\t\n", ":2: empty label"),
+    (b"sentence\tlabel\ngood\t1\n\nbad\t0\n", ":3: blank line"),
+])
+def test_malformed_tsv_names_file_line_problem(tmp_path, content, message):
+  path = tmp_path / "train.tsv"
+  path.write_bytes(content)
+  with pytest.raises(DataError) as e:
+    sources.read_delimited(path, delimiter="\t", text_column="sentence", label_column="label")
+  assert str(e.value).startswith(str(path)) and message in str(e.value)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", ":2: invalid JSON"),
+    ('{"text": "a"}', ":2: missing field 'label'"),
+    ('{"text": 5, "label": "x"}', ":2: field 'text' must be a string"),
+])
+def test_malformed_jsonl(tmp_path, line, message):
+  path = tmp_path / "d.jsonl"
+  path.write_text('{"text": "ok", "label": "y"}\n' + line + "\n")
+  with pytest.raises(DataError, match=message):
+    sources.read_jsonl(path, text_column="text", label_column="label")
+
+
+def test_dev_label_unseen_in_train_names_its_line(tmp_path):
+  (tmp_path / "train.tsv").write_text("sentence\tlabel\na\tpos\nb\tneg\n")
+  (tmp_path / "dev.tsv").write_text("sentence\tlabel\nc\tpos\nd\tneutral\n")
+  c = config_lib.base_config()
+  c.data.source, c.data.dir = "tsv", str(tmp_path)
+  c.data.train_file, c.data.dev_file, c.data.text_column = "train.tsv", "dev.tsv", "sentence"
+  splits = sources.load_splits(c.data)
+  vocab = labels_lib.LabelVocabulary.from_train(splits["train"].labels)
+  with pytest.raises(DataError, match=r"dev.tsv:3: label 'neutral' of the dev split"):
+    vocab.encode(splits["dev"])
+
+
+def test_label_vocabulary_order_and_round_trip(tmp_path):
+  vocab = labels_lib.LabelVocabulary.from_train(["10", "2", "2", "1"])
+  assert vocab.labels == ["1", "2", "10"]
+  vocab.save(tmp_path / "labels.json")
+  assert labels_lib.LabelVocabulary.load(tmp_path / "labels.json") == vocab
+
+
+def test_bbc_news_split_is_fixed_and_stratified():
+  c = config_lib.base_config()
+  splits = sources.load_splits(c.data)
+  sizes = {k: len(v) for k, v in splits.items()}
+  assert sum(sizes.values()) == 2225
+  assert sizes["dev"] == sizes["test"] == 223
+  again = sources.load_splits(c.data)
+  assert again["test"].origins == splits["test"].origins
+  assert not set(splits["train"].origins) & set(splits["test"].origins)
+  assert sorted(set(splits["test"].labels)) == ["business", "entertainment", "politics", "sports", "tech"]
+  # The one cp1252 article decodes with its pound sign.
+  everything = splits["train"].texts + splits["dev"].texts + splits["test"].texts
+  assert any("\u00a315.8m signing from Parma" in t for t in everything)
+
+
+def test_carves_dev_from_train_when_absent(tmp_path):
+  lines = ["sentence\tlabel"] + [f"text {i}\t{i % 2}" for i in range(40)]
+  (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")
+  c = config_lib.base_config()
+  c.data.source, c.data.dir, c.data.train_file, c.data.text_column = "tsv", str(tmp_path), "train.tsv", "sentence"
+  splits = sources.load_splits(c.data)
+  assert len(splits["train"]) == 36 and len(splits["dev"]) == 4
+  assert sorted(splits["dev"].labels) == ["0", "0", "1", "1"]
+
+
+def test_tfds_local_dataset_by_name(tmp_path):
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  features = tfds.features.FeaturesDict({
+      "sentence": tfds.features.Text(),
+      "label": tfds.features.ClassLabel(names=["neg", "pos"])})
+  examples = [{"sentence": f"text {i}", "label": i % 2} for i in range(10)]
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="tiny_local_sentiment", version="1.0.0", features=features,
+      split_datasets={"train": tf.data.Dataset.from_generator(
+          lambda: iter(examples), output_signature=features.get_tensor_spec())},
+      config=None, data_dir=str(tmp_path))
+  split = sources.read_tfds("tiny_local_sentiment", "train", data_dir=str(tmp_path),
+                            text_column="sentence", label_column="label")
+  assert sorted(split.texts) == sorted(e["sentence"] for e in examples)
+  assert set(split.labels) == {"neg", "pos"}
+
+
+def test_tfds_missing_dataset_fails_without_download(tmp_path):
+  with pytest.raises(DataError, match="tfds:"):
+    sources.read_tfds("no_such_dataset_xyz", "train", data_dir=str(tmp_path),
+                      text_column="text", label_column="label")

@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_config
+from tf_finetune.errors import WorkdirError
+from tf_finetune.training import trainer as trainer_lib
+
+
+def _weights(trainer):
+  return [v.numpy().copy() for v in trainer.model.trainable_variables]
+
+
+def test_one_step_changes_every_weight_group(sentiment_dir, tmp_path):
+  t = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=1), tmp_path / "run")
+  before = _weights(t)
+  t.train()
+  after = _weights(t)
+  changed = [not np.allclose(a, b) for a, b in zip(before, after)]
+  # Every variable with a gradient moves (the segment embedding row 1 and position rows
+  # beyond the batch's length do not, but each variable has some rows that do).
+  assert np.mean(changed) > 0.95
+  assert int(t.optimizer.iterations.numpy()) == 1
+
+
+def test_interrupted_and_resumed_run_ends_with_same_weights(sentiment_dir, tmp_path):
+  config = tiny_config(sentiment_dir, train__steps=8, model__dropout=0.1, train__eval_every=4)
+  straight = trainer_lib.Trainer(config, tmp_path / "straight")
+  straight.train()
+  interrupted = trainer_lib.Trainer(config, tmp_path / "resumed")
+  interrupted.train(until_step=3)
+  resumed = trainer_lib.Trainer(config, tmp_path / "resumed")
+  assert resumed.step == 3
+  resumed.train()
+  assert resumed.step == 8
+  for a, b in zip(_weights(straight), _weights(resumed)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_mirrored_two_replicas_equals_one_device(sentiment_dir, tmp_path):
+  kwargs = dict(train__steps=4, data__shuffle_buffer=0, data__bucketing=False,
+                train__eval_every=100)
+  one = trainer_lib.Trainer(tiny_config(sentiment_dir, distribution__strategy="one_device", **kwargs),
+                            tmp_path / "one")
+  two = trainer_lib.Trainer(tiny_config(sentiment_dir, distribution__strategy="mirrored",
+                                        distribution__num_cpu_devices=2, **kwargs),
+                            tmp_path / "two")
+  assert two.strategy.num_replicas_in_sync == 2
+  for a, b in zip(_weights(one), _weights(two)):
+    np.testing.assert_array_equal(a, b)
+  one_losses, two_losses = [], []
+  for t, losses in ((one, one_losses), (two, two_losses)):
+    iterator = iter(t.strategy.distribute_datasets_from_function(t._dataset_fn))
+    step = t._build_train_step()
+    for _ in range(4):
+      loss, _ = step(iterator)
+      losses.append(float(loss))
+  np.testing.assert_allclose(one_losses, two_losses, atol=1e-5)
+  for a, b in zip(_weights(one), _weights(two)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_workdir_is_never_overwritten(sentiment_dir, tmp_path):
+  run = tmp_path / "run"
+  trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=2), run).train()
+  with pytest.raises(WorkdirError, match=r"another config \(train.learning_rate: 0.001 -> 0.01"):
+    trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=2, train__learning_rate=0.01), run)
+  stranger = tmp_path / "stranger"
+  stranger.mkdir()
+  (stranger / "notes.txt").write_text("mine")
+  with pytest.raises(WorkdirError, match="not empty and holds no tf_finetune run"):
+    trainer_lib.Trainer(tiny_config(sentiment_dir), stranger)
+
+
+def test_run_directory_and_tensorboard_events(sentiment_dir, tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  run = tmp_path / "run"
+  trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=6), run).train()
+  assert json.loads((run / "labels.json").read_text()) == ["0", "1"]
+  assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
+  best = json.loads((run / "checkpoints" / "best.json").read_text())
+  assert best["metric"] == "accuracy" and best["step"] in (3, 6)
+  assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-6")
+
+  def scalars(sub):
+    acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / sub),
+                                             size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"] if not tag.startswith("_hparams_")}
+  train = scalars("train")
+  for tag in ("loss", "learning_rate", "grad_norm", "examples_per_sec"):
+    assert [s for s, _ in train[tag]] == [1, 2, 3, 4, 5, 6], tag
+  assert all(np.isfinite(v) and v > 0 for _, v in train["loss"])
+  assert train["learning_rate"][-1][1] == 0.0  # linear decay ends at zero
+  dev = scalars("eval")
+  assert [s for s, _ in dev["accuracy"]] == [3, 6]
+  acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / "train"))
+  acc.Reload()
+  assert "_hparams_/session_start_info" in acc.Tags()["tensors"]

@@ -1,0 +1,146 @@
+"""Config defaults and validation.
+
+`base_config()` is the embedded default (all-MiniLM-L6-v2 on BBC News); configs/*.py start
+from it and change what they need. `validate()` runs before any heavy work and raises a
+ConfigError whose one-line message names the key.
+"""
+import os
+import pathlib
+
+import ml_collections
+
+from tf_finetune.errors import ConfigError
+
+SOURCES = ("bbc_news", "tsv", "csv", "jsonl", "tfds")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16")
+POOLINGS = ("pooler", "cls", "mean")
+TASKS = ("classification",)
+METRICS = ("accuracy", "macro_f1", "loss")
+
+REPO_DIR = pathlib.Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir():
+  """../shared/data beside the checkout (CI and development machines), or None."""
+  path = pathlib.Path(os.environ.get("TF_FINETUNE_SHARED_DATA", REPO_DIR.parent / "shared" / "data"))
+  return path if path.is_dir() else None
+
+
+def base_config():
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.checkpoint = "all-MiniLM-L6-v2"  # a local HF-format dir or a known offline name
+  c.model.random_init = False  # architecture from config.json (+ overrides), fresh weights
+  c.model.num_layers = 0  # > 0 overrides config.json; only with random_init
+  c.model.hidden_dim = 0
+  c.model.num_heads = 0
+  c.model.intermediate_dim = 0
+  c.model.dropout = 0.1
+  c.model.pooling = "pooler"  # pooler (HF BertForSequenceClassification), cls or mean
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "classification"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "bbc_news"
+  c.data.dir = ""
+  c.data.train_file = ""
+  c.data.dev_file = ""
+  c.data.test_file = ""
+  c.data.text_column = "text"
+  c.data.text_pair_column = ""
+  c.data.label_column = "label"
+  c.data.delimiter = ""  # default: tab for tsv, comma for csv
+  c.data.has_header = True
+  c.data.tfds_name = ""
+  c.data.tfds_data_dir = ""
+  c.data.tfds_train_split = "train"
+  c.data.tfds_dev_split = ""
+  c.data.tfds_test_split = ""
+  c.data.dev_fraction = 0.1  # carved from train, stratified, when there is no dev split
+  c.data.test_fraction = 0.1  # bbc_news only
+  c.data.split_seed = 0
+  c.data.max_seq_length = 128
+  c.data.max_train_examples = 0  # > 0: use only the first N train examples (logged)
+  c.data.shuffle_buffer = 10_000
+  c.data.bucketing = True
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 0  # total optimizer steps; > 0 overrides epochs
+  c.train.epochs = 3.0
+  c.train.batch_size = 16  # global batch size
+  c.train.eval_batch_size = 64
+  c.train.learning_rate = 1e-4
+  c.train.weight_decay = 0.01
+  c.train.warmup_fraction = 0.1
+  c.train.max_grad_norm = 1.0  # 0 disables clipping
+  c.train.adam_epsilon = 1e-6
+  c.train.precision = "float32"
+  c.train.seed = 0
+  c.train.log_every = 10
+  c.train.eval_every = 0  # 0: once per epoch
+  c.train.checkpoint_every = 0  # 0: at every evaluation
+  c.train.keep_checkpoints = 2
+  c.train.best_metric = "accuracy"
+  c.train.eval_splits = "dev,test"  # evaluated with the best checkpoint at the end
+
+  c.distribution = ml_collections.ConfigDict()
+  c.distribution.strategy = "default"
+  c.distribution.num_cpu_devices = 0  # > 1 splits the CPU into logical devices (tests, benches)
+  c.distribution.tpu = ""  # "local", a TPU name or a grpc:// address
+  return c
+
+
+def _check(condition, key, value, requirement):
+  if not condition:
+    raise ConfigError(f"config.{key}={value!r}: {requirement}")
+
+
+def _check_choice(config, key, choices):
+  section, name = key.split(".")
+  value = config[section][name]
+  _check(value in choices, key, value, f"must be one of {', '.join(choices)}")
+
+
+def validate(config):
+  """Raises ConfigError on the first bad value."""
+  for key, choices in (("data.source", SOURCES), ("distribution.strategy", STRATEGIES),
+                       ("train.precision", PRECISIONS), ("model.pooling", POOLINGS),
+                       ("task.name", TASKS), ("train.best_metric", METRICS)):
+    _check_choice(config, key, choices)
+  t, d = config.train, config.data
+  _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
+  _check(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
+  _check(t.steps >= 0, "train.steps", t.steps, "must be >= 0 (0: use train.epochs)")
+  _check(t.steps > 0 or t.epochs > 0, "train.epochs", t.epochs, "must be > 0 when train.steps is 0")
+  _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
+  _check(0 <= t.warmup_fraction < 1, "train.warmup_fraction", t.warmup_fraction, "must be in [0, 1)")
+  _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+  _check(t.max_grad_norm >= 0, "train.max_grad_norm", t.max_grad_norm, "must be >= 0")
+  _check(t.log_every > 0, "train.log_every", t.log_every, "must be > 0")
+  _check(t.keep_checkpoints > 0, "train.keep_checkpoints", t.keep_checkpoints, "must be > 0")
+  for split in t.eval_splits.split(","):
+    _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")
+  _check(8 <= d.max_seq_length <= 512, "data.max_seq_length", d.max_seq_length, "must be in [8, 512]")
+  _check(0 < d.dev_fraction < 1, "data.dev_fraction", d.dev_fraction, "must be in (0, 1)")
+  _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
+  if d.source in ("tsv", "csv", "jsonl"):
+    _check(d.dir, "data.dir", d.dir, f"is required for data.source={d.source!r}")
+    _check(d.train_file, "data.train_file", d.train_file, "is required for file sources")
+    _check(pathlib.Path(d.dir).expanduser().is_dir(), "data.dir", d.dir, "is not a directory")
+  if d.source == "tfds":
+    _check(d.tfds_name, "data.tfds_name", d.tfds_name, "is required for data.source='tfds'")
+  if config.distribution.strategy == "tpu":
+    _check(config.distribution.tpu, "distribution.tpu", "", "names the TPU ('local', a name or grpc://)")
+  m = config.model
+  for key in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim"):
+    _check(m[key] >= 0, f"model.{key}", m[key], "must be >= 0")
+    _check(m.random_init or m[key] == 0, f"model.{key}", m[key],
+           "only applies with model.random_init=True (a pretrained checkpoint fixes the architecture)")
+  _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
+  if m.hidden_dim and m.num_heads:
+    _check(m.hidden_dim % m.num_heads == 0, "model.hidden_dim", m.hidden_dim,
+           f"must be divisible by model.num_heads={m.num_heads}")
+  return config

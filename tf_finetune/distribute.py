@@ -1,0 +1,59 @@
+"""A tf.distribute strategy from its config name."""
+import json
+import os
+
+import tensorflow as tf
+
+from tf_finetune.errors import ConfigError
+
+
+def split_cpu(num_devices):
+  """Splits the host CPU into logical devices (for mirrored runs without accelerators).
+  Must run before TensorFlow initializes its devices."""
+  if num_devices <= 1:
+    return
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  wanted = [tf.config.LogicalDeviceConfiguration()] * num_devices
+  current = tf.config.get_logical_device_configuration(cpu)
+  if current is None or len(current) != num_devices:
+    try:
+      tf.config.set_logical_device_configuration(cpu, wanted)
+    except RuntimeError as e:
+      raise ConfigError(f"config.distribution.num_cpu_devices={num_devices}: TensorFlow's devices "
+                        f"are already initialized in this process ({e})") from None
+
+
+def get_strategy(distribution_config):
+  name = distribution_config.strategy
+  split_cpu(distribution_config.num_cpu_devices)
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "one_device":
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+  if name == "mirrored":
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+        d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+  if name == "multi_worker":
+    if "TF_CONFIG" not in os.environ:
+      raise ConfigError("config.distribution.strategy='multi_worker' needs TF_CONFIG in the environment")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=distribution_config.tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  raise ConfigError(f"config.distribution.strategy={name!r} is unknown")
+
+
+def is_chief(strategy):
+  """True where side effects (checkpoints, summaries, reports) belong."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if task_type in (None, "chief"):
+    return True
+  cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+  return task_type == "worker" and task_id == 0 and "chief" not in cluster

@@ -1,0 +1,140 @@
+"""What train, evaluate and export share: data, label vocabulary, encoder, task and model
+for a config, and the run directory's files."""
+import json
+import pathlib
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tf_finetune import checkpoints
+from tf_finetune import text_encoder
+from tf_finetune import tasks
+from tf_finetune.data import labels as labels_lib
+from tf_finetune.data import pipeline
+from tf_finetune.data import sources
+from tf_finetune.errors import DataError, WorkdirError
+
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.json"
+
+
+class Workdir:
+  """Paths of the run-directory contract (README.md, "The run directory")."""
+
+  def __init__(self, root):
+    self.root = pathlib.Path(root).expanduser()
+    self.config = self.root / CONFIG_FILE
+    self.labels = self.root / LABELS_FILE
+    self.checkpoints = self.root / "checkpoints"
+    self.best = self.checkpoints / "best"
+    self.best_json = self.checkpoints / "best.json"
+    self.tensorboard = self.root / "tensorboard"
+    self.eval = self.root / "eval"
+    self.export = self.root / "export"
+
+  def load_config(self):
+    import ml_collections
+    if not self.config.is_file():
+      raise WorkdirError(f"{self.root}: no {CONFIG_FILE}; is this a tf_finetune run directory?")
+    return ml_collections.ConfigDict(json.loads(self.config.read_text()))
+
+  def load_labels(self):
+    if not self.labels.is_file():
+      raise WorkdirError(f"{self.root}: no {LABELS_FILE}")
+    return labels_lib.LabelVocabulary.load(self.labels)
+
+
+def load_data(config, label_vocabulary=None):
+  """Reads the splits; infers the label vocabulary from train unless one is given."""
+  splits = sources.load_splits(config.data)
+  limit = config.data.max_train_examples
+  if limit and limit < len(splits["train"]):
+    logging.warning("data.max_train_examples=%d: training on the first %d of %d train examples",
+                    limit, limit, len(splits["train"]))
+    splits["train"] = splits["train"].subset(range(limit))
+  if label_vocabulary is None:
+    label_vocabulary = labels_lib.LabelVocabulary.from_train(splits["train"].labels)
+  if len(label_vocabulary) < 2:
+    raise DataError(f"{splits['train'].origins[0].rsplit(':', 1)[0]}: train has only "
+                    f"{len(label_vocabulary)} distinct label(s); classification needs at least 2")
+  return splits, label_vocabulary
+
+
+def build_encoder(config):
+  checkpoint_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
+  spec = checkpoints.read_tokenizer_spec(checkpoint_dir)
+  return text_encoder.TextEncoder(spec, config.data.max_seq_length)
+
+
+def build_model(config, label_vocabulary, *, pretrained=True):
+  """Task and model. pretrained=False builds the architecture only (a checkpoint of ours
+  is restored into it next), which skips reading the safetensors."""
+  checkpoint_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
+  m = config.model
+  overrides = {k: m[k] for k in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim")
+               if m[k]}
+  backbone = checkpoints.load_backbone(
+      checkpoint_dir, random_init=m.random_init or not pretrained, dropout=m.dropout,
+      overrides=overrides)
+  task = tasks.get_task(config, label_vocabulary)
+  return task, task.build_model(backbone)
+
+
+def report_truncation(splits, encoder):
+  """Logs how many examples exceed max_seq_length and lose their tail (never silent)."""
+  for name, split in splits.items():
+    lengths = pipeline.token_lengths(split, encoder)
+    over = int((lengths > encoder.max_seq_length).sum())
+    logging.info("%s: %d examples, wordpieces per example: median %d, 95th pct %d, max %d",
+                 name, len(split), np.median(lengths), np.percentile(lengths, 95), lengths.max())
+    if over:
+      logging.warning("%s: %d of %d examples (%.1f%%) are longer than data.max_seq_length=%d "
+                      "and are truncated to it", name, over, len(split), 100 * over / len(split),
+                      encoder.max_seq_length)
+
+
+MODEL_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+_FORWARD = weakref.WeakKeyDictionary()  # model -> its traced inference function
+
+
+def predict_logits(model, dataset):
+  """Logits for every example of an eval dataset, in order."""
+  if model not in _FORWARD:
+    _FORWARD[model] = tf.function(
+        lambda features: model(features, training=False),
+        input_signature=[{k: tf.TensorSpec([None, None], tf.int32) for k in MODEL_INPUTS}])
+  forward = _FORWARD[model]
+  return np.concatenate([forward({k: b[k] for k in MODEL_INPUTS}).numpy() for b in dataset], axis=0)
+
+
+def new_checkpoint(model, optimizer=None):
+  """Model weights; with an optimizer, also its state and the dropout RNG states.
+
+  Keras 3 does not put its SeedGenerator states in the tf.train.Checkpoint object graph,
+  so without listing them a resumed run would draw other dropout masks.
+  """
+  if optimizer is None:
+    return tf.train.Checkpoint(model=model)
+  rng_states = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
+  return tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states)
+
+
+def restore_model(workdir, model, which="best"):
+  """Restores model weights from `best`, `latest` or a checkpoint path; returns its step."""
+  if which == "best":
+    if not workdir.best_json.is_file():
+      raise WorkdirError(f"{workdir.root}: no best checkpoint yet (checkpoints/best.json)")
+    best = json.loads(workdir.best_json.read_text())
+    path, step = str(workdir.best / best["checkpoint"]), best["step"]
+  elif which == "latest":
+    path = tf.train.latest_checkpoint(workdir.checkpoints)
+    if path is None:
+      raise WorkdirError(f"{workdir.root}: no checkpoint in {workdir.checkpoints}")
+    step = int(path.rsplit("-", 1)[1])
+  else:
+    path, step = which, int(which.rsplit("-", 1)[1])
+  new_checkpoint(model).restore(path).expect_partial()
+  return path, step

@@ -1,0 +1,51 @@
+"""AdamW with BERT's conventions, and the warmup + linear decay schedule."""
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable("tf_finetune")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup from 0 to `peak` over `warmup_steps`, then linear decay to 0 at
+  `total_steps` (BERT's and HF's get_linear_schedule_with_warmup). Keras has no such schedule."""
+
+  def __init__(self, peak, warmup_steps, total_steps):
+    self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, total_steps
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+    decay = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+    rising = self.peak * step / warmup
+    falling = self.peak * tf.maximum(0.0, (self.total_steps - step) / decay)
+    return tf.where(step < self.warmup_steps, rising, falling)
+
+  def get_config(self):
+    return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+class PreReducedAdamW(keras.optimizers.AdamW):
+  """AdamW that takes gradients already summed over replicas.
+
+  Keras clips before it all-reduces, so its clipnorm under a multi-replica strategy clips
+  each replica's partial gradient. The trainer all-reduces, clips by the global norm of
+  the true gradient, then applies here without a second reduction.
+  """
+
+  def _all_reduce_sum_gradients(self, grads_and_vars):
+    return list(grads_and_vars)
+
+
+NO_DECAY_NAMES = ("bias", "gamma", "beta")
+
+
+def build_optimizer(train_config, total_steps, trainable_variables):
+  schedule = WarmupLinearDecay(train_config.learning_rate,
+                               int(train_config.warmup_fraction * total_steps), total_steps)
+  optimizer = PreReducedAdamW(
+      learning_rate=schedule, weight_decay=train_config.weight_decay,
+      epsilon=train_config.adam_epsilon, beta_1=0.9, beta_2=0.999)
+  optimizer.exclude_from_weight_decay(
+      var_list=[v for v in trainable_variables if v.name in NO_DECAY_NAMES])
+  # Built inside the strategy scope before the first step, or a distributed step fails.
+  optimizer.build(trainable_variables)
+  return optimizer

@@ -1,0 +1,256 @@
+"""The training loop: a tf.function GradientTape step under any tf.distribute strategy."""
+import json
+import math
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tf_finetune import distribute
+from tf_finetune import experiment
+from tf_finetune.data import pipeline
+from tf_finetune.errors import WorkdirError
+from tf_finetune.training import optim
+from tf_finetune.training import summaries
+
+# Keys a resumed run may change; any other difference would make the resumed run a
+# different experiment than the checkpoint's.
+RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_size"}
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _format_duration(seconds):
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Trainer:
+  """Fine-tunes `config` into `workdir`; a second Trainer on the same workdir resumes."""
+
+  def __init__(self, config, workdir):
+    self.config = config
+    self.workdir = experiment.Workdir(workdir)
+    self.strategy = distribute.get_strategy(config.distribution)
+    self.is_chief = distribute.is_chief(self.strategy)
+    self.resuming = self._check_workdir()
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.precision == "mixed_bfloat16":
+      keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+    labels = self.workdir.load_labels() if self.resuming else None
+    self.splits, self.labels = experiment.load_data(config, labels)
+    self.encoder = experiment.build_encoder(config)
+    experiment.report_truncation(self.splits, self.encoder)
+
+    t = config.train
+    self.global_batch_size = t.batch_size
+    self.steps_per_epoch = max(1, len(self.splits["train"]) // t.batch_size)
+    self.total_steps = t.steps or max(1, round(t.epochs * self.steps_per_epoch))
+    self.eval_every = t.eval_every or self.steps_per_epoch
+    self.checkpoint_every = t.checkpoint_every or self.eval_every
+
+    with self.strategy.scope():
+      self.task, self.model = experiment.build_model(config, self.labels, pretrained=True)
+      self.optimizer = optim.build_optimizer(t, self.total_steps, self.model.trainable_variables)
+    self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer)
+    self._checkpoint_dir = self._side_effect_dir(self.workdir.checkpoints)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, self._checkpoint_dir, max_to_keep=t.keep_checkpoints)
+    self.best_manager = tf.train.CheckpointManager(
+        self.checkpoint, self._side_effect_dir(self.workdir.best), max_to_keep=1)
+    self.best = self._load_best()
+    if self.manager.latest_checkpoint:
+      self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+      logging.info("Resuming from %s at step %d of %d", self.manager.latest_checkpoint,
+                   self.step, self.total_steps)
+    self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
+    self.train_label_values = self.task.label_values(self.splits["train"])
+    self.dev_label_values = self.task.label_values(self.splits["dev"])
+    for name in ("test",):
+      if name in self.splits:  # unseen labels fail now, not after training.
+        self.task.label_values(self.splits[name])
+
+  @property
+  def step(self):
+    return int(self.optimizer.iterations.numpy())
+
+  def _side_effect_dir(self, path):
+    """The chief writes into the workdir; other workers into a throwaway directory (their
+    saves are collective under MultiWorkerMirroredStrategy, but nobody reads them)."""
+    if self.is_chief:
+      return str(path)
+    return tempfile.mkdtemp(prefix="tf_finetune_worker_")
+
+  def _check_workdir(self):
+    """Writes config.json on a new run; on a resumed one, refuses a changed config."""
+    wd = self.workdir
+    resolved = json.loads(self.config.to_json())
+    if wd.config.is_file():
+      saved = json.loads(wd.config.read_text())
+      a, b = _flatten(saved), _flatten(resolved)
+      changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
+                       and k not in RESUMABLE_CHANGES)
+      if changed:
+        diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
+        raise WorkdirError(f"{wd.root} holds a run with another config ({diffs}); resume it "
+                           "with the same config or choose a new --workdir")
+      if not wd.labels.is_file():
+        raise WorkdirError(f"{wd.root}: config.json but no labels.json; the run directory is "
+                           "damaged")
+      return True
+    if wd.root.exists() and any(wd.root.iterdir()):
+      raise WorkdirError(f"{wd.root} is not empty and holds no tf_finetune run; "
+                         "choose a new --workdir")
+    return False
+
+  def _write_run_files(self):
+    if not self.is_chief or self.resuming:
+      return
+    self.workdir.root.mkdir(parents=True, exist_ok=True)
+    self.workdir.config.write_text(self.config.to_json(indent=1) + "\n")
+    self.labels.save(self.workdir.labels)
+
+  def _load_best(self):
+    if self.workdir.best_json.is_file():
+      return json.loads(self.workdir.best_json.read_text())
+    return None
+
+  def _dataset_fn(self, input_context):
+    t, d = self.config.train, self.config.data
+    return pipeline.train_dataset(
+        self.splits["train"], self.train_label_values, self.encoder,
+        batch_size=input_context.get_per_replica_batch_size(self.global_batch_size),
+        seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
+        skip_batches=self.step, input_context=input_context,
+        static_shapes=self.config.distribution.strategy == "tpu")
+
+  def _build_train_step(self):
+    model, optimizer, task = self.model, self.optimizer, self.task
+    max_norm = self.config.train.max_grad_norm
+    global_batch = self.global_batch_size
+
+    def step_fn(batch):
+      labels = batch["label"]
+      features = {k: batch[k] for k in experiment.MODEL_INPUTS}
+      with tf.GradientTape() as tape:
+        logits = model(features, training=True)
+        loss = tf.nn.compute_average_loss(task.build_losses(labels, logits),
+                                          global_batch_size=global_batch)
+      variables = model.trainable_variables
+      grads = tape.gradient(loss, variables)
+      grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      if max_norm > 0:
+        grads, norm = tf.clip_by_global_norm(grads, max_norm)
+      else:
+        norm = tf.linalg.global_norm(grads)
+      optimizer.apply(grads, variables)
+      return loss, norm
+
+    @tf.function
+    def train_step(iterator):
+      loss, norm = self.strategy.run(step_fn, args=(next(iterator),))
+      return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+              self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
+    return train_step
+
+  def evaluate_dev(self):
+    dataset = pipeline.eval_dataset(self.splits["dev"], self.dev_label_values, self.encoder,
+                                    batch_size=self.config.train.eval_batch_size)
+    logits = experiment.predict_logits(self.model, dataset)
+    return self.task.report(self.splits["dev"], self.dev_label_values, logits)
+
+  def _maybe_update_best(self, report, step):
+    metric = self.config.train.best_metric
+    value = report[metric]
+    better = (self.best is None or
+              (value < self.best["value"] if metric == "loss" else value > self.best["value"]))
+    if better:
+      path = self.best_manager.save(checkpoint_number=step)
+      self.best = {"step": step, "metric": metric, "value": value,
+                   "checkpoint": path.rsplit("/", 1)[1]}
+      if self.is_chief:
+        self.workdir.best_json.write_text(json.dumps(self.best, indent=1) + "\n")
+      logging.info("New best dev %s %.4f at step %d", metric, value, step)
+
+  def _evaluate(self, step):
+    start = time.time()
+    report = self.evaluate_dev()
+    logging.info("step %d | dev accuracy %.4f | dev macro F1 %.4f | dev loss %.4f | %.1fs",
+                 step, report["accuracy"], report["macro_f1"], report["loss"],
+                 time.time() - start)
+    self.writers.eval_scalars(step, {k: report[k] for k in ("accuracy", "macro_f1", "loss")})
+    self._maybe_update_best(report, step)
+    return report
+
+  def train(self, until_step=None):
+    """Trains to train.steps (or `until_step`, for tests that interrupt a run)."""
+    self._write_run_files()
+    stop = min(self.total_steps, until_step or self.total_steps)
+    start_step = self.step
+    if start_step >= self.total_steps:
+      logging.info("%s: training already finished at step %d", self.workdir.root, start_step)
+      return
+    trainable = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
+    total = sum(int(np.prod(v.shape)) for v in self.model.variables)
+    logging.info("%s: %d train examples, global batch %d, %d steps (%.2f epochs), %d replicas, "
+                 "%s trainable of %s parameters", "resuming" if start_step else "starting",
+                 len(self.splits["train"]), self.global_batch_size, self.total_steps,
+                 self.total_steps / self.steps_per_epoch, self.strategy.num_replicas_in_sync,
+                 f"{trainable:,}", f"{total:,}")
+    if start_step == 0:
+      self.writers.hparams(self.config)
+    iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
+    train_step = self._build_train_step()
+    window_loss, window_steps, window_start = 0.0, 0, time.time()
+    run_start, steps_timed = time.time(), 0
+    step = start_step
+    try:
+      while step < stop:
+        loss, norm = train_step(iterator)
+        step += 1
+        window_loss += float(loss)
+        window_steps += 1
+        if step % self.config.train.log_every == 0 or step == stop:
+          elapsed = time.time() - window_start
+          steps_per_sec = window_steps / elapsed
+          steps_timed += window_steps
+          eta = (self.total_steps - step) / max(steps_timed / (time.time() - run_start), 1e-9)
+          lr = float(self.optimizer.learning_rate)
+          logging.info("step %d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.2f steps/s | "
+                       "%.1f examples/s | ETA %s", step, self.total_steps,
+                       window_loss / window_steps, lr, float(norm), steps_per_sec,
+                       steps_per_sec * self.global_batch_size, _format_duration(eta))
+          self.writers.train_scalars(step, {
+              "loss": window_loss / window_steps, "learning_rate": lr, "grad_norm": float(norm),
+              "steps_per_sec": steps_per_sec,
+              "examples_per_sec": steps_per_sec * self.global_batch_size})
+          window_loss, window_steps, window_start = 0.0, 0, time.time()
+        evaluate = step % self.eval_every == 0 or step == self.total_steps
+        if evaluate:
+          self._evaluate(step)
+        if step % self.checkpoint_every == 0 or step == stop:
+          self.manager.save(checkpoint_number=step)
+          window_start = time.time()
+    except KeyboardInterrupt:
+      path = self.manager.save(checkpoint_number=step)
+      logging.warning("Interrupted at step %d; saved %s. Run the same command to resume.",
+                      step, path)
+      raise
+    finally:
+      self.writers.flush()
+    if not self.is_chief:
+      shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
