@@ -100,3 +100,18 @@ def test_run_directory_and_tensorboard_events(sentiment_dir, tmp_path):
   acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / "train"))
   acc.Reload()
   assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
+
+
+def test_mixed_bfloat16_step_trains(sentiment_dir, tmp_path):
+  import keras
+  try:
+    t = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=2,
+                                        train__precision="mixed_bfloat16"), tmp_path / "bf16")
+    assert t.model.get_layer("logits").dtype_policy.name == "float32"
+    assert t.model.get_layer("bert_backbone").dtype_policy.compute_dtype == "bfloat16"
+    before = _weights(t)
+    t.train()
+    assert all(v.dtype == "float32" for v in t.model.trainable_variables)
+    assert not np.allclose(before[0], _weights(t)[0])
+  finally:
+    keras.mixed_precision.set_global_policy("float32")

@@ -1,0 +1,71 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from tf_finetune import checkpoints
+from tf_finetune import text_encoder
+from tf_finetune.data import pipeline
+from tf_finetune.data import sources
+
+
+@pytest.fixture(scope="module")
+def encoder():
+  spec = checkpoints.read_tokenizer_spec(checkpoints.resolve_checkpoint_dir(checkpoints.MINILM))
+  return text_encoder.TextEncoder(spec, 64)
+
+
+@pytest.fixture(scope="module")
+def split():
+  rng = np.random.default_rng(0)
+  words = "the a film movie great bad plot acting long short very not quite".split()
+  texts = [" ".join(rng.choice(words, size=rng.integers(1, 90))) for _ in range(200)]
+  return sources.Split("train", texts, [str(i % 3) for i in range(200)],
+                       [f"mem:{i}" for i in range(200)])
+
+
+def _batches(dataset, n):
+  return [{k: v.numpy() for k, v in b.items()} for b in itertools.islice(dataset, n)]
+
+
+def test_buckets_pad_each_batch_only_to_its_longest(split, encoder):
+  labels = np.arange(200) % 3
+  stream = pipeline.train_dataset(split, labels, encoder, batch_size=8, seed=1,
+                                  shuffle_buffer=200, bucketing=True)
+  widths = set()
+  for batch in _batches(stream, 40):
+    lengths = batch["padding_mask"].sum(1)
+    assert batch["token_ids"].shape == (8, lengths.max())  # dynamic padding
+    assert (batch["token_ids"][batch["padding_mask"] == 0] == encoder.pad_id).all()
+    bucket = np.searchsorted(pipeline.bucket_boundaries(64), lengths, side="right")
+    assert len(set(bucket)) == 1  # all from one length bucket
+    widths.add(batch["token_ids"].shape[1])
+  assert max(widths) == 64 and len(widths) > 3  # long texts truncated to max_seq_length
+
+
+def test_stream_is_deterministic_and_skip_resumes_it(split, encoder):
+  labels = np.arange(200) % 3
+  make = lambda skip: pipeline.train_dataset(split, labels, encoder, batch_size=8, seed=3,
+                                             shuffle_buffer=200, bucketing=True,
+                                             skip_batches=skip)
+  full = _batches(make(0), 35)  # crosses the epoch boundary (25 batches an epoch)
+  resumed = _batches(make(20), 15)
+  for a, b in zip(full[20:], resumed):
+    np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_eval_keeps_every_example_in_order(split, encoder):
+  labels = np.arange(200) % 3
+  batches = _batches(pipeline.eval_dataset(split, labels, encoder, batch_size=64), 10)
+  assert [len(b["label"]) for b in batches] == [64, 64, 64, 8]
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), labels)
+
+
+def test_static_shapes_for_tpu(split, encoder):
+  labels = np.arange(200) % 3
+  stream = pipeline.train_dataset(split, labels, encoder, batch_size=8, seed=1,
+                                  shuffle_buffer=200, bucketing=False, static_shapes=True)
+  allowed = {b - 1 for b in pipeline.bucket_boundaries(64)}
+  for batch in _batches(stream, 30):
+    assert batch["token_ids"].shape[0] == 8 and batch["token_ids"].shape[1] in allowed

@@ -1,0 +1,166 @@
+"""Fine-tune all-MiniLM-L6-v2 on SST-2 with tf_finetune and with the HF PyTorch Trainer.
+
+  pip install torch==2.13.0     # CPU build, for the PyTorch side
+  python tools/bench_sst2.py                            # full train set, both, interleaved
+  python tools/bench_sst2.py --max_train_examples=2000 --rounds=1   # a quick look
+
+Same checkpoint, data (../shared/data/sst2), hyperparameters (1 epoch, batch 32, AdamW lr
+5e-5, weight decay 0.01 off biases and LayerNorm, 10% linear warmup then linear decay,
+clip 1.0, max 64 wordpieces, dynamic padding grouped by length, dropout 0.1, fp32) and
+machine. Each run is its own process; rounds alternate tf, torch, tf, torch... Prints dev
+accuracy of the final weights, training examples/s, wall time and peak RSS per run, then
+the mean of each side and the ratios.
+"""
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+_RUN = flags.DEFINE_enum("run", None, ["tf", "torch"], "Internal: run one side in this process.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Interleaved rounds of (tf, torch).")
+_SIDES = flags.DEFINE_list("sides", ["tf", "torch"], "Which sides to run.")
+_MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 0, "0: the whole train set.")
+_EPOCHS = flags.DEFINE_float("epochs", 1.0, "Epochs.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
+_LR = flags.DEFINE_float("learning_rate", 5e-5, "Peak learning rate.")
+_MAX_LEN = flags.DEFINE_integer("max_seq_length", 64, "Wordpieces per example.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _peak_rss_mb():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_tf():
+  sys.path.insert(0, str(REPO))
+  import tf_finetune  # noqa: F401
+  from configs import sst2
+  from tf_finetune import config as config_lib
+  from tf_finetune import experiment
+  from tf_finetune.training import trainer as trainer_lib
+  c = sst2.get_config()
+  c.data.max_seq_length = _MAX_LEN.value
+  c.data.max_train_examples = _MAX_TRAIN.value
+  c.train.epochs, c.train.batch_size, c.train.learning_rate = _EPOCHS.value, _BATCH.value, _LR.value
+  c.train.adam_epsilon, c.train.seed = 1e-8, _SEED.value
+  c.train.eval_every = 10**9  # one evaluation, at the end, as on the PyTorch side
+  c.train.log_every = 100
+  config_lib.validate(c)
+  workdir = tempfile.mkdtemp(prefix="bench_sst2_tf_")
+  start = time.time()
+  t = trainer_lib.Trainer(c, workdir)
+  setup = time.time() - start
+  train_start = time.time()
+  t.train()  # ends with the evaluation of the final step
+  wall = time.time() - start
+  train_time = time.time() - train_start
+  report = t.evaluate_dev()
+  steps = t.total_steps
+  return {"side": "tf", "dev_accuracy": report["accuracy"], "train_examples": len(t.splits["train"]),
+          "steps": steps, "examples_per_sec": steps * c.train.batch_size / train_time,
+          "setup_s": setup, "wall_s": wall, "peak_rss_mb": _peak_rss_mb()}
+
+
+def run_torch():
+  import numpy as np
+  import torch
+  import transformers
+  sys.path.insert(0, str(REPO))
+  from tf_finetune import checkpoints
+  from tf_finetune import config as config_lib
+  from tf_finetune.data import sources
+  start = time.time()
+  shared = config_lib.shared_data_dir()
+  read = lambda name: sources.read_delimited(shared / "sst2" / name, delimiter="\t",
+                                             text_column="sentence", label_column="label")
+  train, dev = read("train.tsv"), read("dev.tsv")
+  if _MAX_TRAIN.value:
+    train = train.subset(range(_MAX_TRAIN.value))
+  directory = str(checkpoints.resolve_checkpoint_dir(checkpoints.MINILM))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+  transformers.set_seed(_SEED.value)
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2)
+
+  class Data(torch.utils.data.Dataset):
+    def __init__(self, split):
+      self.encodings = tokenizer(split.texts, truncation=True, max_length=_MAX_LEN.value)
+      self.labels = [int(x) for x in split.labels]
+    def __len__(self):
+      return len(self.labels)
+    def __getitem__(self, i):
+      item = {k: v[i] for k, v in self.encodings.items()}
+      item["labels"] = self.labels[i]
+      return item
+
+  train_data, dev_data = Data(train), Data(dev)
+  args = transformers.TrainingArguments(
+      output_dir=tempfile.mkdtemp(prefix="bench_sst2_torch_"), num_train_epochs=_EPOCHS.value,
+      per_device_train_batch_size=_BATCH.value, per_device_eval_batch_size=64,
+      learning_rate=_LR.value, weight_decay=0.01, warmup_ratio=0.1, lr_scheduler_type="linear",
+      max_grad_norm=1.0, adam_epsilon=1e-8, group_by_length=True, seed=_SEED.value,
+      save_strategy="no", eval_strategy="no", report_to=[], logging_steps=100, use_cpu=True,
+      dataloader_drop_last=True)
+  trainer = transformers.Trainer(
+      model=model, args=args, train_dataset=train_data,
+      data_collator=transformers.DataCollatorWithPadding(tokenizer))
+  setup = time.time() - start
+  train_start = time.time()
+  result = trainer.train()
+  train_time = time.time() - train_start
+  logits = trainer.predict(dev_data).predictions
+  accuracy = float(np.mean(np.argmax(logits, -1) == np.array(dev_data.labels)))
+  steps = result.global_step
+  return {"side": "torch", "dev_accuracy": accuracy, "train_examples": len(train_data),
+          "steps": steps, "examples_per_sec": steps * _BATCH.value / train_time,
+          "setup_s": setup, "wall_s": time.time() - start, "peak_rss_mb": _peak_rss_mb(),
+          "torch_threads": torch.get_num_threads()}
+
+
+def main(argv):
+  passthrough = [a for a in argv[1:]]
+  if _RUN.value:
+    result = run_tf() if _RUN.value == "tf" else run_torch()
+    print("RESULT " + json.dumps(result), flush=True)
+    return
+  flag_args = [f"--max_train_examples={_MAX_TRAIN.value}", f"--epochs={_EPOCHS.value}",
+               f"--batch_size={_BATCH.value}", f"--learning_rate={_LR.value}",
+               f"--max_seq_length={_MAX_LEN.value}", f"--seed={_SEED.value}"] + passthrough
+  results = []
+  for round_ in range(_ROUNDS.value):
+    for side in _SIDES.value:
+      proc = subprocess.run([sys.executable, __file__, f"--run={side}", *flag_args],
+                            capture_output=True, text=True)
+      line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+      if proc.returncode or not line:
+        print(proc.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"{side} run failed")
+      result = json.loads(line[0][7:])
+      results.append(result)
+      print(f"round {round_ + 1} {side:>5}: dev accuracy {result['dev_accuracy']:.4f} | "
+            f"{result['examples_per_sec']:.1f} train examples/s | {result['steps']} steps | "
+            f"wall {result['wall_s']:.0f}s | peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+  means = {}
+  for side in _SIDES.value:
+    rs = [r for r in results if r["side"] == side]
+    means[side] = {k: sum(r[k] for r in rs) / len(rs)
+                   for k in ("dev_accuracy", "examples_per_sec", "wall_s", "peak_rss_mb")}
+    m = means[side]
+    print(f"mean {side:>5}: dev accuracy {m['dev_accuracy']:.4f} | {m['examples_per_sec']:.1f} "
+          f"examples/s | wall {m['wall_s']:.0f}s | peak RSS {m['peak_rss_mb']:.0f} MB")
+  if set(means) == {"tf", "torch"}:
+    tf_, pt = means["tf"], means["torch"]
+    print(f"tf - torch dev accuracy: {100 * (tf_['dev_accuracy'] - pt['dev_accuracy']):+.2f} points; "
+          f"examples/s ratio tf/torch: {tf_['examples_per_sec'] / pt['examples_per_sec']:.2f}; "
+          f"peak RSS ratio: {tf_['peak_rss_mb'] / pt['peak_rss_mb']:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
