@@ -34,6 +34,6 @@ setuptools.setup(
     extras_require={
         "test": ["pytest", "pytest-timeout"],
         # The PyTorch side of parity checks and benchmarks (tools/); CPU build.
-        "torch": ["torch==2.13.0"],
+        "torch": ["torch==2.13.0", "accelerate>=1.1.0"],
     },
 )

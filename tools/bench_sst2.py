@@ -1,6 +1,6 @@
 """Fine-tune all-MiniLM-L6-v2 on SST-2 with tf_finetune and with the HF PyTorch Trainer.
 
-  pip install torch==2.13.0     # CPU build, for the PyTorch side
+  pip install -e ".[torch]"     # torch 2.13.0 CPU build + accelerate, for the PyTorch side
   python tools/bench_sst2.py                            # full train set, both, interleaved
   python tools/bench_sst2.py --max_train_examples=2000 --rounds=1   # a quick look
 
@@ -22,9 +22,11 @@ import time
 from absl import app
 from absl import flags
 
-_RUN = flags.DEFINE_enum("run", None, ["tf", "torch"], "Internal: run one side in this process.")
+_RUN = flags.DEFINE_enum("run", None, ["tf", "tf_bf16", "torch"],
+                         "Internal: run one side in this process.")
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "Interleaved rounds of (tf, torch).")
-_SIDES = flags.DEFINE_list("sides", ["tf", "torch"], "Which sides to run.")
+_SIDES = flags.DEFINE_list("sides", ["tf", "torch"],
+                          "Sides: tf, torch (both fp32), tf_bf16 (mixed_bfloat16).")
 _MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 0, "0: the whole train set.")
 _EPOCHS = flags.DEFINE_float("epochs", 1.0, "Epochs.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
@@ -39,7 +41,7 @@ def _peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_tf():
+def run_tf(precision):
   sys.path.insert(0, str(REPO))
   import tf_finetune  # noqa: F401
   from configs import sst2
@@ -51,6 +53,7 @@ def run_tf():
   c.data.max_train_examples = _MAX_TRAIN.value
   c.train.epochs, c.train.batch_size, c.train.learning_rate = _EPOCHS.value, _BATCH.value, _LR.value
   c.train.adam_epsilon, c.train.seed = 1e-8, _SEED.value
+  c.train.precision = precision
   c.train.eval_every = 10**9  # one evaluation, at the end, as on the PyTorch side
   c.train.log_every = 100
   config_lib.validate(c)
@@ -64,7 +67,7 @@ def run_tf():
   train_time = time.time() - train_start
   report = t.evaluate_dev()
   steps = t.total_steps
-  return {"side": "tf", "dev_accuracy": report["accuracy"], "train_examples": len(t.splits["train"]),
+  return {"side": "tf" if precision == "float32" else "tf_bf16", "dev_accuracy": report["accuracy"], "train_examples": len(t.splits["train"]),
           "steps": steps, "examples_per_sec": steps * c.train.batch_size / train_time,
           "setup_s": setup, "wall_s": wall, "peak_rss_mb": _peak_rss_mb()}
 
@@ -104,10 +107,10 @@ def run_torch():
   args = transformers.TrainingArguments(
       output_dir=tempfile.mkdtemp(prefix="bench_sst2_torch_"), num_train_epochs=_EPOCHS.value,
       per_device_train_batch_size=_BATCH.value, per_device_eval_batch_size=64,
-      learning_rate=_LR.value, weight_decay=0.01, warmup_ratio=0.1, lr_scheduler_type="linear",
-      max_grad_norm=1.0, adam_epsilon=1e-8, group_by_length=True, seed=_SEED.value,
-      save_strategy="no", eval_strategy="no", report_to=[], logging_steps=100, use_cpu=True,
-      dataloader_drop_last=True)
+      learning_rate=_LR.value, weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear",
+      max_grad_norm=1.0, adam_epsilon=1e-8, train_sampling_strategy="group_by_length",
+      seed=_SEED.value,
+      save_strategy="no", eval_strategy="no", report_to=[], logging_steps=100, use_cpu=True)
   trainer = transformers.Trainer(
       model=model, args=args, train_dataset=train_data,
       data_collator=transformers.DataCollatorWithPadding(tokenizer))
@@ -127,7 +130,10 @@ def run_torch():
 def main(argv):
   passthrough = [a for a in argv[1:]]
   if _RUN.value:
-    result = run_tf() if _RUN.value == "tf" else run_torch()
+    if _RUN.value == "torch":
+      result = run_torch()
+    else:
+      result = run_tf("float32" if _RUN.value == "tf" else "mixed_bfloat16")
     print("RESULT " + json.dumps(result), flush=True)
     return
   flag_args = [f"--max_train_examples={_MAX_TRAIN.value}", f"--epochs={_EPOCHS.value}",
@@ -155,11 +161,13 @@ def main(argv):
     m = means[side]
     print(f"mean {side:>5}: dev accuracy {m['dev_accuracy']:.4f} | {m['examples_per_sec']:.1f} "
           f"examples/s | wall {m['wall_s']:.0f}s | peak RSS {m['peak_rss_mb']:.0f} MB")
-  if set(means) == {"tf", "torch"}:
-    tf_, pt = means["tf"], means["torch"]
-    print(f"tf - torch dev accuracy: {100 * (tf_['dev_accuracy'] - pt['dev_accuracy']):+.2f} points; "
-          f"examples/s ratio tf/torch: {tf_['examples_per_sec'] / pt['examples_per_sec']:.2f}; "
-          f"peak RSS ratio: {tf_['peak_rss_mb'] / pt['peak_rss_mb']:.2f}")
+  for side in ("tf", "tf_bf16"):
+    if side in means and "torch" in means:
+      ours, pt = means[side], means["torch"]
+      print(f"{side} - torch dev accuracy: {100 * (ours['dev_accuracy'] - pt['dev_accuracy']):+.2f} "
+            f"points; examples/s ratio {side}/torch: "
+            f"{ours['examples_per_sec'] / pt['examples_per_sec']:.2f}; "
+            f"peak RSS ratio: {ours['peak_rss_mb'] / pt['peak_rss_mb']:.2f}")
 
 
 if __name__ == "__main__":
