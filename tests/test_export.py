@@ -1,0 +1,138 @@
+"""The hand-off: SavedModel export, its signatures, warmup file and the predict CLI."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO, tiny_config, write_sentiment_tsv
+from tf_finetune import experiment
+from tf_finetune.data import pipeline
+from tf_finetune.export import serving
+from tf_finetune.training import trainer as trainer_lib
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("export")
+  data = write_sentiment_tsv(root / "data", n_train=48, n_dev=40)
+  workdir = root / "run"
+  trainer_lib.Trainer(tiny_config(data, train__steps=6), workdir).train()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+  return serving.export_saved_model(run_dir)
+
+
+def _dev_logits(run_dir):
+  wd = experiment.Workdir(run_dir)
+  config, labels = wd.load_config(), wd.load_labels()
+  splits, _ = experiment.load_data(config, labels)
+  task, model = experiment.build_model(config, labels, pretrained=False)
+  experiment.restore_model(wd, model, "best")
+  encoder = experiment.build_encoder(config)
+  values = task.label_values(splits["dev"])
+  logits = experiment.predict_logits(
+      model, pipeline.eval_dataset(splits["dev"], values, encoder, batch_size=64))
+  return splits["dev"].texts, logits, labels.labels
+
+
+def test_versions_increment_and_nothing_is_left_half_written(run_dir, exported, monkeypatch):
+  assert exported.name == "1" and exported.parent.name == "run"
+  second = serving.export_saved_model(run_dir, checkpoint="latest")
+  assert second.name == "2"
+  card = (second / "README.md").read_text()
+  assert "Base checkpoint: `all-MiniLM-L6-v2`" in card and "labels (2): 0, 1" in card
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("disk full")
+  monkeypatch.setattr(serving, "write_warmup_requests", broken)
+  with pytest.raises(RuntimeError):
+    serving.export_saved_model(run_dir)
+  assert sorted(p.name for p in exported.parent.iterdir()) == ["1", "2"]
+
+
+FRESH_PROCESS = r"""
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+texts = json.load(sys.stdin)
+model = tf.saved_model.load(sys.argv[1])
+out = model.signatures["serving_default"](text=tf.constant(texts))
+print(json.dumps({"probabilities": out["probabilities"].numpy().tolist(),
+                  "label": [x.decode() for x in out["label"].numpy()],
+                  "modules": sorted(m.split(".")[0] for m in sys.modules if m.startswith(("tf_finetune", "keras_hub")))}))
+"""
+
+
+def test_fresh_process_matches_evaluate_on_dev(run_dir, exported):
+  texts, logits, labels = _dev_logits(run_dir)
+  result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(exported)],
+                          input=json.dumps(texts), capture_output=True, text=True, timeout=300,
+                          cwd="/")
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["modules"] == []  # neither tf_finetune nor keras_hub is needed to serve
+  expected = tf.nn.softmax(logits).numpy()
+  served = np.array(out["probabilities"])
+  assert (served.argmax(1) == expected.argmax(1)).all()
+  np.testing.assert_allclose(served, expected, atol=1e-5)
+  assert out["label"] == [labels[i] for i in expected.argmax(1)]
+
+
+def test_token_id_signature_agrees_with_text_signature(run_dir, exported):
+  model = tf.saved_model.load(str(exported))
+  texts = tf.constant(["a wonderful film", "boring and far too long !"])
+  by_text = model.signatures["serving_default"](text=texts)
+  encoder = experiment.build_encoder(experiment.Workdir(run_dir).load_config())
+  padded = encoder.pad(encoder(texts))
+  by_ids = model.signatures["token_ids"](**padded)
+  np.testing.assert_allclose(by_text["logits"], by_ids["logits"], atol=1e-6)
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+  result = subprocess.run(["saved_model_cli", "show", "--all", "--dir", str(exported)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "signature_def['serving_default']" in result.stdout
+  assert "signature_def['token_ids']" in result.stdout
+  assert "inputs['text'] tensor_info" in result.stdout
+
+
+def test_warmup_requests_replay_through_the_signature(exported):
+  from tensorflow_serving.apis import prediction_log_pb2
+  model = tf.saved_model.load(str(exported))
+  records = list(tf.data.TFRecordDataset(
+      str(exported / "assets.extra" / serving.WARMUP_FILE)).as_numpy_iterator())
+  assert len(records) == 2
+  for record in records:
+    log = prediction_log_pb2.PredictionLog.FromString(record)
+    request = log.predict_log.request
+    assert request.model_spec.signature_name == "serving_default"
+    inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+    out = model.signatures["serving_default"](**{k: tf.constant(v) for k, v in inputs.items()})
+    assert out["label"].shape[0] == inputs["text"].shape[0]
+
+
+@pytest.mark.slow
+def test_predict_cli_arguments_file_and_stdin(exported, tmp_path):
+  base = [sys.executable, "-m", "tf_finetune.predict", f"--model={exported}"]
+  by_args = subprocess.run(base + ["a wonderful film", "a dull mess"], capture_output=True,
+                           text=True, timeout=300, cwd=REPO)
+  assert by_args.returncode == 0, by_args.stderr[-2000:]
+  rows = [line.split("\t") for line in by_args.stdout.strip().splitlines()]
+  assert [r[0] for r in rows] == ["a wonderful film", "a dull mess"]
+  assert all(r[1] in ("0", "1") and 0.5 <= float(r[2]) <= 1.0 for r in rows)
+  texts = tmp_path / "texts.txt"
+  texts.write_text("one\ntwo\nthree\n")
+  by_file = subprocess.run(base + [f"--input={texts}", "--output_format=jsonl", "--batch_size=2"],
+                           capture_output=True, text=True, timeout=300, cwd=REPO)
+  records = [json.loads(line) for line in by_file.stdout.strip().splitlines()]
+  assert [r["text"] for r in records] == ["one", "two", "three"]
+  by_stdin = subprocess.run(base, input="four\nfive\n", capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+  assert [line.split("\t")[0] for line in by_stdin.stdout.strip().splitlines()] == ["four", "five"]

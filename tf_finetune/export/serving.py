@@ -1,0 +1,142 @@
+"""SavedModel for TF Serving: raw text in, labels and probabilities out.
+
+Layout (TF Serving's): WORKDIR/export/<model_name>/<version>/ with saved_model.pb,
+variables/, assets/, assets.extra/tf_serving_warmup_requests and a model card README.md.
+A version is written into a hidden temporary directory beside it and renamed into place,
+so TF Serving never sees a half-written version; versions are never overwritten.
+"""
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from tf_finetune import experiment
+from tf_finetune.errors import WorkdirError
+
+MODEL_INPUTS = experiment.MODEL_INPUTS
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+class ServingModule(tf.Module):
+  """Signatures around the fine-tuned model; the text path calls the training TextEncoder."""
+
+  def __init__(self, model, encoder, labels, has_pairs):
+    super().__init__(name="tf_finetune_serving")
+    self.model = model
+    self.encoder = encoder
+    self.has_pairs = has_pairs
+    self.label_names = tf.constant(labels)
+
+  def _outputs(self, features):
+    logits = tf.cast(self.model(features, training=False), tf.float32)
+    label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1),
+            "label_id": label_id, "label": tf.gather(self.label_names, label_id)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+  def serve_text(self, text):
+    return self._outputs(self.encoder.pad(self.encoder(text)))
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
+                                tf.TensorSpec([None], tf.string, name="text_pair")])
+  def serve_text_pair(self, text, text_pair):
+    return self._outputs(self.encoder.pad(self.encoder(text, text_pair)))
+
+  @tf.function(input_signature=[{k: tf.TensorSpec([None, None], tf.int32, name=k)
+                                 for k in MODEL_INPUTS}])
+  def serve_token_ids(self, features):
+    return self._outputs(features)
+
+  def signatures(self):
+    text = (self.serve_text_pair if self.has_pairs else self.serve_text).get_concrete_function()
+    return {"serving_default": text,
+            "token_ids": self.serve_token_ids.get_concrete_function()}
+
+
+def next_version(model_dir):
+  versions = [int(p.name) for p in pathlib.Path(model_dir).glob("*") if p.name.isdigit()]
+  return max(versions, default=0) + 1
+
+
+def write_warmup_requests(path, model_name, examples, has_pairs):
+  """assets.extra/tf_serving_warmup_requests: PredictionLog records TF Serving replays at load."""
+  from tensorflow_serving.apis import model_pb2
+  from tensorflow_serving.apis import predict_pb2
+  from tensorflow_serving.apis import prediction_log_pb2
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for batch in examples:
+      request = predict_pb2.PredictRequest(
+          model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+      request.inputs["text"].CopyFrom(tf.make_tensor_proto([t for t, _ in batch], dtype=tf.string))
+      if has_pairs:
+        request.inputs["text_pair"].CopyFrom(
+            tf.make_tensor_proto([p for _, p in batch], dtype=tf.string))
+      log = prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request))
+      writer.write(log.SerializeToString())
+
+
+def model_card(config, labels, step, checkpoint, report, signature_info):
+  lines = [
+      f"# {config.task.name} model fine-tuned by tf_finetune", "",
+      f"- Base checkpoint: `{config.model.checkpoint}`" + (" (random init)" if config.model.random_init else ""),
+      f"- Task: {config.task.name}; labels ({len(labels)}): {', '.join(labels)}",
+      f"- Data: source `{config.data.source}` {config.data.dir or ''} "
+      f"train `{config.data.train_file or config.data.tfds_train_split}`",
+      f"- Checkpoint: `{checkpoint}` (step {step})",
+      f"- Hyperparameters: batch {config.train.batch_size}, learning rate {config.train.learning_rate}, "
+      f"steps {config.train.steps or 'from ' + str(config.train.epochs) + ' epochs'}, max_seq_length "
+      f"{config.data.max_seq_length}, weight decay {config.train.weight_decay}, warmup "
+      f"{config.train.warmup_fraction}, precision {config.train.precision}, seed {config.train.seed}",
+      "", "## Metrics", ""]
+  if report and report.get("step") == step:
+    for split, r in report["splits"].items():
+      lines.append(f"- {split}: accuracy {r['accuracy']:.4f}, macro F1 {r['macro_f1']:.4f} "
+                   f"({r['num_examples']} examples)")
+  else:
+    lines.append("- not evaluated at this checkpoint (run `python -m tf_finetune.evaluate`)")
+  lines += ["", "## Signatures", "", signature_info, ""]
+  return "\n".join(lines)
+
+
+def export_saved_model(workdir, checkpoint="best", model_name=None):
+  """Exports a checkpoint of the run; returns the new version directory."""
+  wd = experiment.Workdir(workdir)
+  config = wd.load_config()
+  labels = wd.load_labels()
+  encoder = experiment.build_encoder(config)
+  _, model = experiment.build_model(config, labels, pretrained=False)
+  checkpoint_path, step = experiment.restore_model(wd, model, checkpoint)
+  has_pairs = bool(config.data.text_pair_column)
+  module = ServingModule(model, encoder, labels.labels, has_pairs)
+
+  model_name = model_name or wd.root.name
+  model_dir = wd.export / model_name
+  model_dir.mkdir(parents=True, exist_ok=True)
+  version = next_version(model_dir)
+  final = model_dir / str(version)
+  tmp = model_dir / f".tmp-{version}-{os.getpid()}"
+  try:
+    tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+    (tmp / "assets.extra").mkdir(exist_ok=True)
+    sample = [("This is a warmup request.", "And its pair.")] * 1
+    write_warmup_requests(tmp / "assets.extra" / WARMUP_FILE, model_name,
+                          [sample, sample * 8], has_pairs)
+    report = json.loads((wd.eval / "report.json").read_text()) if (wd.eval / "report.json").is_file() else None
+    inputs = "`text` (and `text_pair`)" if has_pairs else "`text`"
+    signature_info = (f"- `serving_default`: {inputs}: string [batch] -> `label` string, `label_id` int32, "
+                      "`probabilities` and `logits` float32 [batch, labels]\n"
+                      "- `token_ids`: `token_ids`, `segment_ids`, `padding_mask` int32 [batch, length] "
+                      "-> the same outputs; needs no custom ops")
+    (tmp / "README.md").write_text(model_card(config, labels.labels, step, checkpoint_path,
+                                              report, signature_info))
+    if final.exists():
+      raise WorkdirError(f"{final} appeared during the export; nothing was overwritten")
+    tmp.rename(final)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+  return final
