@@ -136,3 +136,27 @@ def test_predict_cli_arguments_file_and_stdin(exported, tmp_path):
   by_stdin = subprocess.run(base, input="four\nfive\n", capture_output=True, text=True,
                             timeout=300, cwd=REPO)
   assert [line.split("\t")[0] for line in by_stdin.stdout.strip().splitlines()] == ["four", "five"]
+
+
+def test_hf_export_loads_in_transformers_with_same_logits(run_dir):
+  torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
+  import transformers
+  path = serving.export_hf(run_dir)
+  assert path.name == "1" and path.parent.name == "run_hf"
+  for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "README.md"):
+    assert (path / name).is_file(), name
+  texts = ["a wonderful, moving film", "boring and far too long ! really", "Café naïve 😀"]
+  hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+  batch = tokenizer(texts, padding=True, return_tensors="pt")
+  with torch.no_grad():
+    theirs = hf_model(**batch).logits.numpy()
+  wd = experiment.Workdir(run_dir)
+  config, labels = wd.load_config(), wd.load_labels()
+  _, model = experiment.build_model(config, labels, pretrained=False)
+  experiment.restore_model(wd, model, "best")
+  ours = model({"token_ids": batch["input_ids"].numpy().astype(np.int32),
+                "segment_ids": batch["token_type_ids"].numpy().astype(np.int32),
+                "padding_mask": batch["attention_mask"].numpy().astype(np.int32)}, training=False)
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+  assert hf_model.config.id2label == {0: "0", 1: "1"}

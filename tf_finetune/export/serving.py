@@ -5,6 +5,7 @@ variables/, assets/, assets.extra/tf_serving_warmup_requests and a model card RE
 A version is written into a hidden temporary directory beside it and renamed into place,
 so TF Serving never sees a half-written version; versions are never overwritten.
 """
+import contextlib
 import json
 import os
 import pathlib
@@ -61,6 +62,33 @@ def next_version(model_dir):
   return max(versions, default=0) + 1
 
 
+@contextlib.contextmanager
+def new_version_dir(model_dir):
+  """Yields a temporary directory that becomes model_dir/<next version> only on success."""
+  model_dir = pathlib.Path(model_dir)
+  model_dir.mkdir(parents=True, exist_ok=True)
+  version = next_version(model_dir)
+  final = model_dir / str(version)
+  tmp = model_dir / f".tmp-{version}-{os.getpid()}"
+  try:
+    yield tmp, final
+    if final.exists():
+      raise WorkdirError(f"{final} appeared during the export; nothing was overwritten")
+    tmp.rename(final)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_for_export(workdir, checkpoint):
+  wd = experiment.Workdir(workdir)
+  config = wd.load_config()
+  labels = wd.load_labels()
+  _, model = experiment.build_model(config, labels, pretrained=False)
+  checkpoint_path, step = experiment.restore_model(wd, model, checkpoint)
+  return wd, config, labels, model, checkpoint_path, step
+
+
 def write_warmup_requests(path, model_name, examples, has_pairs):
   """assets.extra/tf_serving_warmup_requests: PredictionLog records TF Serving replays at load."""
   from tensorflow_serving.apis import model_pb2
@@ -104,39 +132,41 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
 
 def export_saved_model(workdir, checkpoint="best", model_name=None):
   """Exports a checkpoint of the run; returns the new version directory."""
-  wd = experiment.Workdir(workdir)
-  config = wd.load_config()
-  labels = wd.load_labels()
+  wd, config, labels, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
   encoder = experiment.build_encoder(config)
-  _, model = experiment.build_model(config, labels, pretrained=False)
-  checkpoint_path, step = experiment.restore_model(wd, model, checkpoint)
   has_pairs = bool(config.data.text_pair_column)
   module = ServingModule(model, encoder, labels.labels, has_pairs)
 
   model_name = model_name or wd.root.name
-  model_dir = wd.export / model_name
-  model_dir.mkdir(parents=True, exist_ok=True)
-  version = next_version(model_dir)
-  final = model_dir / str(version)
-  tmp = model_dir / f".tmp-{version}-{os.getpid()}"
-  try:
+  with new_version_dir(wd.export / model_name) as (tmp, final):
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     (tmp / "assets.extra").mkdir(exist_ok=True)
-    sample = [("This is a warmup request.", "And its pair.")] * 1
+    sample = [("This is a warmup request.", "And its pair.")]
     write_warmup_requests(tmp / "assets.extra" / WARMUP_FILE, model_name,
                           [sample, sample * 8], has_pairs)
-    report = json.loads((wd.eval / "report.json").read_text()) if (wd.eval / "report.json").is_file() else None
     inputs = "`text` (and `text_pair`)" if has_pairs else "`text`"
-    signature_info = (f"- `serving_default`: {inputs}: string [batch] -> `label` string, `label_id` int32, "
-                      "`probabilities` and `logits` float32 [batch, labels]\n"
-                      "- `token_ids`: `token_ids`, `segment_ids`, `padding_mask` int32 [batch, length] "
-                      "-> the same outputs; needs no custom ops")
-    (tmp / "README.md").write_text(model_card(config, labels.labels, step, checkpoint_path,
-                                              report, signature_info))
-    if final.exists():
-      raise WorkdirError(f"{final} appeared during the export; nothing was overwritten")
-    tmp.rename(final)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
+    signature_info = (f"- `serving_default`: {inputs}: string [batch] -> `label` string, "
+                      "`label_id` int32, `probabilities` and `logits` float32 [batch, labels]\n"
+                      "- `token_ids`: `token_ids`, `segment_ids`, `padding_mask` int32 "
+                      "[batch, length] -> the same outputs; needs no custom ops")
+    write_model_card(tmp, wd, config, labels, step, checkpoint_path, signature_info)
+  return final
+
+
+def write_model_card(directory, wd, config, labels, step, checkpoint_path, usage):
+  report_path = wd.eval / "report.json"
+  report = json.loads(report_path.read_text()) if report_path.is_file() else None
+  (directory / "README.md").write_text(
+      model_card(config, labels.labels, step, checkpoint_path, report, usage))
+
+
+def export_hf(workdir, checkpoint="best", model_name=None):
+  """Exports a checkpoint as a transformers BertForSequenceClassification directory."""
+  from tf_finetune.export import hf
+  wd, config, labels, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
+  with new_version_dir(wd.export / f"{model_name or wd.root.name}_hf") as (tmp, final):
+    hf.write_hf_checkpoint(tmp, model, config, labels.labels)
+    write_model_card(tmp, wd, config, labels, step, checkpoint_path,
+                     "Load with transformers: `AutoModelForSequenceClassification."
+                     "from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`.")
   return final

@@ -1,0 +1,107 @@
+"""Export a fine-tuned BERT classifier as a Hugging Face checkpoint (BertForSequenceClassification).
+
+keras-hub 0.32 converts HF BERT checkpoints in but has no BERT exporter out, so this is the
+inverse of keras_hub/src/utils/transformers/convert_bert.py, written by hand.
+"""
+import json
+import pathlib
+import shutil
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from tf_finetune import checkpoints
+
+
+def _np(variable):
+  return np.asarray(variable.numpy(), dtype=np.float32)
+
+
+def _attention_in(kernel):
+  """EinsumDense kernel [hidden, heads, head_dim] -> [heads * head_dim, hidden]."""
+  k = _np(kernel)
+  return np.ascontiguousarray(k.reshape(k.shape[0], -1).T)
+
+
+def _attention_out(kernel):
+  """EinsumDense kernel [heads, head_dim, hidden] -> [hidden, heads * head_dim]."""
+  k = _np(kernel)
+  return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
+
+
+def state_dict(backbone, head):
+  """Tensors named as transformers' BertForSequenceClassification expects them."""
+  tensors = {
+      "bert.embeddings.word_embeddings.weight": _np(backbone.get_layer("token_embedding").embeddings),
+      "bert.embeddings.position_embeddings.weight":
+          _np(backbone.get_layer("position_embedding").position_embeddings),
+      "bert.embeddings.token_type_embeddings.weight":
+          _np(backbone.get_layer("segment_embedding").embeddings),
+      "bert.embeddings.LayerNorm.weight": _np(backbone.get_layer("embeddings_layer_norm").gamma),
+      "bert.embeddings.LayerNorm.bias": _np(backbone.get_layer("embeddings_layer_norm").beta),
+      "bert.pooler.dense.weight": _np(backbone.get_layer("pooled_dense").kernel).T.copy(),
+      "bert.pooler.dense.bias": _np(backbone.get_layer("pooled_dense").bias),
+      "classifier.weight": _np(head.kernel).T.copy(),
+      "classifier.bias": _np(head.bias),
+  }
+  for i in range(backbone.num_layers):
+    block = backbone.get_layer(f"transformer_layer_{i}")
+    attn = block._self_attention_layer
+    prefix = f"bert.encoder.layer.{i}."
+    for name, dense in (("query", attn.query_dense), ("key", attn.key_dense),
+                        ("value", attn.value_dense)):
+      tensors[f"{prefix}attention.self.{name}.weight"] = _attention_in(dense.kernel)
+      tensors[f"{prefix}attention.self.{name}.bias"] = _np(dense.bias).reshape(-1)
+    tensors[f"{prefix}attention.output.dense.weight"] = _attention_out(attn.output_dense.kernel)
+    tensors[f"{prefix}attention.output.dense.bias"] = _np(attn.output_dense.bias)
+    tensors[f"{prefix}attention.output.LayerNorm.weight"] = _np(block._self_attention_layer_norm.gamma)
+    tensors[f"{prefix}attention.output.LayerNorm.bias"] = _np(block._self_attention_layer_norm.beta)
+    tensors[f"{prefix}intermediate.dense.weight"] = _np(block._feedforward_intermediate_dense.kernel).T.copy()
+    tensors[f"{prefix}intermediate.dense.bias"] = _np(block._feedforward_intermediate_dense.bias)
+    tensors[f"{prefix}output.dense.weight"] = _np(block._feedforward_output_dense.kernel).T.copy()
+    tensors[f"{prefix}output.dense.bias"] = _np(block._feedforward_output_dense.bias)
+    tensors[f"{prefix}output.LayerNorm.weight"] = _np(block._feedforward_layer_norm.gamma)
+    tensors[f"{prefix}output.LayerNorm.bias"] = _np(block._feedforward_layer_norm.beta)
+  return tensors
+
+
+def hf_config(backbone, base_config, labels, dropout):
+  config = dict(base_config)
+  config.update({
+      "architectures": ["BertForSequenceClassification"], "model_type": "bert",
+      "vocab_size": backbone.vocabulary_size, "hidden_size": backbone.hidden_dim,
+      "num_hidden_layers": backbone.num_layers, "num_attention_heads": backbone.num_heads,
+      "intermediate_size": backbone.intermediate_dim,
+      "max_position_embeddings": backbone.max_sequence_length,
+      "type_vocab_size": backbone.num_segments, "hidden_act": "gelu",
+      "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
+      "classifier_dropout": dropout, "layer_norm_eps": 1e-12,
+      "id2label": {str(i): label for i, label in enumerate(labels)},
+      "label2id": {label: i for i, label in enumerate(labels)},
+      "problem_type": "single_label_classification",
+  })
+  config.pop("_name_or_path", None)
+  config.pop("transformers_version", None)
+  return config
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def write_hf_checkpoint(path, model, config, labels):
+  """Writes config.json, model.safetensors and the base checkpoint's tokenizer files."""
+  if config.model.pooling != "pooler":
+    raise ValueError("--format=hf needs model.pooling='pooler' (BertForSequenceClassification)")
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  backbone = [l for l in model.layers if l.name.startswith("bert_backbone")][0]
+  head = model.get_layer("logits")
+  base_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
+  base = json.loads((base_dir / "config.json").read_text())
+  (path / "config.json").write_text(json.dumps(
+      hf_config(backbone, base, labels, config.model.dropout), indent=1) + "\n")
+  save_file(state_dict(backbone, head), str(path / "model.safetensors"), metadata={"format": "pt"})
+  for name in TOKENIZER_FILES:
+    if (base_dir / name).is_file():
+      shutil.copy(base_dir / name, path / name)
+  return path
