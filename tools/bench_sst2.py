@@ -118,8 +118,10 @@ def run_torch():
   train_start = time.time()
   result = trainer.train()
   train_time = time.time() - train_start
-  logits = trainer.predict(dev_data).predictions
-  accuracy = float(np.mean(np.argmax(logits, -1) == np.array(dev_data.labels)))
+  # Trainer may reorder the eval set (length grouping); label_ids come back in its order.
+  prediction = trainer.predict(dev_data)
+  assert len(prediction.label_ids) == len(dev_data)
+  accuracy = float(np.mean(np.argmax(prediction.predictions, -1) == prediction.label_ids))
   steps = result.global_step
   return {"side": "torch", "dev_accuracy": accuracy, "train_examples": len(train_data),
           "steps": steps, "examples_per_sec": steps * _BATCH.value / train_time,
