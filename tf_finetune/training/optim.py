@@ -30,8 +30,9 @@ class FusedAdamW(keras.optimizers.AdamW):
     so its clipnorm under a multi-replica strategy clips each replica's partial gradient;
     the trainer all-reduces, clips by the true global norm, then applies here.
   - The Adam update is TensorFlow's fused ResourceApplyAdam kernel, one pass per variable
-    instead of Keras's six element-wise ops (same formula); on 2 CPU cores this cut the
-    optimizer's share of a MiniLM step from about 250 ms to {see tools/bench_sst2.py}.
+    instead of Keras's element-wise ops (same formula). The embedding's IndexedSlices
+    gradient is summed into a dense one first, as HF/PyTorch AdamW does; Keras's own
+    sparse path is slower and mishandles repeated token ids (tests/test_optim.py).
   """
 
   def _all_reduce_sum_gradients(self, grads_and_vars):
