@@ -29,7 +29,8 @@ def test_smoke_train_then_resume_then_evaluate(tmp_path):
   assert "step 2/12 | loss" in first.stderr and "examples/s | ETA" in first.stderr
   predictions = (workdir / "eval" / "predictions.tsv").read_text().splitlines()
   assert predictions[0].split("\t")[:5] == ["split", "origin", "label", "predicted", "probability"]
-  assert len(predictions) == 1 + dev["num_examples"]
+  dev_rows = [line.split("\t") for line in predictions[1:] if line.startswith("dev\t")]
+  assert len(dev_rows) == dev["num_examples"] and all(len(r) == 6 for r in dev_rows)
 
   second = _run("tf_finetune.train", "--config=configs/smoke.py", f"--workdir={workdir}")
   assert second.returncode == 0, second.stderr[-3000:]

@@ -52,9 +52,12 @@ def load_data(config, label_vocabulary=None):
   splits = sources.load_splits(config.data)
   limit = config.data.max_train_examples
   if limit and limit < len(splits["train"]):
-    logging.warning("data.max_train_examples=%d: training on the first %d of %d train examples",
-                    limit, limit, len(splits["train"]))
-    splits["train"] = splits["train"].subset(range(limit))
+    logging.warning("data.max_train_examples=%d: training on a label-stratified sample of %d of "
+                    "%d train examples (data.split_seed=%d)", limit, limit, len(splits["train"]),
+                    config.data.split_seed)
+    rest, _ = sources.stratified_split(
+        splits["train"], [1 - limit / len(splits["train"])], config.data.split_seed)
+    splits["train"] = splits["train"].subset(rest)
   if label_vocabulary is None:
     label_vocabulary = labels_lib.LabelVocabulary.from_train(splits["train"].labels)
   if len(label_vocabulary) < 2:

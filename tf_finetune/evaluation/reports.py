@@ -1,5 +1,4 @@
 """Metrics reports (scikit-learn) and the files of WORKDIR/eval/."""
-import csv
 import json
 import pathlib
 
@@ -57,12 +56,18 @@ def plot_confusion_matrix(path, matrix, label_names, title):
   plt.close(figure)
 
 
+def _tsv_field(value):
+  r"""One line per example: backslash, tab and line breaks are written as \\, \t, \n, \r."""
+  return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+          .replace("\r", "\\r"))
+
+
 def write_predictions(path, rows):
   """eval/predictions.tsv: split, origin (file:line), gold, predicted, probability, text."""
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-    writer.writerow(["split", "origin", "label", "predicted", "probability", "text"])
-    writer.writerows(rows)
+  header = ["split", "origin", "label", "predicted", "probability", "text"]
+  with open(path, "w", encoding="utf-8") as f:
+    for row in [header] + list(rows):
+      f.write("\t".join(_tsv_field(v) for v in row) + "\n")
 
 
 def write_json(path, data):
