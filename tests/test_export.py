@@ -160,3 +160,27 @@ def test_hf_export_loads_in_transformers_with_same_logits(run_dir):
                 "padding_mask": batch["attention_mask"].numpy().astype(np.int32)}, training=False)
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
   assert hf_model.config.id2label == {0: "0", 1: "1"}
+
+
+def test_sentence_pair_export_takes_two_strings(tmp_path):
+  data = tmp_path / "pairs"
+  data.mkdir()
+  rows = ["premise\thypothesis\tlabel"] + [
+      f"the film {w} long\tit {'is' if i % 2 else 'is not'} long\t{i % 2}"
+      for i, w in enumerate(["was", "is", "seemed", "felt"] * 6)]
+  (data / "train.tsv").write_text("\n".join(rows) + "\n")
+  (data / "dev.tsv").write_text("\n".join(rows[:9]) + "\n")
+  config = tiny_config(data, train__steps=2)
+  config.data.text_column, config.data.text_pair_column = "premise", "hypothesis"
+  trainer_lib.Trainer(config, tmp_path / "run").train()
+  exported = serving.export_saved_model(tmp_path / "run")
+  model = tf.saved_model.load(str(exported))
+  serve = model.signatures["serving_default"]
+  assert set(serve.structured_input_signature[1]) == {"text", "text_pair"}
+  out = serve(text=tf.constant(["the film was long", "x"]), text_pair=tf.constant(["it is long", "y"]))
+  assert out["probabilities"].shape == (2, 2)
+  encoder = experiment.build_encoder(config)
+  features = encoder.pad(encoder(tf.constant(["the film was long"]), tf.constant(["it is long"])))
+  assert features["segment_ids"].numpy().tolist() == [[0] * 6 + [1] * 4]
+  by_ids = model.signatures["token_ids"](**features)
+  np.testing.assert_allclose(by_ids["logits"].numpy()[0], out["logits"].numpy()[0], atol=1e-6)
