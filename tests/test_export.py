@@ -184,3 +184,19 @@ def test_sentence_pair_export_takes_two_strings(tmp_path):
   assert features["segment_ids"].numpy().tolist() == [[0] * 6 + [1] * 4]
   by_ids = model.signatures["token_ids"](**features)
   np.testing.assert_allclose(by_ids["logits"].numpy()[0], out["logits"].numpy()[0], atol=1e-6)
+
+
+def test_tflite_runs_in_the_interpreter_close_to_the_saved_model(run_dir, exported):
+  path = serving.export_tflite(run_dir)
+  assert (path / "model.tflite").is_file() and (path / "vocab.txt").is_file()
+  assert json.loads((path / "labels.json").read_text()) == ["0", "1"]
+  saved = tf.saved_model.load(str(exported))
+  interpreter = tf.lite.Interpreter(model_path=str(path / "model.tflite"))
+  runner = interpreter.get_signature_runner("serving_default")
+  encoder = experiment.build_encoder(experiment.Workdir(run_dir).load_config())
+  for texts in (["a wonderful film"], ["boring and far too long !", "superb direction", "a dull mess"]):
+    features = {k: v.numpy() for k, v in encoder.pad(encoder(tf.constant(texts))).items()}
+    lite = runner(**features)["output_0"]
+    full = saved.signatures["token_ids"](**{k: tf.constant(v) for k, v in features.items()})
+    assert lite.shape == (len(texts), 2) and np.isfinite(lite).all()
+    np.testing.assert_allclose(lite, full["logits"].numpy(), atol=0.01)

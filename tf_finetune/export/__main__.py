@@ -5,7 +5,8 @@
 
 Writes WORKDIR/export/<model_name>/<version>/, a SavedModel that TF Serving loads as it
 is (version = previous + 1; nothing is overwritten). With --format=hf, writes
-WORKDIR/export/<model_name>_hf/<version>/ for transformers (PyTorch). Prints the directory.
+WORKDIR/export/<model_name>_hf/<version>/ for transformers (PyTorch); with --format=tflite,
+WORKDIR/export/<model_name>_tflite/<version>/model.tflite. Prints the directory.
 """
 from absl import flags
 
@@ -15,14 +16,16 @@ from tf_finetune import cli
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a checkpoint path.")
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "Model name (default: the workdir's name).")
-_FORMAT = flags.DEFINE_enum("format", "saved_model", ["saved_model", "hf"],
-                            "saved_model (TF Serving) or hf (transformers, PyTorch).")
+_FORMAT = flags.DEFINE_enum("format", "saved_model", ["saved_model", "hf", "tflite"],
+                            "saved_model (TF Serving), hf (transformers, PyTorch) or tflite "
+                            "(dynamic-range int8, token-id inputs).")
 
 
 def main(argv):
   del argv
   from tf_finetune.export import serving
-  export = serving.export_hf if _FORMAT.value == "hf" else serving.export_saved_model
+  export = {"saved_model": serving.export_saved_model, "hf": serving.export_hf,
+            "tflite": serving.export_tflite}[_FORMAT.value]
   print(export(_WORKDIR.value, _CHECKPOINT.value, _MODEL_NAME.value))
 
 

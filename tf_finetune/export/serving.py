@@ -170,3 +170,35 @@ def export_hf(workdir, checkpoint="best", model_name=None):
                      "Load with transformers: `AutoModelForSequenceClassification."
                      "from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`.")
   return final
+
+
+def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
+  """model.tflite: the classifier on token ids (TFLite has no kernels for the tokenizer ops),
+  dynamic-range int8 weights by default; vocab.txt and labels.json beside it.
+
+  Converted from Keras 3's own SavedModel export (model.export): converted from a tf.Module
+  or a concrete function, the Keras variables stay unset resource variables in TFLite and
+  the interpreter returns garbage.
+  """
+  import tempfile
+  wd, config, labels, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
+  encoder = experiment.build_encoder(config)
+  with tempfile.TemporaryDirectory() as keras_export:
+    model.export(keras_export, format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(keras_export)
+    if quantize:
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    flatbuffer = converter.convert()
+  with new_version_dir(wd.export / f"{model_name or wd.root.name}_tflite") as (tmp, final):
+    tmp.mkdir()
+    (tmp / "model.tflite").write_bytes(flatbuffer)
+    labels.save(tmp / "labels.json")
+    (tmp / "vocab.txt").write_text("\n".join(encoder.tokenizer.get_vocabulary()) + "\n")
+    write_model_card(
+        tmp, wd, config, labels, step, checkpoint_path,
+        f"`model.tflite` ({len(flatbuffer):,} bytes, "
+        f"{'dynamic-range int8 weights' if quantize else 'float32'}): signature "
+        "`serving_default`, inputs `token_ids`, `segment_ids`, `padding_mask` (int32 "
+        "[batch, length]) -> `output_0`, the logits; label names by index in `labels.json`; "
+        f"tokenize with `vocab.txt` (BERT WordPiece, max_seq_length {config.data.max_seq_length}).")
+  return final
