@@ -4,7 +4,6 @@ import json
 import pathlib
 import weakref
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging

@@ -46,7 +46,6 @@ def run_tf(precision):
   import tf_finetune  # noqa: F401
   from configs import sst2
   from tf_finetune import config as config_lib
-  from tf_finetune import experiment
   from tf_finetune.training import trainer as trainer_lib
   c = sst2.get_config()
   c.data.max_seq_length = _MAX_LEN.value

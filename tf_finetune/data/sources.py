@@ -252,7 +252,7 @@ def load_splits(data_config):
     else:
       splits[name] = _read_file(data_config, ref, name)
   if "train" not in splits:
-    raise DataError(f"data: no train split given (data.train_file / data.tfds_train_split)")
+    raise DataError("data: no train split given (data.train_file / data.tfds_train_split)")
   if "dev" not in splits:
     train, dev = stratified_split(splits["train"], [data_config.dev_fraction],
                                   data_config.split_seed)

@@ -11,7 +11,6 @@ import os
 import pathlib
 import shutil
 
-import numpy as np
 import tensorflow as tf
 
 from tf_finetune import experiment

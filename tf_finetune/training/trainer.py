@@ -1,6 +1,5 @@
 """The training loop: a tf.function GradientTape step under any tf.distribute strategy."""
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -80,9 +79,8 @@ class Trainer:
     self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
     self.train_label_values = self.task.label_values(self.splits["train"])
     self.dev_label_values = self.task.label_values(self.splits["dev"])
-    for name in ("test",):
-      if name in self.splits:  # unseen labels fail now, not after training.
-        self.task.label_values(self.splits[name])
+    if "test" in self.splits:  # unseen labels fail now, not after training.
+      self.task.label_values(self.splits["test"])
 
   @property
   def step(self):
