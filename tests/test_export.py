@@ -200,3 +200,39 @@ def test_tflite_runs_in_the_interpreter_close_to_the_saved_model(run_dir, export
     full = saved.signatures["token_ids"](**{k: tf.constant(v) for k, v in features.items()})
     assert lite.shape == (len(texts), 2) and np.isfinite(lite).all()
     np.testing.assert_allclose(lite, full["logits"].numpy(), atol=0.01)
+
+
+NO_CUSTOM_OPS = r"""
+import sys
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+proto = saved_model_pb2.SavedModel()
+proto.ParseFromString(open(sys.argv[1] + "/saved_model.pb", "rb").read())
+graph = proto.meta_graphs[0]
+functions = {f.signature.name: f for f in graph.graph_def.library.function}
+def ops_of(nodes, seen):
+  for node in nodes:
+    yield node.op
+    names = [node.op] + [a.func.name for a in node.attr.values() if a.func.name]
+    for name in names:
+      if name in functions and name not in seen:
+        seen.add(name)
+        yield from ops_of(functions[name].node_def, seen)
+def signature_ops(key):
+  outputs = {t.name.split(":")[0] for t in graph.signature_def[key].outputs.values()}
+  nodes = [n for n in graph.graph_def.node if n.name in outputs]
+  return set(ops_of(nodes, set()))
+ids, text = signature_ops("token_ids"), signature_ops("serving_default")
+unknown = lambda ops: sorted(o for o in ops if o not in functions and op_def_registry.get(o) is None)
+print(unknown(ids), unknown(text))
+"""
+
+
+def test_token_id_signature_needs_no_custom_ops(exported):
+  result = subprocess.run([sys.executable, "-c", NO_CUSTOM_OPS, str(exported)],
+                          capture_output=True, text=True, timeout=300, cwd="/")
+  assert result.returncode == 0, result.stderr[-3000:]
+  ids_unknown, text_unknown = result.stdout.strip().splitlines()[-1].split("] [")
+  assert ids_unknown == "["  # every op of the token-id signature is in core TensorFlow
+  assert "FastWordpieceTokenizeWithOffsets" in text_unknown  # the raw-text one needs TF Text
