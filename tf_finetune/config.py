@@ -93,6 +93,17 @@ def base_config():
   return c
 
 
+def flatten(d, prefix=""):
+  """{"train": {"steps": 3}} -> {"train.steps": 3}, for a config as a plain dict."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def _check(condition, key, value, requirement):
   if not condition:
     raise ConfigError(f"config.{key}={value!r}: {requirement}")

@@ -129,7 +129,6 @@ def run_torch():
 
 
 def main(argv):
-  passthrough = [a for a in argv[1:]]
   if _RUN.value:
     if _RUN.value == "torch":
       result = run_torch()
@@ -139,7 +138,7 @@ def main(argv):
     return
   flag_args = [f"--max_train_examples={_MAX_TRAIN.value}", f"--epochs={_EPOCHS.value}",
                f"--batch_size={_BATCH.value}", f"--learning_rate={_LR.value}",
-               f"--max_seq_length={_MAX_LEN.value}", f"--seed={_SEED.value}"] + passthrough
+               f"--max_seq_length={_MAX_LEN.value}", f"--seed={_SEED.value}", *argv[1:]]
   results = []
   for round_ in range(_ROUNDS.value):
     for side in _SIDES.value:

@@ -3,6 +3,7 @@ from absl import logging
 
 from tf_finetune import experiment
 from tf_finetune.data import pipeline
+from tf_finetune.errors import DataError
 from tf_finetune.evaluation import reports
 
 
@@ -16,6 +17,10 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None):
   task, model = experiment.build_model(config, labels, pretrained=False)
   path, step = experiment.restore_model(wd, model, checkpoint)
   wanted = splits or [s for s in config.train.eval_splits.split(",") if s in data]
+  missing = [s for s in wanted if s not in data]
+  if missing:
+    raise DataError(f"{wd.root}: no split {', '.join(missing)} in this run's data "
+                    f"(it has {', '.join(data)})")
   wd.eval.mkdir(parents=True, exist_ok=True)
   report = {"task": config.task.name, "checkpoint": path, "step": step,
             "best_metric": config.train.best_metric, "labels": labels.labels, "splits": {}}

@@ -5,6 +5,8 @@ import pathlib
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
+from tf_finetune import config as config_lib
+
 
 class Writers:
 
@@ -26,16 +28,10 @@ class Writers:
     self.eval.flush()
 
   def hparams(self, config):
-    flat = {}
-    def walk(d, prefix):
-      for k, v in d.items():
-        if isinstance(v, dict):
-          walk(v, f"{prefix}{k}.")
-        elif isinstance(v, (bool, int, float, str)):
-          flat[f"{prefix}{k}"] = v
-    walk(json.loads(config.to_json()), "")
+    flat = config_lib.flatten(json.loads(config.to_json()))
     with self.train.as_default():
-      hparams_api.hparams(flat)
+      hparams_api.hparams({k: v for k, v in flat.items()
+                           if isinstance(v, (bool, int, float, str))})
 
   def flush(self):
     self.train.flush()

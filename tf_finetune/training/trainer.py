@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_finetune import config as config_lib
 from tf_finetune import distribute
 from tf_finetune import experiment
 from tf_finetune.data import pipeline
@@ -19,16 +20,6 @@ from tf_finetune.training import summaries
 # Keys a resumed run may change; any other difference would make the resumed run a
 # different experiment than the checkpoint's.
 RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_size"}
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def _format_duration(seconds):
@@ -99,7 +90,7 @@ class Trainer:
     resolved = json.loads(self.config.to_json())
     if wd.config.is_file():
       saved = json.loads(wd.config.read_text())
-      a, b = _flatten(saved), _flatten(resolved)
+      a, b = config_lib.flatten(saved), config_lib.flatten(resolved)
       changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                        and k not in RESUMABLE_CHANGES)
       if changed:
