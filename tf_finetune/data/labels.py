@@ -2,6 +2,7 @@
 import json
 import pathlib
 
+from tf_finetune import atomic
 from tf_finetune.errors import DataError
 
 
@@ -26,7 +27,7 @@ class LabelVocabulary:
     return cls(json.loads(pathlib.Path(path).read_text()))
 
   def save(self, path):
-    pathlib.Path(path).write_text(json.dumps(self.labels, indent=1, ensure_ascii=False) + "\n")
+    atomic.write_text(path, json.dumps(self.labels, indent=1, ensure_ascii=False) + "\n")
 
   def __len__(self):
     return len(self.labels)

@@ -5,6 +5,8 @@ import pathlib
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from tf_finetune import atomic
+
 
 def classification_report(label_ids, predicted_ids, label_names, loss=None):
   """accuracy, macro F1 and per-class precision / recall / F1 / support."""
@@ -71,7 +73,4 @@ def write_predictions(path, rows):
 
 
 def write_json(path, data):
-  path = pathlib.Path(path)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-  tmp.replace(path)
+  atomic.write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")

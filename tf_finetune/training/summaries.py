@@ -36,3 +36,7 @@ class Writers:
   def flush(self):
     self.train.flush()
     self.eval.flush()
+
+  def close(self):
+    self.train.close()
+    self.eval.close()

@@ -1,5 +1,6 @@
 """The training loop: a tf.function GradientTape step under any tf.distribute strategy."""
 import json
+import pathlib
 import shutil
 import tempfile
 import time
@@ -9,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_finetune import atomic
 from tf_finetune import config as config_lib
 from tf_finetune import distribute
 from tf_finetune import experiment
@@ -36,6 +38,8 @@ class Trainer:
     self.workdir = experiment.Workdir(workdir)
     self.strategy = distribute.get_strategy(config.distribution)
     self.is_chief = distribute.is_chief(self.strategy)
+    # Other workers write their (collective) saves and summaries here; nobody reads them.
+    self._scratch = None if self.is_chief else tempfile.mkdtemp(prefix="tf_finetune_worker_")
     self.resuming = self._check_workdir()
     keras.utils.set_random_seed(config.train.seed)
     if config.train.precision == "mixed_bfloat16":
@@ -57,16 +61,17 @@ class Trainer:
       self.task, self.model = experiment.build_model(config, self.labels, pretrained=True)
       self.optimizer = optim.build_optimizer(t, self.total_steps, self.model.trainable_variables)
     self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer)
-    self._checkpoint_dir = self._side_effect_dir(self.workdir.checkpoints)
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, self._checkpoint_dir, max_to_keep=t.keep_checkpoints)
+        self.checkpoint, self._side_effect_dir(self.workdir.checkpoints),
+        max_to_keep=t.keep_checkpoints)
     self.best_manager = tf.train.CheckpointManager(
         self.checkpoint, self._side_effect_dir(self.workdir.best), max_to_keep=1)
     self.best = self._load_best()
-    if self.manager.latest_checkpoint:
-      self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-      logging.info("Resuming from %s at step %d of %d", self.manager.latest_checkpoint,
-                   self.step, self.total_steps)
+    # Every worker resumes from the chief's checkpoint, so a restarted worker rejoins in step.
+    latest = tf.train.latest_checkpoint(str(self.workdir.checkpoints))
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
     self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
     self.train_label_values = self.task.label_values(self.splits["train"])
     self.dev_label_values = self.task.label_values(self.splits["dev"])
@@ -78,14 +83,14 @@ class Trainer:
     return int(self.optimizer.iterations.numpy())
 
   def _side_effect_dir(self, path):
-    """The chief writes into the workdir; other workers into a throwaway directory (their
-    saves are collective under MultiWorkerMirroredStrategy, but nobody reads them)."""
+    """The chief writes into the workdir; other workers into their scratch directory."""
     if self.is_chief:
       return str(path)
-    return tempfile.mkdtemp(prefix="tf_finetune_worker_")
+    return str(pathlib.Path(self._scratch) / path.relative_to(self.workdir.root))
 
   def _check_workdir(self):
-    """Writes config.json on a new run; on a resumed one, refuses a changed config."""
+    """Is this a resumed run? On a resumed one, refuses a changed config; on a new one, a
+    non-empty directory (only the chief checks that: it creates the directory)."""
     wd = self.workdir
     resolved = json.loads(self.config.to_json())
     if wd.config.is_file():
@@ -101,17 +106,18 @@ class Trainer:
         raise WorkdirError(f"{wd.root}: config.json but no labels.json; the run directory is "
                            "damaged")
       return True
-    if wd.root.exists() and any(wd.root.iterdir()):
+    if self.is_chief and wd.root.exists() and any(wd.root.iterdir()):
       raise WorkdirError(f"{wd.root} is not empty and holds no tf_finetune run; "
                          "choose a new --workdir")
     return False
 
   def _write_run_files(self):
+    """labels.json, then config.json (which marks a run directory), each written atomically."""
     if not self.is_chief or self.resuming:
       return
     self.workdir.root.mkdir(parents=True, exist_ok=True)
-    self.workdir.config.write_text(self.config.to_json(indent=1) + "\n")
     self.labels.save(self.workdir.labels)
+    atomic.write_text(self.workdir.config, self.config.to_json(indent=1) + "\n")
 
   def _load_best(self):
     if self.workdir.best_json.is_file():
@@ -192,6 +198,7 @@ class Trainer:
     start_step = self.step
     if start_step >= self.total_steps:
       logging.info("%s: training already finished at step %d", self.workdir.root, start_step)
+      self._close()
       return
     trainable = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
     total = sum(int(np.prod(v.shape)) for v in self.model.variables)
@@ -200,6 +207,9 @@ class Trainer:
                  len(self.splits["train"]), self.global_batch_size, self.total_steps,
                  self.total_steps / self.steps_per_epoch, self.strategy.num_replicas_in_sync,
                  f"{trainable:,}", f"{total:,}")
+    if not self.is_chief:
+      logging.info("This worker is not the chief: its checkpoints and summaries go to %s and "
+                   "are deleted at the end; the chief writes %s", self._scratch, self.workdir.root)
     if start_step == 0:
       self.writers.hparams(self.config)
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
@@ -240,6 +250,10 @@ class Trainer:
                       step, path)
       raise
     finally:
-      self.writers.flush()
+      self._close()
+
+  def _close(self):
+    self.writers.flush()
     if not self.is_chief:
-      shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
+      self.writers.close()
+      shutil.rmtree(self._scratch, ignore_errors=True)

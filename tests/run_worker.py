@@ -1,0 +1,30 @@
+"""One process of a multi-worker test: trains a config (JSON) as `tf_finetune.train` does,
+then saves its trainable weights and prints a JSON line about itself.
+
+  TF_CONFIG='{...}' python tests/run_worker.py CONFIG_JSON WORKDIR WEIGHTS_NPZ [UNTIL_STEP]
+"""
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import ml_collections  # noqa: E402
+from absl import logging  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tf_finetune import train  # noqa: E402
+
+
+def main(config_path, workdir, weights_path, until_step=None):
+  logging.set_verbosity(logging.INFO)  # as under absl.app, which this script does not use
+  config = ml_collections.ConfigDict(json.loads(pathlib.Path(config_path).read_text()))
+  trainer = train.train_and_evaluate(config, workdir, int(until_step) if until_step else None)
+  np.savez(weights_path, *[v.numpy() for v in trainer.model.trainable_variables])
+  print(json.dumps({"is_chief": trainer.is_chief, "scratch": trainer._scratch,
+                    "step": trainer.step,
+                    "replicas": trainer.strategy.num_replicas_in_sync}))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])

@@ -1,0 +1,98 @@
+"""MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, tiny_config
+
+TIMEOUT_SECONDS = 300
+
+
+def _free_ports(n):
+  sockets = [socket.socket() for _ in range(n)]
+  try:
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+
+
+def _run_two_workers(config, workdir, out_dir, until_step=None):
+  """Starts both workers, waits for both (bounded), kills whatever is left; returns
+  [(returncode, stdout, stderr, weights)] for worker 0 (the chief) and worker 1."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  config_path = out_dir / "config.json"
+  config_path.write_text(config.to_json())
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+  processes = []
+  try:
+    for index in range(2):
+      env = dict(os.environ, TF_CONFIG=json.dumps(
+          {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+      command = [sys.executable, str(REPO / "tests" / "run_worker.py"), str(config_path),
+                 str(workdir), str(out_dir / f"weights_{index}.npz")]
+      if until_step:
+        command.append(str(until_step))
+      processes.append(subprocess.Popen(command, env=env, cwd=REPO, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    deadline = time.time() + TIMEOUT_SECONDS
+    outputs = [p.communicate(timeout=max(1, deadline - time.time())) for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  results = []
+  for index, (p, (stdout, stderr)) in enumerate(zip(processes, outputs)):
+    assert p.returncode == 0, f"worker {index}:\n{stderr[-4000:]}"
+    info = json.loads(stdout.strip().splitlines()[-1])
+    with np.load(out_dir / f"weights_{index}.npz") as npz:
+      weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    results.append((info, stderr, weights))
+  return results
+
+
+@pytest.mark.slow
+def test_two_workers_train_in_step_only_the_chief_writes_and_a_restart_resumes(
+    sentiment_dir, tmp_path):
+  config = tiny_config(sentiment_dir, distribution__strategy="multi_worker", train__steps=6,
+                       train__eval_every=3, model__dropout=0.1)
+
+  straight = tmp_path / "straight"
+  (chief, chief_log, chief_weights), (worker, worker_log, worker_weights) = _run_two_workers(
+      config, straight, tmp_path / "out_straight")
+  assert chief["is_chief"] and not worker["is_chief"]
+  assert chief["replicas"] == worker["replicas"] == 2 and chief["step"] == worker["step"] == 6
+  for a, b in zip(chief_weights, worker_weights):
+    np.testing.assert_array_equal(a, b)
+  # The chief wrote the run directory; the worker's scratch directory is gone and it wrote
+  # no summaries, checkpoints or report of its own into the workdir.
+  assert not os.path.exists(worker["scratch"])
+  for name in ("config.json", "labels.json", "checkpoints/best.json", "checkpoints/ckpt-6.index",
+               "eval/report.json", "eval/predictions.tsv"):
+    assert (straight / name).is_file(), name
+  for sub in ("train", "eval"):
+    assert len(list((straight / "tensorboard" / sub).glob("events.out.tfevents.*"))) == 1, sub
+  assert "the chief evaluates" in worker_log and "is not the chief" in worker_log
+  report = json.loads((straight / "eval" / "report.json").read_text())
+  assert report["step"] in (3, 6)
+
+  # Interrupt both at step 3, restart both: each resumes from the chief's checkpoint and
+  # the run ends where the uninterrupted one did.
+  restarted = tmp_path / "restarted"
+  _run_two_workers(config, restarted, tmp_path / "out_first", until_step=3)
+  assert not (restarted / "eval").exists()
+  results = _run_two_workers(config, restarted, tmp_path / "out_second")
+  for info, log, weights in results:
+    assert f"Resuming from {restarted / 'checkpoints' / 'ckpt-3'} at step 3" in log
+    assert info["step"] == 6
+    for a, b in zip(chief_weights, weights):
+      np.testing.assert_allclose(a, b, atol=1e-5)
