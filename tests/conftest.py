@@ -32,8 +32,9 @@ def requires_shared(*parts):
                             reason=f"../shared/data/{'/'.join(parts)} is absent on this machine")
 
 
-def write_sentiment_tsv(directory, n_train=48, n_dev=16, seed=0):
-  """Small two-label TSV data set made of fixed phrases, with a header."""
+def write_sentiment_tsv(directory, n_train=48, n_dev=16, seed=0, max_repeats=1):
+  """Small two-label TSV data set made of fixed phrases, with a header; each text is its
+  phrase said 1 to max_repeats times (for examples of several lengths)."""
   rng = random.Random(seed)
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
@@ -41,7 +42,8 @@ def write_sentiment_tsv(directory, n_train=48, n_dev=16, seed=0):
     lines = ["sentence\tlabel"]
     for i in range(n):
       label = i % 2
-      words = rng.choice(POSITIVE if label else NEGATIVE)
+      words = " and ".join([rng.choice(POSITIVE if label else NEGATIVE)] *
+                           rng.randint(1, max_repeats))
       lines.append(f"{words} {rng.choice(['.', '!', ', really .'])}\t{label}")
     (directory / name).write_text("\n".join(lines) + "\n")
   return directory

@@ -45,9 +45,12 @@ def test_smoke_train_then_resume_then_evaluate(tmp_path):
     ("--config.train.batch_size=0", "error: config.train.batch_size=0: must be > 0"),
     ("--config.train.no_such_key=1", "error: unknown config key among --config.train.no_such_key"),
     ("--config.model.checkpoint=bert-base-uncased", "error: model.checkpoint='bert-base-uncased' is neither"),
+    ("--config.distribution.strategy=tpu --config.distribution.tpu=local",
+     "error: config.distribution.tpu='local': no TPU could be initialized (TPUs not found"),
 ])
 def test_bad_config_fails_fast_with_one_line(tmp_path, flag, message):
-  result = _run("tf_finetune.train", "--config=configs/smoke.py", flag, f"--workdir={tmp_path / 'w'}")
+  result = _run("tf_finetune.train", "--config=configs/smoke.py", *flag.split(),
+                f"--workdir={tmp_path / 'w'}")
   assert result.returncode != 0
   assert message in result.stderr
   assert "Traceback" not in result.stderr

@@ -85,3 +85,32 @@ def test_workers_read_disjoint_shards_that_cover_the_epoch(split, encoder):
     seen.append(np.concatenate([b["label"] for b in _batches(stream, 100 // 4)]))
   assert not set(seen[0]) & set(seen[1])
   assert sorted(np.concatenate(seen)) == list(ids)
+
+
+def test_static_shape_pipelines_for_tpu(split, encoder):
+  """Train and eval streams with static_shapes (as under strategy=tpu): a fixed batch
+  dimension in the element spec, and every batch padded to a bucket boundary."""
+  labels = np.arange(200) % 3
+  widths = {b - 1 for b in pipeline.bucket_boundaries(64)}
+  train = pipeline.train_dataset(split, labels, encoder, batch_size=8, seed=1,
+                                 shuffle_buffer=200, bucketing=False, static_shapes=True)
+  assert train.element_spec["token_ids"].shape.as_list() == [8, None]
+  seen = set()
+  for batch in _batches(train, 40):
+    assert batch["token_ids"].shape[0] == 8 and batch["token_ids"].shape[1] in widths
+    assert batch["padding_mask"].sum(1).max() <= batch["token_ids"].shape[1]
+    seen.add(batch["token_ids"].shape[1])
+  assert len(seen) > 1  # bucketed, not all padded to max_seq_length
+
+  static = pipeline.eval_dataset(split, labels, encoder, batch_size=64, static_shapes=True)
+  assert static.element_spec["token_ids"].shape.as_list() == [64, None]
+  dynamic = _batches(pipeline.eval_dataset(split, labels, encoder, batch_size=64), 10)
+  static = _batches(static, 10)
+  assert len(static) == len(dynamic) == 4  # 200 = 3 * 64 + 8: the last batch is filled up
+  for s, d in zip(static, dynamic):
+    rows, length = d["token_ids"].shape
+    assert s["token_ids"].shape[0] == 64 and s["token_ids"].shape[1] in widths
+    assert s["example_mask"].sum() == rows and (s["example_mask"][:rows] == 1).all()
+    np.testing.assert_array_equal(s["token_ids"][:rows, :length], d["token_ids"])
+    assert (s["token_ids"][:, length:] == encoder.pad_id).all()
+    assert (s["padding_mask"][:, length:] == 0).all() and (s["padding_mask"][rows:] == 0).all()

@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -116,3 +117,57 @@ def test_mixed_bfloat16_step_trains(sentiment_dir, tmp_path):
     assert not np.allclose(before[0], _weights(t)[0])
   finally:
     keras.mixed_precision.set_global_policy("float32")
+
+
+def test_tpu_step_compiles_with_xla_at_static_shapes(sentiment_dir, tmp_path):
+  """What strategy=tpu changes, run on CPU: bfloat16 by default, static shapes, and a train
+  step that XLA compiles (as a TPU must) once per bucket shape, with the plain step's result."""
+  from tf_finetune import config as config_lib
+  from tf_finetune.data import pipeline
+  tpu_config = tiny_config(sentiment_dir, distribution__strategy="tpu", distribution__tpu="local")
+  assert config_lib.resolved_precision(tpu_config) == "mixed_bfloat16"
+  assert config_lib.uses_static_shapes(tpu_config)
+  assert config_lib.resolved_precision(tiny_config(sentiment_dir)) == "float32"
+
+  from tests.conftest import write_sentiment_tsv
+  config = tiny_config(write_sentiment_tsv(tmp_path / "varied", max_repeats=8),
+                       data__static_shapes=True, data__max_seq_length=64)
+  xla, plain = (trainer_lib.Trainer(config, tmp_path / name) for name in ("xla", "plain"))
+  batches = list(itertools.islice(xla._dataset_fn(tf.distribute.InputContext()), 6))
+  widths = {b - 1 for b in pipeline.bucket_boundaries(64)}
+  assert all(b["token_ids"].shape[0] == 8 and b["token_ids"].shape[1] in widths for b in batches)
+  shapes = {b["token_ids"].shape[1] for b in batches}
+  assert len(shapes) > 1
+
+  xla_step = tf.function(xla.replica_step, jit_compile=True)
+  plain_step = tf.function(plain.replica_step)
+  for batch in batches:
+    xla_loss, _ = xla_step(batch)
+    plain_loss, _ = plain_step(batch)
+    np.testing.assert_allclose(float(xla_loss), float(plain_loss), rtol=1e-4)
+  assert xla_step.experimental_get_tracing_count() == len(shapes)  # one compile per shape
+  for a, b in zip(_weights(xla), _weights(plain)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  assert not np.allclose(_weights(xla)[0], _weights(trainer_lib.Trainer(
+      config, tmp_path / "fresh"))[0])
+
+
+def test_evaluation_on_replicas_matches_the_plain_path(sentiment_dir, tmp_path):
+  """How a TPU evaluates: static-shape batches with padding rows, run on each replica,
+  gathered in order; the padding rows are dropped."""
+  from tf_finetune import experiment
+  from tf_finetune.data import pipeline
+  t = trainer_lib.Trainer(tiny_config(sentiment_dir, data__static_shapes=True,
+                                      distribution__strategy="mirrored",
+                                      distribution__num_cpu_devices=2), tmp_path / "run")
+  batch = next(iter(t.strategy.distribute_datasets_from_function(t._dataset_fn)))
+  assert [v.shape[0] for v in t.strategy.experimental_local_results(batch["token_ids"])] == [4, 4]
+  dev, labels = t.splits["dev"], t.dev_label_values
+  distributed = experiment.predict_logits(t.model, pipeline.eval_dataset(
+      dev, labels, t.encoder, batch_size=6, static_shapes=True), t.strategy)
+  plain = experiment.predict_logits(t.model, pipeline.eval_dataset(
+      dev, labels, t.encoder, batch_size=6))
+  assert distributed.shape == plain.shape == (len(dev), 2)  # 16 = 6 + 6 + 4 (+2 padding)
+  np.testing.assert_allclose(distributed, plain, atol=1e-5)
+  report = t.evaluate_dev()
+  assert report["num_examples"] == len(dev)

@@ -13,7 +13,7 @@ from tf_finetune.errors import ConfigError
 
 SOURCES = ("bbc_news", "tsv", "csv", "jsonl", "tfds")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 POOLINGS = ("pooler", "cls", "mean")
 TASKS = ("classification",)
 METRICS = ("accuracy", "macro_f1", "loss")
@@ -66,6 +66,9 @@ def base_config():
   c.data.max_train_examples = 0  # > 0: use only the first N train examples (logged)
   c.data.shuffle_buffer = 10_000
   c.data.bucketing = True
+  # Pad every batch to a bucket boundary with a fixed batch size, so a step sees only a few
+  # fixed shapes (what XLA on TPU needs). Always on under distribution.strategy=tpu.
+  c.data.static_shapes = False
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 0  # total optimizer steps; > 0 overrides epochs
@@ -77,7 +80,7 @@ def base_config():
   c.train.warmup_fraction = 0.1
   c.train.max_grad_norm = 1.0  # 0 disables clipping
   c.train.adam_epsilon = 1e-6
-  c.train.precision = "float32"
+  c.train.precision = "auto"  # auto: mixed_bfloat16 on TPU, float32 elsewhere
   c.train.seed = 0
   c.train.log_every = 10
   c.train.eval_every = 0  # 0: once per epoch
@@ -91,6 +94,16 @@ def base_config():
   c.distribution.num_cpu_devices = 0  # > 1 splits the CPU into logical devices (tests, benches)
   c.distribution.tpu = ""  # "local", a TPU name or a grpc:// address
   return c
+
+
+def resolved_precision(config):
+  if config.train.precision != "auto":
+    return config.train.precision
+  return "mixed_bfloat16" if config.distribution.strategy == "tpu" else "float32"
+
+
+def uses_static_shapes(config):
+  return config.data.static_shapes or config.distribution.strategy == "tpu"
 
 
 def flatten(d, prefix=""):

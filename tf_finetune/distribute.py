@@ -40,11 +40,23 @@ def get_strategy(distribution_config):
       raise ConfigError("config.distribution.strategy='multi_worker' needs TF_CONFIG in the environment")
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == "tpu":
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=distribution_config.tpu)
+    return _tpu_strategy(distribution_config.tpu)
+  raise ConfigError(f"config.distribution.strategy={name!r} is unknown")
+
+
+def _tpu_strategy(tpu):
+  """TPUStrategy for `local` (a TPU VM, as Colab's TPU runtimes are now), a TPU name or a
+  grpc:// address."""
+  try:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-  raise ConfigError(f"config.distribution.strategy={name!r} is unknown")
+  except (ValueError, RuntimeError, tf.errors.OpError) as e:
+    reason = str(e).strip().splitlines()[0][:300]
+    raise ConfigError(f"config.distribution.tpu={tpu!r}: no TPU could be initialized ({reason}). "
+                      "On a TPU VM install tensorflow-tpu matching tensorflow "
+                      "(notebooks/colab_tpu.ipynb shows how)") from None
+  return tf.distribute.TPUStrategy(resolver)
 
 
 def is_chief(strategy):

@@ -102,14 +102,39 @@ MODEL_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 _FORWARD = weakref.WeakKeyDictionary()  # model -> its traced inference function
 
 
-def predict_logits(model, dataset):
-  """Logits for every example of an eval dataset, in order."""
+def predict_logits(model, dataset, strategy=None):
+  """Logits for every example of an eval dataset, in order.
+
+  With a single-client strategy, the forward pass runs on its replicas (the dataset must
+  have static shapes and an example_mask, as pipeline.eval_dataset(static_shapes=True)
+  makes): this is how evaluation runs on a TPU.
+  """
+  if strategy is not None:
+    return _predict_logits_distributed(model, dataset, strategy)
   if model not in _FORWARD:
     _FORWARD[model] = tf.function(
         lambda features: model(features, training=False),
         input_signature=[{k: tf.TensorSpec([None, None], tf.int32) for k in MODEL_INPUTS}])
   forward = _FORWARD[model]
   return np.concatenate([forward({k: b[k] for k in MODEL_INPUTS}).numpy() for b in dataset], axis=0)
+
+
+def _predict_logits_distributed(model, dataset, strategy):
+  """For single-client strategies (TPUStrategy, MirroredStrategy): each global batch is
+  split over the replicas in order, and the local results hold every replica's rows."""
+  @tf.function
+  def forward(batch):
+    def replica_fn(features):
+      return model({k: features[k] for k in MODEL_INPUTS}, training=False), features[
+          "example_mask"]
+    return strategy.run(replica_fn, args=(batch,))
+
+  logits, mask = [], []
+  for batch in strategy.experimental_distribute_dataset(dataset):
+    replica_logits, replica_mask = forward(batch)
+    logits += [v.numpy() for v in strategy.experimental_local_results(replica_logits)]
+    mask += [v.numpy() for v in strategy.experimental_local_results(replica_mask)]
+  return np.concatenate(logits, axis=0)[np.concatenate(mask, axis=0) > 0]
 
 
 def new_checkpoint(model, optimizer=None):

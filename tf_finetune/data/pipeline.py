@@ -48,6 +48,11 @@ def _padded_shapes(static_length):
   return {"token_ids": vector, "segment_ids": vector, "padding_mask": vector, "label": []}
 
 
+def _with_batch_dimension(batch, batch_size):
+  return {k: tf.ensure_shape(v, [batch_size] + [None] * (v.shape.rank - 1))
+          for k, v in batch.items()}
+
+
 def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buffer,
                   bucketing, skip_batches=0, input_context=None, static_shapes=False,
                   label_dtype=np.int32):
@@ -71,16 +76,38 @@ def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buf
   else:
     dataset = dataset.padded_batch(
         batch_size, padded_shapes=_padded_shapes(None), drop_remainder=True)
+  if static_shapes:  # bucket_by_sequence_length leaves the batch dimension unknown
+    dataset = dataset.map(lambda batch: _with_batch_dimension(batch, batch_size))
   if skip_batches:
     dataset = dataset.skip(skip_batches)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(split, label_values, encoder, *, batch_size, label_dtype=np.int32):
-  """Padded batches in file order; the last batch may be smaller."""
+def eval_dataset(split, label_values, encoder, *, batch_size, label_dtype=np.int32,
+                 static_shapes=False):
+  """Padded batches in file order; the last batch may be smaller.
+
+  With static_shapes, every batch has exactly `batch_size` rows (the last one is filled
+  with padding rows whose `example_mask` is 0) and is padded to a bucket boundary, so
+  there are only as many shapes as boundaries.
+  """
   dataset = tokenize(_raw_dataset(split, label_values, label_dtype), encoder)
-  return dataset.padded_batch(batch_size, padded_shapes=_padded_shapes(None)).prefetch(
-      tf.data.AUTOTUNE)
+  dataset = dataset.padded_batch(batch_size, padded_shapes=_padded_shapes(None))
+  if static_shapes:
+    widths = tf.constant([b - 1 for b in bucket_boundaries(encoder.max_seq_length)])
+
+    def pad_to_static(batch):
+      rows, length = tf.shape(batch["token_ids"])[0], tf.shape(batch["token_ids"])[1]
+      width = widths[tf.argmax(tf.cast(widths >= length, tf.int32))]
+      batch = dict(batch, example_mask=tf.ones([rows], tf.int32))
+      padded = {}
+      for key, value in batch.items():
+        pad = [[0, batch_size - rows]] + [[0, width - length]] * (value.shape.rank - 1)
+        fill = encoder.pad_id if key == "token_ids" else 0
+        padded[key] = tf.pad(value, pad, constant_values=fill)
+      return _with_batch_dimension(padded, batch_size)
+    dataset = dataset.map(pad_to_static)
+  return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def token_lengths(split, encoder):

@@ -15,7 +15,7 @@ from tf_finetune import config as config_lib
 from tf_finetune import distribute
 from tf_finetune import experiment
 from tf_finetune.data import pipeline
-from tf_finetune.errors import WorkdirError
+from tf_finetune.errors import ConfigError, WorkdirError
 from tf_finetune.training import optim
 from tf_finetune.training import summaries
 
@@ -42,8 +42,9 @@ class Trainer:
     self._scratch = None if self.is_chief else tempfile.mkdtemp(prefix="tf_finetune_worker_")
     self.resuming = self._check_workdir()
     keras.utils.set_random_seed(config.train.seed)
-    if config.train.precision == "mixed_bfloat16":
-      keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    self.precision = config_lib.resolved_precision(config)
+    keras.mixed_precision.set_global_policy(self.precision)
+    self.static_shapes = config_lib.uses_static_shapes(config)
 
     labels = self.workdir.load_labels() if self.resuming else None
     self.splits, self.labels = experiment.load_data(config, labels)
@@ -51,6 +52,11 @@ class Trainer:
     experiment.report_truncation(self.splits, self.encoder)
 
     t = config.train
+    replicas = self.strategy.num_replicas_in_sync
+    for key in ("batch_size", "eval_batch_size") if self.static_shapes else ("batch_size",):
+      if t[key] % replicas:
+        raise ConfigError(f"config.train.{key}={t[key]}: must be divisible by the "
+                          f"{replicas} replicas of distribution.strategy={config.distribution.strategy!r}")
     self.global_batch_size = t.batch_size
     self.steps_per_epoch = max(1, len(self.splits["train"]) // t.batch_size)
     self.total_steps = t.steps or max(1, round(t.epochs * self.steps_per_epoch))
@@ -131,41 +137,45 @@ class Trainer:
         batch_size=input_context.get_per_replica_batch_size(self.global_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
         skip_batches=self.step, input_context=input_context,
-        static_shapes=self.config.distribution.strategy == "tpu")
+        static_shapes=self.static_shapes)
+
+  def replica_step(self, batch):
+    """One optimizer step on one replica's batch: forward, backward, all-reduce, clip, apply.
+    Returns the replica's share of the loss and the global gradient norm."""
+    model, task = self.model, self.task
+    max_norm = self.config.train.max_grad_norm
+    features = {k: batch[k] for k in experiment.MODEL_INPUTS}
+    with tf.GradientTape() as tape:
+      logits = model(features, training=True)
+      loss = tf.nn.compute_average_loss(task.build_losses(batch["label"], logits),
+                                        global_batch_size=self.global_batch_size)
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    if max_norm > 0:
+      grads, norm = tf.clip_by_global_norm(grads, max_norm)
+    else:
+      norm = tf.linalg.global_norm(grads)
+    self.optimizer.apply(grads, variables)
+    return loss, norm
 
   def _build_train_step(self):
-    model, optimizer, task = self.model, self.optimizer, self.task
-    max_norm = self.config.train.max_grad_norm
-    global_batch = self.global_batch_size
-
-    def step_fn(batch):
-      labels = batch["label"]
-      features = {k: batch[k] for k in experiment.MODEL_INPUTS}
-      with tf.GradientTape() as tape:
-        logits = model(features, training=True)
-        loss = tf.nn.compute_average_loss(task.build_losses(labels, logits),
-                                          global_batch_size=global_batch)
-      variables = model.trainable_variables
-      grads = tape.gradient(loss, variables)
-      grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-      if max_norm > 0:
-        grads, norm = tf.clip_by_global_norm(grads, max_norm)
-      else:
-        norm = tf.linalg.global_norm(grads)
-      optimizer.apply(grads, variables)
-      return loss, norm
-
     @tf.function
     def train_step(iterator):
-      loss, norm = self.strategy.run(step_fn, args=(next(iterator),))
+      loss, norm = self.strategy.run(self.replica_step, args=(next(iterator),))
       return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
               self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
     return train_step
 
   def evaluate_dev(self):
     dataset = pipeline.eval_dataset(self.splits["dev"], self.dev_label_values, self.encoder,
-                                    batch_size=self.config.train.eval_batch_size)
-    logits = experiment.predict_logits(self.model, dataset)
+                                    batch_size=self.config.train.eval_batch_size,
+                                    static_shapes=self.static_shapes)
+    # Under multi_worker each worker evaluates the whole dev set with its own copy.
+    on_replicas = self.static_shapes and not isinstance(
+        self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    logits = experiment.predict_logits(self.model, dataset,
+                                       self.strategy if on_replicas else None)
     return self.task.report(self.splits["dev"], self.dev_label_values, logits)
 
   def _maybe_update_best(self, report, step):
@@ -203,10 +213,11 @@ class Trainer:
     trainable = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
     total = sum(int(np.prod(v.shape)) for v in self.model.variables)
     logging.info("%s: %d train examples, global batch %d, %d steps (%.2f epochs), %d replicas, "
-                 "%s trainable of %s parameters", "resuming" if start_step else "starting",
+                 "%s trainable of %s parameters, %s%s", "resuming" if start_step else "starting",
                  len(self.splits["train"]), self.global_batch_size, self.total_steps,
                  self.total_steps / self.steps_per_epoch, self.strategy.num_replicas_in_sync,
-                 f"{trainable:,}", f"{total:,}")
+                 f"{trainable:,}", f"{total:,}", self.precision,
+                 ", static shapes" if self.static_shapes else "")
     if not self.is_chief:
       logging.info("This worker is not the chief: its checkpoints and summaries go to %s and "
                    "are deleted at the end; the chief writes %s", self._scratch, self.workdir.root)
