@@ -33,7 +33,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["tf_finetune", "tf_finetune.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest", "pytest-timeout"],
+        # nbclient + ipykernel execute notebooks/colab_tpu.ipynb in tests/test_notebook.py.
+        "test": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel"],
         # The PyTorch side of parity checks and benchmarks (tools/); CPU build.
         "torch": ["torch==2.13.0", "accelerate>=1.1.0"],
     },

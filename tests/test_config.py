@@ -34,3 +34,17 @@ def test_file_source_needs_an_existing_dir(tmp_path):
   c.data.source, c.data.dir, c.data.train_file = "tsv", str(tmp_path / "missing"), "train.tsv"
   with pytest.raises(ConfigError, match="data.dir=.*is not a directory"):
     config_lib.validate(c)
+
+
+def test_load_applies_overrides_and_reports_bad_ones():
+  from tests.conftest import REPO
+  c = config_lib.load(REPO / "configs" / "smoke.py", {"train.steps": 3, "train.learning_rate": 1})
+  assert c.train.steps == 3 and c.train.learning_rate == 1.0 and c.model.num_layers == 2
+  with pytest.raises(ConfigError, match=r"config.train.stepz: unknown config key"):
+    config_lib.load(REPO / "configs" / "smoke.py", {"train.stepz": 3})
+  with pytest.raises(ConfigError, match=r"config.train.steps='many'"):
+    config_lib.load(REPO / "configs" / "smoke.py", {"train.steps": "many"})
+  with pytest.raises(ConfigError, match=r"config.train.batch_size=0: must be > 0"):
+    config_lib.load(REPO / "configs" / "smoke.py", {"train.batch_size": 0})
+  with pytest.raises(ConfigError, match="config file not found"):
+    config_lib.load(REPO / "configs" / "nope.py")

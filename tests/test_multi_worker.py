@@ -1,7 +1,6 @@
 """MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,19 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, tiny_config
+from tf_finetune import distribute
 
 TIMEOUT_SECONDS = 300
-
-
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  try:
-    for s in sockets:
-      s.bind(("127.0.0.1", 0))
-    return [s.getsockname()[1] for s in sockets]
-  finally:
-    for s in sockets:
-      s.close()
 
 
 def _run_two_workers(config, workdir, out_dir, until_step=None):
@@ -31,12 +20,10 @@ def _run_two_workers(config, workdir, out_dir, until_step=None):
   out_dir.mkdir(parents=True, exist_ok=True)
   config_path = out_dir / "config.json"
   config_path.write_text(config.to_json())
-  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
   processes = []
   try:
-    for index in range(2):
-      env = dict(os.environ, TF_CONFIG=json.dumps(
-          {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    for index, tf_config in enumerate(distribute.local_tf_configs(2)):
+      env = dict(os.environ, TF_CONFIG=tf_config)
       command = [sys.executable, str(REPO / "tests" / "run_worker.py"), str(config_path),
                  str(workdir), str(out_dir / f"weights_{index}.npz")]
       if until_step:

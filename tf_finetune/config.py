@@ -96,6 +96,28 @@ def base_config():
   return c
 
 
+def load(path, overrides=None):
+  """A config file's get_config() with overrides such as {"train.steps": 10}, validated:
+  what `--config=FILE --config.train.steps=10` gives, for notebooks and scripts."""
+  import importlib.util
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f"{path}: config file not found")
+  spec = importlib.util.spec_from_file_location(f"tf_finetune_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in (overrides or {}).items():
+    section, _, name = key.partition(".")
+    if section not in config or name not in config[section]:
+      raise ConfigError(f"config.{key}: unknown config key; see tf_finetune/config.py")
+    try:
+      config[section][name] = value
+    except TypeError as e:
+      raise ConfigError(f"config.{key}={value!r}: {e}") from None
+  return validate(config)
+
+
 def resolved_precision(config):
   if config.train.precision != "auto":
     return config.train.precision

@@ -69,3 +69,19 @@ def is_chief(strategy):
     return True
   cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
   return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def local_tf_configs(num_workers):
+  """TF_CONFIG values for `num_workers` worker processes on 127.0.0.1 (free ports picked
+  now): for trying multi_worker on one machine, tests and tools/bench_scaling.py."""
+  import socket
+  sockets = [socket.socket() for _ in range(num_workers)]
+  try:
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+  finally:
+    for s in sockets:
+      s.close()
+  return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+          for i in range(num_workers)]
