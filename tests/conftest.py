@@ -72,3 +72,17 @@ def tiny_config(data_dir, **train):
 @pytest.fixture
 def sentiment_dir(tmp_path):
   return write_sentiment_tsv(tmp_path / "data")
+
+
+def check_run_directory(run, last_step):
+  """The run-directory contract (README.md, "The run directory") after a finished run:
+  exactly the documented entries, one TensorBoard writer each for train and eval."""
+  assert sorted(p.name for p in run.iterdir()) == [
+      "checkpoints", "config.json", "eval", "labels.json", "tensorboard"]
+  for name in ("checkpoints/best.json", f"checkpoints/ckpt-{last_step}.index",
+               "eval/report.json", "eval/report.txt", "eval/confusion_matrix.png",
+               "eval/predictions.tsv"):
+    assert (run / name).is_file(), name
+  for sub in ("train", "eval"):
+    assert len(list((run / "tensorboard" / sub).glob("events.out.tfevents.*"))) == 1, sub
+  assert not list(run.rglob(".*.tmp-*")), "a temporary file was left behind"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_config
+from tests.conftest import check_run_directory, tiny_config
 from tf_finetune.errors import WorkdirError
 from tf_finetune.training import trainer as trainer_lib
 
@@ -171,3 +171,16 @@ def test_evaluation_on_replicas_matches_the_plain_path(sentiment_dir, tmp_path):
   np.testing.assert_allclose(distributed, plain, atol=1e-5)
   report = t.evaluate_dev()
   assert report["num_examples"] == len(dev)
+
+
+@pytest.mark.parametrize("strategy,replicas", [("default", 1), ("one_device", 1), ("mirrored", 2)])
+def test_run_directory_contract_under_each_strategy(sentiment_dir, tmp_path, strategy, replicas):
+  """What train does (train, then the chief evaluates), under each strategy that runs here;
+  multi_worker: tests/test_multi_worker.py."""
+  from tf_finetune import train
+  run = tmp_path / strategy
+  t = train.train_and_evaluate(tiny_config(
+      sentiment_dir, train__steps=4, train__eval_every=2, distribution__strategy=strategy,
+      distribution__num_cpu_devices=replicas), run)
+  assert t.is_chief and t.strategy.num_replicas_in_sync == replicas
+  check_run_directory(run, last_step=4)

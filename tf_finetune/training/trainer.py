@@ -150,7 +150,11 @@ class Trainer:
       loss = tf.nn.compute_average_loss(task.build_losses(batch["label"], logits),
                                         global_batch_size=self.global_batch_size)
     variables = model.trainable_variables
-    grads = tape.gradient(loss, variables)
+    # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
+    # all-reduce is a gather that fails when replicas hold batches of different lengths
+    # (length bucketing). Dense, it is a fixed-shape sum; the optimizer densifies it anyway.
+    grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+             for g in tape.gradient(loss, variables)]
     grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
     if max_norm > 0:
       grads, norm = tf.clip_by_global_norm(grads, max_norm)
