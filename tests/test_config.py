@@ -18,6 +18,9 @@ def test_base_config_is_valid_and_has_public_keys():
     ("data.source", "xml", "must be one of bbc_news"),
     ("data.max_seq_length", 1024, "must be in [8, 512]"),
     ("model.num_layers", 2, "only applies with model.random_init=True"),
+    ("train.best_metric", "pearson",
+     "must be auto or one of accuracy, macro_f1, loss for task.name='classification'"),
+    ("task.class_weights", "inverse", "must be one of none, balanced"),
 ])
 def test_bad_values_raise_one_line_naming_the_key(key, value, words):
   c = config_lib.base_config()
@@ -48,3 +51,15 @@ def test_load_applies_overrides_and_reports_bad_ones():
     config_lib.load(REPO / "configs" / "smoke.py", {"train.batch_size": 0})
   with pytest.raises(ConfigError, match="config file not found"):
     config_lib.load(REPO / "configs" / "nope.py")
+
+
+def test_task_specific_keys():
+  c = config_lib.base_config()
+  c.task.name, c.train.best_metric = "regression", "spearman"
+  assert config_lib.resolved_best_metric(config_lib.validate(c)) == "spearman"
+  c.task.class_weights = "balanced"
+  with pytest.raises(ConfigError, match="task.class_weights='balanced': applies to task.name='classification'"):
+    config_lib.validate(c)
+  c = config_lib.base_config()
+  c.task.name = "multilabel"
+  assert config_lib.resolved_best_metric(config_lib.validate(c)) == "micro_f1"

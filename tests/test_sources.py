@@ -134,3 +134,22 @@ def test_tfds_missing_dataset_fails_without_download(tmp_path):
   with pytest.raises(DataError, match="tfds:"):
     sources.read_tfds("no_such_dataset_xyz", "train", data_dir=str(tmp_path),
                       text_column="text", label_column="label")
+
+
+def test_label_first_lines_trec_style(tmp_path):
+  path = tmp_path / "trec.txt"
+  path.write_text("DESC:manner How did serfdom develop in Russia ?\n"
+                  "NUM:date When was Ozzy Osbourne born ?\n")
+  split = sources.read_label_first(path, coarse_label_separator=":")
+  assert split.labels == ["DESC", "NUM"] and split.texts[1] == "When was Ozzy Osbourne born ?"
+  assert sources.read_label_first(path).labels == ["DESC:manner", "NUM:date"]
+  path.write_text("DESC:manner How ?\nLOC:other\n")
+  with pytest.raises(DataError, match=r"trec.txt:2: expected a label, a space and a text"):
+    sources.read_label_first(path)
+
+
+def test_jsonl_list_labels_are_joined(tmp_path):
+  path = tmp_path / "train.jsonl"
+  path.write_text('{"text": "a", "labels": ["x", "y"]}\n{"text": "b", "labels": []}\n')
+  split = sources.read_jsonl(path, text_column="text", label_column="labels", list_separator="|")
+  assert split.labels == ["x|y", ""]

@@ -11,12 +11,18 @@ import ml_collections
 
 from tf_finetune.errors import ConfigError
 
-SOURCES = ("bbc_news", "tsv", "csv", "jsonl", "tfds")
+SOURCES = ("bbc_news", "tsv", "csv", "jsonl", "label_first", "tfds")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 POOLINGS = ("pooler", "cls", "mean")
-TASKS = ("classification",)
-METRICS = ("accuracy", "macro_f1", "loss")
+# Metrics each task reports at every evaluation; the first is train.best_metric=auto.
+TASK_METRICS = {
+    "classification": ("accuracy", "macro_f1", "loss"),
+    "multilabel": ("micro_f1", "macro_f1", "loss"),
+    "regression": ("pearson", "spearman", "loss"),
+}
+TASKS = tuple(TASK_METRICS)
+CLASS_WEIGHTS = ("none", "balanced")
 
 REPO_DIR = pathlib.Path(__file__).resolve().parent.parent
 
@@ -41,7 +47,8 @@ def base_config():
   c.model.pooling = "pooler"  # pooler (HF BertForSequenceClassification), cls or mean
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = "classification"
+  c.task.name = "classification"  # classification, multilabel or regression
+  c.task.class_weights = "none"  # classification: none, or balanced (n / (labels * count))
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bbc_news"
@@ -54,6 +61,9 @@ def base_config():
   c.data.label_column = "label"
   c.data.delimiter = ""  # default: tab for tsv, comma for csv
   c.data.has_header = True
+  c.data.multilabel_separator = ","  # task.name=multilabel: labels in one cell, joined by this
+  # data.source=label_first: with ":", TREC's "DESC:manner" becomes "DESC" (coarse labels).
+  c.data.coarse_label_separator = ""
   c.data.tfds_name = ""
   c.data.tfds_data_dir = ""
   c.data.tfds_train_split = "train"
@@ -86,7 +96,7 @@ def base_config():
   c.train.eval_every = 0  # 0: once per epoch
   c.train.checkpoint_every = 0  # 0: at every evaluation
   c.train.keep_checkpoints = 2
-  c.train.best_metric = "accuracy"
+  c.train.best_metric = "auto"  # one of the task's metrics (auto: accuracy, micro_f1, pearson)
   c.train.eval_splits = "dev,test"  # evaluated with the best checkpoint at the end
 
   c.distribution = ml_collections.ConfigDict()
@@ -116,6 +126,12 @@ def load(path, overrides=None):
     except TypeError as e:
       raise ConfigError(f"config.{key}={value!r}: {e}") from None
   return validate(config)
+
+
+def resolved_best_metric(config):
+  if config.train.best_metric != "auto":
+    return config.train.best_metric
+  return TASK_METRICS[config.task.name][0]
 
 
 def resolved_precision(config):
@@ -154,8 +170,14 @@ def validate(config):
   """Raises ConfigError on the first bad value."""
   for key, choices in (("data.source", SOURCES), ("distribution.strategy", STRATEGIES),
                        ("train.precision", PRECISIONS), ("model.pooling", POOLINGS),
-                       ("task.name", TASKS), ("train.best_metric", METRICS)):
+                       ("task.name", TASKS), ("task.class_weights", CLASS_WEIGHTS)):
     _check_choice(config, key, choices)
+  _check(config.train.best_metric in ("auto",) + TASK_METRICS[config.task.name],
+         "train.best_metric", config.train.best_metric,
+         f"must be auto or one of {', '.join(TASK_METRICS[config.task.name])} for "
+         f"task.name={config.task.name!r}")
+  _check(config.task.class_weights == "none" or config.task.name == "classification",
+         "task.class_weights", config.task.class_weights, "applies to task.name='classification'")
   t, d = config.train, config.data
   _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
   _check(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
@@ -172,7 +194,10 @@ def validate(config):
   _check(8 <= d.max_seq_length <= 512, "data.max_seq_length", d.max_seq_length, "must be in [8, 512]")
   _check(0 < d.dev_fraction < 1, "data.dev_fraction", d.dev_fraction, "must be in (0, 1)")
   _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
-  if d.source in ("tsv", "csv", "jsonl"):
+  if config.task.name == "multilabel":
+    _check(d.multilabel_separator, "data.multilabel_separator", d.multilabel_separator,
+           "is required for task.name='multilabel'")
+  if d.source in ("tsv", "csv", "jsonl", "label_first"):
     _check(d.dir, "data.dir", d.dir, f"is required for data.source={d.source!r}")
     _check(d.train_file, "data.train_file", d.train_file, "is required for file sources")
     _check(pathlib.Path(d.dir).expanduser().is_dir(), "data.dir", d.dir, "is not a directory")

@@ -14,7 +14,7 @@ from tf_finetune import tasks
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
-from tf_finetune.errors import DataError, WorkdirError
+from tf_finetune.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
@@ -48,20 +48,18 @@ class Workdir:
 
 def load_data(config, label_vocabulary=None):
   """Reads the splits; infers the label vocabulary from train unless one is given."""
-  splits = sources.load_splits(config.data)
+  splits = sources.load_splits(config.data, stratify=config.task.name == "classification")
   limit = config.data.max_train_examples
   if limit and limit < len(splits["train"]):
     logging.warning("data.max_train_examples=%d: training on a label-stratified sample of %d of "
                     "%d train examples (data.split_seed=%d)", limit, limit, len(splits["train"]),
                     config.data.split_seed)
     rest, _ = sources.stratified_split(
-        splits["train"], [1 - limit / len(splits["train"])], config.data.split_seed)
+        splits["train"], [1 - limit / len(splits["train"])], config.data.split_seed,
+        stratify=config.task.name == "classification")
     splits["train"] = splits["train"].subset(rest)
   if label_vocabulary is None:
-    label_vocabulary = labels_lib.LabelVocabulary.from_train(splits["train"].labels)
-  if len(label_vocabulary) < 2:
-    raise DataError(f"{splits['train'].origins[0].rsplit(':', 1)[0]}: train has only "
-                    f"{len(label_vocabulary)} distinct label(s); classification needs at least 2")
+    label_vocabulary = tasks.build_vocabulary(config, splits["train"])
   return splits, label_vocabulary
 
 

@@ -1,11 +1,12 @@
-"""Classify texts with an exported SavedModel.
+"""Predict with an exported SavedModel: classification, multi-label or regression.
 
   python -m tf_finetune.predict --model=runs/bbc/export/bbc/1 "first text" "second text"
   python -m tf_finetune.predict --model=EXPORT_DIR --input=texts.txt --output_format=jsonl
   cat texts.txt | python -m tf_finetune.predict --model=EXPORT_DIR
 
-One text per argument or per input line (for sentence-pair models: text<TAB>pair). Prints
-text, label and probability as TSV (default) or JSON lines.
+One text per argument or per input line (for sentence-pair models: text<TAB>pair). Prints,
+as TSV (default) or JSON lines, the text and: label and probability (classification), the
+predicted labels (multi-label, at the thresholds tuned on dev), or the score (regression).
 """
 import json
 import sys
@@ -45,14 +46,22 @@ def main(argv):
       out = serve(text=tf.constant([p[0] for p in pairs]), text_pair=tf.constant([p[1] for p in pairs]))
     else:
       out = serve(text=tf.constant(batch))
-    labels = [x.decode("utf-8") for x in out["label"].numpy()]
-    probs = out["probabilities"].numpy().max(axis=-1)
-    for text, label, prob in zip(batch, labels, probs):
+    for text, fields in zip(batch, _fields(out)):
       if _FORMAT.value == "jsonl":
-        print(json.dumps({"text": text, "label": label, "probability": round(float(prob), 6)},
-                         ensure_ascii=False))
+        print(json.dumps({"text": text, **fields}, ensure_ascii=False))
       else:
-        print(f"{text}\t{label}\t{prob:.6f}")
+        print("\t".join([text] + [str(v) for v in fields.values()]))
+
+
+def _fields(out):
+  """Per example, the task's outputs worth printing, by the signature's output names."""
+  if "label" in out:
+    labels = [x.decode("utf-8") for x in out["label"].numpy()]
+    probabilities = out["probabilities"].numpy().max(axis=-1)
+    return [{"label": l, "probability": round(float(p), 6)} for l, p in zip(labels, probabilities)]
+  if "labels" in out:
+    return [{"labels": x.decode("utf-8")} for x in out["labels"].numpy()]
+  return [{"score": round(float(x), 6)} for x in out["score"].numpy()]
 
 
 if __name__ == "__main__":

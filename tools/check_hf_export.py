@@ -25,7 +25,7 @@ def main(argv):
   import torch
   import transformers
   path = serving.export_hf(_WORKDIR.value, _CHECKPOINT.value)
-  wd, config, labels, model, _, _ = serving.load_for_export(_WORKDIR.value, _CHECKPOINT.value)
+  wd, config, labels, _, model, _, _ = serving.load_for_export(_WORKDIR.value, _CHECKPOINT.value)
   splits, _ = experiment.load_data(config, labels)
   texts = splits["dev"].texts[:_LIMIT.value]
   pairs = splits["dev"].text_pairs[:_LIMIT.value] if splits["dev"].text_pairs else None

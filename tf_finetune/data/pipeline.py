@@ -12,11 +12,17 @@ import tensorflow as tf
 TOKENIZE_BATCH = 256
 
 
-def _raw_dataset(split, label_values, label_dtype):
+def _label_array(label_values):
+  """int32 class ids [N], float32 scores [N] or float32 multi-hot rows [N, labels]."""
+  labels = np.asarray(label_values)
+  return labels.astype(np.int32) if labels.dtype.kind in "iu" else labels.astype(np.float32)
+
+
+def _raw_dataset(split, labels):
   features = {"text": split.texts}
   if split.text_pairs is not None:
     features["text_pair"] = split.text_pairs
-  features["label"] = np.asarray(label_values, dtype=label_dtype)
+  features["label"] = labels
   return tf.data.Dataset.from_tensor_slices(features)
 
 
@@ -43,9 +49,10 @@ def bucket_boundaries(max_seq_length):
   return boundaries + [max_seq_length + 1]
 
 
-def _padded_shapes(static_length):
-  vector = [static_length]
-  return {"token_ids": vector, "segment_ids": vector, "padding_mask": vector, "label": []}
+def _padded_shapes(labels):
+  vector = [None]
+  return {"token_ids": vector, "segment_ids": vector, "padding_mask": vector,
+          "label": list(labels.shape[1:])}
 
 
 def _with_batch_dimension(batch, batch_size):
@@ -54,10 +61,10 @@ def _with_batch_dimension(batch, batch_size):
 
 
 def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buffer,
-                  bucketing, skip_batches=0, input_context=None, static_shapes=False,
-                  label_dtype=np.int32):
+                  bucketing, skip_batches=0, input_context=None, static_shapes=False):
   """An endless, deterministic stream of padded training batches of `batch_size`."""
-  dataset = _raw_dataset(split, label_values, label_dtype)
+  labels = _label_array(label_values)
+  dataset = _raw_dataset(split, labels)
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   dataset = tokenize(dataset, encoder).cache()
@@ -71,11 +78,11 @@ def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buf
     # With pad_to_bucket_boundary every batch is padded to (boundary - 1): a fixed set of shapes.
     dataset = dataset.bucket_by_sequence_length(
         lambda x: tf.shape(x["token_ids"])[0], boundaries, [batch_size] * (len(boundaries) + 1),
-        padded_shapes=_padded_shapes(None), pad_to_bucket_boundary=static_shapes,
+        padded_shapes=_padded_shapes(labels), pad_to_bucket_boundary=static_shapes,
         drop_remainder=True)
   else:
     dataset = dataset.padded_batch(
-        batch_size, padded_shapes=_padded_shapes(None), drop_remainder=True)
+        batch_size, padded_shapes=_padded_shapes(labels), drop_remainder=True)
   if static_shapes:  # bucket_by_sequence_length leaves the batch dimension unknown
     dataset = dataset.map(lambda batch: _with_batch_dimension(batch, batch_size))
   if skip_batches:
@@ -83,16 +90,16 @@ def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buf
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(split, label_values, encoder, *, batch_size, label_dtype=np.int32,
-                 static_shapes=False):
+def eval_dataset(split, label_values, encoder, *, batch_size, static_shapes=False):
   """Padded batches in file order; the last batch may be smaller.
 
   With static_shapes, every batch has exactly `batch_size` rows (the last one is filled
   with padding rows whose `example_mask` is 0) and is padded to a bucket boundary, so
   there are only as many shapes as boundaries.
   """
-  dataset = tokenize(_raw_dataset(split, label_values, label_dtype), encoder)
-  dataset = dataset.padded_batch(batch_size, padded_shapes=_padded_shapes(None))
+  labels = _label_array(label_values)
+  dataset = tokenize(_raw_dataset(split, labels), encoder)
+  dataset = dataset.padded_batch(batch_size, padded_shapes=_padded_shapes(labels))
   if static_shapes:
     widths = tf.constant([b - 1 for b in bucket_boundaries(encoder.max_seq_length)])
 

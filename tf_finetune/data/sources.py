@@ -102,7 +102,10 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
   return Split(split_name, texts, labels, origins, pairs if pair_i is not None else None)
 
 
-def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train"):
+def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train",
+               list_separator=","):
+  """One JSON object a line. A label may be a string, an integer, or (multi-label) a list
+  of strings, which is joined by list_separator."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f"{path}: file not found")
@@ -123,8 +126,11 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
       if column and not isinstance(record[column], str):
         raise DataError(f"{path}:{line}: field {column!r} must be a string")
     label = record[label_column]
-    if isinstance(label, bool) or not isinstance(label, (str, int)):
-      raise DataError(f"{path}:{line}: field {label_column!r} must be a string or integer")
+    if isinstance(label, list) and all(isinstance(x, str) for x in label):
+      label = list_separator.join(label)
+    if isinstance(label, bool) or not isinstance(label, (str, int, float)):
+      raise DataError(f"{path}:{line}: field {label_column!r} must be a string, a number or "
+                      "a list of strings")
     texts.append(record[text_column])
     labels.append(str(label))
     if text_pair_column:
@@ -133,6 +139,29 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
   if not texts:
     raise DataError(f"{path}: no examples")
   return Split(split_name, texts, labels, origins, pairs if text_pair_column else None)
+
+
+def read_label_first(path, *, coarse_label_separator="", split_name="train"):
+  """One example a line: the label, one space, the text (TREC's format; fastText's
+  `__label__x text` too). With coarse_label_separator=":", "DESC:manner" becomes "DESC"."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"{path}: file not found")
+  texts, labels, origins = [], [], []
+  for line, raw in enumerate(_decode(path).splitlines(), start=1):
+    if not raw.strip():
+      raise DataError(f"{path}:{line}: blank line")
+    label, _, text = raw.partition(" ")
+    if not label or not text.strip():
+      raise DataError(f"{path}:{line}: expected a label, a space and a text, found {raw[:60]!r}")
+    if coarse_label_separator:
+      label = label.split(coarse_label_separator, 1)[0]
+    texts.append(text)
+    labels.append(label)
+    origins.append(f"{path}:{line}")
+  if not texts:
+    raise DataError(f"{path}: no examples")
+  return Split(split_name, texts, labels, origins)
 
 
 def bbc_news_dir():
@@ -197,8 +226,9 @@ def read_tfds(name, split, *, data_dir, text_column, label_column, text_pair_col
   return Split(split, texts, labels, origins, pairs if text_pair_column else None)
 
 
-def stratified_split(split, fractions, seed):
-  """Splits `split` into len(fractions)+1 parts by label, deterministically (sklearn)."""
+def stratified_split(split, fractions, seed, stratify=True):
+  """Splits `split` into len(fractions)+1 parts, deterministically (sklearn), by label
+  unless stratify=False (regression scores, multi-label sets)."""
   from sklearn.model_selection import train_test_split
   indices = np.arange(len(split))
   parts, rest = [], indices
@@ -206,7 +236,7 @@ def stratified_split(split, fractions, seed):
   for fraction in fractions:
     rest, part = train_test_split(
         rest, test_size=fraction / remaining, random_state=seed,
-        stratify=[split.labels[i] for i in rest])
+        stratify=[split.labels[i] for i in rest] if stratify else None)
     parts.append(sorted(part))
     remaining -= fraction
   return [sorted(rest)] + parts
@@ -220,12 +250,15 @@ def _read_file(data_config, file_name, split_name):
   columns = dict(text_column=data_config.text_column, label_column=data_config.label_column,
                  text_pair_column=data_config.text_pair_column, split_name=split_name)
   if data_config.source == "jsonl":
-    return read_jsonl(path, **columns)
+    return read_jsonl(path, list_separator=data_config.multilabel_separator, **columns)
+  if data_config.source == "label_first":
+    return read_label_first(path, coarse_label_separator=data_config.coarse_label_separator,
+                            split_name=split_name)
   delimiter = data_config.delimiter or DELIMITERS[data_config.source]
   return read_delimited(path, delimiter=delimiter, has_header=data_config.has_header, **columns)
 
 
-def load_splits(data_config):
+def load_splits(data_config, stratify=True):
   """Returns {"train": Split, "dev": Split[, "test": Split]} as the config describes.
 
   Without a dev (or test) file, that split is carved from train by label-stratified
@@ -255,7 +288,7 @@ def load_splits(data_config):
     raise DataError("data: no train split given (data.train_file / data.tfds_train_split)")
   if "dev" not in splits:
     train, dev = stratified_split(splits["train"], [data_config.dev_fraction],
-                                  data_config.split_seed)
+                                  data_config.split_seed, stratify)
     splits["dev"] = splits["train"].subset(dev, "dev")
     splits["train"] = splits["train"].subset(train, "train")
   return splits

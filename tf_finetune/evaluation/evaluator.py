@@ -1,6 +1,7 @@
 """Evaluate a run's checkpoint on its splits and write WORKDIR/eval/."""
 from absl import logging
 
+from tf_finetune import config as config_lib
 from tf_finetune import experiment
 from tf_finetune.data import pipeline
 from tf_finetune.errors import DataError
@@ -8,7 +9,12 @@ from tf_finetune.evaluation import reports
 
 
 def evaluate_workdir(workdir, checkpoint="best", splits=None):
-  """Writes report.json, report.txt, confusion_matrix*.png, predictions.tsv; returns the report."""
+  """Writes report.json, report.txt, predictions.tsv (and confusion_matrix*.png for
+  classification); returns the report.
+
+  What a task calibrates after training (multi-label thresholds) is fitted on dev and
+  applied to every split; report.json keeps it under "calibration", and export bakes it in.
+  """
   wd = experiment.Workdir(workdir)
   config = wd.load_config()
   labels = wd.load_labels()
@@ -21,32 +27,42 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None):
   if missing:
     raise DataError(f"{wd.root}: no split {', '.join(missing)} in this run's data "
                     f"(it has {', '.join(data)})")
+
+  def logits_of(name):
+    label_values = task.label_values(data[name])
+    dataset = pipeline.eval_dataset(data[name], label_values, encoder,
+                                    batch_size=config.train.eval_batch_size)
+    return label_values, experiment.predict_logits(model, dataset)
+
+  outputs = {name: logits_of(name) for name in wanted}
+  dev = outputs["dev"] if "dev" in outputs else logits_of("dev")
+  calibration = task.calibrate(*dev)
+
   wd.eval.mkdir(parents=True, exist_ok=True)
   report = {"task": config.task.name, "checkpoint": path, "step": step,
-            "best_metric": config.train.best_metric, "labels": labels.labels, "splits": {}}
+            "best_metric": task.best_metric, "labels": labels.labels, "splits": {}}
+  if calibration is not None:
+    report["calibration"] = calibration
   rows = []
   for name in wanted:
     split = data[name]
-    label_values = task.label_values(split)
-    dataset = pipeline.eval_dataset(split, label_values, encoder,
-                                    batch_size=config.train.eval_batch_size)
-    logits = experiment.predict_logits(model, dataset)
-    report["splits"][name] = task.report(split, label_values, logits)
-    outputs = task.validation_step_outputs(logits)
-    for i in range(len(split)):
-      predicted = int(outputs["label_id"][i])
-      rows.append([name, split.origins[i], split.labels[i], labels.labels[predicted],
-                   f"{outputs['probabilities'][i, predicted]:.6f}", split.texts[i]])
-    reports.plot_confusion_matrix(
-        wd.eval / f"confusion_matrix_{name}.png", report["splits"][name]["confusion_matrix"],
-        labels.labels, f"{name} (step {step})")
-    logging.info("%s: accuracy %.4f, macro F1 %.4f on %d examples", name,
-                 report["splits"][name]["accuracy"], report["splits"][name]["macro_f1"], len(split))
+    label_values, logits = outputs[name]
+    report["splits"][name] = task.report(label_values, logits, calibration)
+    for i, (gold, predicted, score) in enumerate(
+        task.prediction_fields(label_values, logits, calibration)):
+      rows.append([name, split.origins[i], gold, predicted, score, split.texts[i]])
+    if "confusion_matrix" in report["splits"][name]:
+      reports.plot_confusion_matrix(
+          wd.eval / f"confusion_matrix_{name}.png", report["splits"][name]["confusion_matrix"],
+          labels.labels, f"{name} (step {step})")
+    logging.info("%s: %s on %d examples", name, reports.metrics_line(report["splits"][name]),
+                 len(split))
   # confusion_matrix.png is the held-out split's: test when there is one, else dev.
   main_split = "test" if "test" in report["splits"] else wanted[0]
-  reports.plot_confusion_matrix(wd.eval / "confusion_matrix.png",
-                                report["splits"][main_split]["confusion_matrix"], labels.labels,
-                                f"{main_split} (step {step})")
+  if "confusion_matrix" in report["splits"][main_split]:
+    reports.plot_confusion_matrix(wd.eval / "confusion_matrix.png",
+                                  report["splits"][main_split]["confusion_matrix"],
+                                  labels.labels, f"{main_split} (step {step})")
   reports.write_predictions(wd.eval / "predictions.tsv", rows)
   reports.write_json(wd.eval / "report.json", report)
   reports.write_text_report(wd.eval / "report.txt", report)
@@ -54,6 +70,7 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None):
 
 
 def print_summary(report):
+  metrics = [m for m in config_lib.TASK_METRICS[report["task"]] if m != "loss"]
   for name, r in report["splits"].items():
-    print(f"{name} accuracy: {r['accuracy']:.4f}  macro F1: {r['macro_f1']:.4f}  "
-          f"({r['num_examples']} examples, checkpoint step {report['step']})")
+    print(f"{name} " + "  ".join(f"{m}: {r[m]:.4f}" for m in metrics) +
+          f"  ({r['num_examples']} examples, checkpoint step {report['step']})")

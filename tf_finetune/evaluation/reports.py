@@ -11,16 +11,12 @@ from tf_finetune import atomic
 def classification_report(label_ids, predicted_ids, label_names, loss=None):
   """accuracy, macro F1 and per-class precision / recall / F1 / support."""
   label_range = list(range(len(label_names)))
-  precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
-      label_ids, predicted_ids, labels=label_range, zero_division=0)
   report = {
       "num_examples": int(len(label_ids)),
       "accuracy": float(sk_metrics.accuracy_score(label_ids, predicted_ids)),
       "macro_f1": float(sk_metrics.f1_score(label_ids, predicted_ids, labels=label_range,
                                             average="macro", zero_division=0)),
-      "per_class": {
-          name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-          for name, p, r, f, s in zip(label_names, precision, recall, f1, support)},
+      "per_class": _per_class(label_ids, predicted_ids, label_names),
       "confusion_matrix": sk_metrics.confusion_matrix(
           label_ids, predicted_ids, labels=label_range).tolist(),
   }
@@ -29,16 +25,77 @@ def classification_report(label_ids, predicted_ids, label_names, loss=None):
   return report
 
 
+def _per_class(y_true, y_pred, label_names):
+  precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+      y_true, y_pred, labels=list(range(len(label_names))), zero_division=0)
+  return {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+          for name, p, r, f, s in zip(label_names, precision, recall, f1, support)}
+
+
+def multilabel_report(label_matrix, predicted_matrix, label_names):
+  """micro / macro F1, exact-match accuracy and per-label precision / recall / F1 / support
+  for 0/1 matrices [examples, labels]."""
+  y_true, y_pred = np.asarray(label_matrix).astype(int), np.asarray(predicted_matrix).astype(int)
+  average = lambda how: sk_metrics.precision_recall_fscore_support(
+      y_true, y_pred, average=how, zero_division=0)[:3]
+  micro_p, micro_r, micro_f1 = average("micro")
+  return {
+      "num_examples": int(len(y_true)),
+      "micro_f1": float(micro_f1), "macro_f1": float(average("macro")[2]),
+      "micro_precision": float(micro_p), "micro_recall": float(micro_r),
+      "exact_match": float(sk_metrics.accuracy_score(y_true, y_pred)),
+      "per_class": _per_class(y_true, y_pred, label_names),
+  }
+
+
+def tune_thresholds(label_matrix, probabilities, candidates=np.linspace(0.05, 0.95, 19)):
+  """Per label, the threshold among `candidates` with the best F1 on these examples (ties:
+  the one nearest 0.5). Written here: scikit-learn tunes thresholds only around an
+  estimator it fits itself (TunedThresholdClassifierCV), not on given probabilities."""
+  y_true = np.asarray(label_matrix) > 0
+  chosen = []
+  for j in range(y_true.shape[1]):
+    scores = [sk_metrics.f1_score(y_true[:, j], probabilities[:, j] >= t, zero_division=0)
+              for t in candidates]
+    best = max(scores)
+    chosen.append(min((t for t, f in zip(candidates, scores) if f == best),
+                      key=lambda t: abs(t - 0.5)))
+  return np.asarray(chosen, np.float32)
+
+
+def regression_report(gold, predicted):
+  """Pearson and Spearman correlation (0 where undefined: constant values), MSE, MAE."""
+  from scipy import stats
+  gold, predicted = np.asarray(gold, np.float64), np.asarray(predicted, np.float64)
+  constant = np.ptp(gold) == 0 or np.ptp(predicted) == 0
+  return {
+      "num_examples": int(len(gold)),
+      "pearson": 0.0 if constant else float(stats.pearsonr(gold, predicted)[0]),
+      "spearman": 0.0 if constant else float(stats.spearmanr(gold, predicted)[0]),
+      "mse": float(np.mean((gold - predicted) ** 2)),
+      "mae": float(np.mean(np.abs(gold - predicted))),
+  }
+
+
+def metrics_line(split_report):
+  """'accuracy 0.9865, macro_f1 0.9861, loss 0.0712': every scalar metric of a split."""
+  return ", ".join(f"{k} {v:.4f}" for k, v in split_report.items()
+                   if isinstance(v, float))
+
+
 def write_text_report(path, report):
-  """eval/report.txt: per split, sklearn's familiar table."""
-  lines = [f"checkpoint step {report['step']} (best by dev {report['best_metric']})", ""]
+  """eval/report.txt: per split, the metrics and sklearn's familiar per-label table."""
+  lines = [f"{report['task']}: checkpoint step {report['step']} (best by dev "
+           f"{report['best_metric']})", ""]
+  if report.get("calibration"):
+    lines += [f"calibrated on dev: {json.dumps(report['calibration'])}", ""]
   for split, r in report["splits"].items():
-    lines.append(f"== {split}: {r['num_examples']} examples, accuracy {r['accuracy']:.4f}, "
-                 f"macro F1 {r['macro_f1']:.4f}, loss {r.get('loss', float('nan')):.4f}")
-    lines.append(f"{'label':>24} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
-    for name, c in r["per_class"].items():
-      lines.append(f"{name:>24} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} "
-                   f"{c['support']:8d}")
+    lines.append(f"== {split}: {r['num_examples']} examples, {metrics_line(r)}")
+    if "per_class" in r:
+      lines.append(f"{'label':>24} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+      for name, c in r["per_class"].items():
+        lines.append(f"{name:>24} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} "
+                     f"{c['support']:8d}")
     lines.append("")
   pathlib.Path(path).write_text("\n".join(lines))
 

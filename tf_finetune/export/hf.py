@@ -11,6 +11,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from tf_finetune import checkpoints
+from tf_finetune.errors import ConfigError
 
 
 def _np(variable):
@@ -65,7 +66,11 @@ def state_dict(backbone, head):
   return tensors
 
 
-def hf_config(backbone, base_config, labels, dropout):
+PROBLEM_TYPES = {"classification": "single_label_classification",
+                 "multilabel": "multi_label_classification", "regression": "regression"}
+
+
+def hf_config(backbone, base_config, labels, dropout, task_name="classification"):
   config = dict(base_config)
   config.update({
       "architectures": ["BertForSequenceClassification"], "model_type": "bert",
@@ -78,7 +83,7 @@ def hf_config(backbone, base_config, labels, dropout):
       "classifier_dropout": dropout, "layer_norm_eps": 1e-12,
       "id2label": {str(i): label for i, label in enumerate(labels)},
       "label2id": {label: i for i, label in enumerate(labels)},
-      "problem_type": "single_label_classification",
+      "problem_type": PROBLEM_TYPES[task_name],
   })
   config.pop("_name_or_path", None)
   config.pop("transformers_version", None)
@@ -91,7 +96,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 def write_hf_checkpoint(path, model, config, labels):
   """Writes config.json, model.safetensors and the base checkpoint's tokenizer files."""
   if config.model.pooling != "pooler":
-    raise ValueError("--format=hf needs model.pooling='pooler' (BertForSequenceClassification)")
+    raise ConfigError(f"config.model.pooling={config.model.pooling!r}: --format=hf needs "
+                      "'pooler' (BertForSequenceClassification)")
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   backbone = [l for l in model.layers if l.name.startswith("bert_backbone")][0]
@@ -99,7 +105,7 @@ def write_hf_checkpoint(path, model, config, labels):
   base_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
   base = json.loads((base_dir / "config.json").read_text())
   (path / "config.json").write_text(json.dumps(
-      hf_config(backbone, base, labels, config.model.dropout), indent=1) + "\n")
+      hf_config(backbone, base, labels, config.model.dropout, config.task.name), indent=1) + "\n")
   save_file(state_dict(backbone, head), str(path / "model.safetensors"), metadata={"format": "pt"})
   for name in TOKENIZER_FILES:
     if (base_dir / name).is_file():

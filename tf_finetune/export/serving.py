@@ -1,4 +1,4 @@
-"""SavedModel for TF Serving: raw text in, labels and probabilities out.
+"""SavedModel for TF Serving: raw text in, the task's predictions out.
 
 Layout (TF Serving's): WORKDIR/export/<model_name>/<version>/ with saved_model.pb,
 variables/, assets/, assets.extra/tf_serving_warmup_requests and a model card README.md.
@@ -23,18 +23,16 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 class ServingModule(tf.Module):
   """Signatures around the fine-tuned model; the text path calls the training TextEncoder."""
 
-  def __init__(self, model, encoder, labels, has_pairs):
+  def __init__(self, model, encoder, task, calibration, has_pairs):
     super().__init__(name="tf_finetune_serving")
     self.model = model
     self.encoder = encoder
     self.has_pairs = has_pairs
-    self.label_names = tf.constant(labels)
+    self._task, self._calibration = task, calibration  # (not tracked: plain Python objects)
 
   def _outputs(self, features):
     logits = tf.cast(self.model(features, training=False), tf.float32)
-    label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1),
-            "label_id": label_id, "label": tf.gather(self.label_names, label_id)}
+    return self._task.serving_outputs(logits, self._calibration)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
   def serve_text(self, text):
@@ -83,9 +81,16 @@ def load_for_export(workdir, checkpoint):
   wd = experiment.Workdir(workdir)
   config = wd.load_config()
   labels = wd.load_labels()
-  _, model = experiment.build_model(config, labels, pretrained=False)
+  task, model = experiment.build_model(config, labels, pretrained=False)
   checkpoint_path, step = experiment.restore_model(wd, model, checkpoint)
-  return wd, config, labels, model, checkpoint_path, step
+  return wd, config, labels, task, model, checkpoint_path, step
+
+
+def load_report(wd, step):
+  """eval/report.json when it is of this checkpoint's step, else None."""
+  path = wd.eval / "report.json"
+  report = json.loads(path.read_text()) if path.is_file() else None
+  return report if report and report.get("step") == step else None
 
 
 def write_warmup_requests(path, model_name, examples, has_pairs):
@@ -119,10 +124,13 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
       f"{config.data.max_seq_length}, weight decay {config.train.weight_decay}, warmup "
       f"{config.train.warmup_fraction}, precision {config.train.precision}, seed {config.train.seed}",
       "", "## Metrics", ""]
-  if report and report.get("step") == step:
+  if report:
+    from tf_finetune.evaluation import reports
     for split, r in report["splits"].items():
-      lines.append(f"- {split}: accuracy {r['accuracy']:.4f}, macro F1 {r['macro_f1']:.4f} "
-                   f"({r['num_examples']} examples)")
+      lines.append(f"- {split} ({r['num_examples']} examples): {reports.metrics_line(r)}")
+    if report.get("calibration"):
+      lines.append(f"- calibrated on dev and applied in the signatures: "
+                   f"{json.dumps(report['calibration'])}")
   else:
     lines.append("- not evaluated at this checkpoint (run `python -m tf_finetune.evaluate`)")
   lines += ["", "## Signatures", "", signature_info, ""]
@@ -131,10 +139,17 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
 
 def export_saved_model(workdir, checkpoint="best", model_name=None):
   """Exports a checkpoint of the run; returns the new version directory."""
-  wd, config, labels, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
+  wd, config, labels, task, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
   encoder = experiment.build_encoder(config)
   has_pairs = bool(config.data.text_pair_column)
-  module = ServingModule(model, encoder, labels.labels, has_pairs)
+  report = load_report(wd, step)
+  calibration = report.get("calibration") if report else None
+  if calibration is None and task.needs_calibration:
+    raise WorkdirError(f"{wd.root}: no eval/report.json for step {step} holding the dev "
+                       f"calibration a {config.task.name} model needs; run "
+                       f"`python -m tf_finetune.evaluate --workdir={wd.root} "
+                       f"--checkpoint={checkpoint}` first")
+  module = ServingModule(model, encoder, task, calibration, has_pairs)
 
   model_name = model_name or wd.root.name
   with new_version_dir(wd.export / model_name) as (tmp, final):
@@ -144,17 +159,14 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
     write_warmup_requests(tmp / "assets.extra" / WARMUP_FILE, model_name,
                           [sample, sample * 8], has_pairs)
     inputs = "`text` (and `text_pair`)" if has_pairs else "`text`"
-    signature_info = (f"- `serving_default`: {inputs}: string [batch] -> `label` string, "
-                      "`label_id` int32, `probabilities` and `logits` float32 [batch, labels]\n"
+    signature_info = (f"- `serving_default`: {inputs}: string [batch] -> {task.serving_doc}\n"
                       "- `token_ids`: `token_ids`, `segment_ids`, `padding_mask` int32 "
                       "[batch, length] -> the same outputs; needs no custom ops")
-    write_model_card(tmp, wd, config, labels, step, checkpoint_path, signature_info)
+    write_model_card(tmp, config, labels, step, checkpoint_path, report, signature_info)
   return final
 
 
-def write_model_card(directory, wd, config, labels, step, checkpoint_path, usage):
-  report_path = wd.eval / "report.json"
-  report = json.loads(report_path.read_text()) if report_path.is_file() else None
+def write_model_card(directory, config, labels, step, checkpoint_path, report, usage):
   (directory / "README.md").write_text(
       model_card(config, labels.labels, step, checkpoint_path, report, usage))
 
@@ -162,10 +174,10 @@ def write_model_card(directory, wd, config, labels, step, checkpoint_path, usage
 def export_hf(workdir, checkpoint="best", model_name=None):
   """Exports a checkpoint as a transformers BertForSequenceClassification directory."""
   from tf_finetune.export import hf
-  wd, config, labels, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
+  wd, config, labels, _, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
   with new_version_dir(wd.export / f"{model_name or wd.root.name}_hf") as (tmp, final):
     hf.write_hf_checkpoint(tmp, model, config, labels.labels)
-    write_model_card(tmp, wd, config, labels, step, checkpoint_path,
+    write_model_card(tmp, config, labels, step, checkpoint_path, load_report(wd, step),
                      "Load with transformers: `AutoModelForSequenceClassification."
                      "from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`.")
   return final
@@ -180,7 +192,7 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
   the interpreter returns garbage.
   """
   import tempfile
-  wd, config, labels, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
+  wd, config, labels, _, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
   encoder = experiment.build_encoder(config)
   with tempfile.TemporaryDirectory() as keras_export:
     model.export(keras_export, format="tf_saved_model", verbose=False)
@@ -194,7 +206,7 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
     labels.save(tmp / "labels.json")
     (tmp / "vocab.txt").write_text("\n".join(encoder.tokenizer.get_vocabulary()) + "\n")
     write_model_card(
-        tmp, wd, config, labels, step, checkpoint_path,
+        tmp, config, labels, step, checkpoint_path, load_report(wd, step),
         f"`model.tflite` ({len(flatbuffer):,} bytes, "
         f"{'dynamic-range int8 weights' if quantize else 'float32'}): signature "
         "`serving_default`, inputs `token_ids`, `segment_ids`, `padding_mask` (int32 "

@@ -1,8 +1,15 @@
-"""Tasks by config name."""
+"""Tasks by config name (task.name)."""
 from tf_finetune.tasks.classification import ClassificationTask
+from tf_finetune.tasks.multilabel import MultiLabelTask
+from tf_finetune.tasks.regression import RegressionTask
 
-TASKS = {"classification": ClassificationTask}
+TASKS = {"classification": ClassificationTask, "multilabel": MultiLabelTask,
+         "regression": RegressionTask}
 
 
 def get_task(config, label_vocabulary):
   return TASKS[config.task.name](config, label_vocabulary)
+
+
+def build_vocabulary(config, train):
+  return TASKS[config.task.name].build_vocabulary(config, train)

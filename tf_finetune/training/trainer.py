@@ -80,6 +80,7 @@ class Trainer:
       logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
     self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
     self.train_label_values = self.task.label_values(self.splits["train"])
+    self.task.prepare(self.train_label_values)
     self.dev_label_values = self.task.label_values(self.splits["dev"])
     if "test" in self.splits:  # unseen labels fail now, not after training.
       self.task.label_values(self.splits["test"])
@@ -147,7 +148,7 @@ class Trainer:
     features = {k: batch[k] for k in experiment.MODEL_INPUTS}
     with tf.GradientTape() as tape:
       logits = model(features, training=True)
-      loss = tf.nn.compute_average_loss(task.build_losses(batch["label"], logits),
+      loss = tf.nn.compute_average_loss(task.training_losses(batch["label"], logits),
                                         global_batch_size=self.global_batch_size)
     variables = model.trainable_variables
     # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
@@ -180,14 +181,13 @@ class Trainer:
         self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
     logits = experiment.predict_logits(self.model, dataset,
                                        self.strategy if on_replicas else None)
-    return self.task.report(self.splits["dev"], self.dev_label_values, logits)
+    calibration = self.task.calibrate(self.dev_label_values, logits)
+    return self.task.report(self.dev_label_values, logits, calibration)
 
   def _maybe_update_best(self, report, step):
-    metric = self.config.train.best_metric
+    metric = self.task.best_metric
     value = report[metric]
-    better = (self.best is None or
-              (value < self.best["value"] if metric == "loss" else value > self.best["value"]))
-    if better:
+    if self.best is None or self.task.is_better(value, self.best["value"]):
       path = self.best_manager.save(checkpoint_number=step)
       self.best = {"step": step, "metric": metric, "value": value,
                    "checkpoint": path.rsplit("/", 1)[1]}
@@ -198,10 +198,10 @@ class Trainer:
   def _evaluate(self, step):
     start = time.time()
     report = self.evaluate_dev()
-    logging.info("step %d | dev accuracy %.4f | dev macro F1 %.4f | dev loss %.4f | %.1fs",
-                 step, report["accuracy"], report["macro_f1"], report["loss"],
-                 time.time() - start)
-    self.writers.eval_scalars(step, {k: report[k] for k in ("accuracy", "macro_f1", "loss")})
+    metrics = {k: report[k] for k in self.task.metric_names}
+    logging.info("step %d | %s | %.1fs", step,
+                 " | ".join(f"dev {k} {v:.4f}" for k, v in metrics.items()), time.time() - start)
+    self.writers.eval_scalars(step, metrics)
     self._maybe_update_best(report, step)
     return report
 
