@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from tests.conftest import SHARED, requires_shared
 from tf_finetune import config as config_lib
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import sources
@@ -153,3 +154,44 @@ def test_jsonl_list_labels_are_joined(tmp_path):
   path.write_text('{"text": "a", "labels": ["x", "y"]}\n{"text": "b", "labels": []}\n')
   split = sources.read_jsonl(path, text_column="text", label_column="labels", list_separator="|")
   assert split.labels == ["x|y", ""]
+
+
+def test_conll_reader_tabs_spaces_docstart_and_byte_order_marks(tmp_path):
+  path = tmp_path / "ner.conll"
+  path.write_bytes("-DOCSTART- -X- O O\n\nEU NNP B-ORG\nrejects VBZ O\n\n"
+                   "Dubbz\ufeff\tB-person\nrocks\tO\n\ufeff\n\nNew\tB-location\nYork\tI-location\n"
+                   .encode("utf-8"))
+  split = sources.read_conll(path, "dev")
+  assert split.tokens == [["EU", "rejects"], ["Dubbz", "rocks"], ["New", "York"]]
+  assert split.tags == [["B-ORG", "O"], ["B-person", "O"], ["B-location", "I-location"]]
+  assert split.origins == [f"{path}:3", f"{path}:6", f"{path}:10"]
+  path.write_text("New\tB-location\nYork\tLOC\n")
+  with pytest.raises(DataError, match=r"ner.conll:2: tag 'LOC' is not O, B-<type> or I-<type>"):
+    sources.read_conll(path)
+  path.write_text("New\tB-location\nYork\n")
+  with pytest.raises(DataError, match=r"ner.conll:2: expected a word and its tag"):
+    sources.read_conll(path)
+
+
+def test_entities_are_read_the_seqeval_strict_iob2_way():
+  tags = ["B-person", "I-person", "O", "I-location", "B-group", "B-group", "I-group", "I-person"]
+  assert sources.bio_entities(tags) == [("person", 0, 2), ("group", 4, 5), ("group", 5, 7)]
+
+
+@requires_shared("wnut17", "dev.conll")
+def test_wnut17_files_read_whole_despite_the_stray_byte_order_mark():
+  train = sources.read_conll(SHARED / "wnut17" / "train.conll")
+  dev = sources.read_conll(SHARED / "wnut17" / "dev.conll", "dev")
+  assert (len(train), len(dev)) == (3394, 1009)  # the counts ../shared/data/README.md gives
+  assert sum(map(len, train.tokens)) == 62730 and sum(map(len, dev.tokens)) == 15733
+  assert not any("\ufeff" in w for sentence in dev.tokens for w in sentence)
+
+
+def test_multilabel_cells_may_be_empty(tmp_path):
+  (tmp_path / "train.tsv").write_text("sentence\tlabel\nno entity here\t\nParis trip\tlocation\n")
+  split = sources.read_delimited(tmp_path / "train.tsv", delimiter="\t", text_column="sentence",
+                                 label_column="label", allow_empty_label=True)
+  assert split.labels == ["", "location"]
+  with pytest.raises(DataError, match="train.tsv:2: empty label"):
+    sources.read_delimited(tmp_path / "train.tsv", delimiter="\t", text_column="sentence",
+                           label_column="label")

@@ -61,6 +61,7 @@ def base_config():
   c.data.label_column = "label"
   c.data.delimiter = ""  # default: tab for tsv, comma for csv
   c.data.has_header = True
+  c.data.encoding = "utf-8"  # of the data files (a leading UTF-8 byte-order mark is dropped)
   c.data.multilabel_separator = ","  # task.name=multilabel: labels in one cell, joined by this
   # data.source=label_first: with ":", TREC's "DESC:manner" becomes "DESC" (coarse labels).
   c.data.coarse_label_separator = ""

@@ -48,7 +48,8 @@ class Workdir:
 
 def load_data(config, label_vocabulary=None):
   """Reads the splits; infers the label vocabulary from train unless one is given."""
-  splits = sources.load_splits(config.data, stratify=config.task.name == "classification")
+  splits = sources.load_splits(config.data, stratify=config.task.name == "classification",
+                               allow_empty_label=config.task.name == "multilabel")
   limit = config.data.max_train_examples
   if limit and limit < len(splits["train"]):
     logging.warning("data.max_train_examples=%d: training on a label-stratified sample of %d of "

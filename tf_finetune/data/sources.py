@@ -32,13 +32,18 @@ class Split:
                  pick(self.text_pairs))
 
 
-def _decode(path):
+def _decode(path, encoding="utf-8"):
   data = path.read_bytes()
+  utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
   try:
-    return data.decode("utf-8-sig")
+    return data.decode("utf-8-sig" if utf8 else encoding)
   except UnicodeDecodeError as e:
     line = data.count(b"\n", 0, e.start) + 1
-    raise DataError(f"{path}:{line}: bytes {data[e.start:e.end]!r} are not valid UTF-8") from None
+    raise DataError(f"{path}:{line}: bytes {data[e.start:e.end]!r} are not valid "
+                    f"{'UTF-8' if utf8 else encoding} "
+                    "(data.encoding names the file's encoding)") from None
+  except LookupError:
+    raise DataError(f"data.encoding={encoding!r}: unknown encoding") from None
 
 
 def _column_index(path, header, column, role):
@@ -48,12 +53,14 @@ def _column_index(path, header, column, role):
 
 
 def read_delimited(path, *, delimiter, text_column, label_column, text_pair_column="",
-                   has_header=True, split_name="train"):
-  """TSV/CSV. With has_header=False, columns are given as 0-based indices ("0", "1")."""
+                   has_header=True, split_name="train", encoding="utf-8",
+                   allow_empty_label=False):
+  """TSV/CSV. With has_header=False, columns are given as 0-based indices ("0", "1").
+  allow_empty_label: an empty label cell is a value (multi-label: none of the labels)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f"{path}: file not found")
-  text = _decode(path)
+  text = _decode(path, encoding)
   # TSV files of NLP data sets (GLUE) carry bare quotes inside fields: no quoting there.
   quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
   reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting, strict=True)
@@ -88,7 +95,7 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
       if max(i for i in (text_i, label_i, pair_i or 0)) >= len(row):
         raise DataError(f"{path}:{line}: row has only {len(row)} fields")
       label = row[label_i].strip()
-      if not label:
+      if not label and not allow_empty_label:
         raise DataError(f"{path}:{line}: empty label in column {label_column!r}")
       texts.append(row[text_i])
       labels.append(label)
@@ -103,14 +110,14 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
 
 
 def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train",
-               list_separator=","):
+               list_separator=",", encoding="utf-8"):
   """One JSON object a line. A label may be a string, an integer, or (multi-label) a list
   of strings, which is joined by list_separator."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f"{path}: file not found")
   texts, pairs, labels, origins = [], [], [], []
-  for line, raw in enumerate(_decode(path).splitlines(), start=1):
+  for line, raw in enumerate(_decode(path, encoding).splitlines(), start=1):
     if not raw.strip():
       raise DataError(f"{path}:{line}: blank line")
     try:
@@ -141,14 +148,14 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
   return Split(split_name, texts, labels, origins, pairs if text_pair_column else None)
 
 
-def read_label_first(path, *, coarse_label_separator="", split_name="train"):
+def read_label_first(path, *, coarse_label_separator="", split_name="train", encoding="utf-8"):
   """One example a line: the label, one space, the text (TREC's format; fastText's
   `__label__x text` too). With coarse_label_separator=":", "DESC:manner" becomes "DESC"."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f"{path}: file not found")
   texts, labels, origins = [], [], []
-  for line, raw in enumerate(_decode(path).splitlines(), start=1):
+  for line, raw in enumerate(_decode(path, encoding).splitlines(), start=1):
     if not raw.strip():
       raise DataError(f"{path}:{line}: blank line")
     label, _, text = raw.partition(" ")
@@ -162,6 +169,83 @@ def read_label_first(path, *, coarse_label_separator="", split_name="train"):
   if not texts:
     raise DataError(f"{path}: no examples")
   return Split(split_name, texts, labels, origins)
+
+
+@dataclasses.dataclass
+class TokenSplit:
+  """Sentences of words with one tag each (CoNLL). `origins[i]` is "file:line" of the
+  sentence's first word."""
+  name: str
+  tokens: list
+  tags: list
+  origins: list
+
+  def __len__(self):
+    return len(self.tokens)
+
+
+BYTE_ORDER_MARK = "\ufeff"
+
+
+def read_conll(path, split_name="train", encoding="utf-8"):
+  """CoNLL-style word-per-line files: the word first, its tag last, separated by a tab (or,
+  on lines without one, by spaces), a blank line between sentences; -DOCSTART- lines are
+  skipped. Tags are IOB2/BIO (O, B-type, I-type).
+
+  Stray byte-order marks (U+FEFF, a zero-width character) are removed wherever they stand,
+  and a line holding only them counts as blank; the log says how many were removed.
+  """
+  from absl import logging
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"{path}: file not found")
+  tokens, tags, origins = [], [], []
+  words, word_tags, first_line, stray = [], [], None, 0
+
+  def end_sentence():
+    nonlocal words, word_tags, first_line
+    if words:
+      tokens.append(words)
+      tags.append(word_tags)
+      origins.append(f"{path}:{first_line}")
+    words, word_tags, first_line = [], [], None
+
+  for line, raw in enumerate(_decode(path, encoding).splitlines(), start=1):
+    stray += raw.count(BYTE_ORDER_MARK)
+    raw = raw.replace(BYTE_ORDER_MARK, "")
+    if not raw.strip():
+      end_sentence()
+      continue
+    fields = raw.split("\t") if "\t" in raw else raw.split()
+    if fields[0] == "-DOCSTART-":
+      end_sentence()
+      continue
+    if len(fields) < 2:
+      raise DataError(f"{path}:{line}: expected a word and its tag separated by a tab or "
+                      f"spaces, found {raw[:60]!r}")
+    word, tag = fields[0].strip(), fields[-1].strip()
+    if not word:
+      raise DataError(f"{path}:{line}: empty word")
+    if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+      raise DataError(f"{path}:{line}: tag {tag!r} is not O, B-<type> or I-<type>")
+    if first_line is None:
+      first_line = line
+    words.append(word)
+    word_tags.append(tag)
+  end_sentence()
+  if not tokens:
+    raise DataError(f"{path}: no sentences")
+  if stray:
+    logging.warning("%s: removed %d stray byte-order mark(s) (U+FEFF)", path, stray)
+  return TokenSplit(split_name, tokens, tags, origins)
+
+
+def bio_entities(tags):
+  """(type, first word, last word + 1) of each entity in a BIO tag sequence, the seqeval
+  way in strict IOB2 mode: an entity starts at B-type and goes on over I-type; an I- tag
+  that continues nothing starts no entity."""
+  from seqeval.scheme import IOB2, Entities
+  return [(e.tag, e.start, e.end) for e in Entities([list(tags)], IOB2).entities[0]]
 
 
 def bbc_news_dir():
@@ -245,20 +329,22 @@ def stratified_split(split, fractions, seed, stratify=True):
 DELIMITERS = {"tsv": "\t", "csv": ","}
 
 
-def _read_file(data_config, file_name, split_name):
+def _read_file(data_config, file_name, split_name, allow_empty_label):
   path = pathlib.Path(data_config.dir).expanduser() / file_name
   columns = dict(text_column=data_config.text_column, label_column=data_config.label_column,
-                 text_pair_column=data_config.text_pair_column, split_name=split_name)
+                 text_pair_column=data_config.text_pair_column, split_name=split_name,
+                 encoding=data_config.encoding)
   if data_config.source == "jsonl":
     return read_jsonl(path, list_separator=data_config.multilabel_separator, **columns)
   if data_config.source == "label_first":
     return read_label_first(path, coarse_label_separator=data_config.coarse_label_separator,
-                            split_name=split_name)
+                            split_name=split_name, encoding=data_config.encoding)
   delimiter = data_config.delimiter or DELIMITERS[data_config.source]
-  return read_delimited(path, delimiter=delimiter, has_header=data_config.has_header, **columns)
+  return read_delimited(path, delimiter=delimiter, has_header=data_config.has_header,
+                        allow_empty_label=allow_empty_label, **columns)
 
 
-def load_splits(data_config, stratify=True):
+def load_splits(data_config, stratify=True, allow_empty_label=False):
   """Returns {"train": Split, "dev": Split[, "test": Split]} as the config describes.
 
   Without a dev (or test) file, that split is carved from train by label-stratified
@@ -283,7 +369,7 @@ def load_splits(data_config, stratify=True):
           text_pair_column=data_config.text_pair_column)
       splits[name].name = name
     else:
-      splits[name] = _read_file(data_config, ref, name)
+      splits[name] = _read_file(data_config, ref, name, allow_empty_label)
   if "train" not in splits:
     raise DataError("data: no train split given (data.train_file / data.tfds_train_split)")
   if "dev" not in splits:
