@@ -86,3 +86,19 @@ def check_run_directory(run, last_step):
   for sub in ("train", "eval"):
     assert len(list((run / "tensorboard" / sub).glob("events.out.tfevents.*"))) == 1, sub
   assert not list(run.rglob(".*.tmp-*")), "a temporary file was left behind"
+
+
+def dev_logits(workdir, checkpoint="best"):
+  """(dev Split, its label values, logits of `checkpoint`, label names) of a run, computed
+  the way the evaluator does."""
+  from tf_finetune import experiment
+  from tf_finetune.data import pipeline
+  wd = experiment.Workdir(workdir)
+  config, labels = wd.load_config(), wd.load_labels()
+  splits, _ = experiment.load_data(config, labels)
+  task, model = experiment.build_model(config, labels, pretrained=False)
+  experiment.restore_model(wd, model, checkpoint)
+  values = task.label_values(splits["dev"])
+  logits = experiment.predict_logits(model, pipeline.eval_dataset(
+      splits["dev"], values, experiment.build_encoder(config), batch_size=64))
+  return splits["dev"], values, logits, labels.labels

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, tiny_config, write_sentiment_tsv
+from tests.conftest import REPO, dev_logits, tiny_config, write_sentiment_tsv
 from tf_finetune import experiment
-from tf_finetune.data import pipeline
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib
 
@@ -29,16 +28,8 @@ def exported(run_dir):
 
 
 def _dev_logits(run_dir):
-  wd = experiment.Workdir(run_dir)
-  config, labels = wd.load_config(), wd.load_labels()
-  splits, _ = experiment.load_data(config, labels)
-  task, model = experiment.build_model(config, labels, pretrained=False)
-  experiment.restore_model(wd, model, "best")
-  encoder = experiment.build_encoder(config)
-  values = task.label_values(splits["dev"])
-  logits = experiment.predict_logits(
-      model, pipeline.eval_dataset(splits["dev"], values, encoder, batch_size=64))
-  return splits["dev"].texts, logits, labels.labels
+  dev, _, logits, label_names = dev_logits(run_dir)
+  return dev.texts, logits, label_names
 
 
 def test_versions_increment_and_nothing_is_left_half_written(run_dir, exported, monkeypatch):

@@ -48,16 +48,16 @@ class Workdir:
 
 def load_data(config, label_vocabulary=None):
   """Reads the splits; infers the label vocabulary from train unless one is given."""
-  splits = sources.load_splits(config.data, stratify=config.task.name == "classification",
+  stratify = config.task.name == "classification"  # scores and label sets cannot be
+  splits = sources.load_splits(config.data, stratify=stratify,
                                allow_empty_label=config.task.name == "multilabel")
   limit = config.data.max_train_examples
   if limit and limit < len(splits["train"]):
-    logging.warning("data.max_train_examples=%d: training on a label-stratified sample of %d of "
-                    "%d train examples (data.split_seed=%d)", limit, limit, len(splits["train"]),
-                    config.data.split_seed)
+    logging.warning("data.max_train_examples=%d: training on a %ssample of %d of %d train "
+                    "examples (data.split_seed=%d)", limit, "label-stratified " if stratify else "",
+                    limit, len(splits["train"]), config.data.split_seed)
     rest, _ = sources.stratified_split(
-        splits["train"], [1 - limit / len(splits["train"])], config.data.split_seed,
-        stratify=config.task.name == "classification")
+        splits["train"], [1 - limit / len(splits["train"])], config.data.split_seed, stratify)
     splits["train"] = splits["train"].subset(rest)
   if label_vocabulary is None:
     label_vocabulary = tasks.build_vocabulary(config, splits["train"])
