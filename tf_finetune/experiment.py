@@ -118,16 +118,21 @@ def predict_logits(model, dataset, strategy=None):
   return np.concatenate([forward({k: b[k] for k in MODEL_INPUTS}).numpy() for b in dataset], axis=0)
 
 
+_DISTRIBUTED_FORWARD = weakref.WeakKeyDictionary()  # model -> (strategy, traced function)
+
+
 def _predict_logits_distributed(model, dataset, strategy):
   """For single-client strategies (TPUStrategy, MirroredStrategy): each global batch is
-  split over the replicas in order, and the local results hold every replica's rows."""
-  @tf.function
-  def forward(batch):
+  split over the replicas in order, and the local results hold every replica's rows.
+  The traced function is kept per model: each new one would retrace (on TPU, recompile)."""
+  cached = _DISTRIBUTED_FORWARD.get(model)
+  if cached is None or cached[0] is not strategy:
     def replica_fn(features):
       return model({k: features[k] for k in MODEL_INPUTS}, training=False), features[
           "example_mask"]
-    return strategy.run(replica_fn, args=(batch,))
-
+    cached = (strategy, tf.function(lambda batch: strategy.run(replica_fn, args=(batch,))))
+    _DISTRIBUTED_FORWARD[model] = cached
+  forward = cached[1]
   logits, mask = [], []
   for batch in strategy.experimental_distribute_dataset(dataset):
     replica_logits, replica_mask = forward(batch)

@@ -26,6 +26,11 @@ class Split:
   def __len__(self):
     return len(self.texts)
 
+  @property
+  def source(self):
+    """The file (or dataset) the split was read from, for messages."""
+    return self.origins[0].rsplit(":", 1)[0] if self.origins else self.name
+
   def subset(self, indices, name=None):
     pick = lambda xs: None if xs is None else [xs[i] for i in indices]
     return Split(name or self.name, pick(self.texts), pick(self.labels), pick(self.origins),

@@ -35,8 +35,9 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None):
     return label_values, experiment.predict_logits(model, dataset)
 
   outputs = {name: logits_of(name) for name in wanted}
-  dev = outputs["dev"] if "dev" in outputs else logits_of("dev")
-  calibration = task.calibrate(*dev)
+  calibration = None
+  if task.needs_calibration:  # fitted on dev even when dev is not among the splits reported
+    calibration = task.calibrate(*(outputs["dev"] if "dev" in outputs else logits_of("dev")))
 
   wd.eval.mkdir(parents=True, exist_ok=True)
   report = {"task": config.task.name, "checkpoint": path, "step": step,

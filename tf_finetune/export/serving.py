@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tf_finetune import experiment
 from tf_finetune.errors import WorkdirError
+from tf_finetune.evaluation import reports
 
 MODEL_INPUTS = experiment.MODEL_INPUTS
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -125,7 +126,6 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
       f"{config.train.warmup_fraction}, precision {config.train.precision}, seed {config.train.seed}",
       "", "## Metrics", ""]
   if report:
-    from tf_finetune.evaluation import reports
     for split, r in report["splits"].items():
       lines.append(f"- {split} ({r['num_examples']} examples): {reports.metrics_line(r)}")
     if report.get("calibration"):

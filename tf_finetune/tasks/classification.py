@@ -47,7 +47,7 @@ class ClassificationTask(base.Task):
   def build_vocabulary(cls, config, train):
     vocabulary = super().build_vocabulary(config, train)
     if len(vocabulary) < 2:
-      raise DataError(f"{train.origins[0].rsplit(':', 1)[0]}: train has only {len(vocabulary)} "
+      raise DataError(f"{train.source}: train has only {len(vocabulary)} "
                       "distinct label(s); classification needs at least 2")
     return vocabulary
 

@@ -23,7 +23,7 @@ class MultiLabelTask(base.Task):
   def build_vocabulary(cls, config, train):
     names = {name for cell in train.labels for name in cls.split_labels(config, cell)}
     if len(names) < 1:
-      raise DataError(f"{_file_of(train)}: no labels in the train split")
+      raise DataError(f"{train.source}: no labels in the train split")
     return labels_lib.LabelVocabulary.from_train(names)
 
   @staticmethod
@@ -97,7 +97,3 @@ class MultiLabelTask(base.Task):
 
 def _sigmoid(logits):
   return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
-
-
-def _file_of(split):
-  return split.origins[0].rsplit(":", 1)[0] if split.origins else split.name
