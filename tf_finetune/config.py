@@ -11,7 +11,7 @@ import ml_collections
 
 from tf_finetune.errors import ConfigError
 
-SOURCES = ("bbc_news", "tsv", "csv", "jsonl", "label_first", "tfds")
+SOURCES = ("bbc_news", "tsv", "csv", "jsonl", "label_first", "conll", "tfds")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 POOLINGS = ("pooler", "cls", "mean")
@@ -20,6 +20,7 @@ TASK_METRICS = {
     "classification": ("accuracy", "macro_f1", "loss"),
     "multilabel": ("micro_f1", "macro_f1", "loss"),
     "regression": ("pearson", "spearman", "loss"),
+    "tagging": ("entity_f1", "entity_precision", "entity_recall", "loss"),
 }
 TASKS = tuple(TASK_METRICS)
 CLASS_WEIGHTS = ("none", "balanced")
@@ -47,7 +48,7 @@ def base_config():
   c.model.pooling = "pooler"  # pooler (HF BertForSequenceClassification), cls or mean
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = "classification"  # classification, multilabel or regression
+  c.task.name = "classification"  # classification, multilabel, regression or tagging (NER)
   c.task.class_weights = "none"  # classification: none, or balanced (n / (labels * count))
 
   c.data = ml_collections.ConfigDict()
@@ -97,7 +98,7 @@ def base_config():
   c.train.eval_every = 0  # 0: once per epoch
   c.train.checkpoint_every = 0  # 0: at every evaluation
   c.train.keep_checkpoints = 2
-  c.train.best_metric = "auto"  # one of the task's metrics (auto: accuracy, micro_f1, pearson)
+  c.train.best_metric = "auto"  # one of the task's metrics (auto: the first: accuracy, micro_f1, pearson, entity_f1)
   c.train.eval_splits = "dev,test"  # evaluated with the best checkpoint at the end
 
   c.distribution = ml_collections.ConfigDict()
@@ -198,7 +199,9 @@ def validate(config):
   if config.task.name == "multilabel":
     _check(d.multilabel_separator, "data.multilabel_separator", d.multilabel_separator,
            "is required for task.name='multilabel'")
-  if d.source in ("tsv", "csv", "jsonl", "label_first"):
+  _check((d.source == "conll") == (config.task.name == "tagging"), "data.source", d.source,
+         "task.name='tagging' reads data.source='conll' (word and tag per line), and only it")
+  if d.source in ("tsv", "csv", "jsonl", "label_first", "conll"):
     _check(d.dir, "data.dir", d.dir, f"is required for data.source={d.source!r}")
     _check(d.train_file, "data.train_file", d.train_file, "is required for file sources")
     _check(pathlib.Path(d.dir).expanduser().is_dir(), "data.dir", d.dir, "is not a directory")

@@ -11,6 +11,7 @@ from absl import logging
 from tf_finetune import checkpoints
 from tf_finetune import text_encoder
 from tf_finetune import tasks
+from tf_finetune.tasks import tagging
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
@@ -85,8 +86,15 @@ def build_model(config, label_vocabulary, *, pretrained=True):
 
 
 def report_truncation(splits, encoder):
-  """Logs how many examples exceed max_seq_length and lose their tail (never silent)."""
+  """Logs how many examples exceed max_seq_length and lose their tail (never silent); for
+  tagging, how many words that costs their prediction (they count as predicted O)."""
   for name, split in splits.items():
+    if hasattr(split, "tokens"):
+      lost = sum(int((p < 0).sum()) for p in tagging.word_positions(split.tokens, encoder))
+      if lost:
+        logging.warning("%s: %d of %d words get no prediction (cut by data.max_seq_length=%d, "
+                        "or no wordpiece left after cleaning) and count as predicted O", name,
+                        lost, sum(len(t) for t in split.tokens), encoder.max_seq_length)
     lengths = pipeline.token_lengths(split, encoder)
     over = int((lengths > encoder.max_seq_length).sum())
     logging.info("%s: %d examples, wordpieces per example: median %d, 95th pct %d, max %d",
@@ -115,7 +123,16 @@ def predict_logits(model, dataset, strategy=None):
         lambda features: model(features, training=False),
         input_signature=[{k: tf.TensorSpec([None, None], tf.int32) for k in MODEL_INPUTS}])
   forward = _FORWARD[model]
-  return np.concatenate([forward({k: b[k] for k in MODEL_INPUTS}).numpy() for b in dataset], axis=0)
+  return _concatenate([forward({k: b[k] for k in MODEL_INPUTS}).numpy() for b in dataset])
+
+
+def _concatenate(batches):
+  """Joins batches of logits; per-wordpiece logits [batch, length, tags] are padded (with
+  zeros) to the longest batch's length first."""
+  if batches and batches[0].ndim == 3:
+    width = max(b.shape[1] for b in batches)
+    batches = [np.pad(b, [(0, 0), (0, width - b.shape[1]), (0, 0)]) for b in batches]
+  return np.concatenate(batches, axis=0)
 
 
 _DISTRIBUTED_FORWARD = weakref.WeakKeyDictionary()  # model -> (strategy, traced function)
@@ -138,7 +155,7 @@ def _predict_logits_distributed(model, dataset, strategy):
     replica_logits, replica_mask = forward(batch)
     logits += [v.numpy() for v in strategy.experimental_local_results(replica_logits)]
     mask += [v.numpy() for v in strategy.experimental_local_results(replica_mask)]
-  return np.concatenate(logits, axis=0)[np.concatenate(mask, axis=0) > 0]
+  return _concatenate(logits)[np.concatenate(mask, axis=0) > 0]
 
 
 def new_checkpoint(model, optimizer=None):

@@ -6,7 +6,9 @@
 
 One text per argument or per input line (for sentence-pair models: text<TAB>pair). Prints,
 as TSV (default) or JSON lines, the text and: label and probability (classification), the
-predicted labels (multi-label, at the thresholds tuned on dev), or the score (regression).
+predicted labels (multi-label, at the thresholds tuned on dev), the score (regression), or
+the entities (tagging): in TSV `type[start:end]=surface (score)` joined by "; ", in JSON
+a list of {type, start, end, text, score} with character offsets into the text.
 """
 import json
 import sys
@@ -53,8 +55,22 @@ def main(argv):
         print("\t".join([text] + [str(v) for v in fields.values()]))
 
 
+def _entities(out):
+  count = out["entity_count"].numpy()
+  columns = {k: out[f"entity_{k}"].numpy() for k in ("type", "start", "end", "text", "score")}
+  for i, n in enumerate(count):
+    yield [{"type": columns["type"][i, j].decode("utf-8"), "start": int(columns["start"][i, j]),
+            "end": int(columns["end"][i, j]), "text": columns["text"][i, j].decode("utf-8"),
+            "score": round(float(columns["score"][i, j]), 6)} for j in range(n)]
+
+
 def _fields(out):
   """Per example, the task's outputs worth printing, by the signature's output names."""
+  if "entity_type" in out:
+    if _FORMAT.value == "jsonl":
+      return [{"entities": e} for e in _entities(out)]
+    return [{"entities": "; ".join(f"{x['type']}[{x['start']}:{x['end']}]={x['text']} "
+                                   f"({x['score']:.4f})" for x in e)} for e in _entities(out)]
   if "label" in out:
     labels = [x.decode("utf-8") for x in out["label"].numpy()]
     probabilities = out["probabilities"].numpy().max(axis=-1)

@@ -12,6 +12,35 @@ def clean_text(texts):
   return tf.strings.regex_replace(texts, r"[\x{0}\x{fffd}\p{Cc}\p{Cf}\p{Co}]", "")
 
 
+# BERT's basic tokenization (HF BasicTokenizer, keras-hub WordPieceTokenizer): words end at
+# whitespace, control and format characters; each punctuation mark and CJK character is a
+# word of its own. Used to find words (and their offsets) in raw text for tagging.
+_WORD_DELIMITERS = (r"\s|\p{Z}|\p{Cc}|\p{Cf}|[!-/]|[:-@]|[\[-`]|[{-~]|\p{P}|"
+                    r"[\x{4E00}-\x{9FFF}]|[\x{3400}-\x{4DBF}]|[\x{20000}-\x{2A6DF}]|"
+                    r"[\x{2A700}-\x{2B73F}]|[\x{2B740}-\x{2B81F}]|[\x{2B820}-\x{2CEAF}]|"
+                    r"[\x{F900}-\x{FAFF}]|[\x{2F800}-\x{2FA1F}]")
+_KEPT_DELIMITERS = (r"[!-/]|[:-@]|[\[-`]|[{-~]|\p{P}|"
+                    r"[\x{4E00}-\x{9FFF}]|[\x{3400}-\x{4DBF}]|[\x{20000}-\x{2A6DF}]|"
+                    r"[\x{2A700}-\x{2B73F}]|[\x{2B740}-\x{2B81F}]|[\x{2B820}-\x{2CEAF}]|"
+                    r"[\x{F900}-\x{FAFF}]|[\x{2F800}-\x{2FA1F}]")
+
+
+def split_words(texts):
+  """[batch] raw strings -> (words, starts, ends): ragged [batch, (words)], with each word's
+  start and end as character (Unicode code point) offsets into the original string, so
+  that Python's text[start:end] is the word."""
+  words, byte_starts, byte_ends = tf_text.regex_split_with_offsets(
+      texts, _WORD_DELIMITERS, _KEPT_DELIMITERS)
+  _, char_starts = tf.strings.unicode_decode_with_offsets(texts, "UTF-8", errors="replace")
+  # A byte offset's character index is the number of characters starting before it.
+  bounds = tf.cast(char_starts.to_tensor(default_value=tf.int64.max), tf.int64)
+  def to_chars(byte_offsets):
+    dense = byte_offsets.to_tensor()
+    chars = tf.searchsorted(bounds, dense, side="left", out_type=tf.int32)
+    return tf.RaggedTensor.from_tensor(chars, lengths=byte_offsets.row_lengths())
+  return words, to_chars(byte_starts), to_chars(byte_ends)
+
+
 class TextEncoder(tf.Module):
   """Tokenizes with keras-hub's WordPiece tokenizer and packs `[CLS] a [SEP] (b [SEP])`.
 
@@ -50,6 +79,30 @@ class TextEncoder(tf.Module):
         segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
     return {"token_ids": tf.cast(token_ids, tf.int32),
             "segment_ids": tf.cast(segment_ids, tf.int32)}
+
+  def encode_words(self, words):
+    """Pre-split words (ragged [batch, (words)] strings) -> packed `[CLS] pieces [SEP]`.
+
+    Returns ragged `token_ids`, `segment_ids` and `word_positions` [batch, (words)]: the
+    index of each word's first wordpiece in token_ids, or -1 for a word that kept no piece
+    (cut by max_seq_length, or nothing left after cleaning). Only first pieces carry a
+    word's tag, in training and in prediction (HF's convention for token classification).
+    """
+    pieces = self.tokenize(words.flat_values)  # [all words, (pieces)]
+    piece_splits = tf.cast(pieces.row_splits, tf.int32)
+    word_splits = tf.cast(words.row_splits, tf.int32)
+    sentence_splits = tf.gather(piece_splits, word_splits)
+    sentences = tf.RaggedTensor.from_row_splits(pieces.flat_values, sentence_splits)
+    budget = self.max_seq_length - 2
+    token_ids, segment_ids = tf_text.combine_segments(
+        [sentences[:, :budget]], start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
+    word_rows = tf.cast(words.value_rowids(), tf.int32)
+    offsets = piece_splits[:-1] - tf.gather(sentence_splits, word_rows)
+    kept = (pieces.row_lengths() > 0) & (offsets < budget)
+    positions = tf.where(kept, offsets + 1, -1)
+    return {"token_ids": tf.cast(token_ids, tf.int32),
+            "segment_ids": tf.cast(segment_ids, tf.int32),
+            "word_positions": words.with_flat_values(positions)}
 
   def pad(self, ragged_features):
     """Ragged features -> dense `token_ids`, `segment_ids`, `padding_mask` (int32)."""

@@ -12,31 +12,69 @@ import tensorflow as tf
 TOKENIZE_BATCH = 256
 
 
+IGNORED_LABEL = -1  # tagging: wordpieces that carry no tag ([CLS], [SEP], non-first, padding)
+
+
+def _is_tagging(split):
+  return hasattr(split, "tokens")
+
+
+def _ragged(rows, dtype):
+  lengths = [len(r) for r in rows]
+  flat = np.concatenate([np.asarray(r) for r in rows]) if rows else np.zeros([0])
+  return tf.RaggedTensor.from_row_lengths(tf.constant(flat, dtype), lengths)
+
+
 def _label_array(label_values):
   """int32 class ids [N], float32 scores [N] or float32 multi-hot rows [N, labels]."""
   labels = np.asarray(label_values)
   return labels.astype(np.int32) if labels.dtype.kind in "iu" else labels.astype(np.float32)
 
 
-def _raw_dataset(split, labels):
+def _raw_dataset(split, label_values):
+  if _is_tagging(split):  # sentences of words, a tag id per word
+    return tf.data.Dataset.from_tensor_slices(
+        {"words": _ragged(split.tokens, tf.string),
+         "word_labels": _ragged(label_values.tag_ids, tf.int32)})
   features = {"text": split.texts}
   if split.text_pairs is not None:
     features["text_pair"] = split.text_pairs
-  features["label"] = labels
+  features["label"] = _label_array(label_values)
   return tf.data.Dataset.from_tensor_slices(features)
 
 
+def _piece_labels(token_ids, word_positions, word_labels):
+  """Wordpiece labels: a word's tag on its first piece, IGNORED_LABEL everywhere else."""
+  positions = word_positions.flat_values
+  kept = positions >= 0
+  rows = tf.cast(word_positions.value_rowids(), tf.int32)
+  flat_index = tf.gather(tf.cast(token_ids.row_splits, tf.int32), rows) + positions
+  labels = tf.tensor_scatter_nd_update(
+      tf.fill(tf.shape(token_ids.flat_values), IGNORED_LABEL),
+      tf.boolean_mask(flat_index, kept)[:, None], tf.boolean_mask(word_labels.flat_values, kept))
+  return token_ids.with_flat_values(labels)
+
+
 def tokenize(dataset, encoder):
-  """Example dicts of strings -> dicts of variable-length int32 vectors plus the label."""
+  """Example dicts of strings -> dicts of variable-length int32 vectors plus the label
+  (for tagging, a label per wordpiece)."""
   def encode_batch(batch):
-    features = encoder(batch["text"], batch.get("text_pair"))
+    if "words" in batch:
+      features = encoder.encode_words(batch["words"])
+      features["label"] = _piece_labels(features["token_ids"], features.pop("word_positions"),
+                                        batch["word_labels"])
+    else:
+      features = encoder(batch["text"], batch.get("text_pair"))
+      features["label"] = batch["label"]
     features["padding_mask"] = tf.ones_like(features["token_ids"])
-    features["label"] = batch["label"]
     return features
   def to_dense(example):  # unbatched ragged rows come out as ragged_rank-0 "ragged" tensors
     return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in example.items()}
-  return (dataset.batch(TOKENIZE_BATCH)
-          .map(encode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if "words" in dataset.element_spec:  # sentences of different lengths
+    batched = dataset.ragged_batch(TOKENIZE_BATCH)
+  else:
+    batched = dataset.batch(TOKENIZE_BATCH)
+  return (batched.map(encode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .unbatch().map(to_dense))
 
 
@@ -49,10 +87,15 @@ def bucket_boundaries(max_seq_length):
   return boundaries + [max_seq_length + 1]
 
 
-def _padded_shapes(labels):
-  vector = [None]
-  return {"token_ids": vector, "segment_ids": vector, "padding_mask": vector,
-          "label": list(labels.shape[1:])}
+def _padded_shapes(dataset):
+  return {k: [None] * spec.shape.rank for k, spec in dataset.element_spec.items()}
+
+
+def _padding_values(dataset):
+  """0 everywhere but tagging's wordpiece labels, which pad with IGNORED_LABEL."""
+  return {k: tf.constant(IGNORED_LABEL if k == "label" and spec.shape.rank == 1 and
+                         spec.dtype.is_integer else 0, spec.dtype)
+          for k, spec in dataset.element_spec.items()}
 
 
 def _with_batch_dimension(batch, batch_size):
@@ -63,8 +106,7 @@ def _with_batch_dimension(batch, batch_size):
 def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buffer,
                   bucketing, skip_batches=0, input_context=None, static_shapes=False):
   """An endless, deterministic stream of padded training batches of `batch_size`."""
-  labels = _label_array(label_values)
-  dataset = _raw_dataset(split, labels)
+  dataset = _raw_dataset(split, label_values)
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   dataset = tokenize(dataset, encoder).cache()
@@ -78,11 +120,12 @@ def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buf
     # With pad_to_bucket_boundary every batch is padded to (boundary - 1): a fixed set of shapes.
     dataset = dataset.bucket_by_sequence_length(
         lambda x: tf.shape(x["token_ids"])[0], boundaries, [batch_size] * (len(boundaries) + 1),
-        padded_shapes=_padded_shapes(labels), pad_to_bucket_boundary=static_shapes,
-        drop_remainder=True)
+        padded_shapes=_padded_shapes(dataset), padding_values=_padding_values(dataset),
+        pad_to_bucket_boundary=static_shapes, drop_remainder=True)
   else:
     dataset = dataset.padded_batch(
-        batch_size, padded_shapes=_padded_shapes(labels), drop_remainder=True)
+        batch_size, padded_shapes=_padded_shapes(dataset),
+        padding_values=_padding_values(dataset), drop_remainder=True)
   if static_shapes:  # bucket_by_sequence_length leaves the batch dimension unknown
     dataset = dataset.map(lambda batch: _with_batch_dimension(batch, batch_size))
   if skip_batches:
@@ -97,9 +140,10 @@ def eval_dataset(split, label_values, encoder, *, batch_size, static_shapes=Fals
   with padding rows whose `example_mask` is 0) and is padded to a bucket boundary, so
   there are only as many shapes as boundaries.
   """
-  labels = _label_array(label_values)
-  dataset = tokenize(_raw_dataset(split, labels), encoder)
-  dataset = dataset.padded_batch(batch_size, padded_shapes=_padded_shapes(labels))
+  dataset = tokenize(_raw_dataset(split, label_values), encoder)
+  fill = {k: v.numpy() for k, v in _padding_values(dataset).items()}
+  dataset = dataset.padded_batch(batch_size, padded_shapes=_padded_shapes(dataset),
+                                 padding_values=_padding_values(dataset))
   if static_shapes:
     widths = tf.constant([b - 1 for b in bucket_boundaries(encoder.max_seq_length)])
 
@@ -110,8 +154,8 @@ def eval_dataset(split, label_values, encoder, *, batch_size, static_shapes=Fals
       padded = {}
       for key, value in batch.items():
         pad = [[0, batch_size - rows]] + [[0, width - length]] * (value.shape.rank - 1)
-        fill = encoder.pad_id if key == "token_ids" else 0
-        padded[key] = tf.pad(value, pad, constant_values=fill)
+        padded[key] = tf.pad(value, pad, constant_values=(
+            encoder.pad_id if key == "token_ids" else fill.get(key, 0)))
       return _with_batch_dimension(padded, batch_size)
     dataset = dataset.map(pad_to_static)
   return dataset.prefetch(tf.data.AUTOTUNE)
@@ -119,6 +163,12 @@ def eval_dataset(split, label_values, encoder, *, batch_size, static_shapes=Fals
 
 def token_lengths(split, encoder):
   """Number of wordpieces of each example before truncation (text + pair + specials)."""
+  if _is_tagging(split):
+    words = [w for sentence in split.tokens for w in sentence]
+    pieces = np.concatenate([encoder.tokenize(tf.constant(words[i:i + 4096])).row_lengths()
+                             for i in range(0, len(words), 4096)])
+    starts = np.cumsum([0] + [len(s) for s in split.tokens[:-1]])
+    return np.add.reduceat(pieces, starts) + 2
   lengths = []
   pairs = split.text_pairs
   for start in range(0, len(split), 1024):

@@ -179,14 +179,32 @@ def read_label_first(path, *, coarse_label_separator="", split_name="train", enc
 @dataclasses.dataclass
 class TokenSplit:
   """Sentences of words with one tag each (CoNLL). `origins[i]` is "file:line" of the
-  sentence's first word."""
+  sentence's first word; word j of the sentence stands on that line + j."""
   name: str
   tokens: list
   tags: list
   origins: list
+  text_pairs = None
 
   def __len__(self):
     return len(self.tokens)
+
+  @property
+  def texts(self):
+    """Each sentence's words joined by spaces (predictions.tsv, logs)."""
+    return [" ".join(words) for words in self.tokens]
+
+  @property
+  def source(self):
+    return self.origins[0].rsplit(":", 1)[0] if self.origins else self.name
+
+  def word_origin(self, sentence, word):
+    path, line = self.origins[sentence].rsplit(":", 1)
+    return f"{path}:{int(line) + word}"
+
+  def subset(self, indices, name=None):
+    pick = lambda xs: [xs[i] for i in indices]
+    return TokenSplit(name or self.name, pick(self.tokens), pick(self.tags), pick(self.origins))
 
 
 BYTE_ORDER_MARK = "\ufeff"
@@ -341,6 +359,8 @@ def _read_file(data_config, file_name, split_name, allow_empty_label):
                  encoding=data_config.encoding)
   if data_config.source == "jsonl":
     return read_jsonl(path, list_separator=data_config.multilabel_separator, **columns)
+  if data_config.source == "conll":
+    return read_conll(path, split_name=split_name, encoding=data_config.encoding)
   if data_config.source == "label_first":
     return read_label_first(path, coarse_label_separator=data_config.coarse_label_separator,
                             split_name=split_name, encoding=data_config.encoding)

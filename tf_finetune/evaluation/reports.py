@@ -77,6 +77,32 @@ def regression_report(gold, predicted):
   }
 
 
+def entity_report(gold_tags, predicted_tags):
+  """Entity-level precision / recall / F1, overall (micro) and per type, the seqeval way in
+  strict IOB2 mode (an entity counts only if its type and both ends match; an I- tag that
+  continues nothing starts no entity), plus conlleval's lenient F1 for comparison with
+  published figures, and word accuracy. Tag sequences are lists of lists of strings."""
+  from seqeval import metrics as seq_metrics
+  from seqeval.scheme import IOB2
+  strict = dict(mode="strict", scheme=IOB2, zero_division=0)
+  table = seq_metrics.classification_report(gold_tags, predicted_tags, output_dict=True, **strict)
+  words = sum(len(t) for t in gold_tags)
+  return {
+      "num_examples": int(len(gold_tags)),
+      "entity_f1": float(seq_metrics.f1_score(gold_tags, predicted_tags, **strict)),
+      "entity_precision": float(seq_metrics.precision_score(gold_tags, predicted_tags, **strict)),
+      "entity_recall": float(seq_metrics.recall_score(gold_tags, predicted_tags, **strict)),
+      "entity_f1_conlleval": float(seq_metrics.f1_score(gold_tags, predicted_tags)),
+      "word_accuracy": float(sum(g == p for gs, ps in zip(gold_tags, predicted_tags)
+                                 for g, p in zip(gs, ps)) / max(words, 1)),
+      "num_words": int(words),
+      "num_entities": int(sum(table[t]["support"] for t in table if not t.endswith(" avg"))),
+      "per_class": {name: {"precision": float(c["precision"]), "recall": float(c["recall"]),
+                           "f1": float(c["f1-score"]), "support": int(c["support"])}
+                    for name, c in sorted(table.items()) if not name.endswith(" avg")},
+  }
+
+
 def metrics_line(split_report):
   """'accuracy 0.9865, macro_f1 0.9861, loss 0.0712': every scalar metric of a split."""
   return ", ".join(f"{k} {v:.4f}" for k, v in split_report.items()

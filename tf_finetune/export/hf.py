@@ -1,4 +1,5 @@
-"""Export a fine-tuned BERT classifier as a Hugging Face checkpoint (BertForSequenceClassification).
+"""Export a fine-tuned BERT as a Hugging Face checkpoint: BertForSequenceClassification
+(classification, multi-label, regression) or BertForTokenClassification (tagging).
 
 keras-hub 0.32 converts HF BERT checkpoints in but has no BERT exporter out, so this is the
 inverse of keras_hub/src/utils/transformers/convert_bert.py, written by hand.
@@ -30,8 +31,9 @@ def _attention_out(kernel):
   return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
 
 
-def state_dict(backbone, head):
-  """Tensors named as transformers' BertForSequenceClassification expects them."""
+def state_dict(backbone, head, pooler=True):
+  """Tensors named as transformers' BertFor{Sequence,Token}Classification expects them
+  (the token classifier has no pooler)."""
   tensors = {
       "bert.embeddings.word_embeddings.weight": _np(backbone.get_layer("token_embedding").embeddings),
       "bert.embeddings.position_embeddings.weight":
@@ -45,6 +47,8 @@ def state_dict(backbone, head):
       "classifier.weight": _np(head.kernel).T.copy(),
       "classifier.bias": _np(head.bias),
   }
+  if not pooler:
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}
   for i in range(backbone.num_layers):
     block = backbone.get_layer(f"transformer_layer_{i}")
     attn = block._self_attention_layer
@@ -67,13 +71,15 @@ def state_dict(backbone, head):
 
 
 PROBLEM_TYPES = {"classification": "single_label_classification",
-                 "multilabel": "multi_label_classification", "regression": "regression"}
+                 "multilabel": "multi_label_classification", "regression": "regression",
+                 "tagging": None}
 
 
 def hf_config(backbone, base_config, labels, dropout, task_name="classification"):
   config = dict(base_config)
   config.update({
-      "architectures": ["BertForSequenceClassification"], "model_type": "bert",
+      "architectures": ["BertForTokenClassification" if task_name == "tagging" else
+                        "BertForSequenceClassification"], "model_type": "bert",
       "vocab_size": backbone.vocabulary_size, "hidden_size": backbone.hidden_dim,
       "num_hidden_layers": backbone.num_layers, "num_attention_heads": backbone.num_heads,
       "intermediate_size": backbone.intermediate_dim,
@@ -85,6 +91,8 @@ def hf_config(backbone, base_config, labels, dropout, task_name="classification"
       "label2id": {label: i for i, label in enumerate(labels)},
       "problem_type": PROBLEM_TYPES[task_name],
   })
+  if config["problem_type"] is None:
+    del config["problem_type"]
   config.pop("_name_or_path", None)
   config.pop("transformers_version", None)
   return config
@@ -95,7 +103,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 
 def write_hf_checkpoint(path, model, config, labels):
   """Writes config.json, model.safetensors and the base checkpoint's tokenizer files."""
-  if config.model.pooling != "pooler":
+  tagging = config.task.name == "tagging"
+  if config.model.pooling != "pooler" and not tagging:
     raise ConfigError(f"config.model.pooling={config.model.pooling!r}: --format=hf needs "
                       "'pooler' (BertForSequenceClassification)")
   path = pathlib.Path(path)
@@ -106,7 +115,7 @@ def write_hf_checkpoint(path, model, config, labels):
   base = json.loads((base_dir / "config.json").read_text())
   (path / "config.json").write_text(json.dumps(
       hf_config(backbone, base, labels, config.model.dropout, config.task.name), indent=1) + "\n")
-  save_file(state_dict(backbone, head), str(path / "model.safetensors"), metadata={"format": "pt"})
+  save_file(state_dict(backbone, head, pooler=not tagging), str(path / "model.safetensors"), metadata={"format": "pt"})
   for name in TOKENIZER_FILES:
     if (base_dir / name).is_file():
       shutil.copy(base_dir / name, path / name)

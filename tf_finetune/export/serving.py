@@ -31,23 +31,20 @@ class ServingModule(tf.Module):
     self.has_pairs = has_pairs
     self._task, self._calibration = task, calibration  # (not tracked: plain Python objects)
 
-  def _outputs(self, features):
-    logits = tf.cast(self.model(features, training=False), tf.float32)
-    return self._task.serving_outputs(logits, self._calibration)
-
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
   def serve_text(self, text):
-    return self._outputs(self.encoder.pad(self.encoder(text)))
+    return self._task.serve_text(self.model, self.encoder, text, None, self._calibration)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
                                 tf.TensorSpec([None], tf.string, name="text_pair")])
   def serve_text_pair(self, text, text_pair):
-    return self._outputs(self.encoder.pad(self.encoder(text, text_pair)))
+    return self._task.serve_text(self.model, self.encoder, text, text_pair, self._calibration)
 
   @tf.function(input_signature=[{k: tf.TensorSpec([None, None], tf.int32, name=k)
                                  for k in MODEL_INPUTS}])
   def serve_token_ids(self, features):
-    return self._outputs(features)
+    logits = tf.cast(self.model(features, training=False), tf.float32)
+    return self._task.serving_outputs(logits, self._calibration)
 
   def signatures(self):
     text = (self.serve_text_pair if self.has_pairs else self.serve_text).get_concrete_function()
@@ -161,7 +158,7 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
     inputs = "`text` (and `text_pair`)" if has_pairs else "`text`"
     signature_info = (f"- `serving_default`: {inputs}: string [batch] -> {task.serving_doc}\n"
                       "- `token_ids`: `token_ids`, `segment_ids`, `padding_mask` int32 "
-                      "[batch, length] -> the same outputs; needs no custom ops")
+                      f"[batch, length] -> {task.token_ids_doc}; needs no custom ops")
     write_model_card(tmp, config, labels, step, checkpoint_path, report, signature_info)
   return final
 
@@ -172,13 +169,15 @@ def write_model_card(directory, config, labels, step, checkpoint_path, report, u
 
 
 def export_hf(workdir, checkpoint="best", model_name=None):
-  """Exports a checkpoint as a transformers BertForSequenceClassification directory."""
+  """Exports a checkpoint as a transformers BertForSequenceClassification directory
+  (BertForTokenClassification for tagging)."""
   from tf_finetune.export import hf
   wd, config, labels, _, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
+  kind = "Token" if config.task.name == "tagging" else "Sequence"
   with new_version_dir(wd.export / f"{model_name or wd.root.name}_hf") as (tmp, final):
     hf.write_hf_checkpoint(tmp, model, config, labels.labels)
     write_model_card(tmp, config, labels, step, checkpoint_path, load_report(wd, step),
-                     "Load with transformers: `AutoModelForSequenceClassification."
+                     f"Load with transformers: `AutoModelFor{kind}Classification."
                      "from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`.")
   return final
 

@@ -2,9 +2,10 @@
 from tf_finetune.tasks.classification import ClassificationTask
 from tf_finetune.tasks.multilabel import MultiLabelTask
 from tf_finetune.tasks.regression import RegressionTask
+from tf_finetune.tasks.tagging import TaggingTask
 
 TASKS = {"classification": ClassificationTask, "multilabel": MultiLabelTask,
-         "regression": RegressionTask}
+         "regression": RegressionTask, "tagging": TaggingTask}
 
 
 def get_task(config, label_vocabulary):

@@ -1,6 +1,8 @@
 """The Task interface: what a kind of problem adds to the shared loop, data and export."""
 import abc
 
+import tensorflow as tf
+
 from tf_finetune import config as config_lib
 from tf_finetune.data import labels as labels_lib
 
@@ -14,6 +16,7 @@ class Task(abc.ABC):
   """
 
   serving_doc = ""  # the serving_default outputs, for the model card
+  token_ids_doc = "the same outputs"  # the token_ids signature's outputs
   needs_calibration = False  # True: export needs the dev calibration from eval/report.json
 
   def __init__(self, config, label_vocabulary):
@@ -61,10 +64,6 @@ class Task(abc.ABC):
     return None
 
   @abc.abstractmethod
-  def predictions(self, logits, calibration=None):
-    """Decoded predictions (numpy) from a split's logits."""
-
-  @abc.abstractmethod
   def report(self, label_values, logits, calibration=None):
     """A JSON-ready dict of metrics for a split, holding at least metric_names."""
 
@@ -75,3 +74,8 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def serving_outputs(self, logits, calibration=None):
     """The SavedModel's outputs (tensors) from float32 logits."""
+
+  def serve_text(self, model, encoder, texts, text_pairs=None, calibration=None):
+    """serving_default: raw strings [batch] (and pairs) -> the SavedModel's outputs."""
+    features = encoder.pad(encoder(texts, text_pairs))
+    return self.serving_outputs(tf.cast(model(features, training=False), tf.float32), calibration)

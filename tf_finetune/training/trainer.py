@@ -150,12 +150,18 @@ class Trainer:
       logits = model(features, training=True)
       loss = tf.nn.compute_average_loss(task.training_losses(batch["label"], logits),
                                         global_batch_size=self.global_batch_size)
-    variables = model.trainable_variables
-    # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
-    # all-reduce is a gather that fails when replicas hold batches of different lengths
-    # (length bucketing). Dense, it is a fixed-shape sum; the optimizer densifies it anyway.
-    grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-             for g in tape.gradient(loss, variables)]
+    # Variables the loss does not reach (the pooler, under tagging or pooling=cls/mean) have
+    # no gradient and are left alone.
+    variables, grads = [], []
+    for variable, grad in zip(model.trainable_variables,
+                              tape.gradient(loss, model.trainable_variables)):
+      if grad is None:
+        continue
+      # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
+      # all-reduce is a gather that fails when replicas hold batches of different lengths
+      # (length bucketing). Dense, it is a fixed-shape sum; the optimizer densifies it anyway.
+      variables.append(variable)
+      grads.append(tf.convert_to_tensor(grad) if isinstance(grad, tf.IndexedSlices) else grad)
     grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
     if max_norm > 0:
       grads, norm = tf.clip_by_global_norm(grads, max_norm)

@@ -1,0 +1,231 @@
+"""Token classification (NER): a BIO tag per word, reported and served as entity spans."""
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_finetune import text_encoder
+from tf_finetune.data import labels as labels_lib
+from tf_finetune.errors import DataError
+from tf_finetune.evaluation import reports
+from tf_finetune.tasks import base
+
+ENCODE_BATCH = 512
+
+
+@dataclasses.dataclass
+class WordTags:
+  """A TokenSplit's labels: per sentence, each word's tag id and the index of its first
+  wordpiece in the packed input (-1: the word kept no piece, so it is predicted O)."""
+  tag_ids: list
+  positions: list
+
+  def __len__(self):
+    return len(self.tag_ids)
+
+
+class TaggingTask(base.Task):
+  """Softmax over BIO tags at each word's first wordpiece (other pieces, [CLS], [SEP] and
+  padding have label -1 and count nowhere). Metrics are entity-level, computed on words
+  with seqeval (strict IOB2); words cut by data.max_seq_length count as predicted O."""
+
+  serving_doc = (
+      "entities: `entity_type` string, `entity_start` / `entity_end` int32 (character "
+      "offsets into the input: `text[start:end]` is the entity), `entity_score` float32, "
+      "`entity_text` string, all [batch, entities] padded with '' / -1 / 0, and "
+      "`entity_count` int32 [batch]; words: `word_tag` string, `word_start` / `word_end` "
+      "int32 [batch, words] (padded '' / -1) and `word_count` int32 [batch]")
+  token_ids_doc = ("per wordpiece: `tag` string and `tag_id` int32 [batch, length], "
+                   "`probabilities` and `logits` float32 [batch, length, tags]")
+
+  def __init__(self, config, label_vocabulary):
+    super().__init__(config, label_vocabulary)
+    self._encoder = None
+    tags = label_vocabulary.labels
+    self.types = sorted({t[2:] for t in tags if t != "O"})
+    self.tag_names = tags + ["O"]  # the last id: a word that kept no wordpiece
+
+  @property
+  def encoder(self):
+    if self._encoder is None:
+      from tf_finetune import experiment  # experiment imports the tasks
+      self._encoder = experiment.build_encoder(self.config)
+    return self._encoder
+
+  @classmethod
+  def build_vocabulary(cls, config, train):
+    """O, then B- and I- of every entity type train has (I-type even where train happens
+    to hold only single-word entities of that type)."""
+    types = sorted({t[2:] for tags in train.tags for t in tags if t != "O"})
+    if not types:
+      raise DataError(f"{train.source}: train has no B-<type> or I-<type> tag, so no entity "
+                      "to learn")
+    return labels_lib.LabelVocabulary(["O"] + [f"{p}-{t}" for t in types for p in "BI"])
+
+  def build_model(self, backbone):
+    inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
+              for name in ("token_ids", "segment_ids", "padding_mask")}
+    sequence = backbone(inputs)["sequence_output"]
+    sequence = keras.layers.Dropout(self.config.model.dropout, name="head_dropout")(sequence)
+    logits = keras.layers.Dense(
+        len(self.label_vocabulary), kernel_initializer=keras.initializers.TruncatedNormal(
+            stddev=0.02), dtype="float32", name="logits")(sequence)
+    return keras.Model(inputs, logits, name=self.config.task.name)
+
+  def label_values(self, split):
+    ids = {tag: i for i, tag in enumerate(self.label_vocabulary.labels)}
+    tag_ids = []
+    for i, tags in enumerate(split.tags):
+      for j, tag in enumerate(tags):
+        if tag not in ids:
+          raise DataError(
+              f"{split.word_origin(i, j)}: tag {tag!r} of the {split.name} split is not among "
+              f"the {len(ids)} tags seen in train {self.label_vocabulary.labels[:20]}")
+      tag_ids.append(np.asarray([ids[t] for t in tags], np.int32))
+    return WordTags(tag_ids, word_positions(split.tokens, self.encoder))
+
+  def build_losses(self, labels, logits):
+    """Per sentence, the mean cross-entropy over its labelled wordpieces (labels >= 0)."""
+    labels = tf.cast(labels, tf.int32)
+    labelled = tf.cast(labels >= 0, tf.float32)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32))
+    return tf.reduce_sum(losses * labelled, axis=-1) / tf.maximum(
+        tf.reduce_sum(labelled, axis=-1), 1.0)
+
+  def word_predictions(self, word_tags, logits):
+    """Per sentence: predicted tag ids (into self.tag_names) and their probabilities, one
+    per word (a word without a piece: O, probability 1)."""
+    logits = np.asarray(logits, np.float32)
+    predicted, scores = [], []
+    for i, positions in enumerate(word_tags.positions):
+      kept = positions >= 0
+      word_logits = logits[i, positions[kept]]
+      probabilities = np.exp(word_logits - word_logits.max(-1, keepdims=True))
+      probabilities /= probabilities.sum(-1, keepdims=True)
+      tags = np.full(len(positions), len(self.label_vocabulary), np.int32)
+      tags[kept] = probabilities.argmax(-1)
+      score = np.ones(len(positions), np.float32)
+      score[kept] = probabilities.max(-1)
+      predicted.append(tags)
+      scores.append(score)
+    return predicted, scores
+
+  def _loss(self, word_tags, logits):
+    """build_losses on words: the labelled pieces are exactly the kept words' first pieces."""
+    logits = np.asarray(logits, np.float32)
+    losses = []
+    for i, (tags, positions) in enumerate(zip(word_tags.tag_ids, word_tags.positions)):
+      kept = positions >= 0
+      if not kept.any():
+        losses.append(0.0)
+        continue
+      word_logits = logits[i, positions[kept]].astype(np.float64)
+      log_z = np.log(np.exp(word_logits - word_logits.max(-1, keepdims=True)).sum(-1)) + \
+          word_logits.max(-1)
+      losses.append(float(np.mean(log_z - word_logits[np.arange(kept.sum()), tags[kept]])))
+    return float(np.mean(losses))
+
+  def report(self, label_values, logits, calibration=None):
+    names = self.tag_names
+    predicted, _ = self.word_predictions(label_values, logits)
+    report = reports.entity_report([[names[t] for t in tags] for tags in label_values.tag_ids],
+                                   [[names[t] for t in tags] for tags in predicted])
+    for name in self.types:  # types neither in gold nor predicted: listed with zeros
+      report["per_class"].setdefault(name, {"precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                            "support": 0})
+    report["per_class"] = dict(sorted(report["per_class"].items()))
+    report["words_without_prediction"] = int(sum((p < 0).sum() for p in label_values.positions))
+    report["loss"] = self._loss(label_values, logits)
+    return report
+
+  def prediction_fields(self, label_values, logits, calibration=None):
+    """Gold and predicted tags, one per word, space-separated; the mean word probability."""
+    names = self.tag_names
+    predicted, scores = self.word_predictions(label_values, logits)
+    for gold, tags, score in zip(label_values.tag_ids, predicted, scores):
+      yield (" ".join(names[t] for t in gold), " ".join(names[t] for t in tags),
+             f"{float(np.mean(score)) if len(score) else 1.0:.6f}")
+
+  def serving_outputs(self, logits, calibration=None):
+    tag_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1), "tag_id": tag_id,
+            "tag": tf.gather(tf.constant(self.label_vocabulary.labels), tag_id)}
+
+  def serve_text(self, model, encoder, texts, text_pairs=None, calibration=None):
+    """Raw strings -> words (BERT's basic tokenization, with character offsets) -> a tag
+    per word at its first wordpiece -> entities (strict IOB2, as the report counts them)."""
+    words, starts, ends = text_encoder.split_words(texts)
+    features = encoder.encode_words(words)
+    logits = tf.cast(model(encoder.pad(features), training=False), tf.float32)
+    positions = features["word_positions"]
+    rows = tf.cast(positions.value_rowids(), tf.int32)
+    flat_positions = positions.flat_values
+    word_logits = tf.gather_nd(logits, tf.stack([rows, tf.maximum(flat_positions, 0)], -1))
+    probabilities = tf.nn.softmax(word_logits, axis=-1)
+    no_tag = len(self.label_vocabulary)  # a word that kept no wordpiece: outside any entity
+    tag = tf.where(flat_positions >= 0, tf.argmax(word_logits, -1, output_type=tf.int32), no_tag)
+    score = tf.where(flat_positions >= 0, tf.reduce_max(probabilities, -1), 1.0)
+    entities = self._entities(tag, score, rows, starts.flat_values, ends.flat_values,
+                              tf.shape(texts)[0])
+    entity_text = tf.strings.substr(
+        tf.gather(texts, entities["row"]), entities["start"],
+        entities["end"] - entities["start"], unit="UTF8_CHAR")
+
+    def padded(values, default, row_ids=entities["row"]):
+      return tf.RaggedTensor.from_value_rowids(values, row_ids, nrows=tf.shape(texts)[0]) \
+          .to_tensor(default_value=default)
+    tag_names = tf.constant(self.tag_names)
+    return {
+        "entity_type": padded(entities["type"], ""),
+        "entity_start": padded(entities["start"], -1),
+        "entity_end": padded(entities["end"], -1),
+        "entity_score": padded(entities["score"], 0.0),
+        "entity_text": padded(entity_text, ""),
+        "entity_count": tf.cast(tf.math.bincount(entities["row"], minlength=tf.shape(texts)[0],
+                                                 maxlength=tf.shape(texts)[0]), tf.int32),
+        "word_tag": padded(tf.gather(tag_names, tag), "", rows),
+        "word_start": starts.to_tensor(default_value=-1),
+        "word_end": ends.to_tensor(default_value=-1),
+        "word_count": tf.cast(words.row_lengths(), tf.int32),
+    }
+
+  def _entities(self, tag, score, rows, starts, ends, num_rows):
+    """Strict IOB2 spans over the flat words of a batch: a span starts at a word whose tag
+    does not continue the previous word's (I-type after B-/I-type of the same sentence) and
+    is an entity when that first tag is B-type. Vectorized, so it runs inside the graph;
+    tests check it against seqeval."""
+    tags = self.label_vocabulary.labels
+    type_of = [self.types.index(t[2:]) + 1 if t != "O" else 0 for t in tags] + [0]
+    type_id = tf.gather(tf.constant(type_of, tf.int32), tag)
+    begins = tf.gather(tf.constant([t.startswith("B-") for t in tags] + [False]), tag)
+    inside = tf.gather(tf.constant([t.startswith("I-") for t in tags] + [False]), tag)
+    previous = lambda x, fill: tf.concat([tf.fill([1], fill), x[:-1]], 0)
+    continues = inside & tf.equal(type_id, previous(type_id, -1)) & tf.equal(
+        rows, previous(rows, -1))
+    new_span = tf.logical_not(continues)
+    span = tf.cumsum(tf.cast(new_span, tf.int32)) - 1
+    num_spans = tf.reduce_sum(tf.cast(new_span, tf.int32))
+    index = tf.range(tf.shape(tag)[0])
+    first = tf.math.unsorted_segment_min(index, span, num_spans)
+    last = tf.math.unsorted_segment_max(index, span, num_spans)
+    mean_score = tf.math.unsorted_segment_mean(score, span, num_spans)
+    is_entity = tf.gather(begins, first)
+    first, last = tf.boolean_mask(first, is_entity), tf.boolean_mask(last, is_entity)
+    return {"row": tf.gather(rows, first),
+            "type": tf.gather(tf.constant([""] + self.types), tf.gather(type_id, first)),
+            "start": tf.gather(starts, first), "end": tf.gather(ends, last),
+            "score": tf.boolean_mask(mean_score, is_entity)}
+
+
+def word_positions(sentences, encoder):
+  """Per sentence (a list of words), each word's first-wordpiece index or -1, as the
+  pipeline's encoder.encode_words computes it."""
+  positions = []
+  for start in range(0, len(sentences), ENCODE_BATCH):
+    batch = sentences[start:start + ENCODE_BATCH]
+    words = tf.ragged.constant(batch, dtype=tf.string, ragged_rank=1)
+    out = encoder.encode_words(words)["word_positions"]
+    positions += [np.asarray(p, np.int32) for p in out.to_list()]
+  return positions
