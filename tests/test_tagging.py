@@ -273,3 +273,39 @@ def test_alignment_matches_transformers_word_ids_on_wnut17():
     assert positions.tolist() == [first.get(w, -1) for w in range(len(words))], words
     cut += int((positions < 0).sum())
   assert cut > 0  # some tweets are longer than 48 wordpieces: truncation is exercised
+
+
+def test_static_shapes_pad_piece_labels_with_ignored_label():
+  config = ner_config(data__static_shapes=True)
+  task, splits = _task_and_splits(config)
+  encoder = experiment.build_encoder(config)
+  values = task.label_values(splits["dev"])
+  widths = {b - 1 for b in pipeline.bucket_boundaries(config.data.max_seq_length)}
+  batches = list(pipeline.eval_dataset(splits["dev"], values, encoder, batch_size=5,
+                                       static_shapes=True))
+  for batch in batches:
+    assert batch["label"].shape[0] == 5 and batch["label"].shape[1] in widths
+    padding = batch["padding_mask"].numpy() == 0
+    assert (batch["label"].numpy()[padding] == pipeline.IGNORED_LABEL).all()
+  labelled = sum(int((b["label"].numpy() >= 0).sum()) for b in batches)
+  assert labelled == sum(int((p >= 0).sum()) for p in values.positions)
+  train = pipeline.train_dataset(splits["train"], task.label_values(splits["train"]), encoder,
+                                 batch_size=4, seed=0, shuffle_buffer=0, bucketing=True,
+                                 static_shapes=True)
+  for batch in train.take(5):
+    assert batch["label"].shape[1] in widths
+    padding = batch["padding_mask"].numpy() == 0
+    assert (batch["label"].numpy()[padding] == pipeline.IGNORED_LABEL).all()
+
+
+def test_smoke_ner_config_runs_on_a_machine_without_shared_data(tmp_path, monkeypatch):
+  monkeypatch.setenv("TF_FINETUNE_SHARED_DATA", str(tmp_path / "absent"))
+  config = config_lib.load(REPO / "configs" / "smoke_ner.py", {"train.steps": 2})
+  assert config.data.dir == str(NER_DATA)
+  trainer = trainer_lib.Trainer(config, tmp_path / "run")
+  before = [v.numpy().copy() for v in trainer.model.trainable_variables]
+  trainer.train()
+  after = [v.numpy() for v in trainer.model.trainable_variables]
+  changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
+  assert sum(changed) >= len(changed) - 2  # all but the pooler, which tagging does not use
+  assert json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())["step"] == 2

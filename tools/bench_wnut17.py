@@ -1,0 +1,163 @@
+"""WNUT-17 NER: tf_finetune beside the HF PyTorch reference (AutoModelForTokenClassification).
+
+  pip install -e ".[torch]"     # torch 2.13.0 CPU build + accelerate, for the PyTorch side
+  python tools/bench_wnut17.py                    # configs/wnut17.py's hyperparameters, both
+  python tools/bench_wnut17.py --epochs=1 --sides=tf    # a quick look
+
+Same checkpoint (all-MiniLM-L6-v2), data (../shared/data/wnut17 train/dev), tag set,
+alignment (a word's tag on its first wordpiece, other pieces ignored: HF's run_ner with
+label_all_tokens=False), hyperparameters (AdamW, weight decay 0.01 off biases and
+LayerNorm, 10% linear warmup then linear decay, clip 1.0, dropout 0.1, fp32, max 128
+wordpieces) and metric: both sides' dev predictions go, per word, through the same
+tf_finetune.evaluation.reports.entity_report (seqeval strict IOB2, plus conlleval's F1).
+One difference stays: tf_finetune averages the loss per sentence then over the batch; HF
+averages over the batch's labelled tokens. Each side runs in its own process; prints dev
+entity F1 / precision / recall, training examples/s, wall time and peak RSS.
+"""
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+_RUN = flags.DEFINE_enum("run", None, ["tf", "torch"], "Internal: run one side in this process.")
+_SIDES = flags.DEFINE_list("sides", ["tf", "torch"], "Sides to run.")
+_EPOCHS = flags.DEFINE_float("epochs", None, "Epochs (default: configs/wnut17.py's).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _config():
+  sys.path.insert(0, str(REPO))
+  from configs import wnut17
+  from tf_finetune import config as config_lib
+  c = wnut17.get_config()
+  if _EPOCHS.value:
+    c.train.epochs = _EPOCHS.value
+  c.train.seed = _SEED.value
+  c.train.adam_epsilon = 1e-8  # HF's default
+  c.train.eval_every = 10**9  # one evaluation, at the end, as on the PyTorch side
+  c.train.log_every = 50
+  return config_lib.validate(c)
+
+
+def _peak_rss_mb():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_tf():
+  from tf_finetune.training import trainer as trainer_lib
+  c = _config()
+  start = time.time()
+  t = trainer_lib.Trainer(c, tempfile.mkdtemp(prefix="bench_wnut17_tf_"))
+  train_start = time.time()
+  t.train()
+  train_time = time.time() - train_start
+  report = t.evaluate_dev()
+  return {"side": "tf", "report": report, "steps": t.total_steps,
+          "examples_per_sec": t.total_steps * c.train.batch_size / train_time,
+          "wall_s": time.time() - start, "peak_rss_mb": _peak_rss_mb()}
+
+
+def run_torch():
+  import torch
+  import transformers
+  from tf_finetune import checkpoints
+  from tf_finetune import experiment
+  from tf_finetune.evaluation import reports
+  c = _config()
+  start = time.time()
+  splits, labels = experiment.load_data(c)
+  tags = labels.labels
+  directory = str(checkpoints.resolve_checkpoint_dir(c.model.checkpoint))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+  transformers.set_seed(_SEED.value)
+  model = transformers.AutoModelForTokenClassification.from_pretrained(
+      directory, num_labels=len(tags), id2label=dict(enumerate(tags)),
+      label2id={t: i for i, t in enumerate(tags)})
+
+  class Data(torch.utils.data.Dataset):
+    def __init__(self, split):
+      self.encodings = tokenizer(split.tokens, is_split_into_words=True, truncation=True,
+                                 max_length=c.data.max_seq_length)
+      self.word_ids = [self.encodings.word_ids(i) for i in range(len(split))]
+      self.labels = []
+      for i, sentence_tags in enumerate(split.tags):
+        row, previous = [], None
+        for w in self.word_ids[i]:
+          row.append(-100 if w is None or w == previous else tags.index(sentence_tags[w]))
+          previous = w
+        self.labels.append(row)
+    def __len__(self):
+      return len(self.labels)
+    def __getitem__(self, i):
+      item = {k: v[i] for k, v in self.encodings.items()}
+      item["labels"] = self.labels[i]
+      return item
+
+  train_data, dev_data = Data(splits["train"]), Data(splits["dev"])
+  args = transformers.TrainingArguments(
+      output_dir=tempfile.mkdtemp(prefix="bench_wnut17_torch_"), num_train_epochs=c.train.epochs,
+      per_device_train_batch_size=c.train.batch_size, per_device_eval_batch_size=64,
+      learning_rate=c.train.learning_rate, weight_decay=c.train.weight_decay,
+      warmup_steps=c.train.warmup_fraction, lr_scheduler_type="linear",
+      max_grad_norm=c.train.max_grad_norm, adam_epsilon=1e-8,
+      train_sampling_strategy="group_by_length", seed=_SEED.value, save_strategy="no",
+      eval_strategy="no", report_to=[], logging_steps=50, use_cpu=True)
+  trainer = transformers.Trainer(
+      model=model, args=args, train_dataset=train_data,
+      data_collator=transformers.DataCollatorForTokenClassification(tokenizer))
+  train_start = time.time()
+  result = trainer.train()
+  train_time = time.time() - train_start
+  model.eval()
+  predicted = []
+  with torch.no_grad():
+    for i in range(len(dev_data)):
+      item = {k: torch.tensor([v]) for k, v in dev_data[i].items() if k != "labels"}
+      pieces = model(**item).logits[0].argmax(-1).numpy()
+      first = {}
+      for k, w in enumerate(dev_data.word_ids[i]):
+        if w is not None:
+          first.setdefault(w, k)
+      words = len(splits["dev"].tokens[i])
+      predicted.append([tags[pieces[first[w]]] if w in first else "O" for w in range(words)])
+  report = reports.entity_report(splits["dev"].tags, predicted)
+  steps = result.global_step
+  return {"side": "torch", "report": report, "steps": steps,
+          "examples_per_sec": steps * c.train.batch_size / train_time,
+          "wall_s": time.time() - start, "peak_rss_mb": _peak_rss_mb(),
+          "torch_threads": torch.get_num_threads()}
+
+
+def main(argv):
+  if _RUN.value:
+    result = run_torch() if _RUN.value == "torch" else run_tf()
+    print("RESULT " + json.dumps(result), flush=True)
+    return
+  flag_args = [f"--seed={_SEED.value}"] + ([f"--epochs={_EPOCHS.value}"] if _EPOCHS.value else [])
+  for side in _SIDES.value:
+    proc = subprocess.run([sys.executable, __file__, f"--run={side}", *flag_args, *argv[1:]],
+                          capture_output=True, text=True)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not line:
+      print(proc.stderr[-4000:], file=sys.stderr)
+      raise SystemExit(f"{side} run failed")
+    result = json.loads(line[0][7:])
+    r = result["report"]
+    print(f"{side:>5}: dev entity F1 {r['entity_f1']:.4f} (P {r['entity_precision']:.4f}, "
+          f"R {r['entity_recall']:.4f}; conlleval F1 {r['entity_f1_conlleval']:.4f}) | "
+          f"{result['examples_per_sec']:.1f} train examples/s | {result['steps']} steps | "
+          f"wall {result['wall_s']:.0f}s | peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    print("       per type F1: " + ", ".join(f"{k} {v['f1']:.3f} ({v['support']})"
+                                              for k, v in r["per_class"].items()), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
