@@ -184,3 +184,36 @@ def test_run_directory_contract_under_each_strategy(sentiment_dir, tmp_path, str
       distribution__num_cpu_devices=replicas), run)
   assert t.is_chief and t.strategy.num_replicas_in_sync == replicas
   check_run_directory(run, last_step=4)
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_accumulated_micro_batches_give_the_big_batch_update(sentiment_dir, tmp_path, strategy):
+  """k micro-batches of b, one update == one batch of k * b (dropout off, same data order)."""
+  runs = {}
+  for name, accum in (("big", 1), ("accumulated", 4)):
+    config = tiny_config(sentiment_dir, train__steps=3, train__batch_size=8,
+                         train__grad_accum_steps=accum, train__eval_every=100,
+                         data__bucketing=False, data__shuffle_buffer=0,
+                         distribution__strategy=strategy)
+    runs[name] = trainer_lib.Trainer(config, tmp_path / name)
+    runs[name].train()
+  assert runs["accumulated"].micro_batch_size == 2
+  before = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=3, train__batch_size=8),
+                               tmp_path / "untrained")
+  moved = 0
+  for a, b, c in zip(_weights(runs["big"]), _weights(runs["accumulated"]), _weights(before)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    moved += not np.allclose(a, c, atol=1e-4)
+  assert moved > 10
+
+
+def test_accumulation_resumes_at_the_right_batch(sentiment_dir, tmp_path):
+  config = tiny_config(sentiment_dir, train__steps=4, train__batch_size=8,
+                       train__grad_accum_steps=2, train__eval_every=100)
+  straight = trainer_lib.Trainer(config, tmp_path / "straight")
+  straight.train()
+  trainer_lib.Trainer(config, tmp_path / "resumed").train(until_step=2)
+  resumed = trainer_lib.Trainer(config, tmp_path / "resumed")
+  resumed.train()
+  for a, b in zip(_weights(straight), _weights(resumed)):
+    np.testing.assert_allclose(a, b, atol=1e-5)

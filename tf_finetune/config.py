@@ -24,6 +24,7 @@ TASK_METRICS = {
 }
 TASKS = tuple(TASK_METRICS)
 CLASS_WEIGHTS = ("none", "balanced")
+PEFT_METHODS = ("none", "freeze", "bitfit", "lora")
 
 REPO_DIR = pathlib.Path(__file__).resolve().parent.parent
 
@@ -85,7 +86,9 @@ def base_config():
   c.train = ml_collections.ConfigDict()
   c.train.steps = 0  # total optimizer steps; > 0 overrides epochs
   c.train.epochs = 3.0
-  c.train.batch_size = 16  # global batch size
+  c.train.batch_size = 16  # global batch size: examples per optimizer step
+  # > 1: each step sums the gradients of this many micro-batches of batch_size / it.
+  c.train.grad_accum_steps = 1
   c.train.eval_batch_size = 64
   c.train.learning_rate = 1e-4
   c.train.weight_decay = 0.01
@@ -100,6 +103,13 @@ def base_config():
   c.train.keep_checkpoints = 2
   c.train.best_metric = "auto"  # one of the task's metrics (auto: the first: accuracy, micro_f1, pearson, entity_f1)
   c.train.eval_splits = "dev,test"  # evaluated with the best checkpoint at the end
+
+  c.peft = ml_collections.ConfigDict()
+  c.peft.method = "none"  # none, freeze, bitfit or lora (tf_finetune/training/peft.py)
+  c.peft.freeze_layers = 0  # freeze: the embeddings and this many bottom layers
+  c.peft.lora_rank = 8
+  c.peft.lora_alpha = 16.0  # LoRA's update is scaled by alpha / rank
+  c.peft.lora_targets = "query,value"  # attention projections: query, key, value, attention_output
 
   c.distribution = ml_collections.ConfigDict()
   c.distribution.strategy = "default"
@@ -172,7 +182,8 @@ def validate(config):
   """Raises ConfigError on the first bad value."""
   for key, choices in (("data.source", SOURCES), ("distribution.strategy", STRATEGIES),
                        ("train.precision", PRECISIONS), ("model.pooling", POOLINGS),
-                       ("task.name", TASKS), ("task.class_weights", CLASS_WEIGHTS)):
+                       ("task.name", TASKS), ("task.class_weights", CLASS_WEIGHTS),
+                       ("peft.method", PEFT_METHODS)):
     _check_choice(config, key, choices)
   _check(config.train.best_metric in ("auto",) + TASK_METRICS[config.task.name],
          "train.best_metric", config.train.best_metric,
@@ -182,6 +193,9 @@ def validate(config):
          "task.class_weights", config.task.class_weights, "applies to task.name='classification'")
   t, d = config.train, config.data
   _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
+  _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
+  _check(t.batch_size % t.grad_accum_steps == 0, "train.batch_size", t.batch_size,
+         f"must be divisible by train.grad_accum_steps={t.grad_accum_steps}")
   _check(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
   _check(t.steps >= 0, "train.steps", t.steps, "must be >= 0 (0: use train.epochs)")
   _check(t.steps > 0 or t.epochs > 0, "train.epochs", t.epochs, "must be > 0 when train.steps is 0")
@@ -209,6 +223,12 @@ def validate(config):
     _check(d.tfds_name, "data.tfds_name", d.tfds_name, "is required for data.source='tfds'")
   if config.distribution.strategy == "tpu":
     _check(config.distribution.tpu, "distribution.tpu", "", "names the TPU ('local', a name or grpc://)")
+  p = config.peft
+  _check(p.freeze_layers >= 0, "peft.freeze_layers", p.freeze_layers, "must be >= 0")
+  _check(p.freeze_layers == 0 or p.method == "freeze", "peft.freeze_layers", p.freeze_layers,
+         "applies to peft.method='freeze'")
+  _check(p.lora_rank > 0, "peft.lora_rank", p.lora_rank, "must be > 0")
+  _check(p.lora_alpha > 0, "peft.lora_alpha", p.lora_alpha, "must be > 0")
   m = config.model
   for key in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim"):
     _check(m[key] >= 0, f"model.{key}", m[key], "must be >= 0")

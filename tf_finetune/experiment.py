@@ -16,6 +16,7 @@ from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import WorkdirError
+from tf_finetune.training import peft
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
@@ -39,7 +40,13 @@ class Workdir:
     import ml_collections
     if not self.config.is_file():
       raise WorkdirError(f"{self.root}: no {CONFIG_FILE}; is this a tf_finetune run directory?")
-    return ml_collections.ConfigDict(json.loads(self.config.read_text()))
+    from tf_finetune import config as config_lib
+    saved = json.loads(self.config.read_text())
+    # Keys added to tf_finetune after this run was made take their defaults.
+    config = config_lib.base_config().to_dict()
+    for section, values in saved.items():
+      config.setdefault(section, {}).update(values)
+    return ml_collections.ConfigDict(config)
 
   def load_labels(self):
     if not self.labels.is_file():
@@ -82,7 +89,7 @@ def build_model(config, label_vocabulary, *, pretrained=True):
       checkpoint_dir, random_init=m.random_init or not pretrained, dropout=m.dropout,
       overrides=overrides)
   task = tasks.get_task(config, label_vocabulary)
-  return task, task.build_model(backbone)
+  return task, peft.apply(config, task.build_model(backbone))
 
 
 def report_truncation(splits, encoder):

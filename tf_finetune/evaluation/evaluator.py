@@ -6,6 +6,7 @@ from tf_finetune import experiment
 from tf_finetune.data import pipeline
 from tf_finetune.errors import DataError
 from tf_finetune.evaluation import reports
+from tf_finetune.training import peft
 
 
 def evaluate_workdir(workdir, checkpoint="best", splits=None):
@@ -40,8 +41,11 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None):
     calibration = task.calibrate(*(outputs["dev"] if "dev" in outputs else logits_of("dev")))
 
   wd.eval.mkdir(parents=True, exist_ok=True)
+  trainable, total = peft.parameter_counts(model)
   report = {"task": config.task.name, "checkpoint": path, "step": step,
-            "best_metric": task.best_metric, "labels": labels.labels, "splits": {}}
+            "best_metric": task.best_metric, "labels": labels.labels,
+            "parameters": {"peft": config.peft.method, "trainable": trainable, "total": total},
+            "splits": {}}
   if calibration is not None:
     report["calibration"] = calibration
   rows = []

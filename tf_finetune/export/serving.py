@@ -16,6 +16,7 @@ import tensorflow as tf
 from tf_finetune import experiment
 from tf_finetune.errors import WorkdirError
 from tf_finetune.evaluation import reports
+from tf_finetune.training import peft
 
 MODEL_INPUTS = experiment.MODEL_INPUTS
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -75,12 +76,18 @@ def new_version_dir(model_dir):
       shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_for_export(workdir, checkpoint):
+def load_for_export(workdir, checkpoint, merge_lora=True):
+  """The run's model at `checkpoint`; a LoRA model comes merged (no LoRA variables)."""
   wd = experiment.Workdir(workdir)
   config = wd.load_config()
   labels = wd.load_labels()
   task, model = experiment.build_model(config, labels, pretrained=False)
   checkpoint_path, step = experiment.restore_model(wd, model, checkpoint)
+  if merge_lora:
+    plain_config = config.copy_and_resolve_references()
+    plain_config.peft.method = "none"
+    model = peft.merged_model(config, model, lambda: experiment.build_model(
+        plain_config, labels, pretrained=False)[1])
   return wd, config, labels, task, model, checkpoint_path, step
 
 
@@ -211,4 +218,28 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
         "`serving_default`, inputs `token_ids`, `segment_ids`, `padding_mask` (int32 "
         "[batch, length]) -> `output_0`, the logits; label names by index in `labels.json`; "
         f"tokenize with `vocab.txt` (BERT WordPiece, max_seq_length {config.data.max_seq_length}).")
+  return final
+
+
+def export_peft(workdir, checkpoint="best", model_name=None):
+  """Only the weights that trained (LoRA factors, biases, head...): trainable_weights.npz,
+  with config.json and labels.json. Load with tf_finetune.training.peft.load_trainable into
+  the model the config builds from its base checkpoint."""
+  wd, config, labels, _, model, checkpoint_path, step = load_for_export(
+      workdir, checkpoint, merge_lora=False)
+  if config.peft.method == "none":
+    raise WorkdirError(f"{wd.root}: peft.method is none, every weight trained; export the "
+                       "whole model (--format=saved_model)")
+  trainable, total = peft.parameter_counts(model)
+  with new_version_dir(wd.export / f"{model_name or wd.root.name}_peft") as (tmp, final):
+    tmp.mkdir()
+    peft.save_trainable(model, tmp / "trainable_weights.npz")
+    (tmp / "config.json").write_text(config.to_json(indent=1) + "\n")
+    labels.save(tmp / "labels.json")
+    write_model_card(
+        tmp, config, labels, step, checkpoint_path, load_report(wd, step),
+        f"`trainable_weights.npz`: the {trainable:,} of {total:,} weights that trained under "
+        f"peft.method={config.peft.method}, by variable path. Build the model from "
+        "`config.json` (`tf_finetune.experiment.build_model`) and call "
+        "`tf_finetune.training.peft.load_trainable(model, path)`.")
   return final

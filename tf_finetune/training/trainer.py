@@ -6,7 +6,6 @@ import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -17,6 +16,7 @@ from tf_finetune import experiment
 from tf_finetune.data import pipeline
 from tf_finetune.errors import ConfigError, WorkdirError
 from tf_finetune.training import optim
+from tf_finetune.training import peft
 from tf_finetune.training import summaries
 
 # Keys a resumed run may change; any other difference would make the resumed run a
@@ -53,11 +53,18 @@ class Trainer:
 
     t = config.train
     replicas = self.strategy.num_replicas_in_sync
-    for key in ("batch_size", "eval_batch_size") if self.static_shapes else ("batch_size",):
-      if t[key] % replicas:
-        raise ConfigError(f"config.train.{key}={t[key]}: must be divisible by the "
-                          f"{replicas} replicas of distribution.strategy={config.distribution.strategy!r}")
-    self.global_batch_size = t.batch_size
+    self.accum_steps = t.grad_accum_steps
+    if t.batch_size % (replicas * self.accum_steps):
+      raise ConfigError(f"config.train.batch_size={t.batch_size}: must be divisible by the "
+                        f"{replicas} replicas of distribution.strategy="
+                        f"{config.distribution.strategy!r} times train.grad_accum_steps="
+                        f"{self.accum_steps}")
+    if self.static_shapes and t.eval_batch_size % replicas:
+      raise ConfigError(f"config.train.eval_batch_size={t.eval_batch_size}: must be divisible "
+                        f"by the {replicas} replicas of distribution.strategy="
+                        f"{config.distribution.strategy!r}")
+    self.global_batch_size = t.batch_size  # examples per optimizer step
+    self.micro_batch_size = t.batch_size // self.accum_steps  # per forward/backward pass
     self.steps_per_epoch = max(1, len(self.splits["train"]) // t.batch_size)
     self.total_steps = t.steps or max(1, round(t.epochs * self.steps_per_epoch))
     self.eval_every = t.eval_every or self.steps_per_epoch
@@ -103,6 +110,9 @@ class Trainer:
     if wd.config.is_file():
       saved = json.loads(wd.config.read_text())
       a, b = config_lib.flatten(saved), config_lib.flatten(resolved)
+      # A key added to tf_finetune after the run started had its default then.
+      defaults = config_lib.flatten(json.loads(config_lib.base_config().to_json()))
+      a.update({k: defaults[k] for k in defaults.keys() - a.keys()})
       changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                        and k not in RESUMABLE_CHANGES)
       if changed:
@@ -135,34 +145,47 @@ class Trainer:
     t, d = self.config.train, self.config.data
     return pipeline.train_dataset(
         self.splits["train"], self.train_label_values, self.encoder,
-        batch_size=input_context.get_per_replica_batch_size(self.global_batch_size),
+        batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
-        skip_batches=self.step, input_context=input_context,
+        skip_batches=self.step * self.accum_steps, input_context=input_context,
         static_shapes=self.static_shapes)
 
-  def replica_step(self, batch):
-    """One optimizer step on one replica's batch: forward, backward, all-reduce, clip, apply.
-    Returns the replica's share of the loss and the global gradient norm."""
+  def _gradients(self, batch):
+    """This replica's share of the loss and its gradients on one micro-batch; the loss is
+    divided by the global batch of the optimizer step, so gradients just add up."""
     model, task = self.model, self.task
-    max_norm = self.config.train.max_grad_norm
     features = {k: batch[k] for k in experiment.MODEL_INPUTS}
     with tf.GradientTape() as tape:
       logits = model(features, training=True)
       loss = tf.nn.compute_average_loss(task.training_losses(batch["label"], logits),
                                         global_batch_size=self.global_batch_size)
-    # Variables the loss does not reach (the pooler, under tagging or pooling=cls/mean) have
-    # no gradient and are left alone.
-    variables, grads = [], []
-    for variable, grad in zip(model.trainable_variables,
-                              tape.gradient(loss, model.trainable_variables)):
-      if grad is None:
-        continue
-      # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
-      # all-reduce is a gather that fails when replicas hold batches of different lengths
-      # (length bucketing). Dense, it is a fixed-shape sum; the optimizer densifies it anyway.
-      variables.append(variable)
-      grads.append(tf.convert_to_tensor(grad) if isinstance(grad, tf.IndexedSlices) else grad)
-    grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
+    # all-reduce is a gather that fails when replicas hold batches of different lengths
+    # (length bucketing). Dense, it is a fixed-shape sum; the optimizer densifies it anyway.
+    # Variables the loss does not reach (the pooler, under tagging or pooling=cls/mean) get
+    # None and are left alone.
+    grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+             for g in tape.gradient(loss, model.trainable_variables)]
+    return loss, grads
+
+  def replica_step(self, *micro_batches):
+    """One optimizer step on one replica's micro-batches (train.grad_accum_steps of them):
+    forward and backward on each in turn, gradients summed, then one all-reduce, clip and
+    apply. Returns the replica's share of the loss and the global gradient norm."""
+    max_norm = self.config.train.max_grad_norm
+    loss, grads = self._gradients(micro_batches[0])
+    for batch in micro_batches[1:]:
+      # One micro-batch after the other: its forward pass waits for the previous gradients,
+      # so only one micro-batch's activations are alive at a time.
+      with tf.control_dependencies([g for g in grads if g is not None]):
+        batch = tf.nest.map_structure(tf.identity, batch)
+      more_loss, more_grads = self._gradients(batch)
+      loss += more_loss
+      grads = [g if m is None else m if g is None else g + m for g, m in zip(grads, more_grads)]
+    pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
+    variables = [v for _, v in pairs]
+    grads = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
     if max_norm > 0:
       grads, norm = tf.clip_by_global_norm(grads, max_norm)
     else:
@@ -173,7 +196,8 @@ class Trainer:
   def _build_train_step(self):
     @tf.function
     def train_step(iterator):
-      loss, norm = self.strategy.run(self.replica_step, args=(next(iterator),))
+      micro_batches = tuple(next(iterator) for _ in range(self.accum_steps))
+      loss, norm = self.strategy.run(self.replica_step, args=micro_batches)
       return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
               self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
     return train_step
@@ -220,14 +244,15 @@ class Trainer:
       logging.info("%s: training already finished at step %d", self.workdir.root, start_step)
       self._close()
       return
-    trainable = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
-    total = sum(int(np.prod(v.shape)) for v in self.model.variables)
+    trainable, total = peft.parameter_counts(self.model)
     logging.info("%s: %d train examples, global batch %d, %d steps (%.2f epochs), %d replicas, "
-                 "%s trainable of %s parameters, %s%s", "resuming" if start_step else "starting",
+                 "%s trainable of %s parameters (peft.method=%s), %s%s%s", "resuming" if start_step else "starting",
                  len(self.splits["train"]), self.global_batch_size, self.total_steps,
                  self.total_steps / self.steps_per_epoch, self.strategy.num_replicas_in_sync,
-                 f"{trainable:,}", f"{total:,}", self.precision,
-                 ", static shapes" if self.static_shapes else "")
+                 f"{trainable:,}", f"{total:,}", self.config.peft.method, self.precision,
+                 ", static shapes" if self.static_shapes else "",
+                 f", {self.accum_steps} accumulated micro-batches of {self.micro_batch_size}"
+                 if self.accum_steps > 1 else "")
     if not self.is_chief:
       logging.info("This worker is not the chief: its checkpoints and summaries go to %s and "
                    "are deleted at the end; the chief writes %s", self._scratch, self.workdir.root)

@@ -1,0 +1,106 @@
+"""Parameter-efficient fine-tuning: which weights train (peft.method).
+
+- none: everything.
+- freeze: the embeddings and the bottom peft.freeze_layers transformer layers are frozen.
+- bitfit: only the backbone's biases (and the task head) train.
+- lora: Keras 3's own LoRA (EinsumDense.enable_lora, what keras-hub's Backbone.enable_lora
+  calls) on the attention projections named in peft.lora_targets, with peft.lora_rank and
+  peft.lora_alpha; the rest of the backbone is frozen (biases included, as HF PEFT's
+  default), the head trains. For export the LoRA
+  product is merged into the kernels (merged_model).
+
+The head (everything outside the backbone) always trains.
+"""
+import numpy as np
+from absl import logging
+
+from tf_finetune.errors import ConfigError, WorkdirError
+
+METHODS = ("none", "freeze", "bitfit", "lora")
+
+
+def _backbone(model):
+  return [layer for layer in model.layers if layer.name.startswith("bert_backbone")][0]
+
+
+def apply(config, model):
+  """Sets which weights of `model` train, per config.peft; returns the model."""
+  p = config.peft
+  if p.method == "none":
+    return model
+  backbone = _backbone(model)
+  if p.method == "freeze":
+    layers = backbone.num_layers
+    if not 0 <= p.freeze_layers <= layers:
+      raise ConfigError(f"config.peft.freeze_layers={p.freeze_layers}: the backbone has "
+                        f"{layers} transformer layers")
+    for name in ("token_embedding", "position_embedding", "segment_embedding",
+                 "embeddings_layer_norm"):
+      backbone.get_layer(name).trainable = False
+    for i in range(p.freeze_layers):
+      backbone.get_layer(f"transformer_layer_{i}").trainable = False
+  elif p.method == "bitfit":
+    for variable in backbone.weights:
+      variable.trainable = variable.name == "bias"
+  elif p.method == "lora":
+    targets = [t.strip() for t in p.lora_targets.split(",") if t.strip()]
+    for layer in backbone._flatten_layers(include_self=False):
+      layer.trainable = False
+    found = 0
+    for layer in backbone._flatten_layers(include_self=False):
+      if layer.name in targets and hasattr(layer, "enable_lora"):
+        layer.trainable = True
+        layer.enable_lora(p.lora_rank, lora_alpha=p.lora_alpha)
+        if getattr(layer, "bias", None) is not None:
+          layer.bias.trainable = False  # the LoRA factors only (HF PEFT's bias="none")
+        found += 1
+    if not found:
+      raise ConfigError(f"config.peft.lora_targets={p.lora_targets!r}: no such layer in the "
+                        "backbone (BERT's attention projections are query, key, value, "
+                        "attention_output)")
+  return model
+
+
+def parameter_counts(model):
+  """(trainable, total) numbers of weights."""
+  count = lambda vs: int(sum(np.prod(v.shape) for v in vs))
+  return count(model.trainable_weights), count(model.weights)
+
+
+def is_lora_variable(variable):
+  return "lora_kernel" in variable.path
+
+
+def merged_model(config, model, build_plain_model):
+  """A model without LoRA variables whose kernels are the LoRA model's merged ones
+  (kernel + alpha / rank * A @ B): what a LoRA run exports."""
+  if config.peft.method != "lora":
+    return model
+  plain = build_plain_model()
+  source = [v for v in model.weights if not is_lora_variable(v)]
+  if [v.path for v in source] != [v.path for v in plain.weights]:
+    raise WorkdirError("cannot merge LoRA: the plain model's weights differ from the run's")
+  merged = {id(layer._kernel): layer.kernel for layer in
+            _backbone(model)._flatten_layers(include_self=False)
+            if getattr(layer, "lora_enabled", False)}
+  for target, variable in zip(plain.weights, source):
+    target.assign(merged.get(id(variable), variable))
+  logging.info("LoRA merged into %d kernels", len(merged))
+  return plain
+
+
+def save_trainable(model, path):
+  """The weights that trained (LoRA factors, biases, head...) as a .npz keyed by path."""
+  np.savez(path, **{v.path: np.asarray(v) for v in model.trainable_weights})
+
+
+def load_trainable(model, path):
+  """Loads save_trainable's file into a model built with the same config."""
+  stored = np.load(path)
+  variables = {v.path: v for v in model.trainable_weights}
+  if set(stored.files) != set(variables):
+    missing, extra = set(variables) - set(stored.files), set(stored.files) - set(variables)
+    raise WorkdirError(f"{path}: does not match this model's trainable weights "
+                       f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})")
+  for name, value in stored.items():
+    variables[name].assign(value)
