@@ -51,6 +51,7 @@ def base_config():
   c.task = ml_collections.ConfigDict()
   c.task.name = "classification"  # classification, multilabel, regression or tagging (NER)
   c.task.class_weights = "none"  # classification: none, or balanced (n / (labels * count))
+  c.task.label_smoothing = 0.0  # classification: the training loss's targets (reports: plain)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bbc_news"
@@ -94,6 +95,11 @@ def base_config():
   c.train.weight_decay = 0.01
   c.train.warmup_fraction = 0.1
   c.train.max_grad_norm = 1.0  # 0 disables clipping
+  # < 1: layer-wise learning-rate decay; transformer layer i of L learns at
+  # learning_rate * layer_decay ** (L - i), the embeddings at layer_decay ** (L + 1).
+  c.train.layer_decay = 1.0
+  # > 0: stop when dev best_metric has not improved for this many evaluations in a row.
+  c.train.early_stopping_patience = 0
   c.train.adam_epsilon = 1e-6
   c.train.precision = "auto"  # auto: mixed_bfloat16 on TPU, float32 elsewhere
   c.train.seed = 0
@@ -196,6 +202,14 @@ def validate(config):
   _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
   _check(t.batch_size % t.grad_accum_steps == 0, "train.batch_size", t.batch_size,
          f"must be divisible by train.grad_accum_steps={t.grad_accum_steps}")
+  _check(0 < t.layer_decay <= 1, "train.layer_decay", t.layer_decay, "must be in (0, 1]")
+  _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
+         t.early_stopping_patience, "must be >= 0 (0: off)")
+  _check(0 <= config.task.label_smoothing < 1, "task.label_smoothing",
+         config.task.label_smoothing, "must be in [0, 1)")
+  _check(config.task.label_smoothing == 0 or config.task.name == "classification",
+         "task.label_smoothing", config.task.label_smoothing,
+         "applies to task.name='classification'")
   _check(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
   _check(t.steps >= 0, "train.steps", t.steps, "must be >= 0 (0: use train.epochs)")
   _check(t.steps > 0 or t.epochs > 0, "train.epochs", t.epochs, "must be > 0 when train.steps is 0")

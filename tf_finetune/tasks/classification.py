@@ -71,7 +71,14 @@ class ClassificationTask(base.Task):
         f"{name} {w:.3f}" for name, w in zip(self.label_vocabulary.labels, self.class_weights)))
 
   def training_losses(self, labels, logits):
-    losses = self.build_losses(labels, logits)
+    smoothing = self.config.task.label_smoothing
+    if smoothing:
+      targets = tf.one_hot(tf.cast(labels, tf.int32), len(self.label_vocabulary))
+      targets = targets * (1.0 - smoothing) + smoothing / len(self.label_vocabulary)
+      losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets,
+                                                       logits=tf.cast(logits, tf.float32))
+    else:
+      losses = self.build_losses(labels, logits)
     if self.class_weights is None:
       return losses
     weights = tf.constant(self.class_weights, tf.float32)

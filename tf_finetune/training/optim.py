@@ -1,4 +1,6 @@
 """AdamW with BERT's conventions, and the warmup + linear decay schedule."""
+import re
+
 import keras
 import tensorflow as tf
 
@@ -24,7 +26,7 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class FusedAdamW(keras.optimizers.AdamW):
-  """Keras AdamW with two changes, both written here because Keras 3 has neither:
+  """Keras AdamW with three changes, written here because Keras 3 has none of them:
 
   - It takes gradients already summed over replicas. Keras clips before it all-reduces,
     so its clipnorm under a multi-replica strategy clips each replica's partial gradient;
@@ -33,16 +35,34 @@ class FusedAdamW(keras.optimizers.AdamW):
     instead of Keras's element-wise ops (same formula). The embedding's IndexedSlices
     gradient is summed into a dense one first, as HF/PyTorch AdamW does; Keras's own
     sparse path is slower and mishandles repeated token ids (tests/test_optim.py).
+  - A learning-rate multiplier per variable (layer-wise decay, `lr_multiplier`); the
+    decoupled weight decay follows it, as with PyTorch parameter groups.
   """
+
+  def __init__(self, *args, lr_multiplier=None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._lr_multiplier = lr_multiplier or (lambda path: 1.0)
+
+  def build(self, variables):
+    super().build(variables)
+    self._multipliers = [float(self._lr_multiplier(v.path)) for v in variables]
+    self._decays = [self._use_weight_decay(v) for v in variables]
 
   def _all_reduce_sum_gradients(self, grads_and_vars):
     return list(grads_and_vars)
+
+  def _apply_weight_decay(self, variables):
+    """Applied in update_step instead, with the variable's learning-rate multiplier."""
 
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     m, v = self._momentums[index], self._velocities[index]
     dtype = variable.dtype
     step = tf.cast(self.iterations + 1, dtype)
+    learning_rate = tf.cast(learning_rate, dtype) * self._multipliers[index]
+    if self.weight_decay and self._decays[index]:
+      _tf_variable(variable).assign_sub(
+          _tf_variable(variable) * tf.cast(self.weight_decay, dtype) * learning_rate)
     tf.raw_ops.ResourceApplyAdam(
         var=_handle(variable), m=_handle(m), v=_handle(v),
         beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
@@ -52,21 +72,38 @@ class FusedAdamW(keras.optimizers.AdamW):
         grad=tf.cast(tf.convert_to_tensor(gradient), dtype), use_locking=False)
 
 
+def _tf_variable(variable):
+  return variable.value if isinstance(variable, keras.Variable) else variable
+
+
 def _handle(variable):
-  if isinstance(variable, keras.Variable):
-    variable = variable.value
-  return variable.handle
+  return _tf_variable(variable).handle
+
+
+def layer_decay_multiplier(layer_decay, num_layers):
+  """Layer-wise learning-rate decay (ELECTRA, BEiT): the head and pooler get 1, transformer
+  layer i (0 = bottom) layer_decay ** (num_layers - i), the embeddings
+  layer_decay ** (num_layers + 1)."""
+  def multiplier(path):
+    if "embedding" in path:
+      return layer_decay ** (num_layers + 1)
+    match = re.search(r"transformer_layer_(\d+)/", path)
+    return layer_decay ** (num_layers - int(match.group(1))) if match else 1.0
+  return multiplier
 
 
 NO_DECAY_NAMES = ("bias", "gamma", "beta")
 
 
-def build_optimizer(train_config, total_steps, trainable_variables):
+def build_optimizer(train_config, total_steps, trainable_variables, num_layers=0):
   schedule = WarmupLinearDecay(train_config.learning_rate,
                                int(train_config.warmup_fraction * total_steps), total_steps)
+  multiplier = None
+  if train_config.layer_decay != 1.0:
+    multiplier = layer_decay_multiplier(train_config.layer_decay, num_layers)
   optimizer = FusedAdamW(
       learning_rate=schedule, weight_decay=train_config.weight_decay,
-      epsilon=train_config.adam_epsilon, beta_1=0.9, beta_2=0.999)
+      epsilon=train_config.adam_epsilon, beta_1=0.9, beta_2=0.999, lr_multiplier=multiplier)
   optimizer.exclude_from_weight_decay(
       var_list=[v for v in trainable_variables if v.name in NO_DECAY_NAMES])
   # Built inside the strategy scope before the first step, or a distributed step fails.

@@ -19,7 +19,7 @@ from tf_finetune.errors import ConfigError, WorkdirError
 METHODS = ("none", "freeze", "bitfit", "lora")
 
 
-def _backbone(model):
+def backbone(model):
   return [layer for layer in model.layers if layer.name.startswith("bert_backbone")][0]
 
 
@@ -28,26 +28,26 @@ def apply(config, model):
   p = config.peft
   if p.method == "none":
     return model
-  backbone = _backbone(model)
+  bert = backbone(model)
   if p.method == "freeze":
-    layers = backbone.num_layers
+    layers = bert.num_layers
     if not 0 <= p.freeze_layers <= layers:
       raise ConfigError(f"config.peft.freeze_layers={p.freeze_layers}: the backbone has "
                         f"{layers} transformer layers")
     for name in ("token_embedding", "position_embedding", "segment_embedding",
                  "embeddings_layer_norm"):
-      backbone.get_layer(name).trainable = False
+      bert.get_layer(name).trainable = False
     for i in range(p.freeze_layers):
-      backbone.get_layer(f"transformer_layer_{i}").trainable = False
+      bert.get_layer(f"transformer_layer_{i}").trainable = False
   elif p.method == "bitfit":
-    for variable in backbone.weights:
+    for variable in bert.weights:
       variable.trainable = variable.name == "bias"
   elif p.method == "lora":
     targets = [t.strip() for t in p.lora_targets.split(",") if t.strip()]
-    for layer in backbone._flatten_layers(include_self=False):
+    for layer in bert._flatten_layers(include_self=False):
       layer.trainable = False
     found = 0
-    for layer in backbone._flatten_layers(include_self=False):
+    for layer in bert._flatten_layers(include_self=False):
       if layer.name in targets and hasattr(layer, "enable_lora"):
         layer.trainable = True
         layer.enable_lora(p.lora_rank, lora_alpha=p.lora_alpha)
@@ -81,7 +81,7 @@ def merged_model(config, model, build_plain_model):
   if [v.path for v in source] != [v.path for v in plain.weights]:
     raise WorkdirError("cannot merge LoRA: the plain model's weights differ from the run's")
   merged = {id(layer._kernel): layer.kernel for layer in
-            _backbone(model)._flatten_layers(include_self=False)
+            backbone(model)._flatten_layers(include_self=False)
             if getattr(layer, "lora_enabled", False)}
   for target, variable in zip(plain.weights, source):
     target.assign(merged.get(id(variable), variable))

@@ -72,7 +72,9 @@ class Trainer:
 
     with self.strategy.scope():
       self.task, self.model = experiment.build_model(config, self.labels, pretrained=True)
-      self.optimizer = optim.build_optimizer(t, self.total_steps, self.model.trainable_variables)
+      self.optimizer = optim.build_optimizer(
+          t, self.total_steps, self.model.trainable_variables,
+          num_layers=peft.backbone(self.model).num_layers)
     self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self._side_effect_dir(self.workdir.checkpoints),
@@ -220,10 +222,30 @@ class Trainer:
     if self.best is None or self.task.is_better(value, self.best["value"]):
       path = self.best_manager.save(checkpoint_number=step)
       self.best = {"step": step, "metric": metric, "value": value,
-                   "checkpoint": path.rsplit("/", 1)[1]}
-      if self.is_chief:
-        self.workdir.best_json.write_text(json.dumps(self.best, indent=1) + "\n")
+                   "checkpoint": path.rsplit("/", 1)[1], "evaluations_without_improvement": 0}
       logging.info("New best dev %s %.4f at step %d", metric, value, step)
+    else:
+      self.best["evaluations_without_improvement"] = \
+          self.best.get("evaluations_without_improvement", 0) + 1
+    self._write_best()
+
+  def _write_best(self):
+    if self.is_chief:
+      atomic.write_text(self.workdir.best_json, json.dumps(self.best, indent=1) + "\n")
+
+  def _stops_early(self, step):
+    """train.early_stopping_patience: True (and says why) when dev has not improved for
+    that many evaluations in a row; best.json records it, so a rerun does not go on."""
+    patience = self.config.train.early_stopping_patience
+    if not patience or self.best["evaluations_without_improvement"] < patience:
+      return False
+    self.best["stopped_early_at_step"] = step
+    self._write_best()
+    logging.warning("Early stopping at step %d of %d: dev %s has not improved for %d "
+                    "evaluations (train.early_stopping_patience=%d); best %.4f at step %d",
+                    step, self.total_steps, self.best["metric"], patience, patience,
+                    self.best["value"], self.best["step"])
+    return True
 
   def _evaluate(self, step):
     start = time.time()
@@ -240,8 +262,9 @@ class Trainer:
     self._write_run_files()
     stop = min(self.total_steps, until_step or self.total_steps)
     start_step = self.step
-    if start_step >= self.total_steps:
-      logging.info("%s: training already finished at step %d", self.workdir.root, start_step)
+    if start_step >= self.total_steps or (self.best or {}).get("stopped_early_at_step"):
+      logging.info("%s: training already finished at step %d%s", self.workdir.root, start_step,
+                   " (stopped early)" if start_step < self.total_steps else "")
       self._close()
       return
     trainable, total = peft.parameter_counts(self.model)
@@ -285,11 +308,15 @@ class Trainer:
               "examples_per_sec": steps_per_sec * self.global_batch_size})
           window_loss, window_steps, window_start = 0.0, 0, time.time()
         evaluate = step % self.eval_every == 0 or step == self.total_steps
+        stopping = False
         if evaluate:
           self._evaluate(step)
-        if step % self.checkpoint_every == 0 or step == stop:
+          stopping = self._stops_early(step)
+        if step % self.checkpoint_every == 0 or step == stop or stopping:
           self.manager.save(checkpoint_number=step)
           window_start = time.time()
+        if stopping:
+          break
     except KeyboardInterrupt:
       path = self.manager.save(checkpoint_number=step)
       logging.warning("Interrupted at step %d; saved %s. Run the same command to resume.",
