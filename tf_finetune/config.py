@@ -80,6 +80,10 @@ def base_config():
   c.data.max_train_examples = 0  # > 0: use only the first N train examples (logged)
   c.data.shuffle_buffer = 10_000
   c.data.bucketing = True
+  # eda: random deletion, swap and insertion of training words (data/augment.py), each
+  # touching about data.augment_probability of an example's words; train split only.
+  c.data.augment = "none"
+  c.data.augment_probability = 0.1
   # Pad every batch to a bucket boundary with a fixed batch size, so a step sees only a few
   # fixed shapes (what XLA on TPU needs). Always on under distribution.strategy=tpu.
   c.data.static_shapes = False
@@ -116,6 +120,18 @@ def base_config():
   c.peft.lora_rank = 8
   c.peft.lora_alpha = 16.0  # LoRA's update is scaled by alpha / rank
   c.peft.lora_targets = "query,value"  # attention projections: query, key, value, attention_output
+
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdir = ""  # a finished classification run: distill it into this model
+  c.distill.student_layers = ""  # e.g. "0,2,4": the teacher layers the student starts from
+  c.distill.temperature = 2.0
+  c.distill.alpha = 0.5  # weight of the soft (teacher) loss; 1 - alpha on the labels
+
+  c.adversarial = ml_collections.ConfigDict()
+  c.adversarial.method = "none"  # none, fgm or pgd, on the word embeddings (training/adversarial.py)
+  c.adversarial.epsilon = 1.0  # the perturbation's L2 norm per example (pgd: its bound)
+  c.adversarial.alpha = 0.3  # pgd: the size of each ascent step
+  c.adversarial.steps = 3  # pgd: ascent steps
 
   c.distribution = ml_collections.ConfigDict()
   c.distribution.strategy = "default"
@@ -221,6 +237,11 @@ def validate(config):
   _check(t.keep_checkpoints > 0, "train.keep_checkpoints", t.keep_checkpoints, "must be > 0")
   for split in t.eval_splits.split(","):
     _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")
+  _check(d.augment in ("none", "eda"), "data.augment", d.augment, "must be none or eda")
+  _check(d.augment == "none" or config.task.name != "tagging", "data.augment", d.augment,
+         "does not apply to task.name='tagging' (the tags belong to the words)")
+  _check(0 < d.augment_probability < 1, "data.augment_probability", d.augment_probability,
+         "must be in (0, 1)")
   _check(8 <= d.max_seq_length <= 512, "data.max_seq_length", d.max_seq_length, "must be in [8, 512]")
   _check(0 < d.dev_fraction < 1, "data.dev_fraction", d.dev_fraction, "must be in (0, 1)")
   _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
@@ -237,6 +258,26 @@ def validate(config):
     _check(d.tfds_name, "data.tfds_name", d.tfds_name, "is required for data.source='tfds'")
   if config.distribution.strategy == "tpu":
     _check(config.distribution.tpu, "distribution.tpu", "", "names the TPU ('local', a name or grpc://)")
+  ds = config.distill
+  if ds.teacher_workdir:
+    _check(config.task.name == "classification", "distill.teacher_workdir", ds.teacher_workdir,
+           "applies to task.name='classification'")
+    _check((pathlib.Path(ds.teacher_workdir).expanduser() / "checkpoints" / "best.json")
+           .is_file(), "distill.teacher_workdir", ds.teacher_workdir,
+           "is not a tf_finetune run directory with a best checkpoint")
+  _check(not ds.student_layers or ds.teacher_workdir, "distill.student_layers",
+         ds.student_layers, "needs distill.teacher_workdir")
+  _check(all(x.strip().isdigit() for x in ds.student_layers.split(",")) or not
+         ds.student_layers, "distill.student_layers", ds.student_layers,
+         "lists teacher layer indices, e.g. 0,2,4")
+  _check(ds.temperature > 0, "distill.temperature", ds.temperature, "must be > 0")
+  _check(0 <= ds.alpha <= 1, "distill.alpha", ds.alpha, "must be in [0, 1]")
+  a = config.adversarial
+  _check(a.method in ("none", "fgm", "pgd"), "adversarial.method", a.method,
+         "must be none, fgm or pgd")
+  _check(a.epsilon > 0, "adversarial.epsilon", a.epsilon, "must be > 0")
+  _check(a.alpha > 0, "adversarial.alpha", a.alpha, "must be > 0")
+  _check(a.steps >= 1, "adversarial.steps", a.steps, "must be >= 1")
   p = config.peft
   _check(p.freeze_layers >= 0, "peft.freeze_layers", p.freeze_layers, "must be >= 0")
   _check(p.freeze_layers == 0 or p.method == "freeze", "peft.freeze_layers", p.freeze_layers,

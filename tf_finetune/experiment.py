@@ -85,9 +85,12 @@ def build_model(config, label_vocabulary, *, pretrained=True):
   m = config.model
   overrides = {k: m[k] for k in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim")
                if m[k]}
+  student_layers = [x for x in config.distill.student_layers.split(",") if x.strip()]
+  if student_layers:  # a distillation student: its weights come from the teacher's layers
+    overrides["num_layers"] = len(student_layers)
   backbone = checkpoints.load_backbone(
-      checkpoint_dir, random_init=m.random_init or not pretrained, dropout=m.dropout,
-      overrides=overrides)
+      checkpoint_dir, random_init=m.random_init or not pretrained or bool(student_layers),
+      dropout=m.dropout, overrides=overrides)
   task = tasks.get_task(config, label_vocabulary)
   return task, peft.apply(config, task.build_model(backbone))
 

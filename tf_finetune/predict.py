@@ -9,14 +9,21 @@ as TSV (default) or JSON lines, the text and: label and probability (classificat
 predicted labels (multi-label, at the thresholds tuned on dev), the score (regression), or
 the entities (tagging): in TSV `type[start:end]=surface (score)` joined by "; ", in JSON
 a list of {type, start, end, text, score} with character offsets into the text.
+
+Ensembles: `--model=A --model=B ...` (exports of classification runs with the same labels,
+or of regression runs) averages the models' probabilities (or scores) per text.
 """
 import json
+import pathlib
 import sys
 
 from absl import app
 from absl import flags
 
-_MODEL = flags.DEFINE_string("model", None, "Exported SavedModel directory.", required=True)
+_MODEL = flags.DEFINE_multi_string(
+    "model", None, "Exported SavedModel directory; given several times, an ensemble that "
+    "averages the models' probabilities (classification) or scores (regression).",
+    required=True)
 _INPUT = flags.DEFINE_string("input", None, "File with one text per line ('-': stdin).")
 _FORMAT = flags.DEFINE_enum("output_format", "tsv", ["tsv", "jsonl"], "Output format.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Texts per call.")
@@ -31,23 +38,71 @@ def read_texts(argv):
   return [line.rstrip("\n") for line in sys.stdin if line.strip()]
 
 
+class Predictor:
+  """One exported model, or several averaged (an ensemble), on batches of raw texts."""
+
+  def __init__(self, paths):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops the SavedModel uses)
+    self.paths = list(paths)
+    self.serves = []
+    for path in self.paths:
+      try:
+        self.serves.append(tf.saved_model.load(path).signatures["serving_default"])
+      except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {path}: cannot load a SavedModel ({str(e).splitlines()[0]})")
+    self.has_pairs = "text_pair" in self.serves[0].structured_input_signature[1]
+    self.labels = None
+    if len(self.serves) > 1:
+      self._check_ensemble()
+
+  def _check_ensemble(self):
+    outputs = [set(serve.structured_outputs) for serve in self.serves]
+    kinds = {"probabilities" in o and "label" in o and "labels" not in o for o in outputs}
+    scores = {"score" in o for o in outputs}
+    if not (kinds == {True} or scores == {True}):
+      raise SystemExit(f"error: --model: an ensemble takes classification or regression "
+                       f"exports only, all of one kind ({', '.join(self.paths)})")
+    if len({"text_pair" in s.structured_input_signature[1] for s in self.serves}) > 1:
+      raise SystemExit("error: --model: some models take sentence pairs and some do not")
+    if kinds == {True}:
+      labels = []
+      for path in self.paths:
+        file = pathlib.Path(path) / "assets.extra" / "labels.json"
+        if not file.is_file():
+          raise SystemExit(f"error: {path}: no assets.extra/labels.json (exported before "
+                           "ensembles existed; export the run again)")
+        labels.append(json.loads(file.read_text()))
+      if any(l != labels[0] for l in labels):
+        raise SystemExit(f"error: --model: the models have different labels: {labels}")
+      self.labels = labels[0]
+
+  def __call__(self, batch):
+    """Outputs for a list of texts (pairs as text<TAB>pair), averaged over the models."""
+    import numpy as np
+    import tensorflow as tf
+    if self.has_pairs:
+      pairs = [t.split("\t", 1) + [""] * (1 - t.count("\t")) for t in batch]
+      inputs = {"text": tf.constant([p[0] for p in pairs]),
+                "text_pair": tf.constant([p[1] for p in pairs])}
+    else:
+      inputs = {"text": tf.constant(batch)}
+    outs = [serve(**inputs) for serve in self.serves]
+    if len(outs) == 1:
+      return outs[0]
+    if self.labels is not None:
+      probabilities = np.mean([o["probabilities"].numpy() for o in outs], axis=0)
+      return {"probabilities": tf.constant(probabilities),
+              "label": tf.constant([self.labels[i] for i in probabilities.argmax(-1)])}
+    return {"score": tf.constant(np.mean([o["score"].numpy() for o in outs], axis=0))}
+
+
 def main(argv):
-  import tensorflow as tf
-  import tensorflow_text  # noqa: F401  (registers the tokenizer ops the SavedModel uses)
-  try:
-    model = tf.saved_model.load(_MODEL.value)
-  except (OSError, ValueError) as e:
-    sys.exit(f"error: {_MODEL.value}: cannot load a SavedModel ({str(e).splitlines()[0]})")
-  serve = model.signatures["serving_default"]
-  has_pairs = "text_pair" in serve.structured_input_signature[1]
+  predict = Predictor(_MODEL.value)
   texts = read_texts(argv)
   for start in range(0, len(texts), _BATCH.value):
     batch = texts[start:start + _BATCH.value]
-    if has_pairs:
-      pairs = [t.split("\t", 1) + [""] * (1 - t.count("\t")) for t in batch]
-      out = serve(text=tf.constant([p[0] for p in pairs]), text_pair=tf.constant([p[1] for p in pairs]))
-    else:
-      out = serve(text=tf.constant(batch))
+    out = predict(batch)
     for text, fields in zip(batch, _fields(out)):
       if _FORMAT.value == "jsonl":
         print(json.dumps({"text": text, **fields}, ensure_ascii=False))

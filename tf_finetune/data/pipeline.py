@@ -104,15 +104,22 @@ def _with_batch_dimension(batch, batch_size):
 
 
 def train_dataset(split, label_values, encoder, *, batch_size, seed, shuffle_buffer,
-                  bucketing, skip_batches=0, input_context=None, static_shapes=False):
-  """An endless, deterministic stream of padded training batches of `batch_size`."""
+                  bucketing, skip_batches=0, input_context=None, static_shapes=False,
+                  augmenter=None):
+  """An endless, deterministic stream of padded training batches of `batch_size`.
+
+  With an augmenter (data/augment.py), the raw texts are cached instead and every example
+  is augmented, then tokenized, each time it comes round."""
   dataset = _raw_dataset(split, label_values)
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-  dataset = tokenize(dataset, encoder).cache()
+  dataset = dataset.cache() if augmenter else tokenize(dataset, encoder).cache()
   if shuffle_buffer:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.repeat()
+  if augmenter:
+    dataset = tokenize(dataset.enumerate().map(
+        augmenter, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), encoder)
   if bucketing or static_shapes:
     boundaries = bucket_boundaries(encoder.max_seq_length)
     if not static_shapes:

@@ -159,6 +159,7 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
   with new_version_dir(wd.export / model_name) as (tmp, final):
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     (tmp / "assets.extra").mkdir(exist_ok=True)
+    labels.save(tmp / "assets.extra" / "labels.json")  # for ensembles (tf_finetune.predict)
     sample = [("This is a warmup request.", "And its pair.")]
     write_warmup_requests(tmp / "assets.extra" / WARMUP_FILE, model_name,
                           [sample, sample * 8], has_pairs)

@@ -13,8 +13,11 @@ from tf_finetune import atomic
 from tf_finetune import config as config_lib
 from tf_finetune import distribute
 from tf_finetune import experiment
+from tf_finetune.data import augment
 from tf_finetune.data import pipeline
 from tf_finetune.errors import ConfigError, WorkdirError
+from tf_finetune.training import adversarial
+from tf_finetune.training import distill
 from tf_finetune.training import optim
 from tf_finetune.training import peft
 from tf_finetune.training import summaries
@@ -75,6 +78,15 @@ class Trainer:
       self.optimizer = optim.build_optimizer(
           t, self.total_steps, self.model.trainable_variables,
           num_layers=peft.backbone(self.model).num_layers)
+    self.teacher = None
+    if config.distill.teacher_workdir:
+      with self.strategy.scope():
+        self.teacher = distill.load_teacher(config, self.labels)
+      if not tf.train.latest_checkpoint(str(self.workdir.checkpoints)):
+        distill.initialize_student(config, self.model, self.teacher)
+    self.adversarial = None
+    if config.adversarial.method != "none":
+      self.adversarial = adversarial.AdversarialLoss(config, self.model)
     self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self._side_effect_dir(self.workdir.checkpoints),
@@ -88,6 +100,10 @@ class Trainer:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
       logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
     self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
+    self.augmenter = None
+    if config.data.augment == "eda":
+      self.augmenter = augment.Augmenter(self.splits["train"].texts,
+                                         config.data.augment_probability, t.seed)
     self.train_label_values = self.task.label_values(self.splits["train"])
     self.task.prepare(self.train_label_values)
     self.dev_label_values = self.task.label_values(self.splits["dev"])
@@ -150,17 +166,31 @@ class Trainer:
         batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
         skip_batches=self.step * self.accum_steps, input_context=input_context,
-        static_shapes=self.static_shapes)
+        static_shapes=self.static_shapes, augmenter=self.augmenter)
 
   def _gradients(self, batch):
     """This replica's share of the loss and its gradients on one micro-batch; the loss is
     divided by the global batch of the optimizer step, so gradients just add up."""
     model, task = self.model, self.task
     features = {k: batch[k] for k in experiment.MODEL_INPUTS}
+    if self.teacher is not None:
+      teacher_logits = self.teacher(features, training=False)
+      losses_of = lambda logits: distill.distillation_losses(
+          self.config, task, batch["label"], logits, teacher_logits)
+    else:
+      losses_of = lambda logits: task.training_losses(batch["label"], logits)
+    loss_of = lambda logits: tf.nn.compute_average_loss(
+        losses_of(logits), global_batch_size=self.global_batch_size)
+    if self.adversarial is not None:  # loss(x) + loss(x + r): their gradients add up
+      loss, grads, embedding_gradient = self.adversarial.clean(features, loss_of)
+      _, adversarial_grads = self.adversarial.gradients(features, loss_of, embedding_gradient)
+      dense = lambda g: tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+      grads = [None if g is None else dense(g) + dense(a)
+               for g, a in zip(grads, adversarial_grads)]
+      return loss, grads
     with tf.GradientTape() as tape:
       logits = model(features, training=True)
-      loss = tf.nn.compute_average_loss(task.training_losses(batch["label"], logits),
-                                        global_batch_size=self.global_batch_size)
+      loss = loss_of(logits)
     # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
     # all-reduce is a gather that fails when replicas hold batches of different lengths
     # (length bucketing). Dense, it is a fixed-shape sum; the optimizer densifies it anyway.
