@@ -79,3 +79,18 @@ def test_two_workers_train_in_step_only_the_chief_writes_and_a_restart_resumes(
     assert info["step"] == 6
     for a, b in zip(chief_weights, weights):
       np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_accumulated_micro_batches_under_two_workers_give_the_big_batch_update(
+    sentiment_dir, tmp_path):
+  common = dict(distribution__strategy="multi_worker", train__steps=3, train__batch_size=8,
+                train__eval_every=100, data__bucketing=False, data__shuffle_buffer=0)
+  big = _run_two_workers(tiny_config(sentiment_dir, **common), tmp_path / "big",
+                         tmp_path / "out_big")
+  accumulated = _run_two_workers(tiny_config(sentiment_dir, train__grad_accum_steps=2, **common),
+                                 tmp_path / "accumulated", tmp_path / "out_accumulated")
+  assert "2 accumulated micro-batches of 4" in accumulated[0][1]
+  for (_, _, big_weights), (_, _, weights) in zip(big, accumulated):
+    for a, b in zip(big_weights, weights):
+      np.testing.assert_allclose(a, b, atol=1e-5)

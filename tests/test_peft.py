@@ -105,3 +105,40 @@ def test_trained_weights_alone_save_small_and_load_back(lora_run):
               "segment_ids": tf.zeros([1, 4], tf.int32), "padding_mask": tf.ones([1, 4], tf.int32)}
   np.testing.assert_allclose(fresh(features, training=False), trained(features, training=False),
                              atol=1e-6)
+
+
+def test_adapters_start_as_identity_train_alone_and_survive_checkpoint_and_export(
+    sentiment_dir, tmp_path):
+  features = {"token_ids": tf.constant([[101, 1037, 6919, 2143, 102]]),
+              "segment_ids": tf.zeros([1, 5], tf.int32), "padding_mask": tf.ones([1, 5], tf.int32)}
+  plain_config = tiny_config(sentiment_dir)
+  config = tiny_config(sentiment_dir, peft__method="adapter", peft__adapter_size=4)
+  _, labels = experiment.load_data(config)
+  keras.utils.set_random_seed(3)
+  _, plain = experiment.build_model(plain_config, labels)
+  keras.utils.set_random_seed(3)
+  _, adapted = experiment.build_model(config, labels)
+  np.testing.assert_allclose(adapted(features), plain(features), atol=1e-6)
+  paths = [v.path for v in adapted.trainable_weights]
+  assert sum("adapter" in p for p in paths) == 2 * 2 * 4  # 2 layers x 2 adapters x 4 weights
+  assert all("adapter" in p or "layer_norm" in p or p.startswith("logits/") for p in paths)
+
+  workdir = tmp_path / "run"
+  trainer = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=6, peft__method="adapter",
+                                            peft__adapter_size=4), workdir)
+  frozen = {v.path: v.numpy().copy() for v in trainer.model.weights if not v.trainable}
+  trainer.train()
+  trained = trainer.model(features, training=False).numpy()
+  assert all(np.array_equal(v.numpy(), frozen[v.path]) for v in trainer.model.weights
+             if v.path in frozen)
+  assert any("adapter/up" in v.path and np.abs(v.numpy()).max() > 0
+             for v in trainer.model.weights)
+  wd = experiment.Workdir(workdir)
+  _, restored = experiment.build_model(wd.load_config(), wd.load_labels(), pretrained=False)
+  experiment.restore_model(wd, restored, "latest")
+  np.testing.assert_allclose(restored(features, training=False), trained, atol=1e-6)
+  export = serving.export_saved_model(workdir, checkpoint="latest")
+  served = tf.saved_model.load(str(export)).signatures["token_ids"](**features)["logits"]
+  np.testing.assert_allclose(served, trained, atol=1e-5)
+  with pytest.raises(ConfigError, match="bottleneck adapters"):
+    serving.export_hf(workdir)

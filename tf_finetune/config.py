@@ -24,7 +24,7 @@ TASK_METRICS = {
 }
 TASKS = tuple(TASK_METRICS)
 CLASS_WEIGHTS = ("none", "balanced")
-PEFT_METHODS = ("none", "freeze", "bitfit", "lora")
+PEFT_METHODS = ("none", "freeze", "bitfit", "adapter", "lora")
 
 REPO_DIR = pathlib.Path(__file__).resolve().parent.parent
 
@@ -115,8 +115,9 @@ def base_config():
   c.train.eval_splits = "dev,test"  # evaluated with the best checkpoint at the end
 
   c.peft = ml_collections.ConfigDict()
-  c.peft.method = "none"  # none, freeze, bitfit or lora (tf_finetune/training/peft.py)
+  c.peft.method = "none"  # none, freeze, bitfit, adapter or lora (training/peft.py)
   c.peft.freeze_layers = 0  # freeze: the embeddings and this many bottom layers
+  c.peft.adapter_size = 64  # adapter: bottleneck units
   c.peft.lora_rank = 8
   c.peft.lora_alpha = 16.0  # LoRA's update is scaled by alpha / rank
   c.peft.lora_targets = "query,value"  # attention projections: query, key, value, attention_output
@@ -283,6 +284,7 @@ def validate(config):
   _check(p.freeze_layers == 0 or p.method == "freeze", "peft.freeze_layers", p.freeze_layers,
          "applies to peft.method='freeze'")
   _check(p.lora_rank > 0, "peft.lora_rank", p.lora_rank, "must be > 0")
+  _check(p.adapter_size > 0, "peft.adapter_size", p.adapter_size, "must be > 0")
   _check(p.lora_alpha > 0, "peft.lora_alpha", p.lora_alpha, "must be > 0")
   m = config.model
   for key in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim"):

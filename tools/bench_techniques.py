@@ -7,7 +7,7 @@ Budget (the same for every row): all-MiniLM-L6-v2, the first --max_train_example
 ../shared/data/sst2/train.tsv (label-stratified sample, data.split_seed=0), --epochs,
 batch 32, max 64 wordpieces, 10% warmup, the full 872-sentence dev set, fp32, seed 0.
 Learning rates: 5e-5 for rows that train the whole encoder, 1e-3 for rows that train a
-small part of it (bitfit, lora), as is usual for those methods. Each row runs in its own
+small part of it (bitfit, adapter, lora), as is usual for those methods. Each row runs in its own
 process; prints dev accuracy of the best checkpoint, trainable and total parameters,
 training examples/s and peak RSS.
 """
@@ -29,14 +29,19 @@ TECHNIQUES = {
     "full": {},
     "freeze_bottom3": {"peft.method": "freeze", "peft.freeze_layers": 3},
     "bitfit": {"peft.method": "bitfit", "train.learning_rate": 1e-3},
+    "adapter_64": {"peft.method": "adapter", "peft.adapter_size": 64,
+                   "train.learning_rate": 1e-3},
     "lora_r8": {"peft.method": "lora", "peft.lora_rank": 8, "peft.lora_alpha": 16.0,
                 "train.learning_rate": 1e-3},
     "grad_accum_4x8": {"train.grad_accum_steps": 4},
     "layer_decay_0.8": {"train.layer_decay": 0.8},
     "label_smoothing_0.1": {"task.label_smoothing": 0.1},
     "fgm_eps1": {"adversarial.method": "fgm", "adversarial.epsilon": 1.0},
+    "fgm_eps0.1": {"adversarial.method": "fgm", "adversarial.epsilon": 0.1},
     "pgd_eps1_3steps": {"adversarial.method": "pgd", "adversarial.epsilon": 1.0,
                         "adversarial.alpha": 0.3, "adversarial.steps": 3},
+    "pgd_eps0.1_3steps": {"adversarial.method": "pgd", "adversarial.epsilon": 0.1,
+                          "adversarial.alpha": 0.03, "adversarial.steps": 3},
     "eda_0.1": {"data.augment": "eda", "data.augment_probability": 0.1},
 }
 

@@ -103,6 +103,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 
 def write_hf_checkpoint(path, model, config, labels):
   """Writes config.json, model.safetensors and the base checkpoint's tokenizer files."""
+  if config.peft.method == "adapter":
+    raise ConfigError("config.peft.method='adapter': transformers' BERT has no bottleneck "
+                      "adapters, so --format=hf cannot hold this model; use --format="
+                      "saved_model (or peft.method=lora, which exports merged)")
   tagging = config.task.name == "tagging"
   if config.model.pooling != "pooler" and not tagging:
     raise ConfigError(f"config.model.pooling={config.model.pooling!r}: --format=hf needs "

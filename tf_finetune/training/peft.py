@@ -3,6 +3,10 @@
 - none: everything.
 - freeze: the embeddings and the bottom peft.freeze_layers transformer layers are frozen.
 - bitfit: only the backbone's biases (and the task head) train.
+- adapter: bottleneck adapters (Houlsby et al., 2019) after the attention block and after
+  the feed-forward block of every transformer layer, before the residual sum: x + up(gelu(
+  down(x))) with peft.adapter_size units, up initialized at zero (the model starts as the
+  pretrained one). Adapters, layer norms and the head train; the rest is frozen.
 - lora: Keras 3's own LoRA (EinsumDense.enable_lora, what keras-hub's Backbone.enable_lora
   calls) on the attention projections named in peft.lora_targets, with peft.lora_rank and
   peft.lora_alpha; the rest of the backbone is frozen (biases included, as HF PEFT's
@@ -11,12 +15,56 @@
 
 The head (everything outside the backbone) always trains.
 """
+import keras
 import numpy as np
 from absl import logging
 
 from tf_finetune.errors import ConfigError, WorkdirError
 
-METHODS = ("none", "freeze", "bitfit", "lora")
+METHODS = ("none", "freeze", "bitfit", "adapter", "lora")
+
+
+class BottleneckAdapter(keras.layers.Layer):
+  """x + up(gelu(down(x))); `up` starts at zero, so the adapter starts as the identity."""
+
+  def __init__(self, hidden_dim, size, **kwargs):
+    super().__init__(**kwargs)
+    self.down = keras.layers.Dense(
+        size, activation="gelu", name="down",
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+    self.up = keras.layers.Dense(hidden_dim, kernel_initializer="zeros", name="up")
+    self.hidden_dim, self.size = hidden_dim, size
+
+  def build_under(self, scope):
+    """Creates the weights with paths `<scope>/<adapter name>/down/kernel` and so on."""
+    for dense, width in ((self.down, self.hidden_dim), (self.up, self.size)):
+      with keras.name_scope(scope), keras.name_scope(self.name):
+        dense.build((None, None, width))
+    self.built = True
+
+  def call(self, x):
+    return x + self.up(self.down(x))
+
+
+def _add_adapters(bert, size):
+  """Adds an adapter to the output of each transformer layer's attention and feed-forward
+  dropouts (the last step before the residual sum). keras-hub's TransformerEncoder has no
+  hook for it, so the two dropout layers' call is wrapped; the adapters are attached to the
+  encoder layer, so checkpoints, the optimizer and the SavedModel see their weights."""
+  for i in range(bert.num_layers):
+    layer = bert.get_layer(f"transformer_layer_{i}")
+    for part in ("attention", "feedforward"):
+      dropout = getattr(layer, "_self_attention_dropout" if part == "attention"
+                        else "_feedforward_dropout")
+      adapter = BottleneckAdapter(bert.hidden_dim, size, name=f"{part}_adapter")
+      adapter.build_under(layer.name)
+      layer._tracker.unlock()  # Keras locks a built layer's state; enable_lora does the same
+      setattr(layer, f"{part}_adapter", adapter)
+      layer._tracker.lock()
+
+      def call(inputs, training=None, original=dropout.call, adapter=adapter):
+        return adapter(original(inputs, training=training))
+      dropout.call = call
 
 
 def backbone(model):
@@ -42,6 +90,10 @@ def apply(config, model):
   elif p.method == "bitfit":
     for variable in bert.weights:
       variable.trainable = variable.name == "bias"
+  elif p.method == "adapter":
+    for layer in bert._flatten_layers(include_self=False):
+      layer.trainable = isinstance(layer, keras.layers.LayerNormalization)
+    _add_adapters(bert, p.adapter_size)
   elif p.method == "lora":
     targets = [t.strip() for t in p.lora_targets.split(",") if t.strip()]
     for layer in bert._flatten_layers(include_self=False):
@@ -91,7 +143,10 @@ def merged_model(config, model, build_plain_model):
 
 def save_trainable(model, path):
   """The weights that trained (LoRA factors, biases, head...) as a .npz keyed by path."""
-  np.savez(path, **{v.path: np.asarray(v) for v in model.trainable_weights})
+  weights = {v.path: np.asarray(v) for v in model.trainable_weights}
+  if len(weights) != len(model.trainable_weights):
+    raise WorkdirError("two trainable weights share a path; cannot save them by path")
+  np.savez(path, **weights)
 
 
 def load_trainable(model, path):
