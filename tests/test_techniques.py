@@ -222,3 +222,14 @@ def test_student_starts_from_chosen_teacher_layers_and_distills(sentiment_dir, t
   np.testing.assert_allclose(
       distill.distillation_losses(config, student.task, gold, logits, teacher_logits),
       4.0 * tf.reduce_sum(p_t * tf.math.log(p_t / p_s), -1), rtol=1e-4)
+
+
+def test_dropout_override_reaches_the_encoder_and_the_head(sentiment_dir):
+  from tf_finetune.training import peft
+  config = tiny_config(sentiment_dir, model__dropout=0.3)
+  _, labels = experiment.load_data(config)
+  _, model = experiment.build_model(config, labels)
+  assert peft.backbone(model).dropout == 0.3
+  assert model.get_layer("head_dropout").rate == 0.3
+  layer = peft.backbone(model).get_layer("transformer_layer_0")
+  assert layer._self_attention_dropout.rate == 0.3 and layer._feedforward_dropout.rate == 0.3
