@@ -49,12 +49,26 @@ def write_sentiment_tsv(directory, n_train=48, n_dev=16, seed=0, max_repeats=1):
   return directory
 
 
-def tiny_config(data_dir, **train):
-  """configs/smoke.py's model on a TSV folder, with dropout off for exact comparisons."""
+def tiny_model_config():
+  """configs/smoke.py's model (2 layers, hidden 32), with dropout off for exact comparisons."""
   c = config_lib.base_config()
   c.model.random_init = True
   c.model.num_layers, c.model.hidden_dim, c.model.num_heads, c.model.intermediate_dim = 2, 32, 2, 64
   c.model.dropout = 0.0
+  return c
+
+
+def override(c, keys):
+  """{"train__steps": 3} -> c.train.steps = 3, then validates."""
+  for key, value in keys.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  return config_lib.validate(c)
+
+
+def tiny_config(data_dir, **train):
+  """The tiny model on a TSV folder of two-label sentences."""
+  c = tiny_model_config()
   c.data.source = "tsv"
   c.data.dir = str(data_dir)
   c.data.train_file, c.data.dev_file = "train.tsv", "dev.tsv"
@@ -63,10 +77,7 @@ def tiny_config(data_dir, **train):
   c.train.steps, c.train.batch_size, c.train.learning_rate = 6, 8, 1e-3
   c.train.eval_every, c.train.log_every = 3, 1
   c.train.eval_splits = "dev"
-  for key, value in train.items():
-    section, name = key.split("__")
-    c[section][name] = value
-  return config_lib.validate(c)
+  return override(c, train)
 
 
 @pytest.fixture

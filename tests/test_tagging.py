@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, SHARED, requires_shared
+from tests.conftest import REPO, SHARED, override, requires_shared, tiny_model_config
 from tf_finetune import config as config_lib
 from tf_finetune import experiment
 from tf_finetune import text_encoder
@@ -25,11 +25,8 @@ NER_DATA = REPO / "tests" / "data"
 
 def ner_config(data_dir=NER_DATA, **train):
   """configs/smoke_ner.py's tiny model on the project's own CoNLL sentences, dropout off."""
-  c = config_lib.base_config()
+  c = tiny_model_config()
   c.task.name = "tagging"
-  c.model.random_init = True
-  c.model.num_layers, c.model.hidden_dim, c.model.num_heads, c.model.intermediate_dim = 2, 32, 2, 64
-  c.model.dropout = 0.0
   c.data.source = "conll"
   c.data.dir = str(data_dir)
   c.data.train_file, c.data.dev_file = "ner_train.conll", "ner_dev.conll"
@@ -37,10 +34,7 @@ def ner_config(data_dir=NER_DATA, **train):
   c.train.steps, c.train.batch_size, c.train.learning_rate = 6, 8, 3e-3
   c.train.eval_every, c.train.log_every = 50, 50
   c.train.eval_splits = "dev"
-  for key, value in train.items():
-    section, name = key.split("__")
-    c[section][name] = value
-  return config_lib.validate(c)
+  return override(c, train)
 
 
 def _task_and_splits(config):

@@ -84,7 +84,7 @@ def main(argv):
     return
   print(f"SST-2, {_MAX_TRAIN.value} train examples, {_EPOCHS.value} epoch(s), batch 32, "
         "max 64 wordpieces, dev 872 sentences, all-MiniLM-L6-v2, 2-core CPU")
-  print(f"| technique | dev accuracy | trainable / total parameters | examples/s | peak RSS MB |")
+  print("| technique | dev accuracy | trainable / total parameters | examples/s | peak RSS MB |")
   print("|---|---|---|---|---|")
   for name in _TECHNIQUES.value:
     proc = subprocess.run([sys.executable, __file__, f"--run={name}",

@@ -113,19 +113,12 @@ class TaggingTask(base.Task):
     return predicted, scores
 
   def _loss(self, word_tags, logits):
-    """build_losses on words: the labelled pieces are exactly the kept words' first pieces."""
-    logits = np.asarray(logits, np.float32)
-    losses = []
+    """build_losses on the wordpiece labels the pipeline makes (tags at kept words' first
+    pieces, -1 elsewhere), averaged over sentences."""
+    labels = np.full(np.shape(logits)[:2], -1, np.int32)
     for i, (tags, positions) in enumerate(zip(word_tags.tag_ids, word_tags.positions)):
-      kept = positions >= 0
-      if not kept.any():
-        losses.append(0.0)
-        continue
-      word_logits = logits[i, positions[kept]].astype(np.float64)
-      log_z = np.log(np.exp(word_logits - word_logits.max(-1, keepdims=True)).sum(-1)) + \
-          word_logits.max(-1)
-      losses.append(float(np.mean(log_z - word_logits[np.arange(kept.sum()), tags[kept]])))
-    return float(np.mean(losses))
+      labels[i, positions[positions >= 0]] = tags[positions >= 0]
+    return float(np.mean(self.build_losses(labels, logits).numpy()))
 
   def report(self, label_values, logits, calibration=None):
     names = self.tag_names
