@@ -15,7 +15,7 @@ from tf_finetune import experiment
 from tf_finetune import text_encoder
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
-from tf_finetune.errors import DataError
+from tf_finetune.errors import ConfigError, DataError
 from tf_finetune.evaluation import evaluator
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib
@@ -81,6 +81,48 @@ def test_loss_ignores_unlabelled_pieces():
   expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
       labels=[2, 0], logits=tf.gather(logits[0], [1, 3])))
   np.testing.assert_allclose(task.build_losses(labels, logits), [expected], rtol=1e-6)
+
+
+@pytest.mark.parametrize("average", ["token", "sentence"])
+def test_training_loss_averages_over_words_or_sentences(tmp_path, average):
+  config = ner_config(task__loss_average=average)
+  trainer = trainer_lib.Trainer(config, tmp_path / "run")
+  values = trainer.task.label_values(trainer.splits["train"])
+  batch = next(iter(pipeline.eval_dataset(trainer.splits["train"], values, trainer.encoder,
+                                          batch_size=8)))
+  logits = trainer.model({k: batch[k] for k in experiment.MODEL_INPUTS}, training=False)
+  labels = batch["label"].numpy()
+  labelled = labels >= 0
+  assert len(set(labelled.sum(-1))) > 1  # sentences of different lengths: the averages differ
+  piece_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=np.maximum(labels, 0), logits=logits).numpy()
+  token_mean = piece_losses[labelled].mean()
+  sentence_mean = np.mean([row[kept].mean() for row, kept in zip(piece_losses, labelled)])
+  assert abs(token_mean - sentence_mean) > 1e-3
+  loss, _ = trainer.strategy.run(tf.function(trainer.replica_step), args=(batch,))
+  expected = token_mean if average == "token" else sentence_mean
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_token_average_accumulated_equals_the_big_batch(tmp_path, strategy):
+  """The denominator is the labelled words of the whole step (every micro-batch, every
+  replica), so 2 x 4 sentences give the update of 8 although micro-batches differ in words."""
+  weights = {}
+  for accum in (1, 2):
+    config = ner_config(task__loss_average="token", train__steps=2,
+                        train__grad_accum_steps=accum, data__bucketing=False,
+                        data__shuffle_buffer=0, distribution__strategy=strategy)
+    trainer = trainer_lib.Trainer(config, tmp_path / f"accum{accum}")
+    trainer.train()
+    weights[accum] = [v.numpy() for v in trainer.model.trainable_variables]
+  for a, b in zip(weights[1], weights[2]):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_loss_average_must_be_sentence_or_token():
+  with pytest.raises(ConfigError, match="task.loss_average.*must be sentence or token"):
+    ner_config(task__loss_average="word")
 
 
 def test_unseen_dev_type_stops_with_the_word_line(tmp_path):

@@ -52,6 +52,11 @@ def base_config():
   c.task.name = "classification"  # classification, multilabel, regression or tagging (NER)
   c.task.class_weights = "none"  # classification: none, or balanced (n / (labels * count))
   c.task.label_smoothing = 0.0  # classification: the training loss's targets (reports: plain)
+  # tagging: token (the mean over every labelled word of the optimizer step, as HF's token
+  # classification; +0.5 entity F1 on WNUT-17, tools/bench_wnut17.py) or sentence (each
+  # sentence's mean over its words, then the mean over sentences). Other tasks have one loss
+  # term per example and average over examples.
+  c.task.loss_average = "token"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bbc_news"
@@ -229,6 +234,8 @@ def validate(config):
   _check(config.task.label_smoothing == 0 or config.task.name == "classification",
          "task.label_smoothing", config.task.label_smoothing,
          "applies to task.name='classification'")
+  _check(config.task.loss_average in ("sentence", "token"), "task.loss_average",
+         config.task.loss_average, "must be sentence or token")
   _check(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
   _check(t.steps >= 0, "train.steps", t.steps, "must be >= 0 (0: use train.epochs)")
   _check(t.steps > 0 or t.epochs > 0, "train.epochs", t.epochs, "must be > 0 when train.steps is 0")

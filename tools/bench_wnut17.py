@@ -29,6 +29,9 @@ _RUN = flags.DEFINE_enum("run", None, ["tf", "torch"], "Internal: run one side i
 _SIDES = flags.DEFINE_list("sides", ["tf", "torch"], "Sides to run.")
 _EPOCHS = flags.DEFINE_float("epochs", None, "Epochs (default: configs/wnut17.py's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_LOSS_AVERAGE = flags.DEFINE_enum(
+    "loss_average", None, ["sentence", "token"],
+    "tf side's task.loss_average (default: configs/wnut17.py's); HF averages over tokens.")
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -41,6 +44,8 @@ def _config():
   if _EPOCHS.value:
     c.train.epochs = _EPOCHS.value
   c.train.seed = _SEED.value
+  if _LOSS_AVERAGE.value:
+    c.task.loss_average = _LOSS_AVERAGE.value
   c.train.adam_epsilon = 1e-8  # HF's default
   c.train.eval_every = 10**9  # one evaluation, at the end, as on the PyTorch side
   c.train.log_every = 50
@@ -142,6 +147,10 @@ def main(argv):
     print("RESULT " + json.dumps(result), flush=True)
     return
   flag_args = [f"--seed={_SEED.value}"] + ([f"--epochs={_EPOCHS.value}"] if _EPOCHS.value else [])
+  flag_args += [f"--loss_average={_LOSS_AVERAGE.value}"] if _LOSS_AVERAGE.value else []
+  c = _config()
+  print(f"seed {c.train.seed}, {c.train.epochs:g} epochs; tf side: task.loss_average="
+        f"{c.task.loss_average}", flush=True)
   for side in _SIDES.value:
     proc = subprocess.run([sys.executable, __file__, f"--run={side}", *flag_args, *argv[1:]],
                           capture_output=True, text=True)

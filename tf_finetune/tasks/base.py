@@ -59,6 +59,13 @@ class Task(abc.ABC):
     """Per-example losses that training minimizes (build_losses, possibly weighted)."""
     return self.build_losses(labels, logits)
 
+  def loss_counts(self, labels):
+    """None: training averages training_losses over the examples of the optimizer step.
+    Otherwise per example, how many terms its training loss sums; training then divides
+    the step's summed losses by the step's summed counts, over every replica and
+    micro-batch (tagging's task.loss_average=token)."""
+    return None
+
   def calibrate(self, dev_label_values, dev_logits):
     """What to fit on dev after training (None: nothing)."""
     return None

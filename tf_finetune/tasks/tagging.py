@@ -87,12 +87,25 @@ class TaggingTask(base.Task):
 
   def build_losses(self, labels, logits):
     """Per sentence, the mean cross-entropy over its labelled wordpieces (labels >= 0)."""
+    return self._summed_losses(labels, logits) / tf.maximum(_labelled_pieces(labels), 1.0)
+
+  def training_losses(self, labels, logits):
+    """task.loss_average=sentence: build_losses. token: per sentence, the summed
+    cross-entropy, which training divides by the step's labelled words (loss_counts)."""
+    if self.config.task.loss_average == "token":
+      return self._summed_losses(labels, logits)
+    return self.build_losses(labels, logits)
+
+  def loss_counts(self, labels):
+    if self.config.task.loss_average == "token":
+      return _labelled_pieces(labels)
+    return None
+
+  def _summed_losses(self, labels, logits):
     labels = tf.cast(labels, tf.int32)
-    labelled = tf.cast(labels >= 0, tf.float32)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32))
-    return tf.reduce_sum(losses * labelled, axis=-1) / tf.maximum(
-        tf.reduce_sum(labelled, axis=-1), 1.0)
+    return tf.reduce_sum(losses * tf.cast(labels >= 0, tf.float32), axis=-1)
 
   def word_predictions(self, word_tags, logits):
     """Per sentence: predicted tag ids (into self.tag_names) and their probabilities, one
@@ -210,6 +223,10 @@ class TaggingTask(base.Task):
             "type": tf.gather(tf.constant([""] + self.types), tf.gather(type_id, first)),
             "start": tf.gather(starts, first), "end": tf.gather(ends, last),
             "score": tf.boolean_mask(mean_score, is_entity)}
+
+
+def _labelled_pieces(labels):
+  return tf.reduce_sum(tf.cast(tf.cast(labels, tf.int32) >= 0, tf.float32), axis=-1)
 
 
 def word_positions(sentences, encoder):

@@ -168,9 +168,9 @@ class Trainer:
         skip_batches=self.step * self.accum_steps, input_context=input_context,
         static_shapes=self.static_shapes, augmenter=self.augmenter)
 
-  def _gradients(self, batch):
-    """This replica's share of the loss and its gradients on one micro-batch; the loss is
-    divided by the global batch of the optimizer step, so gradients just add up."""
+  def _gradients(self, batch, denominator):
+    """This replica's share of the loss and its gradients on one micro-batch; the summed
+    losses are divided by the whole optimizer step's denominator, so gradients just add up."""
     model, task = self.model, self.task
     features = {k: batch[k] for k in experiment.MODEL_INPUTS}
     if self.teacher is not None:
@@ -179,8 +179,7 @@ class Trainer:
           self.config, task, batch["label"], logits, teacher_logits)
     else:
       losses_of = lambda logits: task.training_losses(batch["label"], logits)
-    loss_of = lambda logits: tf.nn.compute_average_loss(
-        losses_of(logits), global_batch_size=self.global_batch_size)
+    loss_of = lambda logits: tf.reduce_sum(losses_of(logits)) / denominator
     if self.adversarial is not None:  # loss(x) + loss(x + r): their gradients add up
       loss, grads, embedding_gradient = self.adversarial.clean(features, loss_of)
       _, adversarial_grads = self.adversarial.gradients(features, loss_of, embedding_gradient)
@@ -200,18 +199,30 @@ class Trainer:
              for g in tape.gradient(loss, model.trainable_variables)]
     return loss, grads
 
+  def _loss_denominator(self, micro_batches):
+    """What the optimizer step's summed per-example losses are divided by: its global batch
+    size, or, when the task counts loss terms (token-averaged tagging), the count summed
+    over this step's micro-batches and every replica."""
+    counts = [self.task.loss_counts(batch["label"]) for batch in micro_batches]
+    if counts[0] is None:
+      return tf.constant(float(self.global_batch_size))
+    total = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.add_n([tf.reduce_sum(c) for c in counts]))
+    return tf.maximum(total, 1.0)
+
   def replica_step(self, *micro_batches):
     """One optimizer step on one replica's micro-batches (train.grad_accum_steps of them):
     forward and backward on each in turn, gradients summed, then one all-reduce, clip and
     apply. Returns the replica's share of the loss and the global gradient norm."""
     max_norm = self.config.train.max_grad_norm
-    loss, grads = self._gradients(micro_batches[0])
+    denominator = self._loss_denominator(micro_batches)
+    loss, grads = self._gradients(micro_batches[0], denominator)
     for batch in micro_batches[1:]:
       # One micro-batch after the other: its forward pass waits for the previous gradients,
       # so only one micro-batch's activations are alive at a time.
       with tf.control_dependencies([g for g in grads if g is not None]):
         batch = tf.nest.map_structure(tf.identity, batch)
-      more_loss, more_grads = self._gradients(batch)
+      more_loss, more_grads = self._gradients(batch, denominator)
       loss += more_loss
       grads = [g if m is None else m if g is None else g + m for g, m in zip(grads, more_grads)]
     pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
