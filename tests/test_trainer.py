@@ -63,6 +63,18 @@ def test_mirrored_two_replicas_equals_one_device(sentiment_dir, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_mirrored_runs_of_differently_shaped_models_share_a_process(sentiment_dir, tmp_path):
+  """A notebook may train one model, then another, under mirrored: the second run's
+  reductions must not collide with the first's (collective ops keep process-global keys)."""
+  for name, hidden in (("first", 32), ("second", 16)):
+    config = tiny_config(sentiment_dir, train__steps=2, train__eval_every=100,
+                         distribution__strategy="mirrored", model__hidden_dim=hidden,
+                         model__intermediate_dim=2 * hidden)
+    trainer = trainer_lib.Trainer(config, tmp_path / name)
+    trainer.train()
+    assert trainer.step == 2
+
+
 def test_workdir_is_never_overwritten(sentiment_dir, tmp_path):
   run = tmp_path / "run"
   trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=2), run).train()

@@ -32,9 +32,16 @@ def get_strategy(distribution_config):
     gpus = tf.config.list_logical_devices("GPU")
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
   if name == "mirrored":
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
-        d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices)
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if gpus:
+      return tf.distribute.MirroredStrategy(gpus)
+    # On CPU devices MirroredStrategy would pick collective ops, whose instance keys are
+    # process-global: a second strategy in the same process (a notebook training another
+    # model) fails with "Shape mismatch in the collective instance". Summing on one device
+    # has no such state and costs nothing on one host's memory.
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in tf.config.list_logical_devices("CPU")],
+        cross_device_ops=tf.distribute.ReductionToOneDevice())
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise ConfigError("config.distribution.strategy='multi_worker' needs TF_CONFIG in the environment")
