@@ -38,7 +38,7 @@ def get_strategy(distribution_config):
     # On CPU devices MirroredStrategy would pick collective ops, whose instance keys are
     # process-global: a second strategy in the same process (a notebook training another
     # model) fails with "Shape mismatch in the collective instance". Summing on one device
-    # has no such state and costs nothing on one host's memory.
+    # keeps no such state and scales the same here (tools/bench_scaling.py).
     return tf.distribute.MirroredStrategy(
         [d.name for d in tf.config.list_logical_devices("CPU")],
         cross_device_ops=tf.distribute.ReductionToOneDevice())
