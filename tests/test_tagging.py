@@ -150,6 +150,19 @@ def test_words_cut_by_max_seq_length_count_as_predicted_outside(tmp_path):
   assert report["entity_recall"] == 0.0 and report["per_class"]["location"]["support"] == 1
 
 
+@pytest.mark.parametrize("max_seq_length", [8, 16, 64])
+def test_cut_words_logged_at_startup_are_the_words_without_a_position(max_seq_length):
+  """report_truncation counts cut words from piece counts, without a second encode_words."""
+  config = ner_config(data__max_seq_length=max_seq_length)
+  task, splits = _task_and_splits(config)
+  for split in splits.values():
+    counts = pipeline.word_piece_counts(split, task.encoder)
+    positions = task.label_values(split).positions
+    assert pipeline.words_without_piece(counts, max_seq_length) == sum(
+        int((p < 0).sum()) for p in positions)
+    np.testing.assert_array_equal([len(c) for c in counts], [len(p) for p in positions])
+
+
 def _flat_entities(task, tag_rows):
   """The serving decoder on rows of tag names; (row, type, first word, last word + 1)."""
   names = task.label_vocabulary.labels

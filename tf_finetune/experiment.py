@@ -11,7 +11,6 @@ from absl import logging
 from tf_finetune import checkpoints
 from tf_finetune import text_encoder
 from tf_finetune import tasks
-from tf_finetune.tasks import tagging
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
@@ -99,13 +98,15 @@ def report_truncation(splits, encoder):
   """Logs how many examples exceed max_seq_length and lose their tail (never silent); for
   tagging, how many words that costs their prediction (they count as predicted O)."""
   for name, split in splits.items():
+    piece_counts = None
     if hasattr(split, "tokens"):
-      lost = sum(int((p < 0).sum()) for p in tagging.word_positions(split.tokens, encoder))
+      piece_counts = pipeline.word_piece_counts(split, encoder)
+      lost = pipeline.words_without_piece(piece_counts, encoder.max_seq_length)
       if lost:
         logging.warning("%s: %d of %d words get no prediction (cut by data.max_seq_length=%d, "
                         "or no wordpiece left after cleaning) and count as predicted O", name,
                         lost, sum(len(t) for t in split.tokens), encoder.max_seq_length)
-    lengths = pipeline.token_lengths(split, encoder)
+    lengths = pipeline.token_lengths(split, encoder, piece_counts)
     over = int((lengths > encoder.max_seq_length).sum())
     logging.info("%s: %d examples, wordpieces per example: median %d, 95th pct %d, max %d",
                  name, len(split), np.median(lengths), np.percentile(lengths, 95), lengths.max())

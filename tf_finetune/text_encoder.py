@@ -15,14 +15,11 @@ def clean_text(texts):
 # BERT's basic tokenization (HF BasicTokenizer, keras-hub WordPieceTokenizer): words end at
 # whitespace, control and format characters; each punctuation mark and CJK character is a
 # word of its own. Used to find words (and their offsets) in raw text for tagging.
-_WORD_DELIMITERS = (r"\s|\p{Z}|\p{Cc}|\p{Cf}|[!-/]|[:-@]|[\[-`]|[{-~]|\p{P}|"
-                    r"[\x{4E00}-\x{9FFF}]|[\x{3400}-\x{4DBF}]|[\x{20000}-\x{2A6DF}]|"
-                    r"[\x{2A700}-\x{2B73F}]|[\x{2B740}-\x{2B81F}]|[\x{2B820}-\x{2CEAF}]|"
-                    r"[\x{F900}-\x{FAFF}]|[\x{2F800}-\x{2FA1F}]")
 _KEPT_DELIMITERS = (r"[!-/]|[:-@]|[\[-`]|[{-~]|\p{P}|"
                     r"[\x{4E00}-\x{9FFF}]|[\x{3400}-\x{4DBF}]|[\x{20000}-\x{2A6DF}]|"
                     r"[\x{2A700}-\x{2B73F}]|[\x{2B740}-\x{2B81F}]|[\x{2B820}-\x{2CEAF}]|"
                     r"[\x{F900}-\x{FAFF}]|[\x{2F800}-\x{2FA1F}]")
+_WORD_DELIMITERS = r"\s|\p{Z}|\p{Cc}|\p{Cf}|" + _KEPT_DELIMITERS
 
 
 def split_words(texts):

@@ -148,9 +148,9 @@ def eval_dataset(split, label_values, encoder, *, batch_size, static_shapes=Fals
   there are only as many shapes as boundaries.
   """
   dataset = tokenize(_raw_dataset(split, label_values), encoder)
-  fill = {k: v.numpy() for k, v in _padding_values(dataset).items()}
+  padding_values = _padding_values(dataset)
   dataset = dataset.padded_batch(batch_size, padded_shapes=_padded_shapes(dataset),
-                                 padding_values=_padding_values(dataset))
+                                 padding_values=padding_values)
   if static_shapes:
     widths = tf.constant([b - 1 for b in bucket_boundaries(encoder.max_seq_length)])
 
@@ -162,20 +162,36 @@ def eval_dataset(split, label_values, encoder, *, batch_size, static_shapes=Fals
       for key, value in batch.items():
         pad = [[0, batch_size - rows]] + [[0, width - length]] * (value.shape.rank - 1)
         padded[key] = tf.pad(value, pad, constant_values=(
-            encoder.pad_id if key == "token_ids" else fill.get(key, 0)))
+            encoder.pad_id if key == "token_ids" else padding_values.get(key, 0)))
       return _with_batch_dimension(padded, batch_size)
     dataset = dataset.map(pad_to_static)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def token_lengths(split, encoder):
-  """Number of wordpieces of each example before truncation (text + pair + specials)."""
+def word_piece_counts(split, encoder):
+  """Tagging: per sentence, each word's number of wordpieces (0: none left after cleaning)."""
+  words = [w for sentence in split.tokens for w in sentence]
+  if not words:
+    return [np.zeros(0, np.int64) for _ in split.tokens]
+  pieces = np.concatenate([encoder.tokenize(tf.constant(words[i:i + 4096])).row_lengths()
+                           for i in range(0, len(words), 4096)])
+  return np.split(pieces, np.cumsum([len(s) for s in split.tokens])[:-1])
+
+
+def words_without_piece(piece_counts, max_seq_length):
+  """How many words keep no wordpiece in `[CLS] pieces [SEP]` of max_seq_length: those
+  TextEncoder.encode_words gives position -1."""
+  budget = max_seq_length - 2
+  return sum(int(((c == 0) | (np.cumsum(c) - c >= budget)).sum()) for c in piece_counts)
+
+
+def token_lengths(split, encoder, piece_counts=None):
+  """Number of wordpieces of each example before truncation (text + pair + specials);
+  for tagging, from word_piece_counts (pass them if already counted)."""
   if _is_tagging(split):
-    words = [w for sentence in split.tokens for w in sentence]
-    pieces = np.concatenate([encoder.tokenize(tf.constant(words[i:i + 4096])).row_lengths()
-                             for i in range(0, len(words), 4096)])
-    starts = np.cumsum([0] + [len(s) for s in split.tokens[:-1]])
-    return np.add.reduceat(pieces, starts) + 2
+    if piece_counts is None:
+      piece_counts = word_piece_counts(split, encoder)
+    return np.array([c.sum() for c in piece_counts], np.int64) + 2
   lengths = []
   pairs = split.text_pairs
   for start in range(0, len(split), 1024):

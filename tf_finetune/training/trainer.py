@@ -126,11 +126,8 @@ class Trainer:
     wd = self.workdir
     resolved = json.loads(self.config.to_json())
     if wd.config.is_file():
-      saved = json.loads(wd.config.read_text())
+      saved = json.loads(wd.load_config().to_json())  # keys added since: their defaults
       a, b = config_lib.flatten(saved), config_lib.flatten(resolved)
-      # A key added to tf_finetune after the run started had its default then.
-      defaults = config_lib.flatten(json.loads(config_lib.base_config().to_json()))
-      a.update({k: defaults[k] for k in defaults.keys() - a.keys()})
       changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                        and k not in RESUMABLE_CHANGES)
       if changed:
