@@ -31,6 +31,7 @@ setuptools.setup(
     description=__doc__,
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["tf_finetune", "tf_finetune.*"]),
+    package_data={"tf_finetune": ["data/examples/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # nbclient + ipykernel execute notebooks/colab_tpu.ipynb in tests/test_notebook.py.

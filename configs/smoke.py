@@ -11,11 +11,7 @@ from tf_finetune import config as config_lib
 
 def get_config():
   c = config_lib.base_config()
-  c.model.random_init = True
-  c.model.num_layers = 2
-  c.model.hidden_dim = 32
-  c.model.num_heads = 2
-  c.model.intermediate_dim = 64
+  config_lib.common().tiny_model(c)
   shared = config_lib.shared_data_dir()
   if shared is not None and (shared / "tiny" / "sst2_train.tsv").is_file():
     c.data.source = "tsv"

@@ -3,8 +3,9 @@
   python -m tf_finetune.train --config=configs/smoke_ner.py --workdir=/tmp/smoke_ner
 
 Data: ../shared/data/tiny/wnut17_{train,dev}.conll (120 + 60 tweets) where that folder
-exists (CI, development machines); elsewhere tests/data/ner_{train,dev}.conll, a few
-sentences written for this project, so the command works on any machine.
+exists (CI, development machines); elsewhere the package's own examples,
+tf_finetune/data/examples/ner_{train,dev}.conll (a few sentences written for this project,
+installed with it), so the command works on any machine.
 """
 from tf_finetune import config as config_lib
 
@@ -12,11 +13,7 @@ from tf_finetune import config as config_lib
 def get_config():
   c = config_lib.base_config()
   c.task.name = "tagging"
-  c.model.random_init = True
-  c.model.num_layers = 2
-  c.model.hidden_dim = 32
-  c.model.num_heads = 2
-  c.model.intermediate_dim = 64
+  config_lib.common().tiny_model(c)
   c.data.source = "conll"
   shared = config_lib.shared_data_dir()
   if shared is not None and (shared / "tiny" / "wnut17_train.conll").is_file():
@@ -24,7 +21,7 @@ def get_config():
     c.data.train_file = "wnut17_train.conll"
     c.data.dev_file = "wnut17_dev.conll"
   else:
-    c.data.dir = str(config_lib.REPO_DIR / "tests" / "data")
+    c.data.dir = str(config_lib.EXAMPLES_DIR)
     c.data.train_file = "ner_train.conll"
     c.data.dev_file = "ner_dev.conll"
   c.data.max_seq_length = 64

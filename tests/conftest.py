@@ -51,19 +51,15 @@ def write_sentiment_tsv(directory, n_train=48, n_dev=16, seed=0, max_repeats=1):
 
 def tiny_model_config():
   """configs/smoke.py's model (2 layers, hidden 32), with dropout off for exact comparisons."""
-  c = config_lib.base_config()
-  c.model.random_init = True
-  c.model.num_layers, c.model.hidden_dim, c.model.num_heads, c.model.intermediate_dim = 2, 32, 2, 64
+  c = config_lib.common().tiny_model(config_lib.base_config())
   c.model.dropout = 0.0
   return c
 
 
 def override(c, keys):
-  """{"train__steps": 3} -> c.train.steps = 3, then validates."""
-  for key, value in keys.items():
-    section, name = key.split("__")
-    c[section][name] = value
-  return config_lib.validate(c)
+  """Keyword arguments {"train__steps": 3} (Python names cannot hold a dot) through
+  config_lib.override({"train.steps": 3}), the one override idiom; validates."""
+  return config_lib.override(c, {k.replace("__", "."): v for k, v in keys.items()})
 
 
 def tiny_config(data_dir, **train):
@@ -103,13 +99,7 @@ def dev_logits(workdir, checkpoint="best"):
   """(dev Split, its label values, logits of `checkpoint`, label names) of a run, computed
   the way the evaluator does."""
   from tf_finetune import experiment
-  from tf_finetune.data import pipeline
-  wd = experiment.Workdir(workdir)
-  config, labels = wd.load_config(), wd.load_labels()
-  splits, _ = experiment.load_data(config, labels)
-  task, model = experiment.build_model(config, labels, pretrained=False)
-  experiment.restore_model(wd, model, checkpoint)
-  values = task.label_values(splits["dev"])
-  logits = experiment.predict_logits(model, pipeline.eval_dataset(
-      splits["dev"], values, experiment.build_encoder(config), batch_size=64))
-  return splits["dev"], values, logits, labels.labels
+  run = experiment.load_run(workdir, checkpoint)
+  splits, _ = experiment.load_data(run.config, run.labels)
+  values, logits = experiment.evaluate_split(run.task, run.model, splits["dev"], batch_size=64)
+  return splits["dev"], values, logits, run.labels.labels

@@ -142,10 +142,7 @@ def test_hf_export_loads_in_transformers_with_same_logits(run_dir):
   batch = tokenizer(texts, padding=True, return_tensors="pt")
   with torch.no_grad():
     theirs = hf_model(**batch).logits.numpy()
-  wd = experiment.Workdir(run_dir)
-  config, labels = wd.load_config(), wd.load_labels()
-  _, model = experiment.build_model(config, labels, pretrained=False)
-  experiment.restore_model(wd, model, "best")
+  model = experiment.load_run(run_dir, "best").model
   ours = model({"token_ids": batch["input_ids"].numpy().astype(np.int32),
                 "segment_ids": batch["token_type_ids"].numpy().astype(np.int32),
                 "padding_mask": batch["attention_mask"].numpy().astype(np.int32)}, training=False)

@@ -11,7 +11,7 @@ from tf_finetune import experiment
 from tf_finetune.errors import ConfigError
 from tf_finetune.evaluation import evaluator
 from tf_finetune.export import serving
-from tf_finetune.training import peft
+from tf_finetune import peft
 from tf_finetune.training import trainer as trainer_lib
 
 
@@ -70,9 +70,7 @@ def test_lora_exports_merged_with_the_same_logits(lora_run):
   stored = tf.train.list_variables(str(export / "variables" / "variables"))
   assert any("_query_dense/_kernel" in name for name, _ in stored)
   assert not [name for name, _ in stored if "lora" in name]
-  wd = experiment.Workdir(workdir)
-  _, model = experiment.build_model(wd.load_config(), wd.load_labels(), pretrained=False)
-  experiment.restore_model(wd, model)
+  model = experiment.load_run(workdir).model
   # Same number of weights as the plain architecture: no LoRA factor went along.
   assert sum(int(np.prod(shape)) for name, shape in stored if shape) == \
       peft.parameter_counts(model)[1] - \
@@ -93,10 +91,8 @@ def test_trained_weights_alone_save_small_and_load_back(lora_run):
   workdir, _, _ = lora_run
   export = serving.export_peft(workdir)
   path = export / "trainable_weights.npz"
-  wd = experiment.Workdir(workdir)
-  config, labels = wd.load_config(), wd.load_labels()
-  _, trained = experiment.build_model(config, labels, pretrained=False)
-  experiment.restore_model(wd, trained)
+  run = experiment.load_run(workdir)
+  config, labels, trained = run.config, run.labels, run.model
   assert path.stat().st_size < 0.05 * sum(v.numpy().nbytes for v in trained.weights)
   keras.utils.set_random_seed(config.train.seed)  # the run's base weights (random init here)
   _, fresh = experiment.build_model(config, labels)
@@ -133,9 +129,7 @@ def test_adapters_start_as_identity_train_alone_and_survive_checkpoint_and_expor
              if v.path in frozen)
   assert any("adapter/up" in v.path and np.abs(v.numpy()).max() > 0
              for v in trainer.model.weights)
-  wd = experiment.Workdir(workdir)
-  _, restored = experiment.build_model(wd.load_config(), wd.load_labels(), pretrained=False)
-  experiment.restore_model(wd, restored, "latest")
+  restored = experiment.load_run(workdir, "latest").model
   np.testing.assert_allclose(restored(features, training=False), trained, atol=1e-6)
   export = serving.export_saved_model(workdir, checkpoint="latest")
   served = tf.saved_model.load(str(export)).signatures["token_ids"](**features)["logits"]

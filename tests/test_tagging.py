@@ -16,11 +16,12 @@ from tf_finetune import text_encoder
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import ConfigError, DataError
+from tf_finetune.tasks import tagging
 from tf_finetune.evaluation import evaluator
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib
 
-NER_DATA = REPO / "tests" / "data"
+NER_DATA = config_lib.EXAMPLES_DIR
 
 
 def ner_config(data_dir=NER_DATA, **train):
@@ -40,7 +41,7 @@ def ner_config(data_dir=NER_DATA, **train):
 def _task_and_splits(config):
   splits, labels = experiment.load_data(config)
   from tf_finetune import tasks
-  return tasks.get_task(config, labels), splits
+  return tasks.get_task(config, labels, experiment.build_encoder(config)), splits
 
 
 def test_vocabulary_has_b_and_i_of_every_train_type():
@@ -54,9 +55,9 @@ def test_only_first_wordpieces_carry_tags(tmp_path):
       "Redondo\tB-location\nBeachfront\tI-location\nrocks\tO\n\nhi\tO\nAnnan\tB-person\n")
   config = ner_config(tmp_path, data__train_file="train.conll", data__dev_file="train.conll")
   task, splits = _task_and_splits(config)
-  encoder = experiment.build_encoder(config)
+  encoder = task.encoder
   values = task.label_values(splits["train"])
-  batch = next(iter(pipeline.eval_dataset(splits["train"], values, encoder, batch_size=2)))
+  batch = next(iter(pipeline.eval_dataset(splits["train"], values, task, batch_size=2)))
   pieces = [[encoder.tokenizer.id_to_token(int(i)) for i in row] for row in batch["token_ids"]]
   names = task.label_vocabulary.labels
   for row, tags in zip(range(2), splits["train"].tags):
@@ -67,7 +68,7 @@ def test_only_first_wordpieces_carry_tags(tmp_path):
     assert all(not piece.startswith("##") and piece not in ("[CLS]", "[SEP]", "[PAD]")
                for piece, _ in labelled)
   assert (batch["label"].numpy() >= 0).sum() == 5
-  assert batch["label"][1, -1] == pipeline.IGNORED_LABEL  # padding of the shorter sentence
+  assert batch["label"][1, -1] == tagging.IGNORED_LABEL  # padding of the shorter sentence
 
 
 def test_loss_ignores_unlabelled_pieces():
@@ -88,7 +89,7 @@ def test_training_loss_averages_over_words_or_sentences(tmp_path, average):
   config = ner_config(task__loss_average=average)
   trainer = trainer_lib.Trainer(config, tmp_path / "run")
   values = trainer.task.label_values(trainer.splits["train"])
-  batch = next(iter(pipeline.eval_dataset(trainer.splits["train"], values, trainer.encoder,
+  batch = next(iter(pipeline.eval_dataset(trainer.splits["train"], values, trainer.task,
                                           batch_size=8)))
   logits = trainer.model({k: batch[k] for k in experiment.MODEL_INPUTS}, training=False)
   labels = batch["label"].numpy()
@@ -152,13 +153,13 @@ def test_words_cut_by_max_seq_length_count_as_predicted_outside(tmp_path):
 
 @pytest.mark.parametrize("max_seq_length", [8, 16, 64])
 def test_cut_words_logged_at_startup_are_the_words_without_a_position(max_seq_length):
-  """report_truncation counts cut words from piece counts, without a second encode_words."""
+  """log_lengths counts cut words from piece counts, without a second encode_words."""
   config = ner_config(data__max_seq_length=max_seq_length)
   task, splits = _task_and_splits(config)
   for split in splits.values():
-    counts = pipeline.word_piece_counts(split, task.encoder)
+    counts = task.encoder.word_piece_counts(split.tokens)
     positions = task.label_values(split).positions
-    assert pipeline.words_without_piece(counts, max_seq_length) == sum(
+    assert tagging.words_without_piece(counts, max_seq_length) == sum(
         int((p < 0).sum()) for p in positions)
     np.testing.assert_array_equal([len(c) for c in counts], [len(p) for p in positions])
 
@@ -205,18 +206,17 @@ def test_every_word_an_entity_gives_back_its_surface():
   """A stand-in model that tags every first wordpiece B-person: each word is an entity."""
   config = ner_config()
   task, _ = _task_and_splits(config)
-  encoder = experiment.build_encoder(config)
   b_person = task.label_vocabulary.labels.index("B-person")
   model = lambda features, training: tf.one_hot(
       tf.fill(tf.shape(features["token_ids"]), b_person), len(task.label_vocabulary)) * 5.0
-  out = task.serve_text(model, encoder, tf.constant(TRICKY_TEXTS))
+  out = task.serve_text(model, tf.constant(TRICKY_TEXTS))
   words, _, _ = text_encoder.split_words(tf.constant(TRICKY_TEXTS))
   for i, text in enumerate(TRICKY_TEXTS):
     n = int(out["entity_count"][i])
     spans = [text[s:e] for s, e in zip(out["entity_start"][i, :n].numpy(),
                                        out["entity_end"][i, :n].numpy())]
     assert spans == [t.decode() for t in out["entity_text"][i, :n].numpy()]
-    kept = [w.decode() for w in words[i].numpy() if encoder.tokenize([w]).row_lengths()[0]]
+    kept = [w.decode() for w in words[i].numpy() if task.encoder.tokenize([w]).row_lengths()[0]]
     assert spans == kept, text
     assert all(t == b"person" for t in out["entity_type"][i, :n].numpy())
 
@@ -287,9 +287,7 @@ def test_hf_export_is_a_token_classifier_with_the_same_logits(ner_run):
                     is_split_into_words=True, padding=True, return_tensors="pt")
   with torch.no_grad():
     theirs = hf_model(**batch).logits.numpy()
-  wd = experiment.Workdir(ner_run)
-  _, model = experiment.build_model(wd.load_config(), wd.load_labels(), pretrained=False)
-  experiment.restore_model(wd, model, "best")
+  model = experiment.load_run(ner_run, "best").model
   ours = model({"token_ids": batch["input_ids"].numpy().astype(np.int32),
                 "segment_ids": batch["token_type_ids"].numpy().astype(np.int32),
                 "padding_mask": batch["attention_mask"].numpy().astype(np.int32)}, training=False)
@@ -327,24 +325,23 @@ def test_alignment_matches_transformers_word_ids_on_wnut17():
 def test_static_shapes_pad_piece_labels_with_ignored_label():
   config = ner_config(data__static_shapes=True)
   task, splits = _task_and_splits(config)
-  encoder = experiment.build_encoder(config)
   values = task.label_values(splits["dev"])
   widths = {b - 1 for b in pipeline.bucket_boundaries(config.data.max_seq_length)}
-  batches = list(pipeline.eval_dataset(splits["dev"], values, encoder, batch_size=5,
+  batches = list(pipeline.eval_dataset(splits["dev"], values, task, batch_size=5,
                                        static_shapes=True))
   for batch in batches:
     assert batch["label"].shape[0] == 5 and batch["label"].shape[1] in widths
     padding = batch["padding_mask"].numpy() == 0
-    assert (batch["label"].numpy()[padding] == pipeline.IGNORED_LABEL).all()
+    assert (batch["label"].numpy()[padding] == tagging.IGNORED_LABEL).all()
   labelled = sum(int((b["label"].numpy() >= 0).sum()) for b in batches)
   assert labelled == sum(int((p >= 0).sum()) for p in values.positions)
-  train = pipeline.train_dataset(splits["train"], task.label_values(splits["train"]), encoder,
+  train = pipeline.train_dataset(splits["train"], task.label_values(splits["train"]), task,
                                  batch_size=4, seed=0, shuffle_buffer=0, bucketing=True,
                                  static_shapes=True)
   for batch in train.take(5):
     assert batch["label"].shape[1] in widths
     padding = batch["padding_mask"].numpy() == 0
-    assert (batch["label"].numpy()[padding] == pipeline.IGNORED_LABEL).all()
+    assert (batch["label"].numpy()[padding] == tagging.IGNORED_LABEL).all()
 
 
 def test_smoke_ner_config_runs_on_a_machine_without_shared_data(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from tf_finetune import train
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import sources
 from tf_finetune.errors import DataError
-from tf_finetune.evaluation import reports
+from tf_finetune.tasks import metrics
 from tf_finetune.export import serving
 from tf_finetune.tasks import classification
 from tf_finetune.tasks import multilabel
@@ -66,7 +66,7 @@ def test_multilabel_values_and_unseen_label(tmp_path):
 def test_threshold_tuning_picks_the_best_f1_per_label():
   gold = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
   probabilities = np.array([[0.3, 0.9], [0.25, 0.8], [0.1, 0.85], [0.05, 0.2]])
-  thresholds = reports.tune_thresholds(gold, probabilities)
+  thresholds = metrics.tune_thresholds(gold, probabilities)
   # Label 0: any threshold in (0.1, 0.25] separates perfectly; of 0.15, 0.2, 0.25 the one
   # nearest 0.5 wins. Label 1: only example 3 is positive (0.85); t = 0.85 keeps one false
   # positive (F1 2/3), any t <= 0.8 keeps two (F1 1/2), any t > 0.85 none right (F1 0).
@@ -84,7 +84,7 @@ def test_regression_labels_must_be_numbers(tmp_path):
   with pytest.raises(DataError, match=r"train.tsv:3: label 'high' is not a number"):
     task.label_values(splits["train"])
   np.testing.assert_allclose(task.label_values(splits["dev"]), [0.0])
-  report = reports.regression_report([1, 2, 3, 4], [1, 2, 4, 3])
+  report = metrics.regression_report([1, 2, 3, 4], [1, 2, 4, 3])
   assert report["pearson"] == pytest.approx(np.corrcoef([1, 2, 3, 4], [1, 2, 4, 3])[0, 1])
   assert report["spearman"] == pytest.approx(0.8) and report["mse"] == pytest.approx(0.5)
 
@@ -162,7 +162,7 @@ def test_regression_learns_train_evaluate_export(tmp_path):
 
   dev_split, gold, logits, _ = dev_logits(workdir)
   texts = dev_split.texts
-  assert reports.regression_report(gold, logits[:, 0])["pearson"] == pytest.approx(dev["pearson"])
+  assert metrics.regression_report(gold, logits[:, 0])["pearson"] == pytest.approx(dev["pearson"])
   outputs = _serve(serving.export_saved_model(workdir), texts)
   np.testing.assert_allclose(outputs["score"].numpy(), logits[:, 0], atol=1e-5)
   lines = (workdir / "eval" / "predictions.tsv").read_text().splitlines()

@@ -97,16 +97,15 @@ def test_augmented_stream_resumes_at_the_same_batch(sentiment_dir):
   config = tiny_config(sentiment_dir, data__augment="eda", data__augment_probability=0.3)
   splits, labels = experiment.load_data(config)
   task, _ = experiment.build_model(config, labels)
-  encoder = experiment.build_encoder(config)
   augmenter = augment.Augmenter(splits["train"].texts, 0.3, seed=0)
   stream = lambda skip: pipeline.train_dataset(
-      splits["train"], task.label_values(splits["train"]), encoder, batch_size=8, seed=0,
+      splits["train"], task.label_values(splits["train"]), task, batch_size=8, seed=0,
       shuffle_buffer=100, bucketing=True, skip_batches=skip, augmenter=augmenter)
   whole = [b["token_ids"].numpy() for b in stream(0).take(9)]
   resumed = [b["token_ids"].numpy() for b in stream(6).take(3)]
   for a, b in zip(whole[6:], resumed):
     np.testing.assert_array_equal(a, b)
-  plain = pipeline.train_dataset(splits["train"], task.label_values(splits["train"]), encoder,
+  plain = pipeline.train_dataset(splits["train"], task.label_values(splits["train"]), task,
                                  batch_size=8, seed=0, shuffle_buffer=100, bucketing=True)
   assert any(not np.array_equal(a, b.numpy()) if a.shape == b.shape else True
              for a, b in zip(whole, (x["token_ids"] for x in plain.take(9))))
@@ -119,8 +118,7 @@ def _adversarial_setup(sentiment_dir, **keys):
   splits, labels = experiment.load_data(config)
   task, model = experiment.build_model(config, labels)
   values = task.label_values(splits["train"])
-  batch = next(iter(pipeline.eval_dataset(splits["train"], values,
-                                          experiment.build_encoder(config), batch_size=8)))
+  batch = next(iter(pipeline.eval_dataset(splits["train"], values, task, batch_size=8)))
   features = {k: batch[k] for k in experiment.MODEL_INPUTS}
   loss_of = lambda logits: tf.reduce_mean(task.training_losses(batch["label"], logits))
   return adversarial.AdversarialLoss(config, model), features, loss_of
@@ -225,7 +223,7 @@ def test_student_starts_from_chosen_teacher_layers_and_distills(sentiment_dir, t
 
 
 def test_dropout_override_reaches_the_encoder_and_the_head(sentiment_dir):
-  from tf_finetune.training import peft
+  from tf_finetune import peft
   config = tiny_config(sentiment_dir, model__dropout=0.3)
   _, labels = experiment.load_data(config)
   _, model = experiment.build_model(config, labels)

@@ -56,7 +56,7 @@ def test_mirrored_two_replicas_equals_one_device(sentiment_dir, tmp_path):
     iterator = iter(t.strategy.distribute_datasets_from_function(t._dataset_fn))
     step = t._build_train_step()
     for _ in range(4):
-      loss, _ = step(iterator)
+      loss, _, _ = step(iterator)
       losses.append(float(loss))
   np.testing.assert_allclose(one_losses, two_losses, atol=1e-5)
   for a, b in zip(_weights(one), _weights(two)):
@@ -102,7 +102,8 @@ def test_run_directory_and_tensorboard_events(sentiment_dir, tmp_path):
                                              size_guidance={"tensors": 0})
     acc.Reload()
     return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-            for tag in acc.Tags()["tensors"] if not tag.startswith("_hparams_")}
+            for tag in acc.Tags()["tensors"]
+            if not tag.startswith("_hparams_") and tag != "confusion_matrix"}
   train = scalars("train")
   for tag in ("loss", "learning_rate", "grad_norm", "examples_per_sec"):
     assert [s for s, _ in train[tag]] == [1, 2, 3, 4, 5, 6], tag
@@ -110,9 +111,40 @@ def test_run_directory_and_tensorboard_events(sentiment_dir, tmp_path):
   assert train["learning_rate"][-1][1] == 0.0  # linear decay ends at zero
   dev = scalars("eval")
   assert [s for s, _ in dev["accuracy"]] == [3, 6]
-  acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / "train"))
-  acc.Reload()
-  assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
+  assert dev["best_accuracy"] == [(best["step"], best["value"])]
+
+
+def test_tensorboard_has_confusion_matrices_config_and_a_closed_hparams_session(
+    sentiment_dir, tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.plugins.hparams import plugin_data_pb2
+  run = tmp_path / "run"
+  config = tiny_config(sentiment_dir, train__steps=6)
+  trainer_lib.Trainer(config, run).train()
+
+  def events(sub):
+    acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / sub),
+                                             size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc
+  images = events("eval").Tensors("confusion_matrix")
+  assert [e.step for e in images] == [3, 6]  # one image per evaluation
+  for e in images:
+    width, height, png = tf.make_ndarray(e.tensor_proto)
+    assert int(width) > 100 and int(height) > 100 and png.startswith(b"\x89PNG")
+  root = events("")
+  text = tf.make_ndarray(root.Tensors("config")[0].tensor_proto).item().decode()
+  assert json.loads(text.strip("`\n")) == json.loads(config.to_json())
+
+  def plugin_data(tag):
+    content = root.SummaryMetadata(tag).plugin_data.content
+    return plugin_data_pb2.HParamsPluginData.FromString(content)
+  start = plugin_data("_hparams_/session_start_info").session_start_info
+  assert start.hparams["train.steps"].number_value == 6
+  experiment = plugin_data("_hparams_/experiment").experiment
+  assert {m.name.tag for m in experiment.metric_infos} >= {"accuracy", "best_accuracy"}
+  end = plugin_data("_hparams_/session_end_info").session_end_info
+  assert end.status == 1  # STATUS_SUCCESS: the session is closed
 
 
 def test_mixed_bfloat16_step_trains(sentiment_dir, tmp_path):
@@ -175,10 +207,10 @@ def test_evaluation_on_replicas_matches_the_plain_path(sentiment_dir, tmp_path):
   batch = next(iter(t.strategy.distribute_datasets_from_function(t._dataset_fn)))
   assert [v.shape[0] for v in t.strategy.experimental_local_results(batch["token_ids"])] == [4, 4]
   dev, labels = t.splits["dev"], t.dev_label_values
-  distributed = experiment.predict_logits(t.model, pipeline.eval_dataset(
-      dev, labels, t.encoder, batch_size=6, static_shapes=True), t.strategy)
-  plain = experiment.predict_logits(t.model, pipeline.eval_dataset(
-      dev, labels, t.encoder, batch_size=6))
+  _, distributed = experiment.evaluate_split(t.task, t.model, dev, label_values=labels,
+                                             batch_size=6, static_shapes=True,
+                                             strategy=t.strategy)
+  _, plain = experiment.evaluate_split(t.task, t.model, dev, label_values=labels, batch_size=6)
   assert distributed.shape == plain.shape == (len(dev), 2)  # 16 = 6 + 6 + 4 (+2 padding)
   np.testing.assert_allclose(distributed, plain, atol=1e-5)
   report = t.evaluate_dev()

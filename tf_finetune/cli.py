@@ -1,10 +1,13 @@
-"""What the absl entry points share: flag parsing and one-line errors."""
+"""What the absl entry points share: flag parsing, one-line errors and a quiet console."""
+import logging
+import os
 import sys
 
 from absl import app
 from absl import flags
 
-from tf_finetune.errors import UserError
+import tf_finetune
+from tf_finetune.errors import Interrupted, UserError
 
 
 def _parse_flags(argv):
@@ -19,8 +22,37 @@ def _parse_flags(argv):
     sys.exit(f"error: {e}")
 
 
+def import_tensorflow_quietly():
+  """Imports TensorFlow and finds its devices with file descriptor 2 sent to /dev/null.
+
+  TensorFlow 2.21 prints its start-up lines (oneDNN, "Could not find cuda drivers", once per
+  shared library, so twice) before its C++ logging is initialized, where
+  TF_CPP_MIN_LOG_LEVEL does not reach them, and an "E0000 ... failed call to cuInit" on a
+  machine without a GPU. A user reads "E" as an error. Nothing else runs meanwhile, and a
+  failed import still raises (its traceback is printed after stderr is back). With
+  TF_CPP_MIN_LOG_LEVEL set by the user, nothing is hidden; with it at 0, TensorFlow's
+  Python INFO lines (a "Sharding callback duration" at every checkpoint) show too.
+  """
+  level = tf_finetune.USER_TF_LOG_LEVEL
+  logging.getLogger("tensorflow").setLevel(logging.INFO if level == "0" else logging.WARNING)
+  if level is not None or "tensorflow" in sys.modules:
+    return
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow as tf
+    tf.config.list_physical_devices()
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def run(main):
-  """app.run(main) where a UserError from main exits with `error: <message>` (status 1)."""
+  """app.run(main) where a UserError from main exits with `error: <message>` (status 1), a
+  signal that stopped training after a save with its one line (status 128 + signal), and
+  Ctrl-C elsewhere with `interrupted`, never a traceback."""
   def guarded(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -28,4 +60,10 @@ def run(main):
       main(argv)
     except UserError as e:
       sys.exit(f"error: {e}")
+    except Interrupted as e:
+      print(e, file=sys.stderr)
+      sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+      print("interrupted", file=sys.stderr)
+      sys.exit(130)
   app.run(guarded, flags_parser=_parse_flags)

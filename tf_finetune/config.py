@@ -27,6 +27,8 @@ CLASS_WEIGHTS = ("none", "balanced")
 PEFT_METHODS = ("none", "freeze", "bitfit", "adapter", "lora")
 
 REPO_DIR = pathlib.Path(__file__).resolve().parent.parent
+# Small labelled files written for this project and installed with it (smoke fallbacks).
+EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent / "data" / "examples"
 
 
 def shared_data_dir():
@@ -109,6 +111,9 @@ def base_config():
   c.train.layer_decay = 1.0
   # > 0: stop when dev best_metric has not improved for this many evaluations in a row.
   c.train.early_stopping_patience = 0
+  # A step whose loss or gradient norm is not finite is never applied; the run stops at the
+  # first one, or, with N > 0, skips up to N of them (counted in the log and TensorBoard).
+  c.train.skip_nonfinite_steps = 0
   c.train.adam_epsilon = 1e-6
   c.train.precision = "auto"  # auto: mixed_bfloat16 on TPU, float32 elsewhere
   c.train.seed = 0
@@ -148,9 +153,8 @@ def base_config():
   return c
 
 
-def load(path, overrides=None):
-  """A config file's get_config() with overrides such as {"train.steps": 10}, validated:
-  what `--config=FILE --config.train.steps=10` gives, for notebooks and scripts."""
+def load_module(path):
+  """A config file (or configs/common.py) as a module, loaded by its path."""
   import importlib.util
   path = pathlib.Path(path)
   if not path.is_file():
@@ -158,7 +162,17 @@ def load(path, overrides=None):
   spec = importlib.util.spec_from_file_location(f"tf_finetune_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  return module
+
+
+def common():
+  """configs/common.py: the config pieces several configs, tests and tools share."""
+  return load_module(REPO_DIR / "configs" / "common.py")
+
+
+def override(config, overrides):
+  """Sets {"train.steps": 10, ...} on a ConfigDict and validates it: the one way to change a
+  config in code, as `--config.train.steps=10` does on the command line."""
   for key, value in (overrides or {}).items():
     section, _, name = key.partition(".")
     if section not in config or name not in config[section]:
@@ -168,6 +182,12 @@ def load(path, overrides=None):
     except TypeError as e:
       raise ConfigError(f"config.{key}={value!r}: {e}") from None
   return validate(config)
+
+
+def load(path, overrides=None):
+  """A config file's get_config() with overrides such as {"train.steps": 10}, validated:
+  what `--config=FILE --config.train.steps=10` gives, for notebooks, scripts and tools."""
+  return override(load_module(path).get_config(), overrides)
 
 
 def resolved_best_metric(config):
@@ -210,6 +230,10 @@ def _check_choice(config, key, choices):
 
 def validate(config):
   """Raises ConfigError on the first bad value."""
+  import math
+  for key, value in flatten(config.to_dict()).items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.{key}={value!r}: must be a finite number")
   for key, choices in (("data.source", SOURCES), ("distribution.strategy", STRATEGIES),
                        ("train.precision", PRECISIONS), ("model.pooling", POOLINGS),
                        ("task.name", TASKS), ("task.class_weights", CLASS_WEIGHTS),
@@ -227,6 +251,8 @@ def validate(config):
   _check(t.batch_size % t.grad_accum_steps == 0, "train.batch_size", t.batch_size,
          f"must be divisible by train.grad_accum_steps={t.grad_accum_steps}")
   _check(0 < t.layer_decay <= 1, "train.layer_decay", t.layer_decay, "must be in (0, 1]")
+  _check(t.skip_nonfinite_steps >= 0, "train.skip_nonfinite_steps", t.skip_nonfinite_steps,
+         "must be >= 0 (0: stop at the first non-finite step)")
   _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
          t.early_stopping_patience, "must be >= 0 (0: off)")
   _check(0 <= config.task.label_smoothing < 1, "task.label_smoothing",

@@ -19,3 +19,15 @@ class CheckpointError(UserError):
 
 class WorkdirError(UserError):
   """The run directory is not in a state this command can use."""
+
+
+class TrainingError(UserError):
+  """Training cannot go on (a non-finite loss or gradient); the message says what to change."""
+
+
+class Interrupted(Exception):
+  """The run stopped on a signal after saving its state: one line, then `exit_code`."""
+
+  def __init__(self, message, exit_code):
+    super().__init__(message)
+    self.exit_code = exit_code

@@ -15,6 +15,7 @@ _SPLITS = flags.DEFINE_list("splits", [], "Splits to evaluate (default: train.ev
 
 def main(argv):
   del argv
+  cli.import_tensorflow_quietly()
   from tf_finetune.evaluation import evaluator
   report = evaluator.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _SPLITS.value or None)
   evaluator.print_summary(report)

@@ -1,5 +1,10 @@
-"""What train, evaluate and export share: data, label vocabulary, encoder, task and model
-for a config, and the run directory's files."""
+"""The run and model assembly that train, evaluate and export share: data, label vocabulary,
+encoder, task and model for a config; the run directory's files; one way to load a run's
+model at a checkpoint (load_run) and one way to evaluate a split (evaluate_split).
+
+Imports only the layers below it (config, checkpoints, text_encoder, peft, data, tasks).
+"""
+import dataclasses
 import json
 import pathlib
 import weakref
@@ -15,7 +20,7 @@ from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import WorkdirError
-from tf_finetune.training import peft
+from tf_finetune import peft
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
@@ -40,17 +45,46 @@ class Workdir:
     if not self.config.is_file():
       raise WorkdirError(f"{self.root}: no {CONFIG_FILE}; is this a tf_finetune run directory?")
     from tf_finetune import config as config_lib
-    saved = json.loads(self.config.read_text())
+    saved = read_json(self.config, dict, "the run's resolved config")
     # Keys added to tf_finetune after this run was made take their defaults.
     config = config_lib.base_config().to_dict()
     for section, values in saved.items():
-      config.setdefault(section, {}).update(values)
+      if not isinstance(values, dict) or section not in config:
+        raise WorkdirError(f"{self.config}: {section!r} is not a config section; the file is "
+                           "damaged")
+      config[section].update(values)
     return ml_collections.ConfigDict(config)
 
   def load_labels(self):
     if not self.labels.is_file():
       raise WorkdirError(f"{self.root}: no {LABELS_FILE}")
-    return labels_lib.LabelVocabulary.load(self.labels)
+    labels = read_json(self.labels, list, "the label vocabulary")
+    if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) < len(labels):
+      raise WorkdirError(f"{self.labels}: not a list of distinct label strings; the file is "
+                         "damaged")
+    return labels_lib.LabelVocabulary(labels)
+
+
+def read_json(path, kind, what):
+  """A run file's JSON, which must be a `kind` (dict or list); WorkdirError if it is not."""
+  try:
+    data = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
+  except (UnicodeDecodeError, ValueError) as e:
+    raise WorkdirError(f"{path}: cannot be read as JSON ({e}); it should hold {what}; the "
+                       "file is damaged (truncated or overwritten)") from None
+  if not isinstance(data, kind):
+    raise WorkdirError(f"{path}: holds a JSON {type(data).__name__}, not the {kind.__name__} "
+                       f"of {what}; the file is damaged")
+  return data
+
+
+def read_best(workdir):
+  """checkpoints/best.json: which checkpoint is the best, at which step."""
+  best = read_json(workdir.best_json, dict, "the best checkpoint's name and step")
+  if not isinstance(best.get("checkpoint"), str) or not isinstance(best.get("step"), int):
+    raise WorkdirError(f"{workdir.best_json}: no checkpoint name and step; the file is damaged; "
+                       "use --checkpoint=latest or a checkpoint path")
+  return best
 
 
 def load_data(config, label_vocabulary=None):
@@ -77,9 +111,11 @@ def build_encoder(config):
   return text_encoder.TextEncoder(spec, config.data.max_seq_length)
 
 
-def build_model(config, label_vocabulary, *, pretrained=True):
+def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
   """Task and model. pretrained=False builds the architecture only (a checkpoint of ours
-  is restored into it next), which skips reading the safetensors."""
+  is restored into it next), which skips reading the safetensors. The task gets `encoder`
+  (built from the config when not given)."""
+  encoder = encoder or build_encoder(config)
   checkpoint_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
   m = config.model
   overrides = {k: m[k] for k in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim")
@@ -90,30 +126,8 @@ def build_model(config, label_vocabulary, *, pretrained=True):
   backbone = checkpoints.load_backbone(
       checkpoint_dir, random_init=m.random_init or not pretrained or bool(student_layers),
       dropout=m.dropout, overrides=overrides)
-  task = tasks.get_task(config, label_vocabulary)
+  task = tasks.get_task(config, label_vocabulary, encoder)
   return task, peft.apply(config, task.build_model(backbone))
-
-
-def report_truncation(splits, encoder):
-  """Logs how many examples exceed max_seq_length and lose their tail (never silent); for
-  tagging, how many words that costs their prediction (they count as predicted O)."""
-  for name, split in splits.items():
-    piece_counts = None
-    if hasattr(split, "tokens"):
-      piece_counts = pipeline.word_piece_counts(split, encoder)
-      lost = pipeline.words_without_piece(piece_counts, encoder.max_seq_length)
-      if lost:
-        logging.warning("%s: %d of %d words get no prediction (cut by data.max_seq_length=%d, "
-                        "or no wordpiece left after cleaning) and count as predicted O", name,
-                        lost, sum(len(t) for t in split.tokens), encoder.max_seq_length)
-    lengths = pipeline.token_lengths(split, encoder, piece_counts)
-    over = int((lengths > encoder.max_seq_length).sum())
-    logging.info("%s: %d examples, wordpieces per example: median %d, 95th pct %d, max %d",
-                 name, len(split), np.median(lengths), np.percentile(lengths, 95), lengths.max())
-    if over:
-      logging.warning("%s: %d of %d examples (%.1f%%) are longer than data.max_seq_length=%d "
-                      "and are truncated to it", name, over, len(split), 100 * over / len(split),
-                      encoder.max_seq_length)
 
 
 MODEL_INPUTS = ("token_ids", "segment_ids", "padding_mask")
@@ -169,8 +183,9 @@ def _predict_logits_distributed(model, dataset, strategy):
   return _concatenate(logits)[np.concatenate(mask, axis=0) > 0]
 
 
-def new_checkpoint(model, optimizer=None):
-  """Model weights; with an optimizer, also its state and the dropout RNG states.
+def new_checkpoint(model, optimizer=None, **more):
+  """Model weights; with an optimizer, also its state and the dropout RNG states (and
+  `more` trackables, such as the trainer's run state).
 
   Keras 3 does not put its SeedGenerator states in the tf.train.Checkpoint object graph,
   so without listing them a resumed run would draw other dropout masks.
@@ -178,22 +193,114 @@ def new_checkpoint(model, optimizer=None):
   if optimizer is None:
     return tf.train.Checkpoint(model=model)
   rng_states = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
-  return tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states)
+  return tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states, **more)
+
+
+def latest_checkpoint(workdir):
+  """The newest checkpoint in WORKDIR/checkpoints per its `checkpoint` state file, or None."""
+  try:
+    return tf.train.latest_checkpoint(str(workdir.checkpoints))
+  except (tf.errors.OpError, ValueError) as e:  # a garbled state file fails to parse
+    raise WorkdirError(f"{workdir.checkpoints / 'checkpoint'}: cannot be read ({_first_line(e)}); "
+                       "the file is damaged; delete it and TensorFlow finds no checkpoint, or "
+                       "rewrite it to name a ckpt-N that exists") from None
+
+
+def _first_line(error):
+  return (getattr(error, "message", None) or str(error)).strip().splitlines()[0][:300]
+
+
+def restore_checkpoint(checkpoint, path, workdir, resuming=False):
+  """Restores `path` into `checkpoint`, or one WorkdirError naming the file and what to do."""
+  advice = ("delete that checkpoint's files (ckpt-N.index and ckpt-N.data-*) to resume from "
+            "the one before" if resuming else
+            "use --checkpoint=latest, --checkpoint=best, or another checkpoint path")
+  if not tf.io.gfile.exists(f"{path}.index"):
+    raise WorkdirError(f"{path}: no such checkpoint ({path}.index is missing); {advice}")
+  try:
+    status = checkpoint.restore(path)
+    if resuming:
+      status.assert_existing_objects_matched()
+    else:
+      status.expect_partial()
+  except (tf.errors.OpError, ValueError, AssertionError) as e:
+    labels = ""
+    if "shape" in str(e).lower() and workdir.labels.is_file():
+      labels = (f"; {workdir.labels} may not match the checkpoint's head (the weights have "
+                "another shape)")
+    raise WorkdirError(f"{path}: cannot be restored ({_first_line(e)}){labels}; the checkpoint "
+                       f"or run directory is damaged; {advice}") from None
+
+
+@dataclasses.dataclass
+class Run:
+  """A run's model at one checkpoint, with what it was built from."""
+  workdir: Workdir
+  config: object
+  labels: labels_lib.LabelVocabulary
+  encoder: text_encoder.TextEncoder
+  task: object
+  model: object
+  checkpoint: str  # the checkpoint path restored
+  step: int
+
+
+def load_run(workdir, checkpoint="best", *, merge_lora=False):
+  """The one way to load a run's model: `checkpoint` is best, latest or a checkpoint path.
+  With merge_lora, a LoRA model comes merged (no LoRA variables), as export needs it.
+  Build under a strategy's scope to place the model there."""
+  wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+  config, labels = wd.load_config(), wd.load_labels()
+  encoder = build_encoder(config)
+  task, model = build_model(config, labels, encoder, pretrained=False)
+  path, step = restore_model(wd, model, checkpoint)
+  if merge_lora and config.peft.method == "lora":
+    plain_config = config.copy_and_resolve_references()
+    plain_config.peft.method = "none"
+    model = peft.merged_model(config, model, lambda: build_model(
+        plain_config, labels, encoder, pretrained=False)[1])
+  return Run(wd, config, labels, encoder, task, model, path, step)
+
+
+def evaluate_split(task, model, split, *, batch_size, label_values=None, static_shapes=False,
+                   strategy=None):
+  """The one way to evaluate a split: (label values, logits of every example in file
+  order). The task's report(label_values, logits, calibration) turns them into metrics.
+  With a single-client strategy and static shapes, the forward pass runs on its replicas."""
+  if label_values is None:
+    label_values = task.label_values(split)
+  dataset = pipeline.eval_dataset(split, label_values, task, batch_size=batch_size,
+                                  static_shapes=static_shapes)
+  return label_values, predict_logits(model, dataset, strategy)
 
 
 def restore_model(workdir, model, which="best"):
   """Restores model weights from `best`, `latest` or a checkpoint path; returns its step."""
   if which == "best":
     if not workdir.best_json.is_file():
-      raise WorkdirError(f"{workdir.root}: no best checkpoint yet (checkpoints/best.json)")
-    best = json.loads(workdir.best_json.read_text())
+      raise WorkdirError(f"{workdir.root}: no best checkpoint yet (checkpoints/best.json); use "
+                         "--checkpoint=latest or a checkpoint path")
+    best = read_best(workdir)
     path, step = str(workdir.best / best["checkpoint"]), best["step"]
+    if not tf.io.gfile.exists(f"{path}.index"):
+      raise WorkdirError(f"{workdir.best_json}: names {best['checkpoint']}, which is not in "
+                         f"{workdir.best}; use --checkpoint=latest or a checkpoint path")
   elif which == "latest":
-    path = tf.train.latest_checkpoint(workdir.checkpoints)
+    path = latest_checkpoint(workdir)
     if path is None:
       raise WorkdirError(f"{workdir.root}: no checkpoint in {workdir.checkpoints}")
-    step = int(path.rsplit("-", 1)[1])
+    step = _checkpoint_step(path)
   else:
-    path, step = which, int(which.rsplit("-", 1)[1])
-  new_checkpoint(model).restore(path).expect_partial()
+    path, step = which, _checkpoint_step(which)
+  restore_checkpoint(new_checkpoint(model), path, workdir)
   return path, step
+
+
+def _checkpoint_step(path):
+  """The N of a checkpoint path .../ckpt-N."""
+  name = pathlib.Path(path).name
+  number = name.rsplit("-", 1)[-1]
+  if "-" not in name or not number.isdigit():
+    raise WorkdirError(f"--checkpoint={path}: not best, latest or a checkpoint path such as "
+                       "WORKDIR/checkpoints/ckpt-120")
+  return int(number)

@@ -1,4 +1,4 @@
-"""Predict with an exported SavedModel: classification, multi-label or regression.
+"""Predict with an exported SavedModel: classification, multi-label, regression or NER.
 
   python -m tf_finetune.predict --model=runs/bbc/export/bbc/1 "first text" "second text"
   python -m tf_finetune.predict --model=EXPORT_DIR --input=texts.txt --output_format=jsonl
@@ -19,6 +19,8 @@ import sys
 
 from absl import app
 from absl import flags
+
+from tf_finetune import cli
 
 _MODEL = flags.DEFINE_multi_string(
     "model", None, "Exported SavedModel directory; given several times, an ensemble that "
@@ -98,6 +100,7 @@ class Predictor:
 
 
 def main(argv):
+  cli.import_tensorflow_quietly()
   predict = Predictor(_MODEL.value)
   texts = read_texts(argv)
   for start in range(0, len(texts), _BATCH.value):

@@ -1,6 +1,7 @@
 """Raw strings -> BERT inputs, in the graph. Training, evaluation and the exported
 SavedModel all call this one class, so there is no train/serve skew."""
 import keras_hub
+import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
@@ -76,6 +77,28 @@ class TextEncoder(tf.Module):
         segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
     return {"token_ids": tf.cast(token_ids, tf.int32),
             "segment_ids": tf.cast(segment_ids, tf.int32)}
+
+  split_words = staticmethod(split_words)
+
+  def lengths(self, texts, text_pairs=None, chunk=1024):
+    """Wordpieces of each text (and pair) before truncation, with [CLS] and [SEP]s (numpy)."""
+    lengths = []
+    for start in range(0, len(texts), chunk):
+      n = self.tokenize(tf.constant(texts[start:start + chunk])).row_lengths()
+      if text_pairs is not None:
+        n += self.tokenize(tf.constant(text_pairs[start:start + chunk])).row_lengths() + 1
+      lengths.append(n.numpy() + 2)
+    return np.concatenate(lengths) if lengths else np.zeros([0], np.int64)
+
+  def word_piece_counts(self, sentences, chunk=4096):
+    """Per sentence (a list of words), each word's number of wordpieces (0: none left after
+    cleaning), as numpy arrays."""
+    words = [w for sentence in sentences for w in sentence]
+    if not words:
+      return [np.zeros(0, np.int64) for _ in sentences]
+    pieces = np.concatenate([self.tokenize(tf.constant(words[i:i + chunk])).row_lengths()
+                             for i in range(0, len(words), chunk)])
+    return np.split(pieces, np.cumsum([len(s) for s in sentences])[:-1])
 
   def encode_words(self, words):
     """Pre-split words (ragged [batch, (words)] strings) -> packed `[CLS] pieces [SEP]`.

@@ -38,6 +38,7 @@ def train_and_evaluate(config, workdir, until_step=None):
 def main(argv):
   del argv
   config = config_lib.validate(_CONFIG.value)  # before TensorFlow is even imported
+  cli.import_tensorflow_quietly()
   train_and_evaluate(config, _WORKDIR.value)
 
 

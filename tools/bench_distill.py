@@ -10,11 +10,10 @@ distilled (alpha 0.5, temperature 2), one on the labels alone (alpha 0), the sam
 Prints dev accuracy, parameters and inference examples/s (dev set, batch 64, the Keras
 model in a tf.function; the best of 3 passes) for each.
 """
-import pathlib
-import sys
 import tempfile
 import time
 
+import benchlib
 from absl import app
 from absl import flags
 
@@ -22,39 +21,24 @@ _TEACHER = flags.DEFINE_string("teacher_workdir", "", "A finished SST-2 run to d
 _MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 8000, "Train examples.")
 _LAYERS = flags.DEFINE_string("student_layers", "0,2,4", "Teacher layers the student keeps.")
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def main(argv):
   del argv
-  sys.path.insert(0, str(REPO))
-  from configs import sst2
-  from tf_finetune import config as config_lib
   from tf_finetune import experiment
+  from tf_finetune import peft
   from tf_finetune.data import pipeline
-  from tf_finetune.training import peft
   from tf_finetune.training import trainer as trainer_lib
 
-  def config(**keys):
-    c = sst2.get_config()
-    c.data.max_seq_length = 64
-    c.data.max_train_examples = _MAX_TRAIN.value
-    c.train.epochs, c.train.batch_size, c.train.learning_rate = 1.0, 32, 5e-5
-    c.train.eval_splits = "dev"
-    c.train.log_every = 100
-    for key, value in keys.items():
-      section, name = key.split("__")
-      c[section][name] = value
-    return config_lib.validate(c)
+  def config(overrides=None):
+    return benchlib.sst2_budget(overrides, _MAX_TRAIN.value)
 
   def measure(workdir):
-    wd = experiment.Workdir(workdir)
-    c, labels = wd.load_config(), wd.load_labels()
-    task, model = experiment.build_model(c, labels, pretrained=False)
-    experiment.restore_model(wd, model)
-    dev = experiment.load_data(c, labels)[0]["dev"]
-    values = task.label_values(dev)
-    dataset = pipeline.eval_dataset(dev, values, experiment.build_encoder(c), batch_size=64)
+    run = experiment.load_run(workdir)
+    model = run.model
+    dev = experiment.load_data(run.config, run.labels)[0]["dev"]
+    values = run.task.label_values(dev)
+    dataset = pipeline.eval_dataset(dev, values, run.task, batch_size=64)
     batches = list(dataset)
     timings = []
     for _ in range(3):
@@ -71,8 +55,8 @@ def main(argv):
   rows = [("teacher (6 layers)", teacher)]
   for name, alpha in (("student, distilled", 0.5), ("student, labels only", 0.0)):
     workdir = tempfile.mkdtemp(prefix="bench_distill_student_")
-    trainer_lib.Trainer(config(distill__teacher_workdir=teacher,
-                               distill__student_layers=_LAYERS.value, distill__alpha=alpha),
+    trainer_lib.Trainer(config({"distill.teacher_workdir": teacher,
+                                "distill.student_layers": _LAYERS.value, "distill.alpha": alpha}),
                         workdir).train()
     rows.append((f"{name} ({len(_LAYERS.value.split(','))} layers)", workdir))
   print(f"SST-2 dev (872), {_MAX_TRAIN.value} train examples, 1 epoch; student from teacher "

@@ -9,11 +9,10 @@ and runs the 872 dev sentences through every export and through
 tf_finetune.predict.Predictor over all of them (probabilities averaged). Prints each
 model's dev accuracy, their mean, and the ensemble's.
 """
-import pathlib
-import sys
 import tempfile
 
 import numpy as np
+import benchlib
 from absl import app
 from absl import flags
 
@@ -21,29 +20,18 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "One model per seed.")
 _MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 8000, "Train examples per model.")
 _EPOCHS = flags.DEFINE_float("epochs", 1.0, "Epochs.")
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def main(argv):
   del argv
-  sys.path.insert(0, str(REPO))
-  from configs import sst2
-  from tf_finetune import config as config_lib
   from tf_finetune import experiment
   from tf_finetune import predict
   from tf_finetune.export import serving
   from tf_finetune.training import trainer as trainer_lib
   exports, dev = [], None
   for seed in _SEEDS.value:
-    c = sst2.get_config()
-    c.data.max_seq_length = 64
-    c.data.max_train_examples = _MAX_TRAIN.value
-    c.data.split_seed = int(seed)
-    c.train.epochs, c.train.batch_size, c.train.learning_rate = _EPOCHS.value, 32, 5e-5
-    c.train.seed = int(seed)
-    c.train.eval_splits = "dev"
-    c.train.log_every = 100
-    config_lib.validate(c)
+    c = benchlib.sst2_budget({"data.split_seed": int(seed), "train.seed": int(seed)},
+                             _MAX_TRAIN.value, _EPOCHS.value)
     workdir = tempfile.mkdtemp(prefix=f"bench_ensemble_{seed}_")
     trainer_lib.Trainer(c, workdir).train()
     exports.append(str(serving.export_saved_model(workdir)))

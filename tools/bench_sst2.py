@@ -11,14 +11,10 @@ machine. Each run is its own process; rounds alternate tf, torch, tf, torch... P
 accuracy of the final weights, training examples/s, wall time and peak RSS per run, then
 the mean of each side and the ratios.
 """
-import json
-import pathlib
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
+import benchlib
 from absl import app
 from absl import flags
 
@@ -34,28 +30,16 @@ _LR = flags.DEFINE_float("learning_rate", 5e-5, "Peak learning rate.")
 _MAX_LEN = flags.DEFINE_integer("max_seq_length", 64, "Wordpieces per example.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _peak_rss_mb():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def run_tf(precision):
-  sys.path.insert(0, str(REPO))
-  import tf_finetune  # noqa: F401
-  from configs import sst2
-  from tf_finetune import config as config_lib
   from tf_finetune.training import trainer as trainer_lib
-  c = sst2.get_config()
-  c.data.max_seq_length = _MAX_LEN.value
-  c.data.max_train_examples = _MAX_TRAIN.value
-  c.train.epochs, c.train.batch_size, c.train.learning_rate = _EPOCHS.value, _BATCH.value, _LR.value
-  c.train.adam_epsilon, c.train.seed = 1e-8, _SEED.value
-  c.train.precision = precision
-  c.train.eval_every = 10**9  # one evaluation, at the end, as on the PyTorch side
-  c.train.log_every = 100
-  config_lib.validate(c)
+  c = benchlib.load_config("sst2", {
+      "data.max_seq_length": _MAX_LEN.value, "data.max_train_examples": _MAX_TRAIN.value,
+      "train.epochs": _EPOCHS.value, "train.batch_size": _BATCH.value,
+      "train.learning_rate": _LR.value, "train.adam_epsilon": 1e-8, "train.seed": _SEED.value,
+      "train.precision": precision,
+      "train.eval_every": 10**9,  # one evaluation, at the end, as on the PyTorch side
+      "train.log_every": 100})
   workdir = tempfile.mkdtemp(prefix="bench_sst2_tf_")
   start = time.time()
   t = trainer_lib.Trainer(c, workdir)
@@ -68,14 +52,13 @@ def run_tf(precision):
   steps = t.total_steps
   return {"side": "tf" if precision == "float32" else "tf_bf16", "dev_accuracy": report["accuracy"], "train_examples": len(t.splits["train"]),
           "steps": steps, "examples_per_sec": steps * c.train.batch_size / train_time,
-          "setup_s": setup, "wall_s": wall, "peak_rss_mb": _peak_rss_mb()}
+          "setup_s": setup, "wall_s": wall, "peak_rss_mb": benchlib.peak_rss_mb()}
 
 
 def run_torch():
   import numpy as np
   import torch
   import transformers
-  sys.path.insert(0, str(REPO))
   from tf_finetune import checkpoints
   from tf_finetune import config as config_lib
   from tf_finetune.data import sources
@@ -124,7 +107,7 @@ def run_torch():
   steps = result.global_step
   return {"side": "torch", "dev_accuracy": accuracy, "train_examples": len(train_data),
           "steps": steps, "examples_per_sec": steps * _BATCH.value / train_time,
-          "setup_s": setup, "wall_s": time.time() - start, "peak_rss_mb": _peak_rss_mb(),
+          "setup_s": setup, "wall_s": time.time() - start, "peak_rss_mb": benchlib.peak_rss_mb(),
           "torch_threads": torch.get_num_threads()}
 
 
@@ -134,7 +117,7 @@ def main(argv):
       result = run_torch()
     else:
       result = run_tf("float32" if _RUN.value == "tf" else "mixed_bfloat16")
-    print("RESULT " + json.dumps(result), flush=True)
+    benchlib.emit(result)
     return
   flag_args = [f"--max_train_examples={_MAX_TRAIN.value}", f"--epochs={_EPOCHS.value}",
                f"--batch_size={_BATCH.value}", f"--learning_rate={_LR.value}",
@@ -142,13 +125,7 @@ def main(argv):
   results = []
   for round_ in range(_ROUNDS.value):
     for side in _SIDES.value:
-      proc = subprocess.run([sys.executable, __file__, f"--run={side}", *flag_args],
-                            capture_output=True, text=True)
-      line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-      if proc.returncode or not line:
-        print(proc.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"{side} run failed")
-      result = json.loads(line[0][7:])
+      result = benchlib.run_side(__file__, [f"--run={side}", *flag_args])
       results.append(result)
       print(f"round {round_ + 1} {side:>5}: dev accuracy {result['dev_accuracy']:.4f} | "
             f"{result['examples_per_sec']:.1f} train examples/s | {result['steps']} steps | "

@@ -11,18 +11,12 @@ small part of it (bitfit, adapter, lora), as is usual for those methods. Each ro
 process; prints dev accuracy of the best checkpoint, trainable and total parameters,
 training examples/s and peak RSS.
 """
-import json
-import pathlib
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
+import benchlib
 from absl import app
 from absl import flags
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
 # name -> config overrides on top of the budget.
 TECHNIQUES = {
@@ -52,21 +46,9 @@ _EPOCHS = flags.DEFINE_float("epochs", 1.0, "Epochs.")
 
 
 def run_one(name):
-  sys.path.insert(0, str(REPO))
-  from configs import sst2
-  from tf_finetune import config as config_lib
-  from tf_finetune.training import peft
+  from tf_finetune import peft
   from tf_finetune.training import trainer as trainer_lib
-  c = sst2.get_config()
-  c.data.max_seq_length = 64
-  c.data.max_train_examples = _MAX_TRAIN.value
-  c.train.epochs, c.train.batch_size, c.train.learning_rate = _EPOCHS.value, 32, 5e-5
-  c.train.eval_splits = "dev"
-  c.train.log_every = 50
-  for key, value in TECHNIQUES[name].items():
-    section, field = key.split(".")
-    c[section][field] = value
-  config_lib.validate(c)
+  c = benchlib.sst2_budget(TECHNIQUES[name], _MAX_TRAIN.value, _EPOCHS.value)
   t = trainer_lib.Trainer(c, tempfile.mkdtemp(prefix=f"bench_techniques_{name}_"))
   start = time.time()
   t.train()
@@ -75,26 +57,20 @@ def run_one(name):
   return {"technique": name, "dev_accuracy": t.best["value"], "best_step": t.best["step"],
           "steps": t.step, "trainable": trainable, "total": total,
           "examples_per_sec": t.step * c.train.batch_size / train_time,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "peak_rss_mb": benchlib.peak_rss_mb()}
 
 
 def main(argv):
   if _RUN.value:
-    print("RESULT " + json.dumps(run_one(_RUN.value)), flush=True)
+    benchlib.emit(run_one(_RUN.value))
     return
   print(f"SST-2, {_MAX_TRAIN.value} train examples, {_EPOCHS.value} epoch(s), batch 32, "
         "max 64 wordpieces, dev 872 sentences, all-MiniLM-L6-v2, 2-core CPU")
   print("| technique | dev accuracy | trainable / total parameters | examples/s | peak RSS MB |")
   print("|---|---|---|---|---|")
   for name in _TECHNIQUES.value:
-    proc = subprocess.run([sys.executable, __file__, f"--run={name}",
-                           f"--max_train_examples={_MAX_TRAIN.value}", f"--epochs={_EPOCHS.value}",
-                           *argv[1:]], capture_output=True, text=True)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-      print(proc.stderr[-4000:], file=sys.stderr)
-      raise SystemExit(f"{name} failed")
-    r = json.loads(line[0][7:])
+    r = benchlib.run_side(__file__, [f"--run={name}", f"--max_train_examples={_MAX_TRAIN.value}",
+                                     f"--epochs={_EPOCHS.value}", *argv[1:]])
     print(f"| {name} | {r['dev_accuracy']:.4f} (step {r['best_step']}/{r['steps']}) | "
           f"{r['trainable']:,} / {r['total']:,} ({100 * r['trainable'] / r['total']:.2f}%) | "
           f"{r['examples_per_sec']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)

@@ -9,19 +9,16 @@ alignment (a word's tag on its first wordpiece, other pieces ignored: HF's run_n
 label_all_tokens=False), hyperparameters (AdamW, weight decay 0.01 off biases and
 LayerNorm, 10% linear warmup then linear decay, clip 1.0, dropout 0.1, fp32, max 128
 wordpieces) and metric: both sides' dev predictions go, per word, through the same
-tf_finetune.evaluation.reports.entity_report (seqeval strict IOB2, plus conlleval's F1).
-One difference stays: tf_finetune averages the loss per sentence then over the batch; HF
-averages over the batch's labelled tokens. Each side runs in its own process; prints dev
-entity F1 / precision / recall, training examples/s, wall time and peak RSS.
+tf_finetune.tasks.metrics.entity_report (seqeval strict IOB2, plus conlleval's F1). Both
+sides average the loss over the step's labelled words (tf_finetune's default
+task.loss_average=token, HF's convention); --loss_average=sentence runs the tf side with
+each sentence's mean first. Each side runs in its own process; prints dev entity F1 /
+precision / recall, training examples/s, wall time and peak RSS.
 """
-import json
-import pathlib
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
+import benchlib
 from absl import app
 from absl import flags
 
@@ -33,27 +30,16 @@ _LOSS_AVERAGE = flags.DEFINE_enum(
     "loss_average", None, ["sentence", "token"],
     "tf side's task.loss_average (default: configs/wnut17.py's); HF averages over tokens.")
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
 def _config():
-  sys.path.insert(0, str(REPO))
-  from configs import wnut17
-  from tf_finetune import config as config_lib
-  c = wnut17.get_config()
+  overrides = {"train.seed": _SEED.value,
+               "train.adam_epsilon": 1e-8,  # HF's default
+               "train.eval_every": 10**9,  # one evaluation, at the end, as on the PyTorch side
+               "train.log_every": 50}
   if _EPOCHS.value:
-    c.train.epochs = _EPOCHS.value
-  c.train.seed = _SEED.value
+    overrides["train.epochs"] = _EPOCHS.value
   if _LOSS_AVERAGE.value:
-    c.task.loss_average = _LOSS_AVERAGE.value
-  c.train.adam_epsilon = 1e-8  # HF's default
-  c.train.eval_every = 10**9  # one evaluation, at the end, as on the PyTorch side
-  c.train.log_every = 50
-  return config_lib.validate(c)
-
-
-def _peak_rss_mb():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    overrides["task.loss_average"] = _LOSS_AVERAGE.value
+  return benchlib.load_config("wnut17", overrides)
 
 
 def run_tf():
@@ -67,7 +53,7 @@ def run_tf():
   report = t.evaluate_dev()
   return {"side": "tf", "report": report, "steps": t.total_steps,
           "examples_per_sec": t.total_steps * c.train.batch_size / train_time,
-          "wall_s": time.time() - start, "peak_rss_mb": _peak_rss_mb()}
+          "wall_s": time.time() - start, "peak_rss_mb": benchlib.peak_rss_mb()}
 
 
 def run_torch():
@@ -75,7 +61,7 @@ def run_torch():
   import transformers
   from tf_finetune import checkpoints
   from tf_finetune import experiment
-  from tf_finetune.evaluation import reports
+  from tf_finetune.tasks import metrics
   c = _config()
   start = time.time()
   splits, labels = experiment.load_data(c)
@@ -133,18 +119,18 @@ def run_torch():
           first.setdefault(w, k)
       words = len(splits["dev"].tokens[i])
       predicted.append([tags[pieces[first[w]]] if w in first else "O" for w in range(words)])
-  report = reports.entity_report(splits["dev"].tags, predicted)
+  report = metrics.entity_report(splits["dev"].tags, predicted)
   steps = result.global_step
   return {"side": "torch", "report": report, "steps": steps,
           "examples_per_sec": steps * c.train.batch_size / train_time,
-          "wall_s": time.time() - start, "peak_rss_mb": _peak_rss_mb(),
+          "wall_s": time.time() - start, "peak_rss_mb": benchlib.peak_rss_mb(),
           "torch_threads": torch.get_num_threads()}
 
 
 def main(argv):
   if _RUN.value:
     result = run_torch() if _RUN.value == "torch" else run_tf()
-    print("RESULT " + json.dumps(result), flush=True)
+    benchlib.emit(result)
     return
   flag_args = [f"--seed={_SEED.value}"] + ([f"--epochs={_EPOCHS.value}"] if _EPOCHS.value else [])
   flag_args += [f"--loss_average={_LOSS_AVERAGE.value}"] if _LOSS_AVERAGE.value else []
@@ -152,13 +138,7 @@ def main(argv):
   print(f"seed {c.train.seed}, {c.train.epochs:g} epochs; tf side: task.loss_average="
         f"{c.task.loss_average}", flush=True)
   for side in _SIDES.value:
-    proc = subprocess.run([sys.executable, __file__, f"--run={side}", *flag_args, *argv[1:]],
-                          capture_output=True, text=True)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-      print(proc.stderr[-4000:], file=sys.stderr)
-      raise SystemExit(f"{side} run failed")
-    result = json.loads(line[0][7:])
+    result = benchlib.run_side(__file__, [f"--run={side}", *flag_args, *argv[1:]])
     r = result["report"]
     print(f"{side:>5}: dev entity F1 {r['entity_f1']:.4f} (P {r['entity_precision']:.4f}, "
           f"R {r['entity_recall']:.4f}; conlleval F1 {r['entity_f1_conlleval']:.4f}) | "

@@ -25,7 +25,8 @@ def main(argv):
   import torch
   import transformers
   path = serving.export_hf(_WORKDIR.value, _CHECKPOINT.value)
-  wd, config, labels, _, model, _, _ = serving.load_for_export(_WORKDIR.value, _CHECKPOINT.value)
+  run = experiment.load_run(_WORKDIR.value, _CHECKPOINT.value, merge_lora=True)
+  config, labels, model = run.config, run.labels, run.model
   splits, _ = experiment.load_data(config, labels)
   texts = splits["dev"].texts[:_LIMIT.value]
   pairs = splits["dev"].text_pairs[:_LIMIT.value] if splits["dev"].text_pairs else None

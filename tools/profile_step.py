@@ -8,11 +8,10 @@ input pipeline). For each sequence length, ms per call of: forward (training=Tru
 + backward, and the whole step (+ clip by global norm + AdamW), after 3 warm-up calls; the
 median of --steps calls. Each side runs in its own process, one after the other.
 """
-import json
-import subprocess
 import sys
 import time
 
+import benchlib
 import numpy as np
 from absl import app
 from absl import flags
@@ -122,13 +121,10 @@ def run_torch():
 def main(argv):
   del argv
   if _SIDE.value:
-    print(json.dumps(run_tf() if _SIDE.value == "tf" else run_torch()))
+    benchlib.emit(run_tf() if _SIDE.value == "tf" else run_torch())
     return
-  sides = {}
-  for side in ("tf", "torch"):
-    out = subprocess.run([sys.executable, __file__, f"--side={side}", *sys.argv[1:]],
-                         capture_output=True, text=True, check=True)
-    sides[side] = json.loads(out.stdout.strip().splitlines()[-1])
+  sides = {side: benchlib.run_side(__file__, [f"--side={side}", *sys.argv[1:]])
+           for side in ("tf", "torch")}
   print(f"batch {_BATCH.value}, median ms per call (torch threads: {sides['torch'].pop('threads')})")
   print(f"{'length':>6} {'what':>17} {'tf':>9} {'torch':>9} {'tf/torch':>9}")
   for length in _LENGTHS.value:

@@ -3,10 +3,9 @@ from absl import logging
 
 from tf_finetune import config as config_lib
 from tf_finetune import experiment
-from tf_finetune.data import pipeline
+from tf_finetune import peft
 from tf_finetune.errors import DataError
 from tf_finetune.evaluation import reports
-from tf_finetune.training import peft
 
 
 def evaluate_workdir(workdir, checkpoint="best", splits=None):
@@ -16,13 +15,10 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None):
   What a task calibrates after training (multi-label thresholds) is fitted on dev and
   applied to every split; report.json keeps it under "calibration", and export bakes it in.
   """
-  wd = experiment.Workdir(workdir)
-  config = wd.load_config()
-  labels = wd.load_labels()
+  run = experiment.load_run(workdir, checkpoint)
+  wd, config, labels, task, model = run.workdir, run.config, run.labels, run.task, run.model
+  path, step = run.checkpoint, run.step
   data, _ = experiment.load_data(config, labels)
-  encoder = experiment.build_encoder(config)
-  task, model = experiment.build_model(config, labels, pretrained=False)
-  path, step = experiment.restore_model(wd, model, checkpoint)
   wanted = splits or [s for s in config.train.eval_splits.split(",") if s in data]
   missing = [s for s in wanted if s not in data]
   if missing:
@@ -30,10 +26,8 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None):
                     f"(it has {', '.join(data)})")
 
   def logits_of(name):
-    label_values = task.label_values(data[name])
-    dataset = pipeline.eval_dataset(data[name], label_values, encoder,
-                                    batch_size=config.train.eval_batch_size)
-    return label_values, experiment.predict_logits(model, dataset)
+    return experiment.evaluate_split(task, model, data[name],
+                                     batch_size=config.train.eval_batch_size)
 
   outputs = {name: logits_of(name) for name in wanted}
   calibration = None

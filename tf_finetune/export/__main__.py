@@ -26,6 +26,7 @@ _FORMAT = flags.DEFINE_enum("format", "saved_model", ["saved_model", "hf", "tfli
 
 def main(argv):
   del argv
+  cli.import_tensorflow_quietly()
   from tf_finetune.export import serving
   export = {"saved_model": serving.export_saved_model, "hf": serving.export_hf,
             "tflite": serving.export_tflite, "peft": serving.export_peft}[_FORMAT.value]

@@ -12,11 +12,13 @@ import pathlib
 import shutil
 
 import tensorflow as tf
+from absl import logging
 
+from tf_finetune import atomic
 from tf_finetune import experiment
+from tf_finetune import peft
 from tf_finetune.errors import WorkdirError
-from tf_finetune.evaluation import reports
-from tf_finetune.training import peft
+from tf_finetune.tasks.metrics import metrics_line
 
 MODEL_INPUTS = experiment.MODEL_INPUTS
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -25,21 +27,21 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 class ServingModule(tf.Module):
   """Signatures around the fine-tuned model; the text path calls the training TextEncoder."""
 
-  def __init__(self, model, encoder, task, calibration, has_pairs):
+  def __init__(self, model, task, calibration, has_pairs):
     super().__init__(name="tf_finetune_serving")
     self.model = model
-    self.encoder = encoder
+    self.encoder = task.encoder  # tracked: its vocabulary tables go into the SavedModel
     self.has_pairs = has_pairs
     self._task, self._calibration = task, calibration  # (not tracked: plain Python objects)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
   def serve_text(self, text):
-    return self._task.serve_text(self.model, self.encoder, text, None, self._calibration)
+    return self._task.serve_text(self.model, text, None, self._calibration)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
                                 tf.TensorSpec([None], tf.string, name="text_pair")])
   def serve_text_pair(self, text, text_pair):
-    return self._task.serve_text(self.model, self.encoder, text, text_pair, self._calibration)
+    return self._task.serve_text(self.model, text, text_pair, self._calibration)
 
   @tf.function(input_signature=[{k: tf.TensorSpec([None, None], tf.int32, name=k)
                                  for k in MODEL_INPUTS}])
@@ -60,9 +62,16 @@ def next_version(model_dir):
 
 @contextlib.contextmanager
 def new_version_dir(model_dir):
-  """Yields a temporary directory that becomes model_dir/<next version> only on success."""
+  """Yields a temporary directory that becomes model_dir/<next version> only on success.
+  Temporary directories of killed exports (.tmp-<version>-<pid> of a pid that is gone) are
+  removed first, and said."""
   model_dir = pathlib.Path(model_dir)
   model_dir.mkdir(parents=True, exist_ok=True)
+  for stale in sorted(model_dir.glob(".tmp-*-*")):
+    pid = stale.name.rsplit("-", 1)[1]
+    if pid.isdigit() and not atomic.pid_alive(int(pid)):
+      shutil.rmtree(stale, ignore_errors=True)
+      logging.warning("Removed %s, left by an export that was killed", stale)
   version = next_version(model_dir)
   final = model_dir / str(version)
   tmp = model_dir / f".tmp-{version}-{os.getpid()}"
@@ -76,25 +85,10 @@ def new_version_dir(model_dir):
       shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_for_export(workdir, checkpoint, merge_lora=True):
-  """The run's model at `checkpoint`; a LoRA model comes merged (no LoRA variables)."""
-  wd = experiment.Workdir(workdir)
-  config = wd.load_config()
-  labels = wd.load_labels()
-  task, model = experiment.build_model(config, labels, pretrained=False)
-  checkpoint_path, step = experiment.restore_model(wd, model, checkpoint)
-  if merge_lora:
-    plain_config = config.copy_and_resolve_references()
-    plain_config.peft.method = "none"
-    model = peft.merged_model(config, model, lambda: experiment.build_model(
-        plain_config, labels, pretrained=False)[1])
-  return wd, config, labels, task, model, checkpoint_path, step
-
-
 def load_report(wd, step):
   """eval/report.json when it is of this checkpoint's step, else None."""
   path = wd.eval / "report.json"
-  report = json.loads(path.read_text()) if path.is_file() else None
+  report = experiment.read_json(path, dict, "the evaluation report") if path.is_file() else None
   return report if report and report.get("step") == step else None
 
 
@@ -131,7 +125,7 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
       "", "## Metrics", ""]
   if report:
     for split, r in report["splits"].items():
-      lines.append(f"- {split} ({r['num_examples']} examples): {reports.metrics_line(r)}")
+      lines.append(f"- {split} ({r['num_examples']} examples): {metrics_line(r)}")
     if report.get("calibration"):
       lines.append(f"- calibrated on dev and applied in the signatures: "
                    f"{json.dumps(report['calibration'])}")
@@ -143,8 +137,8 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
 
 def export_saved_model(workdir, checkpoint="best", model_name=None):
   """Exports a checkpoint of the run; returns the new version directory."""
-  wd, config, labels, task, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
-  encoder = experiment.build_encoder(config)
+  run = experiment.load_run(workdir, checkpoint, merge_lora=True)
+  wd, config, labels, task, step = run.workdir, run.config, run.labels, run.task, run.step
   has_pairs = bool(config.data.text_pair_column)
   report = load_report(wd, step)
   calibration = report.get("calibration") if report else None
@@ -153,7 +147,7 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
                        f"calibration a {config.task.name} model needs; run "
                        f"`python -m tf_finetune.evaluate --workdir={wd.root} "
                        f"--checkpoint={checkpoint}` first")
-  module = ServingModule(model, encoder, task, calibration, has_pairs)
+  module = ServingModule(run.model, task, calibration, has_pairs)
 
   model_name = model_name or wd.root.name
   with new_version_dir(wd.export / model_name) as (tmp, final):
@@ -167,7 +161,7 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
     signature_info = (f"- `serving_default`: {inputs}: string [batch] -> {task.serving_doc}\n"
                       "- `token_ids`: `token_ids`, `segment_ids`, `padding_mask` int32 "
                       f"[batch, length] -> {task.token_ids_doc}; needs no custom ops")
-    write_model_card(tmp, config, labels, step, checkpoint_path, report, signature_info)
+    write_model_card(tmp, config, labels, step, run.checkpoint, report, signature_info)
   return final
 
 
@@ -180,11 +174,12 @@ def export_hf(workdir, checkpoint="best", model_name=None):
   """Exports a checkpoint as a transformers BertForSequenceClassification directory
   (BertForTokenClassification for tagging)."""
   from tf_finetune.export import hf
-  wd, config, labels, _, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
+  run = experiment.load_run(workdir, checkpoint, merge_lora=True)
+  wd, config, labels = run.workdir, run.config, run.labels
   kind = "Token" if config.task.name == "tagging" else "Sequence"
   with new_version_dir(wd.export / f"{model_name or wd.root.name}_hf") as (tmp, final):
-    hf.write_hf_checkpoint(tmp, model, config, labels.labels)
-    write_model_card(tmp, config, labels, step, checkpoint_path, load_report(wd, step),
+    hf.write_hf_checkpoint(tmp, run.model, config, labels.labels)
+    write_model_card(tmp, config, labels, run.step, run.checkpoint, load_report(wd, run.step),
                      f"Load with transformers: `AutoModelFor{kind}Classification."
                      "from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`.")
   return final
@@ -199,10 +194,10 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
   the interpreter returns garbage.
   """
   import tempfile
-  wd, config, labels, _, model, checkpoint_path, step = load_for_export(workdir, checkpoint)
-  encoder = experiment.build_encoder(config)
+  run = experiment.load_run(workdir, checkpoint, merge_lora=True)
+  wd, config, labels, encoder = run.workdir, run.config, run.labels, run.encoder
   with tempfile.TemporaryDirectory() as keras_export:
-    model.export(keras_export, format="tf_saved_model", verbose=False)
+    run.model.export(keras_export, format="tf_saved_model", verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(keras_export)
     if quantize:
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -213,7 +208,7 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
     labels.save(tmp / "labels.json")
     (tmp / "vocab.txt").write_text("\n".join(encoder.tokenizer.get_vocabulary()) + "\n")
     write_model_card(
-        tmp, config, labels, step, checkpoint_path, load_report(wd, step),
+        tmp, config, labels, run.step, run.checkpoint, load_report(wd, run.step),
         f"`model.tflite` ({len(flatbuffer):,} bytes, "
         f"{'dynamic-range int8 weights' if quantize else 'float32'}): signature "
         "`serving_default`, inputs `token_ids`, `segment_ids`, `padding_mask` (int32 "
@@ -224,10 +219,10 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
 
 def export_peft(workdir, checkpoint="best", model_name=None):
   """Only the weights that trained (LoRA factors, biases, head...): trainable_weights.npz,
-  with config.json and labels.json. Load with tf_finetune.training.peft.load_trainable into
+  with config.json and labels.json. Load with tf_finetune.peft.load_trainable into
   the model the config builds from its base checkpoint."""
-  wd, config, labels, _, model, checkpoint_path, step = load_for_export(
-      workdir, checkpoint, merge_lora=False)
+  run = experiment.load_run(workdir, checkpoint)
+  wd, config, labels, model = run.workdir, run.config, run.labels, run.model
   if config.peft.method == "none":
     raise WorkdirError(f"{wd.root}: peft.method is none, every weight trained; export the "
                        "whole model (--format=saved_model)")
@@ -238,9 +233,9 @@ def export_peft(workdir, checkpoint="best", model_name=None):
     (tmp / "config.json").write_text(config.to_json(indent=1) + "\n")
     labels.save(tmp / "labels.json")
     write_model_card(
-        tmp, config, labels, step, checkpoint_path, load_report(wd, step),
+        tmp, config, labels, run.step, run.checkpoint, load_report(wd, run.step),
         f"`trainable_weights.npz`: the {trainable:,} of {total:,} weights that trained under "
         f"peft.method={config.peft.method}, by variable path. Build the model from "
         "`config.json` (`tf_finetune.experiment.build_model`) and call "
-        "`tf_finetune.training.peft.load_trainable(model, path)`.")
+        "`tf_finetune.peft.load_trainable(model, path)`.")
   return final

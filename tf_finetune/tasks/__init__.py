@@ -8,8 +8,8 @@ TASKS = {"classification": ClassificationTask, "multilabel": MultiLabelTask,
          "regression": RegressionTask, "tagging": TaggingTask}
 
 
-def get_task(config, label_vocabulary):
-  return TASKS[config.task.name](config, label_vocabulary)
+def get_task(config, label_vocabulary, encoder):
+  return TASKS[config.task.name](config, label_vocabulary, encoder)
 
 
 def build_vocabulary(config, train):

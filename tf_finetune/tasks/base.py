@@ -1,7 +1,9 @@
 """The Task interface: what a kind of problem adds to the shared loop, data and export."""
 import abc
 
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tf_finetune import config as config_lib
 from tf_finetune.data import labels as labels_lib
@@ -10,18 +12,24 @@ from tf_finetune.data import labels as labels_lib
 class Task(abc.ABC):
   """A task owns its label vocabulary, head, loss, decoding, report and serving outputs.
 
-  The trainer, evaluator and exporter call only these methods, so adding a task never
-  touches them. `calibration` is what a task fits on dev logits after training (the
-  multi-label thresholds); it is saved in eval/report.json and baked into the export.
+  The trainer, evaluator, exporter and the data pipeline call only these methods, so adding
+  a task never touches them (the shape of tf-models' Task: build_model, build_inputs'
+  pieces, build_losses, and report as reduce_aggregated_logs over a split's logits).
+  `calibration` is what a task fits on dev logits after training (the multi-label
+  thresholds); it is saved in eval/report.json and baked into the export. The task is
+  given the run's TextEncoder; it never builds one.
   """
 
   serving_doc = ""  # the serving_default outputs, for the model card
   token_ids_doc = "the same outputs"  # the token_ids signature's outputs
   needs_calibration = False  # True: export needs the dev calibration from eval/report.json
 
-  def __init__(self, config, label_vocabulary):
+  label_padding_value = 0  # what padded_batch puts in "label" beyond an example's length
+
+  def __init__(self, config, label_vocabulary, encoder=None):
     self.config = config
     self.label_vocabulary = label_vocabulary
+    self.encoder = encoder
 
   @property
   def metric_names(self):
@@ -47,6 +55,46 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def label_values(self, split):
     """Numeric labels (numpy) for a Split; raises DataError naming file:line for bad ones."""
+
+  # The data pipeline's questions (data/pipeline.py): raw example rows, how to batch them
+  # for tokenization, and how to turn a batch of them into model inputs plus "label".
+
+  def input_tensors(self, split, label_values):
+    """Columns for tf.data.Dataset.from_tensor_slices: one raw example per row."""
+    features = {"text": split.texts}
+    if split.text_pairs is not None:
+      features["text_pair"] = split.text_pairs
+    labels = np.asarray(label_values)  # int class ids, float scores or multi-hot rows
+    features["label"] = labels.astype(np.int32 if labels.dtype.kind in "iu" else np.float32)
+    return features
+
+  def batch_for_encoding(self, dataset, batch_size):
+    return dataset.batch(batch_size)
+
+  def encode_inputs(self, batch):
+    """A batch of input_tensors rows -> ragged token_ids, segment_ids, and the label."""
+    features = self.encoder(batch["text"], batch.get("text_pair"))
+    features["label"] = batch["label"]
+    return features
+
+  def example_lengths(self, split):
+    """Wordpieces of each example before truncation ([CLS], [SEP] and the pair included)."""
+    return self.encoder.lengths(split.texts, split.text_pairs)
+
+  def log_lengths(self, name, split):
+    """Logs the split's wordpiece lengths and how many examples max_seq_length cuts
+    (never silent)."""
+    self._log_lengths(name, split, self.example_lengths(split))
+
+  def _log_lengths(self, name, split, lengths):
+    limit = self.encoder.max_seq_length
+    over = int((lengths > limit).sum())
+    logging.info("%s: %d examples, wordpieces per example: median %d, 95th pct %d, max %d",
+                 name, len(split), np.median(lengths), np.percentile(lengths, 95), lengths.max())
+    if over:
+      logging.warning("%s: %d of %d examples (%.1f%%) are longer than data.max_seq_length=%d "
+                      "and are truncated to it", name, over, len(split), 100 * over / len(split),
+                      limit)
 
   @abc.abstractmethod
   def build_losses(self, labels, logits):
@@ -82,7 +130,7 @@ class Task(abc.ABC):
   def serving_outputs(self, logits, calibration=None):
     """The SavedModel's outputs (tensors) from float32 logits."""
 
-  def serve_text(self, model, encoder, texts, text_pairs=None, calibration=None):
+  def serve_text(self, model, texts, text_pairs=None, calibration=None):
     """serving_default: raw strings [batch] (and pairs) -> the SavedModel's outputs."""
-    features = encoder.pad(encoder(texts, text_pairs))
+    features = self.encoder.pad(self.encoder(texts, text_pairs))
     return self.serving_outputs(tf.cast(model(features, training=False), tf.float32), calibration)

@@ -5,8 +5,8 @@ import tensorflow as tf
 from absl import logging
 
 from tf_finetune.errors import DataError
-from tf_finetune.evaluation import reports
 from tf_finetune.tasks import base
+from tf_finetune.tasks import metrics
 
 
 def pool(backbone_outputs, padding_mask, pooling):
@@ -39,8 +39,8 @@ class ClassificationTask(base.Task):
   serving_doc = ("`label` string, `label_id` int32 [batch], `probabilities` and `logits` "
                  "float32 [batch, labels]")
 
-  def __init__(self, config, label_vocabulary):
-    super().__init__(config, label_vocabulary)
+  def __init__(self, config, label_vocabulary, encoder=None):
+    super().__init__(config, label_vocabulary, encoder)
     self.class_weights = None
 
   @classmethod
@@ -90,7 +90,7 @@ class ClassificationTask(base.Task):
 
   def report(self, label_values, logits, calibration=None):
     loss = float(np.mean(self.build_losses(label_values, logits).numpy()))
-    return reports.classification_report(
+    return metrics.classification_report(
         label_values, self.predictions(logits)["label_id"], self.label_vocabulary.labels,
         loss=loss)
 

@@ -4,8 +4,8 @@ import tensorflow as tf
 
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.errors import DataError
-from tf_finetune.evaluation import reports
 from tf_finetune.tasks import base
+from tf_finetune.tasks import metrics
 from tf_finetune.tasks import classification
 
 
@@ -49,7 +49,7 @@ class MultiLabelTask(base.Task):
         labels=tf.cast(labels, tf.float32), logits=tf.cast(logits, tf.float32)), axis=-1)
 
   def calibrate(self, dev_label_values, dev_logits):
-    return {"thresholds": reports.tune_thresholds(dev_label_values, _sigmoid(dev_logits)).tolist()}
+    return {"thresholds": metrics.tune_thresholds(dev_label_values, _sigmoid(dev_logits)).tolist()}
 
   def _thresholds(self, calibration):
     return np.asarray(calibration["thresholds"] if calibration else
@@ -62,10 +62,10 @@ class MultiLabelTask(base.Task):
 
   def report(self, label_values, logits, calibration=None):
     outputs = self.predictions(logits, calibration)
-    report = reports.multilabel_report(label_values, outputs["predicted"],
+    report = metrics.multilabel_report(label_values, outputs["predicted"],
                                        self.label_vocabulary.labels)
     report["loss"] = float(np.mean(self.build_losses(label_values, logits).numpy()))
-    at_half = reports.multilabel_report(label_values, (outputs["probabilities"] >= 0.5),
+    at_half = metrics.multilabel_report(label_values, (outputs["probabilities"] >= 0.5),
                                         self.label_vocabulary.labels)
     report["micro_f1_at_0.5"], report["macro_f1_at_0.5"] = at_half["micro_f1"], at_half["macro_f1"]
     report["thresholds"] = dict(zip(self.label_vocabulary.labels,

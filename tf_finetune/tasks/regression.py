@@ -4,8 +4,8 @@ import tensorflow as tf
 
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.errors import DataError
-from tf_finetune.evaluation import reports
 from tf_finetune.tasks import base
+from tf_finetune.tasks import metrics
 from tf_finetune.tasks import classification
 
 
@@ -39,7 +39,7 @@ class RegressionTask(base.Task):
     return {"score": np.asarray(logits, np.float32)[:, 0]}
 
   def report(self, label_values, logits, calibration=None):
-    report = reports.regression_report(label_values, self.predictions(logits)["score"])
+    report = metrics.regression_report(label_values, self.predictions(logits)["score"])
     report["loss"] = report["mse"]
     return report
 

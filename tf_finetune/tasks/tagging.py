@@ -4,14 +4,15 @@ import dataclasses
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from tf_finetune import text_encoder
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.errors import DataError
-from tf_finetune.evaluation import reports
 from tf_finetune.tasks import base
+from tf_finetune.tasks import metrics
 
 ENCODE_BATCH = 512
+IGNORED_LABEL = -1  # wordpieces that carry no tag ([CLS], [SEP], non-first pieces, padding)
 
 
 @dataclasses.dataclass
@@ -39,19 +40,13 @@ class TaggingTask(base.Task):
   token_ids_doc = ("per wordpiece: `tag` string and `tag_id` int32 [batch, length], "
                    "`probabilities` and `logits` float32 [batch, length, tags]")
 
-  def __init__(self, config, label_vocabulary):
-    super().__init__(config, label_vocabulary)
-    self._encoder = None
+  label_padding_value = IGNORED_LABEL
+
+  def __init__(self, config, label_vocabulary, encoder=None):
+    super().__init__(config, label_vocabulary, encoder)
     tags = label_vocabulary.labels
     self.types = sorted({t[2:] for t in tags if t != "O"})
     self.tag_names = tags + ["O"]  # the last id: a word that kept no wordpiece
-
-  @property
-  def encoder(self):
-    if self._encoder is None:
-      from tf_finetune import experiment  # experiment imports the tasks
-      self._encoder = experiment.build_encoder(self.config)
-    return self._encoder
 
   @classmethod
   def build_vocabulary(cls, config, train):
@@ -84,6 +79,35 @@ class TaggingTask(base.Task):
               f"the {len(ids)} tags seen in train {self.label_vocabulary.labels[:20]}")
       tag_ids.append(np.asarray([ids[t] for t in tags], np.int32))
     return WordTags(tag_ids, word_positions(split.tokens, self.encoder))
+
+  def input_tensors(self, split, label_values):
+    """Sentences of words, a tag id per word."""
+    return {"words": _ragged(split.tokens, tf.string),
+            "word_labels": _ragged(label_values.tag_ids, tf.int32)}
+
+  def batch_for_encoding(self, dataset, batch_size):
+    return dataset.ragged_batch(batch_size)  # sentences of different lengths
+
+  def encode_inputs(self, batch):
+    features = self.encoder.encode_words(batch["words"])
+    features["label"] = _piece_labels(features["token_ids"], features.pop("word_positions"),
+                                      batch["word_labels"])
+    return features
+
+  def example_lengths(self, split, piece_counts=None):
+    if piece_counts is None:
+      piece_counts = self.encoder.word_piece_counts(split.tokens)
+    return np.array([c.sum() for c in piece_counts], np.int64) + 2
+
+  def log_lengths(self, name, split):
+    """Also: how many words the cut costs their prediction (they count as predicted O)."""
+    piece_counts = self.encoder.word_piece_counts(split.tokens)
+    lost = words_without_piece(piece_counts, self.encoder.max_seq_length)
+    if lost:
+      logging.warning("%s: %d of %d words get no prediction (cut by data.max_seq_length=%d, "
+                      "or no wordpiece left after cleaning) and count as predicted O", name,
+                      lost, sum(len(t) for t in split.tokens), self.encoder.max_seq_length)
+    self._log_lengths(name, split, self.example_lengths(split, piece_counts))
 
   def build_losses(self, labels, logits):
     """Per sentence, the mean cross-entropy over its labelled wordpieces (labels >= 0)."""
@@ -136,7 +160,7 @@ class TaggingTask(base.Task):
   def report(self, label_values, logits, calibration=None):
     names = self.tag_names
     predicted, _ = self.word_predictions(label_values, logits)
-    report = reports.entity_report([[names[t] for t in tags] for tags in label_values.tag_ids],
+    report = metrics.entity_report([[names[t] for t in tags] for tags in label_values.tag_ids],
                                    [[names[t] for t in tags] for tags in predicted])
     for name in self.types:  # types neither in gold nor predicted: listed with zeros
       report["per_class"].setdefault(name, {"precision": 0.0, "recall": 0.0, "f1": 0.0,
@@ -159,10 +183,11 @@ class TaggingTask(base.Task):
     return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1), "tag_id": tag_id,
             "tag": tf.gather(tf.constant(self.label_vocabulary.labels), tag_id)}
 
-  def serve_text(self, model, encoder, texts, text_pairs=None, calibration=None):
+  def serve_text(self, model, texts, text_pairs=None, calibration=None):
     """Raw strings -> words (BERT's basic tokenization, with character offsets) -> a tag
     per word at its first wordpiece -> entities (strict IOB2, as the report counts them)."""
-    words, starts, ends = text_encoder.split_words(texts)
+    encoder = self.encoder
+    words, starts, ends = encoder.split_words(texts)
     features = encoder.encode_words(words)
     logits = tf.cast(model(encoder.pad(features), training=False), tf.float32)
     positions = features["word_positions"]
@@ -223,6 +248,31 @@ class TaggingTask(base.Task):
             "type": tf.gather(tf.constant([""] + self.types), tf.gather(type_id, first)),
             "start": tf.gather(starts, first), "end": tf.gather(ends, last),
             "score": tf.boolean_mask(mean_score, is_entity)}
+
+
+def _ragged(rows, dtype):
+  lengths = [len(r) for r in rows]
+  flat = np.concatenate([np.asarray(r) for r in rows]) if rows else np.zeros([0])
+  return tf.RaggedTensor.from_row_lengths(tf.constant(flat, dtype), lengths)
+
+
+def _piece_labels(token_ids, word_positions, word_labels):
+  """Wordpiece labels: a word's tag on its first piece, IGNORED_LABEL everywhere else."""
+  positions = word_positions.flat_values
+  kept = positions >= 0
+  rows = tf.cast(word_positions.value_rowids(), tf.int32)
+  flat_index = tf.gather(tf.cast(token_ids.row_splits, tf.int32), rows) + positions
+  labels = tf.tensor_scatter_nd_update(
+      tf.fill(tf.shape(token_ids.flat_values), IGNORED_LABEL),
+      tf.boolean_mask(flat_index, kept)[:, None], tf.boolean_mask(word_labels.flat_values, kept))
+  return token_ids.with_flat_values(labels)
+
+
+def words_without_piece(piece_counts, max_seq_length):
+  """How many words keep no wordpiece in `[CLS] pieces [SEP]` of max_seq_length: those
+  TextEncoder.encode_words gives position -1."""
+  budget = max_seq_length - 2
+  return sum(int(((c == 0) | (np.cumsum(c) - c >= budget)).sum()) for c in piece_counts)
 
 
 def _labelled_pieces(labels):

@@ -14,7 +14,7 @@ works under every tf.distribute strategy (each replica perturbs its own examples
 """
 import tensorflow as tf
 
-from tf_finetune.training import peft
+from tf_finetune import peft
 
 
 class EmbeddingPerturbation:

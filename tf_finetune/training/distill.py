@@ -22,16 +22,14 @@ def student_layers(config):
 
 def load_teacher(config, labels):
   """The teacher run's model at its best checkpoint (build it inside the strategy scope)."""
-  wd = experiment.Workdir(config.distill.teacher_workdir)
-  teacher_labels = wd.load_labels()
-  if teacher_labels.labels != labels.labels:
-    raise ConfigError(f"config.distill.teacher_workdir={str(wd.root)!r}: the teacher's labels "
-                      f"{teacher_labels.labels[:10]} differ from this run's {labels.labels[:10]}")
-  _, teacher = experiment.build_model(wd.load_config(), teacher_labels, pretrained=False)
-  path, step = experiment.restore_model(wd, teacher)
-  teacher.trainable = False
-  logging.info("Teacher: %s (step %d)", path, step)
-  return teacher
+  run = experiment.load_run(config.distill.teacher_workdir)
+  if run.labels.labels != labels.labels:
+    raise ConfigError(f"config.distill.teacher_workdir={str(run.workdir.root)!r}: the "
+                      f"teacher's labels {run.labels.labels[:10]} differ from this run's "
+                      f"{labels.labels[:10]}")
+  run.model.trainable = False
+  logging.info("Teacher: %s (step %d)", run.checkpoint, run.step)
+  return run.model
 
 
 def initialize_student(config, student, teacher):

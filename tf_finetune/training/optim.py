@@ -37,11 +37,15 @@ class FusedAdamW(keras.optimizers.AdamW):
     sparse path is slower and mishandles repeated token ids (tests/test_optim.py).
   - A learning-rate multiplier per variable (layer-wise decay, `lr_multiplier`); the
     decoupled weight decay follows it, as with PyTorch parameter groups.
+  - `update_condition`: a boolean tensor set by the trainer before `apply`; where it is
+    False the step leaves every weight and moment as it was (a non-finite step is skipped
+    on the device; `iterations` still counts it, so the data position stays exact).
   """
 
   def __init__(self, *args, lr_multiplier=None, **kwargs):
     super().__init__(*args, **kwargs)
     self._lr_multiplier = lr_multiplier or (lambda path: 1.0)
+    self.update_condition = None
 
   def build(self, variables):
     super().build(variables)
@@ -55,6 +59,16 @@ class FusedAdamW(keras.optimizers.AdamW):
     """Applied in update_step instead, with the variable's learning-rate multiplier."""
 
   def update_step(self, gradient, variable, learning_rate):
+    if self.update_condition is None:
+      self._adamw_step(gradient, variable, learning_rate)
+      return
+
+    def update():
+      self._adamw_step(gradient, variable, learning_rate)
+      return tf.constant(True)
+    tf.cond(self.update_condition, update, lambda: tf.constant(False))
+
+  def _adamw_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     m, v = self._momentums[index], self._velocities[index]
     dtype = variable.dtype

@@ -1,8 +1,19 @@
-"""The training loop: a tf.function GradientTape step under any tf.distribute strategy."""
+"""The training loop: a tf.function GradientTape step under any tf.distribute strategy.
+
+What a run survives (README "Failure modes"): a non-finite loss or gradient norm stops it
+within the step (the step is not applied; train.skip_nonfinite_steps may skip a few);
+SIGTERM and Ctrl-C save a checkpoint at the next step boundary; a second trainer on the
+same workdir is refused (workdir_lock); the best-checkpoint state and the early-stopping
+counter live in the training checkpoint, so a resumed run counts every evaluation once.
+"""
 import json
+import math
+import os
 import pathlib
 import shutil
+import signal
 import tempfile
+import threading
 import time
 
 import keras
@@ -13,18 +24,29 @@ from tf_finetune import atomic
 from tf_finetune import config as config_lib
 from tf_finetune import distribute
 from tf_finetune import experiment
+from tf_finetune import peft
+from tf_finetune import plots
+from tf_finetune import workdir_lock
 from tf_finetune.data import augment
 from tf_finetune.data import pipeline
-from tf_finetune.errors import ConfigError, WorkdirError
+from tf_finetune.errors import ConfigError, Interrupted, TrainingError, WorkdirError
 from tf_finetune.training import adversarial
 from tf_finetune.training import distill
 from tf_finetune.training import optim
-from tf_finetune.training import peft
 from tf_finetune.training import summaries
 
 # Keys a resumed run may change; any other difference would make the resumed run a
 # different experiment than the checkpoint's.
 RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_size"}
+
+
+class Preempted(Interrupted):
+  """SIGTERM or SIGINT arrived; a checkpoint was saved at the step boundary."""
+
+  def __init__(self, signum, step, path):
+    name = signal.Signals(signum).name
+    super().__init__(f"{name} received: saved {path} at step {step}; run the same command "
+                     "to resume", exit_code=128 + signum)
 
 
 def _format_duration(seconds):
@@ -43,7 +65,18 @@ class Trainer:
     self.is_chief = distribute.is_chief(self.strategy)
     # Other workers write their (collective) saves and summaries here; nobody reads them.
     self._scratch = None if self.is_chief else tempfile.mkdtemp(prefix="tf_finetune_worker_")
+    self.lock = workdir_lock.WorkdirLock(self.workdir.root).acquire() if self.is_chief else None
+    try:
+      self._setup()
+    except BaseException:
+      self._release()
+      raise
+
+  def _setup(self):
+    config = self.config
     self.resuming = self._check_workdir()
+    if self.is_chief:
+      self._remove_leftovers()
     keras.utils.set_random_seed(config.train.seed)
     self.precision = config_lib.resolved_precision(config)
     keras.mixed_precision.set_global_policy(self.precision)
@@ -52,7 +85,6 @@ class Trainer:
     labels = self.workdir.load_labels() if self.resuming else None
     self.splits, self.labels = experiment.load_data(config, labels)
     self.encoder = experiment.build_encoder(config)
-    experiment.report_truncation(self.splits, self.encoder)
 
     t = config.train
     replicas = self.strategy.num_replicas_in_sync
@@ -74,10 +106,12 @@ class Trainer:
     self.checkpoint_every = t.checkpoint_every or self.eval_every
 
     with self.strategy.scope():
-      self.task, self.model = experiment.build_model(config, self.labels, pretrained=True)
+      self.task, self.model = experiment.build_model(config, self.labels, self.encoder)
       self.optimizer = optim.build_optimizer(
           t, self.total_steps, self.model.trainable_variables,
           num_layers=peft.backbone(self.model).num_layers)
+    for name, split in self.splits.items():
+      self.task.log_lengths(name, split)
     self.teacher = None
     if config.distill.teacher_workdir:
       with self.strategy.scope():
@@ -87,18 +121,35 @@ class Trainer:
     self.adversarial = None
     if config.adversarial.method != "none":
       self.adversarial = adversarial.AdversarialLoss(config, self.model)
-    self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer)
+    # The best-checkpoint state and the evaluation counter are saved with the model, so a
+    # resumed run restores them as of its checkpoint and counts a redone evaluation once.
+    self.run_state = {
+        name: tf.Variable(tf.constant(value, dtype), trainable=False, name=name)
+        for name, value, dtype in (
+            ("best_value", float("nan"), tf.float64), ("best_step", -1, tf.int64),
+            ("evaluations_without_improvement", 0, tf.int64),
+            ("stopped_early_at_step", -1, tf.int64), ("nonfinite_steps", 0, tf.int64))}
+    self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer,
+                                                run_state=self.run_state)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self._side_effect_dir(self.workdir.checkpoints),
         max_to_keep=t.keep_checkpoints)
+    # Two kept: a new best is saved, then best.json is rewritten to name it, and only the
+    # next new best deletes the one before; no kill leaves best.json naming a missing file.
     self.best_manager = tf.train.CheckpointManager(
-        self.checkpoint, self._side_effect_dir(self.workdir.best), max_to_keep=1)
-    self.best = self._load_best()
+        self.checkpoint, self._side_effect_dir(self.workdir.best), max_to_keep=2)
     # Every worker resumes from the chief's checkpoint, so a restarted worker rejoins in step.
-    latest = tf.train.latest_checkpoint(str(self.workdir.checkpoints))
+    latest = experiment.latest_checkpoint(self.workdir)
     if latest:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      try:  # runs made before run_state was kept in the checkpoint resume without it
+        has_state = any(n.startswith("run_state/") for n, _ in tf.train.list_variables(latest))
+      except (tf.errors.OpError, ValueError):
+        has_state = True  # restore_checkpoint says what is wrong with the checkpoint
+      checkpoint = self.checkpoint if has_state else experiment.new_checkpoint(
+          self.model, self.optimizer)
+      experiment.restore_checkpoint(checkpoint, latest, self.workdir, resuming=True)
       logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
+    self.best = self._load_best()
     self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
     self.augmenter = None
     if config.data.augment == "eda":
@@ -125,6 +176,9 @@ class Trainer:
     non-empty directory (only the chief checks that: it creates the directory)."""
     wd = self.workdir
     resolved = json.loads(self.config.to_json())
+    if wd.config.is_file() and not wd.labels.is_file():
+      raise WorkdirError(f"{wd.root}: config.json but no labels.json; the run directory is "
+                         "damaged")
     if wd.config.is_file():
       saved = json.loads(wd.load_config().to_json())  # keys added since: their defaults
       a, b = config_lib.flatten(saved), config_lib.flatten(resolved)
@@ -134,11 +188,9 @@ class Trainer:
         diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
         raise WorkdirError(f"{wd.root} holds a run with another config ({diffs}); resume it "
                            "with the same config or choose a new --workdir")
-      if not wd.labels.is_file():
-        raise WorkdirError(f"{wd.root}: config.json but no labels.json; the run directory is "
-                           "damaged")
       return True
-    if self.is_chief and wd.root.exists() and any(wd.root.iterdir()):
+    if self.is_chief and wd.root.exists() and any(
+        p.name != workdir_lock.LOCK_FILE for p in wd.root.iterdir()):
       raise WorkdirError(f"{wd.root} is not empty and holds no tf_finetune run; "
                          "choose a new --workdir")
     return False
@@ -151,15 +203,45 @@ class Trainer:
     self.labels.save(self.workdir.labels)
     atomic.write_text(self.workdir.config, self.config.to_json(indent=1) + "\n")
 
+  def _remove_leftovers(self):
+    """Removes what killed processes left: half-written checkpoint directories
+    (ckpt-N_temp) and temporary files of atomic writes whose process is gone."""
+    for path in sorted(self.workdir.checkpoints.rglob("*_temp")) if \
+        self.workdir.checkpoints.is_dir() else []:
+      if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+        logging.warning("Removed %s, a checkpoint a killed process had not finished writing",
+                        path)
+    for path in atomic.stale_temporaries(self.workdir.root):
+      path.unlink(missing_ok=True)
+      logging.warning("Removed %s, left by a killed process", path)
+
   def _load_best(self):
-    if self.workdir.best_json.is_file():
-      return json.loads(self.workdir.best_json.read_text())
+    """The best checkpoint's state as of the restored training checkpoint (run_state); runs
+    made before it was kept there: checkpoints/best.json."""
+    state = {k: v.numpy().item() for k, v in self.run_state.items()}
+    if state["best_step"] >= 0:
+      best = {"step": state["best_step"], "metric": self.task.best_metric,
+              "value": state["best_value"], "checkpoint": f"ckpt-{state['best_step']}",
+              "evaluations_without_improvement": state["evaluations_without_improvement"]}
+      if state["stopped_early_at_step"] >= 0:
+        best["stopped_early_at_step"] = state["stopped_early_at_step"]
+      return best
+    if self.step and self.workdir.best_json.is_file():
+      return experiment.read_best(self.workdir)
     return None
+
+  def _save_best_state(self):
+    b = self.best
+    self.run_state["best_value"].assign(b["value"])
+    self.run_state["best_step"].assign(b["step"])
+    self.run_state["evaluations_without_improvement"].assign(b["evaluations_without_improvement"])
+    self.run_state["stopped_early_at_step"].assign(b.get("stopped_early_at_step", -1))
 
   def _dataset_fn(self, input_context):
     t, d = self.config.train, self.config.data
     return pipeline.train_dataset(
-        self.splits["train"], self.train_label_values, self.encoder,
+        self.splits["train"], self.train_label_values, self.task,
         batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
         skip_batches=self.step * self.accum_steps, input_context=input_context,
@@ -224,60 +306,73 @@ class Trainer:
       grads = [g if m is None else m if g is None else g + m for g, m in zip(grads, more_grads)]
     pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
     variables = [v for _, v in pairs]
-    grads = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
+    context = tf.distribute.get_replica_context()
+    grads = context.all_reduce(tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
+    norm = tf.linalg.global_norm(grads)
     if max_norm > 0:
-      grads, norm = tf.clip_by_global_norm(grads, max_norm)
-    else:
-      norm = tf.linalg.global_norm(grads)
+      grads, _ = tf.clip_by_global_norm(grads, max_norm, use_norm=norm)
+    # The divergence guard, on the device: the step's summed loss and the global gradient
+    # norm, the same on every replica; a non-finite step leaves the weights as they were.
+    finite = tf.math.is_finite(context.all_reduce(tf.distribute.ReduceOp.SUM, loss)) & \
+        tf.math.is_finite(norm)
+    self.optimizer.update_condition = finite
     self.optimizer.apply(grads, variables)
-    return loss, norm
+    return loss, norm, 1 - tf.cast(finite, tf.int32)
 
   def _build_train_step(self):
     @tf.function
     def train_step(iterator):
       micro_batches = tuple(next(iterator) for _ in range(self.accum_steps))
-      loss, norm = self.strategy.run(self.replica_step, args=micro_batches)
+      loss, norm, nonfinite = self.strategy.run(self.replica_step, args=micro_batches)
       return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-              self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
+              self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None),
+              self.strategy.reduce(tf.distribute.ReduceOp.SUM, nonfinite, axis=None))
     return train_step
 
   def evaluate_dev(self):
-    dataset = pipeline.eval_dataset(self.splits["dev"], self.dev_label_values, self.encoder,
-                                    batch_size=self.config.train.eval_batch_size,
-                                    static_shapes=self.static_shapes)
     # Under multi_worker each worker evaluates the whole dev set with its own copy.
     on_replicas = self.static_shapes and not isinstance(
         self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    logits = experiment.predict_logits(self.model, dataset,
-                                       self.strategy if on_replicas else None)
+    _, logits = experiment.evaluate_split(
+        self.task, self.model, self.splits["dev"], label_values=self.dev_label_values,
+        batch_size=self.config.train.eval_batch_size, static_shapes=self.static_shapes,
+        strategy=self.strategy if on_replicas else None)
     calibration = self.task.calibrate(self.dev_label_values, logits)
     return self.task.report(self.dev_label_values, logits, calibration)
 
   def _maybe_update_best(self, report, step):
     metric = self.task.best_metric
     value = report[metric]
-    if self.best is None or self.task.is_better(value, self.best["value"]):
-      path = self.best_manager.save(checkpoint_number=step)
+    if not math.isfinite(value):
+      logging.warning("step %d: dev %s is %s; this checkpoint cannot become the best", step,
+                      metric, value)
+    if math.isfinite(value) and (self.best is None or
+                                 self.task.is_better(value, self.best["value"])):
       self.best = {"step": step, "metric": metric, "value": value,
-                   "checkpoint": path.rsplit("/", 1)[1], "evaluations_without_improvement": 0}
+                   "checkpoint": f"ckpt-{step}", "evaluations_without_improvement": 0}
+      self._save_best_state()
+      path = self.best_manager.save(checkpoint_number=step)
+      self.best["checkpoint"] = path.rsplit("/", 1)[1]
       logging.info("New best dev %s %.4f at step %d", metric, value, step)
-    else:
+    elif self.best is not None:
       self.best["evaluations_without_improvement"] = \
           self.best.get("evaluations_without_improvement", 0) + 1
+      self._save_best_state()
     self._write_best()
 
   def _write_best(self):
-    if self.is_chief:
+    if self.is_chief and self.best is not None:
       atomic.write_text(self.workdir.best_json, json.dumps(self.best, indent=1) + "\n")
 
   def _stops_early(self, step):
     """train.early_stopping_patience: True (and says why) when dev has not improved for
     that many evaluations in a row; best.json records it, so a rerun does not go on."""
     patience = self.config.train.early_stopping_patience
-    if not patience or self.best["evaluations_without_improvement"] < patience:
+    if not patience or self.best is None or \
+        self.best["evaluations_without_improvement"] < patience:
       return False
     self.best["stopped_early_at_step"] = step
+    self._save_best_state()
     self._write_best()
     logging.warning("Early stopping at step %d of %d: dev %s has not improved for %d "
                     "evaluations (train.early_stopping_patience=%d); best %.4f at step %d",
@@ -292,6 +387,9 @@ class Trainer:
     logging.info("step %d | %s | %.1fs", step,
                  " | ".join(f"dev {k} {v:.4f}" for k, v in metrics.items()), time.time() - start)
     self.writers.eval_scalars(step, metrics)
+    if "confusion_matrix" in report:
+      self.writers.eval_image(step, "confusion_matrix", plots.confusion_matrix_png(
+          report["confusion_matrix"], self.labels.labels, f"dev (step {step})"))
     self._maybe_update_best(report, step)
     return report
 
@@ -307,7 +405,8 @@ class Trainer:
       return
     trainable, total = peft.parameter_counts(self.model)
     logging.info("%s: %d train examples, global batch %d, %d steps (%.2f epochs), %d replicas, "
-                 "%s trainable of %s parameters (peft.method=%s), %s%s%s", "resuming" if start_step else "starting",
+                 "%s trainable of %s parameters (peft.method=%s), %s%s%s",
+                 "resuming" if start_step else "starting",
                  len(self.splits["train"]), self.global_batch_size, self.total_steps,
                  self.total_steps / self.steps_per_epoch, self.strategy.num_replicas_in_sync,
                  f"{trainable:,}", f"{total:,}", self.config.peft.method, self.precision,
@@ -318,19 +417,24 @@ class Trainer:
       logging.info("This worker is not the chief: its checkpoints and summaries go to %s and "
                    "are deleted at the end; the chief writes %s", self._scratch, self.workdir.root)
     if start_step == 0:
-      self.writers.hparams(self.config)
+      self.writers.start_session(self.config, self.task.metric_names, self.task.best_metric)
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
     train_step = self._build_train_step()
     window_loss, window_steps, window_start = 0.0, 0, time.time()
     run_start, steps_timed = time.time(), 0
     step = start_step
+    signals = _SignalCatcher(self.strategy)
     try:
       while step < stop:
-        loss, norm = train_step(iterator)
+        loss, norm, nonfinite = train_step(iterator)
         step += 1
-        window_loss += float(loss)
-        window_steps += 1
-        if step % self.config.train.log_every == 0 or step == stop:
+        loss = float(loss)  # the step's one wait for the device; the rest is ready with it
+        if not int(nonfinite):
+          window_loss += loss
+          window_steps += 1
+        else:
+          self._nonfinite_step(step, loss, float(norm))
+        if window_steps and (step % self.config.train.log_every == 0 or step == stop):
           elapsed = time.time() - window_start
           steps_per_sec = window_steps / elapsed
           steps_timed += window_steps
@@ -355,16 +459,87 @@ class Trainer:
           window_start = time.time()
         if stopping:
           break
-    except KeyboardInterrupt:
-      path = self.manager.save(checkpoint_number=step)
-      logging.warning("Interrupted at step %d; saved %s. Run the same command to resume.",
-                      step, path)
+        if signals.received and step < stop:
+          path = self.manager.save(checkpoint_number=step)
+          raise Preempted(signals.received, step, path)
+      if step >= self.total_steps or stopping:
+        self._end_session("success")
+    except TrainingError:
+      self._end_session("failure")
       raise
     finally:
+      signals.restore()
       self._close()
+
+  def _nonfinite_step(self, step, loss, norm):
+    """A step whose loss or gradient norm was not finite: it was not applied (the weights
+    and optimizer moments are as before it). Skips it while train.skip_nonfinite_steps
+    allows, else stops the run."""
+    allowed = self.config.train.skip_nonfinite_steps
+    self.run_state["nonfinite_steps"].assign_add(1)
+    count = int(self.run_state["nonfinite_steps"].numpy())
+    self.writers.train_scalars(step, {"nonfinite_steps": count})
+    what = f"loss {loss} and gradient norm {norm}"
+    if count <= allowed:
+      logging.warning("step %d: %s; the step was skipped (%d of train.skip_nonfinite_steps=%d)",
+                      step, what, count, allowed)
+      return
+    latest = self.manager.latest_checkpoint
+    raise TrainingError(
+        f"training diverged at step {step}: {what}. The step was not applied and nothing was "
+        f"saved after it: the last checkpoint is {latest or 'none'}"
+        f"{', the best ' + self.best['checkpoint'] if self.best else ''}. Lower "
+        "train.learning_rate, keep train.max_grad_norm > 0, or allow a few bad steps with "
+        "train.skip_nonfinite_steps")
+
+  def _end_session(self, status):
+    if self.is_chief:
+      best = {"step": self.best["step"], self.best["metric"]: self.best["value"]} \
+          if self.best else {}
+      self.writers.end_session(best, status)
 
   def _close(self):
     self.writers.flush()
     if not self.is_chief:
       self.writers.close()
       shutil.rmtree(self._scratch, ignore_errors=True)
+    self._release()
+
+  def _release(self):
+    if self.lock is not None:
+      self.lock.release()
+      self.lock = None
+
+
+class _SignalCatcher:
+  """SIGTERM (docker stop, Kubernetes, Slurm, preemptible VMs) and SIGINT (Ctrl-C) during
+  training: noted, and the loop saves a checkpoint at the next step boundary and stops.
+
+  Written here rather than with tf.distribute.experimental.PreemptionCheckpointHandler,
+  which supports only MultiWorkerMirroredStrategy and TPUStrategy; under multi_worker a
+  signal reaches one worker while the save is collective, so there the handler is left
+  to TensorFlow's defaults (the process ends; the run resumes from its last checkpoint).
+  """
+
+  def __init__(self, strategy):
+    self.received = None
+    self._previous = {}
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or \
+        threading.current_thread() is not threading.main_thread():
+      return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      self._previous[signum] = signal.signal(signum, self._note)
+
+  def _note(self, signum, frame):
+    del frame
+    if self.received is not None:  # a second Ctrl-C: stop now, as before
+      self.restore()
+      raise KeyboardInterrupt
+    self.received = signum
+    logging.warning("%s received: saving a checkpoint after this step, then stopping",
+                    signal.Signals(signum).name)
+
+  def restore(self):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}

@@ -21,7 +21,6 @@ from absl import logging
 
 from tf_finetune.errors import ConfigError, WorkdirError
 
-METHODS = ("none", "freeze", "bitfit", "adapter", "lora")
 
 
 class BottleneckAdapter(keras.layers.Layer):

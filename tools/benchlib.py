@@ -1,0 +1,53 @@
+"""What the tools share: each side of a benchmark in its own process, peak RSS, configs.
+
+A tool runs itself again with --run=SIDE (or another flag) for each side; the child
+prints its result with `emit`, the parent reads it back with `run_side`. Tools run as
+`python tools/NAME.py`, so this module imports as `benchlib` (its folder is on sys.path)
+and tf_finetune comes from the installed package (`pip install -e .`); configs are loaded
+by path with tf_finetune.config.load, the one override idiom.
+"""
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+_RESULT = "RESULT "
+
+
+def peak_rss_mb():
+  """This process's peak resident memory, MB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(result):
+  """The child's side of run_side: one line the parent finds among the logs."""
+  print(_RESULT + json.dumps(result), flush=True)
+
+
+def run_side(script, args):
+  """Runs `python script *args` in a fresh process (clean memory, its own threads) and
+  returns the dict it emitted; stops with the child's last output when it failed."""
+  proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+  lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
+  if proc.returncode or not lines:
+    print(proc.stderr[-4000:], file=sys.stderr)
+    raise SystemExit(f"{pathlib.Path(script).name} {' '.join(args)}: failed "
+                     f"(exit {proc.returncode})")
+  return json.loads(lines[-1][len(_RESULT):])
+
+
+def load_config(name, overrides=None):
+  """configs/<name>.py with {"section.key": value} overrides, validated."""
+  from tf_finetune import config as config_lib
+  return config_lib.load(CONFIGS / f"{name}.py", overrides)
+
+
+def sst2_budget(overrides=None, max_train_examples=8000, epochs=1.0):
+  """configs/sst2.py at configs/common.py's reduced technique budget, plus overrides."""
+  from tf_finetune import config as config_lib
+  config = config_lib.common().sst2_technique_budget(
+      config_lib.load_module(CONFIGS / "sst2.py").get_config(), max_train_examples, epochs)
+  return config_lib.override(config, overrides)
