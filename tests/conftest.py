@@ -3,9 +3,7 @@ import os
 import pathlib
 import random
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import tf_finetune  # noqa: F401,E402  (Keras backend and TensorFlow's log level first)
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -49,9 +47,42 @@ def write_sentiment_tsv(directory, n_train=48, n_dev=16, seed=0, max_repeats=1):
   return directory
 
 
+_TINY_CHECKPOINT = []
+
+
+def tiny_checkpoint_dir():
+  """An HF-format directory (config.json + vocab.txt, no weights) of a 2-layer, hidden-32
+  BERT with a tiny vocabulary: the special tokens, every ASCII letter, digit and
+  punctuation mark alone and as a ## continuation, and the words of the tests' own data
+  (keras-hub's tests use vocabularies of about ten tokens). Written once per process; no
+  checkpoint package needed."""
+  if not _TINY_CHECKPOINT:
+    import json
+    import string
+    import tempfile
+    words = set()
+    for phrase in POSITIVE + NEGATIVE:
+      words.update(phrase.replace(",", " ").split())
+    for path in config_lib.EXAMPLES_DIR.glob("*.conll"):
+      words.update(line.split()[0].lower() for line in path.read_text().splitlines()
+                   if line.strip() and line.split()[0].isalpha() and line.split()[0].isascii())
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    vocabulary = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars +
+                  [f"##{c}" for c in chars] + sorted(words - set(chars)))
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="tiny_bert_"))
+    (directory / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    (directory / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": len(vocabulary), "hidden_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "max_position_embeddings": 512, "type_vocab_size": 2, "hidden_act": "gelu"}))
+    _TINY_CHECKPOINT.append(directory)
+  return _TINY_CHECKPOINT[0]
+
+
 def tiny_model_config():
-  """configs/smoke.py's model (2 layers, hidden 32), with dropout off for exact comparisons."""
-  c = config_lib.common().tiny_model(config_lib.base_config())
+  """configs/smoke.py's model (2 layers, hidden 32) with the tiny vocabulary, dropout off
+  for exact comparisons."""
+  c = config_lib.common().tiny_model(config_lib.base_config(), tiny_checkpoint_dir())
   c.model.dropout = 0.0
   return c
 

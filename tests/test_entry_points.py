@@ -27,6 +27,12 @@ def test_smoke_train_then_resume_then_evaluate(tmp_path):
   dev = report["splits"]["dev"]
   assert 0.0 <= dev["accuracy"] <= 1.0 and set(dev["per_class"]) == set(report["labels"])
   assert "step 2/12 | loss" in first.stderr and "examples/s | ETA" in first.stderr
+  # A healthy run's console: no TensorFlow start-up lines (E0000/W0000/I0000 from C++, once
+  # per shared library), no per-checkpoint INFO, no traceback.
+  lines = (first.stdout + first.stderr).splitlines()
+  assert not [l for l in lines if l.startswith(("E0000", "W0000", "I0000", "WARNING: All log"))]
+  assert not [l for l in lines if "Sharding callback" in l or "Traceback" in l]
+  assert len(lines) == len(set(lines)), "a line printed twice"
   predictions = (workdir / "eval" / "predictions.tsv").read_text().splitlines()
   assert predictions[0].split("\t")[:5] == ["split", "origin", "label", "predicted", "probability"]
   dev_rows = [line.split("\t") for line in predictions[1:] if line.startswith("dev\t")]

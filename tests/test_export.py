@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, dev_logits, tiny_config, write_sentiment_tsv
+from tests.conftest import REPO, dev_logits, tiny_checkpoint_dir, tiny_config, write_sentiment_tsv
 from tf_finetune import experiment
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib
@@ -37,7 +37,7 @@ def test_versions_increment_and_nothing_is_left_half_written(run_dir, exported, 
   second = serving.export_saved_model(run_dir, checkpoint="latest")
   assert second.name == "2"
   card = (second / "README.md").read_text()
-  assert "Base checkpoint: `all-MiniLM-L6-v2`" in card and "labels (2): 0, 1" in card
+  assert f"Base checkpoint: `{tiny_checkpoint_dir()}`" in card and "labels (2): 0, 1" in card
 
   def broken(*args, **kwargs):
     raise RuntimeError("disk full")
@@ -127,6 +127,48 @@ def test_predict_cli_arguments_file_and_stdin(exported, tmp_path):
   by_stdin = subprocess.run(base, input="four\nfive\n", capture_output=True, text=True,
                             timeout=300, cwd=REPO)
   assert [line.split("\t")[0] for line in by_stdin.stdout.strip().splitlines()] == ["four", "five"]
+
+
+def _predict(exported, *args, stdin=b""):
+  return subprocess.run([sys.executable, "-m", "tf_finetune.predict", f"--model={exported}",
+                         *args], input=stdin, capture_output=True, timeout=300, cwd=REPO)
+
+
+def test_predict_keeps_one_output_line_per_input_line(exported):
+  out = _predict(exported, "--output_format=jsonl", stdin=b"a wonderful film\n\n  \na dull mess\n")
+  assert out.returncode == 0, out.stderr[-2000:]
+  records = [json.loads(line) for line in out.stdout.decode().splitlines()]
+  assert [r["text"] for r in records] == ["a wonderful film", "", "  ", "a dull mess"]
+  assert [r.get("blank", False) for r in records] == [False, True, True, False]
+  assert records[1]["label"] is None and records[0]["label"] in ("0", "1")
+  tsv = _predict(exported, stdin=b"a wonderful film\n\na dull mess\n").stdout.decode()
+  rows = [line.split("\t") for line in tsv.split("\n")[:-1]]
+  assert len(rows) == 3 and len({len(r) for r in rows}) == 1 and rows[1][1:] == ["", "", ""]
+
+
+def test_predict_stops_on_bytes_that_are_not_utf8_before_printing_anything(exported, tmp_path):
+  texts = tmp_path / "texts.txt"
+  texts.write_bytes(b"fine\nbad \xff byte\nfine again\n")
+  out = _predict(exported, f"--input={texts}")
+  assert out.returncode == 1 and out.stdout == b""
+  assert out.stderr.decode().strip() == (f"error: {texts}:2: bytes b'\\xff' are not valid UTF-8; "
+                                         "nothing was predicted (--errors=replace reads them as "
+                                         "U+FFFD)")
+  replaced = _predict(exported, f"--input={texts}", "--errors=replace")
+  assert replaced.returncode == 0
+  assert [l.split("\t")[0] for l in replaced.stdout.decode().splitlines()] == [
+      "fine", "bad \ufffd byte", "fine again"]
+  assert "1 line(s) had bytes that are not UTF-8" in replaced.stderr.decode()
+
+
+def test_predict_says_when_input_is_empty_and_when_a_text_was_cut(exported):
+  empty = _predict(exported)
+  assert empty.returncode == 1
+  assert empty.stderr.decode().strip() == "error: no text to predict: standard input is empty"
+  long_text = " ".join(["wonderful"] * 100)  # max_seq_length is 32
+  out = _predict(exported, "--output_format=jsonl", stdin=f"short film\n{long_text}\n".encode())
+  records = [json.loads(line) for line in out.stdout.decode().splitlines()]
+  assert [r["truncated"] for r in records] == [False, True]
 
 
 def test_hf_export_loads_in_transformers_with_same_logits(run_dir):

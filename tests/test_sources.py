@@ -152,8 +152,12 @@ def test_label_first_lines_trec_style(tmp_path):
 def test_jsonl_list_labels_are_joined(tmp_path):
   path = tmp_path / "train.jsonl"
   path.write_text('{"text": "a", "labels": ["x", "y"]}\n{"text": "b", "labels": []}\n')
-  split = sources.read_jsonl(path, text_column="text", label_column="labels", list_separator="|")
+  split = sources.read_jsonl(path, text_column="text", label_column="labels", list_separator="|",
+                             allow_list_labels=True)
   assert split.labels == ["x|y", ""]
+  with pytest.raises(DataError, match=r"train.jsonl:1: field 'labels' is a list, \['x', 'y'\]; "
+                                      "a list of labels is for task.name='multilabel'"):
+    sources.read_jsonl(path, text_column="text", label_column="labels")
 
 
 def test_conll_reader_tabs_spaces_docstart_and_byte_order_marks(tmp_path):
@@ -195,3 +199,81 @@ def test_multilabel_cells_may_be_empty(tmp_path):
   with pytest.raises(DataError, match="train.tsv:2: empty label"):
     sources.read_delimited(tmp_path / "train.tsv", delimiter="\t", text_column="sentence",
                            label_column="label")
+
+
+def _tsv_config(tmp_path, rows, **data):
+  directory = tmp_path / "d"
+  directory.mkdir(exist_ok=True)
+  (directory / "train.tsv").write_text("sentence\tlabel\n" + "".join(
+      f"{text}\t{label}\n" for text, label in rows), encoding="utf-8")
+  c = config_lib.base_config()
+  c.data.source, c.data.dir, c.data.train_file = "tsv", str(directory), "train.tsv"
+  c.data.text_column = "sentence"
+  for key, value in data.items():
+    c.data[key] = value
+  return config_lib.validate(c).data, directory / "train.tsv"
+
+
+GOOD = [(f"a fine text number {i}", i % 2) for i in range(20)]
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("", "the text is empty"),
+    ("   ", "the text is only whitespace"),
+    ("nul\x00inside", "the text holds the control character U+0000 at character 3"),
+    ("bell\x07", "the text holds the control character U+0007 at character 4"),
+])
+def test_unusable_texts_stop_with_file_and_line_or_are_skipped_and_counted(
+    tmp_path, text, problem, caplog):
+  data, path = _tsv_config(tmp_path, GOOD[:3] + [(text, 1)] + GOOD[3:])
+  with pytest.raises(DataError) as e:
+    sources.load_splits(data)
+  assert str(e.value).startswith(f"{path}:5: {problem}; fix the row, or set data.bad_text=skip")
+  data, _ = _tsv_config(tmp_path, GOOD[:3] + [(text, 1)] + GOOD[3:], bad_text="skip")
+  with caplog.at_level("WARNING"):
+    splits = sources.load_splits(data)
+  assert len(splits["train"]) + len(splits["dev"]) == len(GOOD)
+  assert f"left out 1 of {len(GOOD) + 1} examples (data.bad_text=skip)" in caplog.text
+  assert f"first at {path}:5" in caplog.text
+
+
+def test_labels_spelled_as_different_numbers_are_refused(tmp_path):
+  data, path = _tsv_config(tmp_path, GOOD + [("one more text", "1.0")])
+  with pytest.raises(DataError, match=rf"{path}:22: label '1.0' is the number '1' of "
+                                      rf"{path}:3 spelled another way"):
+    sources.load_splits(data)
+  jsonl = tmp_path / "d" / "t.jsonl"
+  jsonl.write_text("".join(json.dumps({"text": f"text {i}", "label": label}) + "\n"
+                           for i, label in enumerate([1, "1", 0, "0"] * 5)))
+  split = sources.read_jsonl(jsonl, text_column="text", label_column="label")
+  assert split.labels == ["1", "1", "0", "0"] * 5  # a JSON number is its spelling: 1 is "1"
+  jsonl.write_text(jsonl.read_text() + json.dumps({"text": "x", "label": 1.0}) + "\n")
+  split = sources.read_jsonl(jsonl, text_column="text", label_column="label")
+  with pytest.raises(DataError, match="label '1.0' is the number '1'"):
+    sources.check_label_spellings({"train": split})
+
+
+def test_a_cell_longer_than_pythons_csv_limit_is_read_whole(tmp_path):
+  long_text = "word " * 40_000  # 200,000 characters: over csv's default 131,072
+  data, _ = _tsv_config(tmp_path, GOOD + [(long_text.strip(), 1)])
+  splits = sources.load_splits(data)
+  texts = splits["train"].texts + splits["dev"].texts
+  assert long_text.strip() in texts
+
+
+def test_blank_jsonl_lines_are_skipped_and_counted(tmp_path, caplog):
+  path = tmp_path / "d.jsonl"
+  path.write_text('{"text": "a", "label": "x"}\n\n   \n{"text": "b", "label": "y"}\n')
+  with caplog.at_level("INFO"):
+    split = sources.read_jsonl(path, text_column="text", label_column="label")
+  assert split.texts == ["a", "b"] and split.origins[1].endswith(":4")
+  assert "skipped 2 blank line(s)" in caplog.text
+
+
+def test_a_text_with_a_unicode_line_separator_stays_one_row(tmp_path):
+  data, _ = _tsv_config(tmp_path, GOOD + [("before\u2028after\x85", 1)])
+  with pytest.raises(DataError, match=r":22: the text holds the control character U\+0085"):
+    sources.load_splits(data)
+  data, _ = _tsv_config(tmp_path, GOOD + [("before\u2028after", 1)])
+  splits = sources.load_splits(data)
+  assert "before\u2028after" in splits["train"].texts + splits["dev"].texts

@@ -10,7 +10,7 @@ import tf_finetune
 from tf_finetune.errors import Interrupted, UserError
 
 
-def _parse_flags(argv):
+def parse_flags(argv):
   """absl's parser, except that an unknown --config.KEY is one line, not a traceback."""
   try:
     return flags.FLAGS(argv)
@@ -49,13 +49,11 @@ def import_tensorflow_quietly():
     os.close(devnull)
 
 
-def run(main):
-  """app.run(main) where a UserError from main exits with `error: <message>` (status 1), a
-  signal that stopped training after a save with its one line (status 128 + signal), and
-  Ctrl-C elsewhere with `interrupted`, never a traceback."""
+def guard(main):
+  """main where a UserError exits with `error: <message>` (status 1), a signal that stopped
+  training after a save with its one line (status 128 + signal), and Ctrl-C elsewhere with
+  `interrupted` (status 130): never a traceback."""
   def guarded(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
       main(argv)
     except UserError as e:
@@ -66,4 +64,13 @@ def run(main):
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr)
       sys.exit(130)
-  app.run(guarded, flags_parser=_parse_flags)
+  return guarded
+
+
+def run(main):
+  """app.run(guard(main)) for entry points that take no positional arguments."""
+  def no_arguments(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    main(argv)
+  app.run(guard(no_arguments), flags_parser=parse_flags)

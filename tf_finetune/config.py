@@ -72,6 +72,9 @@ def base_config():
   c.data.delimiter = ""  # default: tab for tsv, comma for csv
   c.data.has_header = True
   c.data.encoding = "utf-8"  # of the data files (a leading UTF-8 byte-order mark is dropped)
+  # A text that is empty, only whitespace or holds a control character (NUL...): error
+  # (stop with file:line) or skip (leave the row out, counted in the log).
+  c.data.bad_text = "error"
   c.data.multilabel_separator = ","  # task.name=multilabel: labels in one cell, joined by this
   # data.source=label_first: with ":", TREC's "DESC:manner" becomes "DESC" (coarse labels).
   c.data.coarse_label_separator = ""
@@ -273,6 +276,7 @@ def validate(config):
   _check(t.keep_checkpoints > 0, "train.keep_checkpoints", t.keep_checkpoints, "must be > 0")
   for split in t.eval_splits.split(","):
     _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")
+  _check(d.bad_text in ("error", "skip"), "data.bad_text", d.bad_text, "must be error or skip")
   _check(d.augment in ("none", "eda"), "data.augment", d.augment, "must be none or eda")
   _check(d.augment == "none" or config.task.name != "tagging", "data.augment", d.augment,
          "does not apply to task.name='tagging' (the tags belong to the words)")

@@ -223,7 +223,7 @@ def restore_checkpoint(checkpoint, path, workdir, resuming=False):
       status.assert_existing_objects_matched()
     else:
       status.expect_partial()
-  except (tf.errors.OpError, ValueError, AssertionError) as e:
+  except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
     labels = ""
     if "shape" in str(e).lower() and workdir.labels.is_file():
       labels = (f"; {workdir.labels} may not match the checkpoint's head (the weights have "

@@ -10,6 +10,15 @@ predicted labels (multi-label, at the thresholds tuned on dev), the score (regre
 the entities (tagging): in TSV `type[start:end]=surface (score)` joined by "; ", in JSON
 a list of {type, start, end, text, score} with character offsets into the text.
 
+Every text gets a `truncated` field: true when it had more wordpieces than the model's
+max_seq_length and its tail was not read.
+
+Input lines: output line i is input line i. A blank input line gets an output line whose
+fields are empty (TSV) or null with "blank": true (JSON lines), and is not sent to the
+model. Input that is not UTF-8 stops with its line number before anything is printed,
+unless --errors=replace, which writes U+FFFD for the bad bytes and says how many lines had
+them. Empty input is an error.
+
 Ensembles: `--model=A --model=B ...` (exports of classification runs with the same labels,
 or of regression runs) averages the models' probabilities (or scores) per text.
 """
@@ -21,6 +30,7 @@ from absl import app
 from absl import flags
 
 from tf_finetune import cli
+from tf_finetune.errors import UserError
 
 _MODEL = flags.DEFINE_multi_string(
     "model", None, "Exported SavedModel directory; given several times, an ensemble that "
@@ -29,15 +39,43 @@ _MODEL = flags.DEFINE_multi_string(
 _INPUT = flags.DEFINE_string("input", None, "File with one text per line ('-': stdin).")
 _FORMAT = flags.DEFINE_enum("output_format", "tsv", ["tsv", "jsonl"], "Output format.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Texts per call.")
+_ERRORS = flags.DEFINE_enum("errors", "strict", ["strict", "replace"],
+                            "Input bytes that are not UTF-8: strict (stop, naming the line) or "
+                            "replace (U+FFFD, counted on stderr).")
 
 
 def read_texts(argv):
+  """The texts, one per argument or input line (blank lines kept, as "")."""
   if len(argv) > 1:
     return argv[1:]
   if _INPUT.value and _INPUT.value != "-":
-    with open(_INPUT.value, encoding="utf-8") as f:
-      return [line.rstrip("\n") for line in f if line.strip()]
-  return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    name = _INPUT.value
+    try:
+      data = pathlib.Path(name).read_bytes()
+    except OSError as e:
+      raise UserError(f"--input={name}: {e.strerror}") from None
+  else:
+    name, data = "standard input", sys.stdin.buffer.read()
+  if not data:
+    raise UserError(f"no text to predict: {name} is empty")
+  lines = data.split(b"\n")
+  if lines[-1] == b"":
+    lines.pop()
+  texts, replaced = [], 0
+  for number, line in enumerate(lines, start=1):
+    line = line[:-1] if line.endswith(b"\r") else line
+    try:
+      texts.append(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      if _ERRORS.value == "strict":
+        raise UserError(f"{name}:{number}: bytes {line[e.start:e.end]!r} are not valid UTF-8; "
+                        "nothing was predicted (--errors=replace reads them as U+FFFD)") from None
+      texts.append(line.decode("utf-8", errors="replace"))
+      replaced += 1
+  if replaced:
+    print(f"{name}: {replaced} line(s) had bytes that are not UTF-8, read as U+FFFD "
+          "(--errors=replace)", file=sys.stderr)
+  return texts
 
 
 class Predictor:
@@ -94,23 +132,37 @@ class Predictor:
       return outs[0]
     if self.labels is not None:
       probabilities = np.mean([o["probabilities"].numpy() for o in outs], axis=0)
-      return {"probabilities": tf.constant(probabilities),
+      return {"probabilities": tf.constant(probabilities), "truncated": outs[0]["truncated"],
               "label": tf.constant([self.labels[i] for i in probabilities.argmax(-1)])}
-    return {"score": tf.constant(np.mean([o["score"].numpy() for o in outs], axis=0))}
+    return {"score": tf.constant(np.mean([o["score"].numpy() for o in outs], axis=0)),
+            "truncated": outs[0]["truncated"]}
 
 
 def main(argv):
+  texts = read_texts(argv)
   cli.import_tensorflow_quietly()
   predict = Predictor(_MODEL.value)
-  texts = read_texts(argv)
+  names = None  # the output fields, from the first batch the model answers
   for start in range(0, len(texts), _BATCH.value):
     batch = texts[start:start + _BATCH.value]
-    out = predict(batch)
-    for text, fields in zip(batch, _fields(out)):
+    asked = [t for t in batch if t.strip()]
+    answers = iter(_fields(predict(asked)) if asked else [])
+    for text in batch:
+      fields = next(answers) if text.strip() else None
+      if fields is not None:
+        names = names or list(fields)
       if _FORMAT.value == "jsonl":
-        print(json.dumps({"text": text, **fields}, ensure_ascii=False))
-      else:
-        print("\t".join([text] + [str(v) for v in fields.values()]))
+        record = {"text": text, **fields} if fields is not None else {
+            "text": text, "blank": True, **{k: None for k in names or []}}
+        print(json.dumps(record, ensure_ascii=False))
+      elif fields is not None:
+        print("\t".join([text] + [_tsv(v) for v in fields.values()]))
+      else:  # a blank line: as many (empty) columns as the others
+        print("\t".join([text] + [""] * len(names or [])))
+
+
+def _tsv(value):
+  return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _entities(out):
@@ -124,6 +176,11 @@ def _entities(out):
 
 def _fields(out):
   """Per example, the task's outputs worth printing, by the signature's output names."""
+  truncated = [{"truncated": bool(x)} for x in out["truncated"].numpy()]
+  return [dict(fields, **cut) for fields, cut in zip(_task_fields(out), truncated)]
+
+
+def _task_fields(out):
   if "entity_type" in out:
     if _FORMAT.value == "jsonl":
       return [{"entities": e} for e in _entities(out)]
@@ -139,4 +196,4 @@ def _fields(out):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.guard(main), flags_parser=cli.parse_flags)

@@ -67,16 +67,21 @@ class TextEncoder(tf.Module):
     """[batch] strings -> ragged [batch, (words)] wordpiece ids, before packing."""
     return tf.cast(self.tokenizer(clean_text(texts)), tf.int32)
 
-  def __call__(self, texts, text_pairs=None):
+  def __call__(self, texts, text_pairs=None, with_truncation=False):
+    """With with_truncation, also `truncated` (bool [batch]): wordpieces were cut."""
     segments = [self.tokenize(texts)]
     if text_pairs is not None:
       segments.append(self.tokenize(text_pairs))
     budget = self.max_seq_length - 1 - len(segments)
+    pieces = tf.add_n([s.row_lengths() for s in segments])
     segments = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
     token_ids, segment_ids = tf_text.combine_segments(
         segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
-    return {"token_ids": tf.cast(token_ids, tf.int32),
-            "segment_ids": tf.cast(segment_ids, tf.int32)}
+    features = {"token_ids": tf.cast(token_ids, tf.int32),
+                "segment_ids": tf.cast(segment_ids, tf.int32)}
+    if with_truncation:
+      features["truncated"] = pieces > budget
+    return features
 
   split_words = staticmethod(split_words)
 
@@ -114,6 +119,7 @@ class TextEncoder(tf.Module):
     sentence_splits = tf.gather(piece_splits, word_splits)
     sentences = tf.RaggedTensor.from_row_splits(pieces.flat_values, sentence_splits)
     budget = self.max_seq_length - 2
+    truncated = sentences.row_lengths() > budget
     token_ids, segment_ids = tf_text.combine_segments(
         [sentences[:, :budget]], start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
     word_rows = tf.cast(words.value_rowids(), tf.int32)
@@ -122,7 +128,8 @@ class TextEncoder(tf.Module):
     positions = tf.where(kept, offsets + 1, -1)
     return {"token_ids": tf.cast(token_ids, tf.int32),
             "segment_ids": tf.cast(segment_ids, tf.int32),
-            "word_positions": words.with_flat_values(positions)}
+            "word_positions": words.with_flat_values(positions),
+            "truncated": truncated}
 
   def pad(self, ragged_features):
     """Ragged features -> dense `token_ids`, `segment_ids`, `padding_mask` (int32)."""

@@ -24,9 +24,12 @@ class WorkdirLock:
   def __init__(self, root):
     self.path = pathlib.Path(root) / LOCK_FILE
     self._file = None
+    self._created = None  # the directories acquire made, removed again if left empty
 
   def acquire(self):
+    missing = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._created = missing
     while True:
       f = open(self.path, "a+", encoding="utf-8")
       try:
@@ -67,6 +70,11 @@ class WorkdirLock:
     fcntl.flock(self._file, fcntl.LOCK_UN)
     self._file.close()
     self._file = None
+    for directory in self._created or []:  # a run that stopped before writing anything
+      try:
+        directory.rmdir()
+      except OSError:
+        break
 
 
 def _describe(text):

@@ -74,18 +74,12 @@ def run_torch():
   transformers.set_seed(_SEED.value)
   model = transformers.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2)
 
-  class Data(torch.utils.data.Dataset):
-    def __init__(self, split):
-      self.encodings = tokenizer(split.texts, truncation=True, max_length=_MAX_LEN.value)
-      self.labels = [int(x) for x in split.labels]
-    def __len__(self):
-      return len(self.labels)
-    def __getitem__(self, i):
-      item = {k: v[i] for k, v in self.encodings.items()}
-      item["labels"] = self.labels[i]
-      return item
+  def data(split):
+    return benchlib.torch_dataset(
+        tokenizer(split.texts, truncation=True, max_length=_MAX_LEN.value),
+        [int(x) for x in split.labels])
 
-  train_data, dev_data = Data(train), Data(dev)
+  train_data, dev_data = data(train), data(dev)
   args = transformers.TrainingArguments(
       output_dir=tempfile.mkdtemp(prefix="bench_sst2_torch_"), num_train_epochs=_EPOCHS.value,
       per_device_train_batch_size=_BATCH.value, per_device_eval_batch_size=64,

@@ -73,26 +73,22 @@ def run_torch():
       directory, num_labels=len(tags), id2label=dict(enumerate(tags)),
       label2id={t: i for i, t in enumerate(tags)})
 
-  class Data(torch.utils.data.Dataset):
-    def __init__(self, split):
-      self.encodings = tokenizer(split.tokens, is_split_into_words=True, truncation=True,
-                                 max_length=c.data.max_seq_length)
-      self.word_ids = [self.encodings.word_ids(i) for i in range(len(split))]
-      self.labels = []
-      for i, sentence_tags in enumerate(split.tags):
-        row, previous = [], None
-        for w in self.word_ids[i]:
-          row.append(-100 if w is None or w == previous else tags.index(sentence_tags[w]))
-          previous = w
-        self.labels.append(row)
-    def __len__(self):
-      return len(self.labels)
-    def __getitem__(self, i):
-      item = {k: v[i] for k, v in self.encodings.items()}
-      item["labels"] = self.labels[i]
-      return item
+  def data(split):
+    """First-wordpiece labels, -100 elsewhere (HF run_ner, label_all_tokens=False)."""
+    encodings = tokenizer(split.tokens, is_split_into_words=True, truncation=True,
+                          max_length=c.data.max_seq_length)
+    labels = []
+    for i, sentence_tags in enumerate(split.tags):
+      row, previous = [], None
+      for w in encodings.word_ids(i):
+        row.append(-100 if w is None or w == previous else tags.index(sentence_tags[w]))
+        previous = w
+      labels.append(row)
+    dataset = benchlib.torch_dataset(encodings, labels)
+    dataset.word_ids = [encodings.word_ids(i) for i in range(len(split))]
+    return dataset
 
-  train_data, dev_data = Data(splits["train"]), Data(splits["dev"])
+  train_data, dev_data = data(splits["train"]), data(splits["dev"])
   args = transformers.TrainingArguments(
       output_dir=tempfile.mkdtemp(prefix="bench_wnut17_torch_"), num_train_epochs=c.train.epochs,
       per_device_train_batch_size=c.train.batch_size, per_device_eval_batch_size=64,

@@ -51,3 +51,17 @@ def sst2_budget(overrides=None, max_train_examples=8000, epochs=1.0):
   config = config_lib.common().sst2_technique_budget(
       config_lib.load_module(CONFIGS / "sst2.py").get_config(), max_train_examples, epochs)
   return config_lib.override(config, overrides)
+
+
+def torch_dataset(encodings, labels):
+  """A torch Dataset of a tokenizer's batch encodings and per-example labels, as the HF
+  Trainer takes it (PyTorch sides of the benchmarks)."""
+  import torch
+
+  class Examples(torch.utils.data.Dataset):
+    def __len__(self):
+      return len(labels)
+
+    def __getitem__(self, i):
+      return dict({k: v[i] for k, v in encodings.items()}, labels=labels[i])
+  return Examples()

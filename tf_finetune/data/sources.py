@@ -3,15 +3,36 @@
 Every reader is strict: a malformed row, a missing column or undecodable bytes raises a
 DataError naming the file, the line and the problem. Nothing is dropped silently.
 """
+import collections
 import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import pathlib
+import re
+import sys
+import unicodedata
 
 import numpy as np
+from absl import logging
 
 from tf_finetune.errors import DataError
+
+
+def _raise_csv_field_limit():
+  """Python's csv refuses fields over 131,072 characters by default; a legal TSV cell (a
+  long document) may be longer. The limit is a C long."""
+  limit = sys.maxsize
+  while True:
+    try:
+      csv.field_size_limit(limit)
+      return
+    except OverflowError:
+      limit //= 2
+
+
+_raise_csv_field_limit()
 
 
 @dataclasses.dataclass
@@ -68,7 +89,10 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
   text = _decode(path, encoding)
   # TSV files of NLP data sets (GLUE) carry bare quotes inside fields: no quoting there.
   quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-  reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting, strict=True)
+  # Lines end at \n, \r\n or \r only (str.splitlines would also split inside a text at
+  # U+2028, U+0085, form feeds...).
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting,
+                      strict=True)
   rows = enumerate(reader, start=1)
   if has_header:
     try:
@@ -114,17 +138,28 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
   return Split(split_name, texts, labels, origins, pairs if pair_i is not None else None)
 
 
+def _lines(text):
+  """Lines split at \n (a trailing \r dropped), not at the other breaks splitlines knows."""
+  lines = text.split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()
+  return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train",
-               list_separator=",", encoding="utf-8"):
-  """One JSON object a line. A label may be a string, an integer, or (multi-label) a list
-  of strings, which is joined by list_separator."""
+               list_separator=",", encoding="utf-8", allow_list_labels=False):
+  """One JSON object a line; blank lines are skipped and counted in the log. A label is a
+  string, or a number, which becomes its JSON spelling (1 -> "1", 1.0 -> "1.0"); with
+  allow_list_labels (multi-label), also a list of strings, joined by list_separator."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f"{path}: file not found")
   texts, pairs, labels, origins = [], [], [], []
-  for line, raw in enumerate(_decode(path, encoding).splitlines(), start=1):
+  blank = 0
+  for line, raw in enumerate(_lines(_decode(path, encoding)), start=1):
     if not raw.strip():
-      raise DataError(f"{path}:{line}: blank line")
+      blank += 1
+      continue
     try:
       record = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -138,16 +173,21 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
       if column and not isinstance(record[column], str):
         raise DataError(f"{path}:{line}: field {column!r} must be a string")
     label = record[label_column]
+    if isinstance(label, list) and not allow_list_labels:
+      raise DataError(f"{path}:{line}: field {label_column!r} is a list, {label!r}; a list of "
+                      "labels is for task.name='multilabel', this task takes one label")
     if isinstance(label, list) and all(isinstance(x, str) for x in label):
       label = list_separator.join(label)
     if isinstance(label, bool) or not isinstance(label, (str, int, float)):
       raise DataError(f"{path}:{line}: field {label_column!r} must be a string, a number or "
-                      "a list of strings")
+                      "(multi-label) a list of strings")
     texts.append(record[text_column])
-    labels.append(str(label))
+    labels.append(label if isinstance(label, str) else json.dumps(label))
     if text_pair_column:
       pairs.append(record[text_pair_column])
     origins.append(f"{path}:{line}")
+  if blank:
+    logging.info("%s: skipped %d blank line(s)", path, blank)
   if not texts:
     raise DataError(f"{path}: no examples")
   return Split(split_name, texts, labels, origins, pairs if text_pair_column else None)
@@ -160,7 +200,7 @@ def read_label_first(path, *, coarse_label_separator="", split_name="train", enc
   if not path.is_file():
     raise DataError(f"{path}: file not found")
   texts, labels, origins = [], [], []
-  for line, raw in enumerate(_decode(path, encoding).splitlines(), start=1):
+  for line, raw in enumerate(_lines(_decode(path, encoding)), start=1):
     if not raw.strip():
       raise DataError(f"{path}:{line}: blank line")
     label, _, text = raw.partition(" ")
@@ -340,6 +380,15 @@ def stratified_split(split, fractions, seed, stratify=True):
   indices = np.arange(len(split))
   parts, rest = [], indices
   remaining = 1.0
+  if stratify:
+    counts = collections.Counter(split.labels)
+    rare = sorted(label for label, n in counts.items() if n < 2)
+    if rare:
+      first = split.origins[split.labels.index(rare[0])]
+      raise DataError(f"{first}: label {rare[0]!r} has only one example in {split.source} "
+                      f"({len(rare)} such label(s): {rare[:5]}), too few to carve a "
+                      "label-stratified dev split from it; give a dev file (data.dev_file) "
+                      "or more examples of it")
   for fraction in fractions:
     rest, part = train_test_split(
         rest, test_size=fraction / remaining, random_state=seed,
@@ -352,13 +401,78 @@ def stratified_split(split, fractions, seed, stratify=True):
 DELIMITERS = {"tsv": "\t", "csv": ","}
 
 
+BAD_TEXT_POLICIES = ("error", "skip")
+
+
+def text_problem(text):
+  """What makes a text unusable for training, or None: empty, only whitespace, or holding a
+  control character (Unicode Cc other than tab and line breaks, e.g. NUL)."""
+  if not text:
+    return "is empty"
+  if not text.strip():
+    return "is only whitespace"
+  for i, char in enumerate(text):
+    if char not in "\t\n\r" and unicodedata.category(char) == "Cc":
+      return f"holds the control character U+{ord(char):04X} at character {i}"
+  return None
+
+
+def screen_texts(split, policy, columns=("text", "text pair")):
+  """Each example's text (and pair) must be usable (text_problem). policy="error": the
+  first bad one stops with file:line and the field; "skip": bad rows are left out and
+  counted in the log, by problem."""
+  bad, reasons = [], collections.Counter()
+  pairs = split.text_pairs or [None] * len(split)
+  for i, (text, pair) in enumerate(zip(split.texts, pairs)):
+    for column, value in zip(columns, (text, pair)):
+      problem = None if value is None else text_problem(value)
+      if problem is None:
+        continue
+      if policy == "error":
+        raise DataError(f"{split.origins[i]}: the {column} {problem}; fix the row, or set "
+                        "data.bad_text=skip to leave such rows out (counted in the log)")
+      bad.append(i)
+      reasons[re.sub(r" U\+.*", "", problem)] += 1
+      break
+  if not bad:
+    return split
+  logging.warning("%s: left out %d of %d examples (data.bad_text=skip): %s; first at %s",
+                  split.source, len(bad), len(split),
+                  ", ".join(f"{n} {why}" for why, n in reasons.items()), split.origins[bad[0]])
+  keep = sorted(set(range(len(split))) - set(bad))
+  if not keep:
+    raise DataError(f"{split.source}: no usable example left after data.bad_text=skip")
+  return split.subset(keep)
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def check_label_spellings(splits):
+  """Labels are compared exactly as written (after trimming spaces), so "1" and "1.0" would
+  be two classes: two spellings of the same number anywhere in the splits are refused,
+  naming both and where each first appears."""
+  seen = {}
+  for split in splits.values():
+    for label, origin in zip(split.labels, split.origins):
+      if not _NUMBER.match(label):
+        continue
+      value = float(label)
+      first = seen.setdefault(value, (label, origin))
+      if first[0] != label:
+        raise DataError(f"{origin}: label {label!r} is the number {first[0]!r} of {first[1]} "
+                        "spelled another way; labels are compared as written, so these would "
+                        "be two classes; write every such label one way")
+
+
 def _read_file(data_config, file_name, split_name, allow_empty_label):
   path = pathlib.Path(data_config.dir).expanduser() / file_name
   columns = dict(text_column=data_config.text_column, label_column=data_config.label_column,
                  text_pair_column=data_config.text_pair_column, split_name=split_name,
                  encoding=data_config.encoding)
   if data_config.source == "jsonl":
-    return read_jsonl(path, list_separator=data_config.multilabel_separator, **columns)
+    return read_jsonl(path, list_separator=data_config.multilabel_separator,
+                      allow_list_labels=allow_empty_label, **columns)
   if data_config.source == "conll":
     return read_conll(path, split_name=split_name, encoding=data_config.encoding)
   if data_config.source == "label_first":
@@ -378,7 +492,7 @@ def load_splits(data_config, stratify=True, allow_empty_label=False):
   source = data_config.source
   splits = {}
   if source == "bbc_news":
-    everything = read_bbc_news()
+    everything = screen_texts(read_bbc_news(), data_config.bad_text)
     train, dev, test = stratified_split(
         everything, [data_config.dev_fraction, data_config.test_fraction], data_config.split_seed)
     return {"train": everything.subset(train, "train"), "dev": everything.subset(dev, "dev"),
@@ -395,8 +509,12 @@ def load_splits(data_config, stratify=True, allow_empty_label=False):
       splits[name].name = name
     else:
       splits[name] = _read_file(data_config, ref, name, allow_empty_label)
+    if source != "conll":
+      splits[name] = screen_texts(splits[name], data_config.bad_text)
   if "train" not in splits:
     raise DataError("data: no train split given (data.train_file / data.tfds_train_split)")
+  if stratify:  # single-label classification
+    check_label_spellings(splits)
   if "dev" not in splits:
     train, dev = stratified_split(splits["train"], [data_config.dev_fraction],
                                   data_config.split_seed, stratify)

@@ -158,7 +158,8 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
     write_warmup_requests(tmp / "assets.extra" / WARMUP_FILE, model_name,
                           [sample, sample * 8], has_pairs)
     inputs = "`text` (and `text_pair`)" if has_pairs else "`text`"
-    signature_info = (f"- `serving_default`: {inputs}: string [batch] -> {task.serving_doc}\n"
+    signature_info = (f"- `serving_default`: {inputs}: string [batch] -> {task.serving_doc}; "
+                      "`truncated` bool [batch]: wordpieces past max_seq_length were cut\n"
                       "- `token_ids`: `token_ids`, `segment_ids`, `padding_mask` int32 "
                       f"[batch, length] -> {task.token_ids_doc}; needs no custom ops")
     write_model_card(tmp, config, labels, step, run.checkpoint, report, signature_info)

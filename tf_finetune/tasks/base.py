@@ -132,5 +132,6 @@ class Task(abc.ABC):
 
   def serve_text(self, model, texts, text_pairs=None, calibration=None):
     """serving_default: raw strings [batch] (and pairs) -> the SavedModel's outputs."""
-    features = self.encoder.pad(self.encoder(texts, text_pairs))
-    return self.serving_outputs(tf.cast(model(features, training=False), tf.float32), calibration)
+    features = self.encoder(texts, text_pairs, with_truncation=True)
+    logits = tf.cast(model(self.encoder.pad(features), training=False), tf.float32)
+    return dict(self.serving_outputs(logits, calibration), truncated=features["truncated"])

@@ -90,6 +90,7 @@ class TaggingTask(base.Task):
 
   def encode_inputs(self, batch):
     features = self.encoder.encode_words(batch["words"])
+    del features["truncated"]
     features["label"] = _piece_labels(features["token_ids"], features.pop("word_positions"),
                                       batch["word_labels"])
     return features
@@ -190,6 +191,7 @@ class TaggingTask(base.Task):
     words, starts, ends = encoder.split_words(texts)
     features = encoder.encode_words(words)
     logits = tf.cast(model(encoder.pad(features), training=False), tf.float32)
+    truncated = features.pop("truncated")
     positions = features["word_positions"]
     rows = tf.cast(positions.value_rowids(), tf.int32)
     flat_positions = positions.flat_values
@@ -220,6 +222,7 @@ class TaggingTask(base.Task):
         "word_start": starts.to_tensor(default_value=-1),
         "word_end": ends.to_tensor(default_value=-1),
         "word_count": tf.cast(words.row_lengths(), tf.int32),
+        "truncated": truncated,
     }
 
   def _entities(self, tag, score, rows, starts, ends, num_rows):

@@ -1,0 +1,365 @@
+"""What a run does when things go wrong: divergence, signals, a second trainer, a damaged run
+directory, crashes between an evaluation and a checkpoint, leftovers (README "Failure modes")."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO, tiny_config
+from tf_finetune import experiment
+from tf_finetune.errors import ConfigError, TrainingError, UserError, WorkdirError
+from tf_finetune.evaluation import evaluator
+from tf_finetune.training import trainer as trainer_lib
+
+
+def _weights(model):
+  return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def _poison_step(trainer, bad_iterations):
+  """Makes the training loss NaN at the given optimizer iterations (0-based), on device."""
+  clean = trainer.task.training_losses
+
+  def losses(labels, logits):
+    bad = tf.reduce_any(tf.equal(trainer.optimizer.iterations, bad_iterations))
+    return tf.where(bad, np.nan, clean(labels, logits))
+  trainer.task.training_losses = losses
+
+
+def test_a_nonfinite_step_stops_the_run_and_touches_no_checkpoint(sentiment_dir, tmp_path):
+  run = tmp_path / "run"
+  config = tiny_config(sentiment_dir, train__steps=6, train__eval_every=3)
+  trainer_lib.Trainer(config, run).train(until_step=3)
+  best_json = (run / "checkpoints" / "best.json").read_text()
+  files = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+  t = trainer_lib.Trainer(config, run)
+  _poison_step(t, [3])  # the 4th step, the first after resuming
+  with pytest.raises(TrainingError, match=r"training diverged at step 4: loss nan") as e:
+    t.train()
+  assert f"the last checkpoint is {run / 'checkpoints' / 'ckpt-3'}" in str(e.value)
+  saved = experiment.load_run(run, "latest")
+  assert saved.step == 3
+  for a, b in zip(_weights(saved.model), _weights(t.model)):  # the bad step was not applied
+    np.testing.assert_array_equal(a, b)
+  assert (run / "checkpoints" / "best.json").read_text() == best_json
+  assert not [p for p in (run / "checkpoints").rglob("*ckpt-4*")]
+  for path, data in files.items():
+    if "best" in str(path):
+      assert path.read_bytes() == data, path
+
+
+def test_skip_nonfinite_steps_skips_and_counts_them(sentiment_dir, tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  run = tmp_path / "run"
+  t = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=4,
+                                      train__skip_nonfinite_steps=1), run)
+  _poison_step(t, [1])
+  before = None
+
+  original = t._nonfinite_step
+  def spy(step, loss, norm):
+    nonlocal before
+    before = step
+    original(step, loss, norm)
+  t._nonfinite_step = spy
+  t.train()
+  assert before == 2 and t.step == 4
+  assert int(t.run_state["nonfinite_steps"].numpy()) == 1
+  acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / "train"),
+                                           size_guidance={"tensors": 0})
+  acc.Reload()
+  assert [(e.step, float(tf.make_ndarray(e.tensor_proto)))
+          for e in acc.Tensors("nonfinite_steps")] == [(2, 1.0)]
+  t2 = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=4,
+                                       train__skip_nonfinite_steps=1), tmp_path / "two")
+  _poison_step(t2, [1, 2])
+  with pytest.raises(TrainingError, match="at step 3"):
+    t2.train()
+
+
+def test_ctrl_c_saves_at_the_step_boundary_and_says_how_to_resume(sentiment_dir, tmp_path):
+  run = tmp_path / "run"
+  config = tiny_config(sentiment_dir, train__steps=6, train__eval_every=100)
+  t = trainer_lib.Trainer(config, run)
+  scalars = t.writers.train_scalars
+
+  def press_ctrl_c_at_step_3(step, values):
+    scalars(step, values)
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+  t.writers.train_scalars = press_ctrl_c_at_step_3
+  with pytest.raises(trainer_lib.Preempted) as e:
+    t.train()
+  assert e.value.exit_code == 130
+  assert str(e.value) == (f"SIGINT received: saved {run / 'checkpoints' / 'ckpt-3'} at step 3; "
+                          "run the same command to resume")
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+  assert not (run / ".lock").exists()
+  resumed = trainer_lib.Trainer(config, run)
+  assert resumed.step == 3
+  resumed.train()
+  whole = trainer_lib.Trainer(config, tmp_path / "whole")
+  whole.train()
+  for a, b in zip(_weights(resumed.model), _weights(whole.model)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nonfinite_config_values_are_refused():
+  from tf_finetune import config as config_lib
+  for key in ("train.max_grad_norm", "train.learning_rate"):
+    with pytest.raises(ConfigError, match=f"config.{key}=inf: must be a finite number"):
+      config_lib.load(REPO / "configs" / "smoke.py", {key: float("inf")})
+
+
+def test_a_nan_metric_never_becomes_best_and_report_json_stays_strict(sentiment_dir, tmp_path):
+  from tf_finetune.evaluation import reports
+  t = trainer_lib.Trainer(tiny_config(sentiment_dir), tmp_path / "run")
+  t._write_run_files()
+  t._maybe_update_best({"accuracy": float("nan")}, 3)
+  assert t.best is None
+  t._maybe_update_best({"accuracy": 0.5}, 6)
+  t._maybe_update_best({"accuracy": float("nan")}, 9)
+  assert t.best["step"] == 6 and t.best["evaluations_without_improvement"] == 1
+  reports.write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.0]})
+  assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "b": [None, 1.0]}
+  t._close()
+
+
+def _scripted_dev_metrics(trainer):
+  """Dev accuracy rises until step 7, then stays: with patience 3 the run stops at step 10."""
+  def evaluate_dev():
+    value = min(trainer.step, 7) / 10
+    return {"accuracy": value, "macro_f1": value, "loss": 1 - value, "num_examples": 16}
+  trainer.evaluate_dev = evaluate_dev
+  return trainer
+
+
+def test_early_stopping_is_exact_after_a_crash_between_evaluation_and_checkpoint(
+    sentiment_dir, tmp_path):
+  config = tiny_config(sentiment_dir, train__steps=30, train__eval_every=1,
+                       train__checkpoint_every=4, train__early_stopping_patience=3)
+  whole = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "whole"))
+  whole.train()
+  assert whole.best["stopped_early_at_step"] == 10 and whole.best["step"] == 7
+
+  class Crash(Exception):
+    pass
+  t = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
+  evaluate = t._evaluate
+  def crashing(step):  # dies after the evaluation of step 9, before a checkpoint (at 12)
+    report = evaluate(step)
+    if step == 9:
+      raise Crash()
+    return report
+  t._evaluate = crashing
+  with pytest.raises(Crash):
+    t.train()
+  t._close()
+  # best.json already counts the evaluations of steps 8 and 9 without improvement...
+  assert json.loads((tmp_path / "crashed" / "checkpoints" / "best.json").read_text())[
+      "evaluations_without_improvement"] == 2
+  resumed = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
+  assert resumed.step == 8  # ...but the run resumes at step 8 and redoes 9: counted once
+  assert resumed.best["evaluations_without_improvement"] == 1
+  resumed.train()
+  assert resumed.best["stopped_early_at_step"] == 10 and resumed.best["step"] == 7
+  best = json.loads((tmp_path / "crashed" / "checkpoints" / "best.json").read_text())
+  assert best["stopped_early_at_step"] == 10
+  assert (tmp_path / "crashed" / "checkpoints" / "best" / f"{best['checkpoint']}.index").is_file()
+  rerun = trainer_lib.Trainer(config, tmp_path / "crashed")
+  rerun.train()  # stays stopped
+  assert rerun.step == 10
+
+
+def test_leftovers_of_killed_processes_are_removed_at_the_next_start(sentiment_dir, tmp_path):
+  run = tmp_path / "run"
+  config = tiny_config(sentiment_dir, train__steps=4)
+  trainer_lib.Trainer(config, run).train(until_step=2)
+  dead_pid = 2**22 + 12345  # above Linux's pid_max default: no such process
+  half_written = run / "checkpoints" / "ckpt-3_temp"
+  (half_written / "part-00000-of-00001").mkdir(parents=True)
+  stale = run / "eval" / f".report.json.tmp-{dead_pid}"
+  stale.parent.mkdir(exist_ok=True)
+  stale.write_text("{")
+  export = run / "export" / "run" / f".tmp-1-{dead_pid}"
+  export.mkdir(parents=True)
+  t = trainer_lib.Trainer(config, run)
+  assert not half_written.exists() and not stale.exists()
+  t.train()
+  from tf_finetune.export import serving
+  with serving.new_version_dir(run / "export" / "run") as (tmp, _):
+    tmp.mkdir()
+  assert not export.exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  from tests.conftest import write_sentiment_tsv
+  root = tmp_path_factory.mktemp("damaged")
+  run = root / "run"
+  trainer_lib.Trainer(tiny_config(write_sentiment_tsv(root / "data"), train__steps=6), run).train()
+  return run
+
+
+def _truncate(path):
+  path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+
+
+def _garble(path):
+  data = bytearray(path.read_bytes())
+  for i in range(0, len(data), 7):
+    data[i] ^= 0x5A
+  path.write_bytes(bytes(data))
+
+
+def _best_path(run):
+  return run / "checkpoints" / "best" / json.loads(
+      (run / "checkpoints" / "best.json").read_text())["checkpoint"]
+
+
+DAMAGE = {
+    "truncated best checkpoint data": (
+        lambda run: _truncate(next(run.glob("checkpoints/best/ckpt-*.data-*"))), "best",
+        "checkpoints/best/ckpt-"),
+    "garbled best checkpoint index": (
+        lambda run: _garble(_best_path(run).with_suffix(".index")), "best", "checkpoints/best/ckpt-"),
+    "garbled latest checkpoint data": (
+        lambda run: _garble(next(run.glob("checkpoints/ckpt-6.data-*"))), "latest",
+        "checkpoints/ckpt-6"),
+    "garbled checkpoint state file": (
+        lambda run: (run / "checkpoints" / "checkpoint").write_bytes(b"\x00\xffmodel_checkpoint"),
+        "latest", "checkpoints/checkpoint"),
+    "truncated config.json": (lambda run: _truncate(run / "config.json"), "best", "config.json"),
+    "config.json not an object": (
+        lambda run: (run / "config.json").write_text("[1, 2]"), "best", "config.json"),
+    "garbled labels.json": (
+        lambda run: (run / "labels.json").write_bytes(b"\xff\xfe[\"0\""), "best", "labels.json"),
+    "labels.json with another number of labels": (
+        lambda run: (run / "labels.json").write_text('["0", "1", "2"]'), "best", "labels.json"),
+    "truncated best.json": (
+        lambda run: _truncate(run / "checkpoints" / "best.json"), "best", "best.json"),
+    "best.json naming a deleted checkpoint": (
+        lambda run: [p.unlink() for p in run.glob("checkpoints/best/ckpt-*")], "best",
+        "best.json"),
+    "--checkpoint=foo": (lambda run: None, "foo", "--checkpoint=foo"),
+    "--checkpoint=/nope/ckpt-7": (lambda run: None, "/nope/ckpt-7", "/nope/ckpt-7"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_a_damaged_run_directory_gives_one_error_naming_the_file(finished_run, tmp_path, case):
+  damage, checkpoint, named = DAMAGE[case]
+  run = tmp_path / "run"
+  shutil.copytree(finished_run, run)
+  damage(run)
+  with pytest.raises(UserError) as e:
+    evaluator.evaluate_workdir(run, checkpoint)
+  message = str(e.value)
+  assert named in message, message
+  assert "\n" not in message
+  if checkpoint == "best" and "checkpoint" in named:
+    assert "--checkpoint=latest" in message
+
+
+def test_a_damaged_latest_checkpoint_stops_a_resume_with_what_to_do(finished_run, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(finished_run, run)
+  _truncate(next(run.glob("checkpoints/ckpt-6.data-*")))
+  config = experiment.Workdir(run).load_config()
+  config.train.steps = 8
+  with pytest.raises(WorkdirError, match=r"ckpt-6: cannot be restored .*delete that checkpoint"):
+    trainer_lib.Trainer(experiment.Workdir(run).load_config(), run)
+
+
+def test_the_entry_point_prints_one_error_line_for_a_damaged_run(finished_run, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(finished_run, run)
+  _truncate(run / "config.json")
+  result = subprocess.run([sys.executable, "-m", "tf_finetune.evaluate", f"--workdir={run}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+  assert f"{run / 'config.json'}: cannot be read as JSON" in result.stderr
+
+
+def _train_command(workdir, *extra):
+  return [sys.executable, "-m", "tf_finetune.train", "--config=configs/smoke.py",
+          f"--workdir={workdir}", "--config.train.steps=300", "--config.train.eval_every=150",
+          "--config.train.log_every=1", *extra]
+
+
+def _start(command):
+  return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _wait_for(process, text, timeout=300):
+  """Reads the process's output until a line holds `text`; returns what it read."""
+  seen, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = process.stdout.readline()
+    if not line:
+      break
+    seen.append(line)
+    if text in line:
+      return "".join(seen)
+  process.kill()
+  raise AssertionError(f"never saw {text!r}:\n{''.join(seen)[-3000:]}")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_a_rerun_ends_with_the_uninterrupted_weights(tmp_path):
+  whole = tmp_path / "whole"
+  done = subprocess.run(_train_command(whole), cwd=REPO, capture_output=True, text=True,
+                        timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  cut = tmp_path / "cut"
+  first = _start(_train_command(cut))
+  _wait_for(first, "step 40/300")
+  # A second trainer on the same workdir is refused, naming the first.
+  second = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert second.returncode == 1
+  assert f"is in use by another tf_finetune trainer (pid {first.pid} on host" in second.stderr
+  assert "Traceback" not in second.stderr
+  first.send_signal(signal.SIGTERM)
+  rest = first.communicate(timeout=300)[0]
+  assert first.returncode == 128 + signal.SIGTERM, rest[-3000:]
+  assert "SIGTERM received: saved" in rest and "run the same command to resume" in rest
+  assert "Traceback" not in rest
+  saved_at = experiment.load_run(cut, "latest").step
+  assert 40 <= saved_at < 300
+
+  again = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
+                         timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"Resuming from" in again.stderr
+  for a, b in zip(_weights(experiment.load_run(whole, "latest").model),
+                  _weights(experiment.load_run(cut, "latest").model)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path):
+  run = tmp_path / "run"
+  first = _start(_train_command(run))
+  _wait_for(first, "step 20/300")
+  first.kill()  # kill -9: no cleanup at all
+  first.wait()
+  assert (run / ".lock").is_file()
+  again = subprocess.run(_train_command(run, "--config.train.steps=30"), cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+  # steps changed: refused as another experiment, but only after the stale lock was taken.
+  assert "took over a stale lock" in again.stderr, again.stderr[-3000:]
+  assert f"pid {first.pid}" in again.stderr
+  assert again.returncode == 1 and "holds a run with another config" in again.stderr
+  assert not (run / ".lock").exists()
