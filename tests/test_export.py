@@ -200,7 +200,8 @@ def test_sentence_pair_export_takes_two_strings(tmp_path):
       for i, w in enumerate(["was", "is", "seemed", "felt"] * 6)]
   (data / "train.tsv").write_text("\n".join(rows) + "\n")
   (data / "dev.tsv").write_text("\n".join(rows[:9]) + "\n")
-  config = tiny_config(data, train__steps=2)
+  # MiniLM's vocabulary (random weights): the segment ids below are counted in its wordpieces.
+  config = tiny_config(data, train__steps=2, model__checkpoint="all-MiniLM-L6-v2")
   config.data.text_column, config.data.text_pair_column = "premise", "hypothesis"
   trainer_lib.Trainer(config, tmp_path / "run").train()
   exported = serving.export_saved_model(tmp_path / "run")

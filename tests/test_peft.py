@@ -16,7 +16,10 @@ from tf_finetune.training import trainer as trainer_lib
 
 
 def _trainable_paths(sentiment_dir, **peft_keys):
-  config = tiny_config(sentiment_dir, **{f"peft__{k}": v for k, v in peft_keys.items()})
+  # MiniLM's vocabulary (random weights): the shares of trainable weights below assume an
+  # embedding of realistic size.
+  config = tiny_config(sentiment_dir, model__checkpoint="all-MiniLM-L6-v2",
+                       **{f"peft__{k}": v for k, v in peft_keys.items()})
   _, labels = experiment.load_data(config)
   _, model = experiment.build_model(config, labels)
   return [v.path for v in model.trainable_weights], peft.parameter_counts(model)
@@ -49,6 +52,7 @@ def lora_run(tmp_path_factory):
   data = write_sentiment_tsv(root / "data")
   workdir = root / "run"
   trainer = trainer_lib.Trainer(tiny_config(data, train__steps=6, peft__method="lora",
+                                            model__checkpoint="all-MiniLM-L6-v2",
                                             peft__lora_rank=4), workdir)
   before = {v.path: v.numpy().copy() for v in trainer.model.weights}
   trainer.train()
@@ -105,7 +109,7 @@ def test_trained_weights_alone_save_small_and_load_back(lora_run):
 
 def test_adapters_start_as_identity_train_alone_and_survive_checkpoint_and_export(
     sentiment_dir, tmp_path):
-  features = {"token_ids": tf.constant([[101, 1037, 6919, 2143, 102]]),
+  features = {"token_ids": tf.constant([[2, 43, 166, 16, 3]]),  # [CLS] ... [SEP], tiny vocabulary
               "segment_ids": tf.zeros([1, 5], tf.int32), "padding_mask": tf.ones([1, 5], tf.int32)}
   plain_config = tiny_config(sentiment_dir)
   config = tiny_config(sentiment_dir, peft__method="adapter", peft__adapter_size=4)

@@ -264,7 +264,7 @@ def test_a_cell_longer_than_pythons_csv_limit_is_read_whole(tmp_path):
 def test_blank_jsonl_lines_are_skipped_and_counted(tmp_path, caplog):
   path = tmp_path / "d.jsonl"
   path.write_text('{"text": "a", "label": "x"}\n\n   \n{"text": "b", "label": "y"}\n')
-  with caplog.at_level("INFO"):
+  with caplog.at_level("INFO", logger="absl"):
     split = sources.read_jsonl(path, text_column="text", label_column="label")
   assert split.texts == ["a", "b"] and split.origins[1].endswith(":4")
   assert "skipped 2 blank line(s)" in caplog.text

@@ -86,7 +86,8 @@ def test_loss_ignores_unlabelled_pieces():
 
 @pytest.mark.parametrize("average", ["token", "sentence"])
 def test_training_loss_averages_over_words_or_sentences(tmp_path, average):
-  config = ner_config(task__loss_average=average)
+  # MiniLM's vocabulary: its wordpieces give sentences of clearly different lengths.
+  config = ner_config(task__loss_average=average, model__checkpoint="all-MiniLM-L6-v2")
   trainer = trainer_lib.Trainer(config, tmp_path / "run")
   values = trainer.task.label_values(trainer.splits["train"])
   batch = next(iter(pipeline.eval_dataset(trainer.splits["train"], values, trainer.task,
@@ -100,7 +101,7 @@ def test_training_loss_averages_over_words_or_sentences(tmp_path, average):
   token_mean = piece_losses[labelled].mean()
   sentence_mean = np.mean([row[kept].mean() for row, kept in zip(piece_losses, labelled)])
   assert abs(token_mean - sentence_mean) > 1e-3
-  loss, _ = trainer.strategy.run(tf.function(trainer.replica_step), args=(batch,))
+  loss, _, _ = trainer.strategy.run(tf.function(trainer.replica_step), args=(batch,))
   expected = token_mean if average == "token" else sentence_mean
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
@@ -140,10 +141,10 @@ def test_words_cut_by_max_seq_length_count_as_predicted_outside(tmp_path):
   (tmp_path / "train.conll").write_text(
       "\n".join(f"{w}\t{'B-location' if w == 'Oslo' else 'O'}" for w in words) + "\n")
   config = ner_config(tmp_path, data__train_file="train.conll", data__dev_file="train.conll",
-                      data__max_seq_length=8)
+                      data__max_seq_length=8, model__checkpoint="all-MiniLM-L6-v2")
   task, splits = _task_and_splits(config)
   values = task.label_values(splits["dev"])
-  # [CLS] + 6 pieces + [SEP]: "word0" is 2 pieces, so 3 words keep a first piece.
+  # [CLS] + 6 pieces + [SEP] (MiniLM's vocabulary): "word0" is 2 pieces, so 3 words keep a first piece.
   assert (values.positions[0] >= 0).sum() == 3
   logits = np.zeros([1, 8, len(task.label_vocabulary)], np.float32)
   report = task.report(values, logits)
