@@ -7,13 +7,11 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import ml_collections
+import numpy as np
+from absl import logging
 
-import ml_collections  # noqa: E402
-from absl import logging  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tf_finetune import train  # noqa: E402
+from tf_finetune import train  # the installed package (pip install -e .)
 
 
 def main(config_path, workdir, weights_path, until_step=None):

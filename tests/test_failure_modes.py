@@ -325,12 +325,6 @@ def test_sigterm_saves_and_a_rerun_ends_with_the_uninterrupted_weights(tmp_path)
   cut = tmp_path / "cut"
   first = _start(_train_command(cut))
   _wait_for(first, "step 40/300")
-  # A second trainer on the same workdir is refused, naming the first.
-  second = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-  assert second.returncode == 1
-  assert f"is in use by another tf_finetune trainer (pid {first.pid} on host" in second.stderr
-  assert "Traceback" not in second.stderr
   first.send_signal(signal.SIGTERM)
   rest = first.communicate(timeout=300)[0]
   assert first.returncode == 128 + signal.SIGTERM, rest[-3000:]
@@ -342,23 +336,28 @@ def test_sigterm_saves_and_a_rerun_ends_with_the_uninterrupted_weights(tmp_path)
   again = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
                          timeout=900)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert f"Resuming from" in again.stderr
+  assert f"Resuming from {cut / 'checkpoints' / f'ckpt-{saved_at}'}" in again.stderr
   for a, b in zip(_weights(experiment.load_run(whole, "latest").model),
                   _weights(experiment.load_run(cut, "latest").model)):
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
-def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path):
+def test_a_second_trainer_is_refused_and_a_killed_trainers_lock_taken_over(tmp_path):
   run = tmp_path / "run"
-  first = _start(_train_command(run))
-  _wait_for(first, "step 20/300")
+  endless = _train_command(run, "--config.train.steps=1000000")
+  first = _start(endless)
+  _wait_for(first, "step 20/1000000")
+  second = subprocess.run(endless, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert second.returncode == 1, second.stderr[-3000:]
+  assert f"is in use by another tf_finetune trainer (pid {first.pid} on host" in second.stderr
+  assert "Traceback" not in second.stderr
   first.kill()  # kill -9: no cleanup at all
   first.wait()
   assert (run / ".lock").is_file()
   again = subprocess.run(_train_command(run, "--config.train.steps=30"), cwd=REPO,
                          capture_output=True, text=True, timeout=600)
-  # steps changed: refused as another experiment, but only after the stale lock was taken.
+  # Another step count: refused as another experiment, after the stale lock was taken over.
   assert "took over a stale lock" in again.stderr, again.stderr[-3000:]
   assert f"pid {first.pid}" in again.stderr
   assert again.returncode == 1 and "holds a run with another config" in again.stderr

@@ -5,6 +5,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 import tf_finetune
 from tf_finetune.errors import Interrupted, UserError
@@ -34,7 +35,9 @@ def import_tensorflow_quietly():
   Python INFO lines (a "Sharding callback duration" at every checkpoint) show too.
   """
   level = tf_finetune.USER_TF_LOG_LEVEL
-  logging.getLogger("tensorflow").setLevel(logging.INFO if level == "0" else logging.WARNING)
+  if level != "0":
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    absl_logging.get_absl_logger().addFilter(_drop_tensorflow_info)
   if level is not None or "tensorflow" in sys.modules:
     return
   sys.stderr.flush()
@@ -65,6 +68,13 @@ def guard(main):
       print("interrupted", file=sys.stderr)
       sys.exit(130)
   return guarded
+
+
+def _drop_tensorflow_info(record):
+  """TensorFlow's own INFO lines through absl logging (the checkpoint saver's "Sharding
+  callback duration" at every save); its warnings and errors pass."""
+  return record.levelno >= logging.WARNING or \
+      f"{os.sep}tensorflow{os.sep}" not in (record.pathname or "")
 
 
 def run(main):

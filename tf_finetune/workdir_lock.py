@@ -38,6 +38,9 @@ class WorkdirLock:
         f.seek(0)
         holder = _describe(f.read())
         f.close()
+        if f"pid {os.getpid()} on host {socket.gethostname()}," in holder:
+          raise WorkdirError(f"{self.path.parent} is in use by another Trainer in this process; "
+                             "let its train() finish, or call its close()") from None
         raise WorkdirError(f"{self.path.parent} is in use by another tf_finetune trainer "
                            f"({holder}); wait for it to finish or stop it, or choose another "
                            "--workdir") from None

@@ -15,6 +15,7 @@ import signal
 import tempfile
 import threading
 import time
+import weakref
 
 import keras
 import tensorflow as tf
@@ -66,6 +67,8 @@ class Trainer:
     # Other workers write their (collective) saves and summaries here; nobody reads them.
     self._scratch = None if self.is_chief else tempfile.mkdtemp(prefix="tf_finetune_worker_")
     self.lock = workdir_lock.WorkdirLock(self.workdir.root).acquire() if self.is_chief else None
+    if self.lock is not None:  # a Trainer dropped without train() or close() lets go too
+      weakref.finalize(self, self.lock.release)
     try:
       self._setup()
     except BaseException:
@@ -497,6 +500,10 @@ class Trainer:
       best = {"step": self.best["step"], self.best["metric"]: self.best["value"]} \
           if self.best else {}
       self.writers.end_session(best, status)
+
+  def close(self):
+    """Flushes the summaries and releases the run directory (train() does this itself)."""
+    self._close()
 
   def _close(self):
     self.writers.flush()
