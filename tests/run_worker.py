@@ -12,12 +12,17 @@ import numpy as np
 from absl import logging
 
 from tf_finetune import train  # the installed package (pip install -e .)
+from tf_finetune.errors import Interrupted
 
 
 def main(config_path, workdir, weights_path, until_step=None):
   logging.set_verbosity(logging.INFO)  # as under absl.app, which this script does not use
   config = ml_collections.ConfigDict(json.loads(pathlib.Path(config_path).read_text()))
-  trainer = train.train_and_evaluate(config, workdir, int(until_step) if until_step else None)
+  try:
+    trainer = train.train_and_evaluate(config, workdir, int(until_step) if until_step else None)
+  except Interrupted as e:  # as the entry point does (cli.guard)
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
   np.savez(weights_path, *[v.numpy() for v in trainer.model.trainable_variables])
   print(json.dumps({"is_chief": trainer.is_chief, "scratch": trainer._scratch,
                     "step": trainer.step,

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.conftest import REPO, check_run_directory, tiny_config
 from tf_finetune import distribute
@@ -93,4 +94,52 @@ def test_accumulated_micro_batches_under_two_workers_give_the_big_batch_update(
   assert "2 accumulated micro-batches of 4" in accumulated[0][1]
   for (_, _, big_weights), (_, _, weights) in zip(big, accumulated):
     for a, b in zip(big_weights, weights):
+      np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_saves_on_both_and_a_restart_ends_with_the_same_weights(
+    sentiment_dir, tmp_path):
+  """TensorFlow's PreemptionCheckpointHandler: the signal reaches worker 1 only; both
+  workers save at the same step (a collective save), stop with the one-line message, and
+  restarted they end where an uninterrupted run does."""
+  import signal
+  config = tiny_config(sentiment_dir, distribution__strategy="multi_worker", train__steps=200,
+                       train__eval_every=1000, train__log_every=1)
+  (_, _, whole_weights), _ = _run_two_workers(config, tmp_path / "whole", tmp_path / "out_whole")
+
+  workdir, out = tmp_path / "cut", tmp_path / "out_cut"
+  out.mkdir()
+  config_path = out / "config.json"
+  config_path.write_text(config.to_json())
+  processes, logs = [], []
+  try:
+    for index, tf_config in enumerate(distribute.local_tf_configs(2)):
+      logs.append(out / f"worker_{index}.log")
+      with open(logs[-1], "w") as log:
+        processes.append(subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "run_worker.py"), str(config_path),
+             str(workdir), str(out / f"weights_{index}.npz")],
+            env=dict(os.environ, TF_CONFIG=tf_config), cwd=REPO, stdout=log, stderr=log))
+    deadline = time.time() + TIMEOUT_SECONDS
+    while "step 30/200" not in logs[0].read_text():
+      assert time.time() < deadline and processes[0].poll() is None, logs[0].read_text()[-3000:]
+      time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)
+    for p in processes:
+      p.wait(timeout=max(1, deadline - time.time()))
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  texts = [log.read_text() for log in logs]
+  for p, text in zip(processes, texts):
+    assert p.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "SIGTERM received: saved" in text and "Traceback" not in text
+  saved = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  assert saved is not None and 30 <= int(saved.rsplit("-", 1)[1]) < 200
+  for info, log, weights in _run_two_workers(config, workdir, tmp_path / "out_again"):
+    assert f"Resuming from {saved}" in log and info["step"] == 200
+    for a, b in zip(whole_weights, weights):
       np.testing.assert_allclose(a, b, atol=1e-5)

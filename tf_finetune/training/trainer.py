@@ -427,6 +427,7 @@ class Trainer:
     run_start, steps_timed = time.time(), 0
     step = start_step
     signals = _SignalCatcher(self.strategy)
+    preemption = self._preemption_handler(lambda: step)
     try:
       while step < stop:
         loss, norm, nonfinite = train_step(iterator)
@@ -465,6 +466,8 @@ class Trainer:
         if signals.received and step < stop:
           path = self.manager.save(checkpoint_number=step)
           raise Preempted(signals.received, step, path)
+        if preemption is not None and step < stop:
+          preemption.save_checkpoint_if_preempted(checkpoint_number=step)
       if step >= self.total_steps or stopping:
         self._end_session("success")
     except TrainingError:
@@ -473,6 +476,20 @@ class Trainer:
     finally:
       signals.restore()
       self._close()
+
+  def _preemption_handler(self, current_step):
+    """Under multi_worker, TensorFlow's PreemptionCheckpointHandler: a SIGTERM to any
+    worker makes every worker save at the same step (the save is collective), then each
+    stops with Preempted. Other strategies use _SignalCatcher."""
+    if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      return None
+
+    def stop():
+      step = current_step()
+      raise Preempted(signal.SIGTERM, step, self.workdir.checkpoints / f"ckpt-{step}")
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        self.strategy.cluster_resolver, self.manager,
+        termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=stop))
 
   def _nonfinite_step(self, step, loss, norm):
     """A step whose loss or gradient norm was not finite: it was not applied (the weights
@@ -522,10 +539,9 @@ class _SignalCatcher:
   """SIGTERM (docker stop, Kubernetes, Slurm, preemptible VMs) and SIGINT (Ctrl-C) during
   training: noted, and the loop saves a checkpoint at the next step boundary and stops.
 
-  Written here rather than with tf.distribute.experimental.PreemptionCheckpointHandler,
-  which supports only MultiWorkerMirroredStrategy and TPUStrategy; under multi_worker a
-  signal reaches one worker while the save is collective, so there the handler is left
-  to TensorFlow's defaults (the process ends; the run resumes from its last checkpoint).
+  Written here because tf.distribute.experimental.PreemptionCheckpointHandler supports
+  only MultiWorkerMirroredStrategy and TPUStrategy; under multi_worker the trainer uses it
+  instead (Trainer._preemption_handler).
   """
 
   def __init__(self, strategy):
