@@ -59,6 +59,7 @@ def base_config():
   # sentence's mean over its words, then the mean over sentences). Other tasks have one loss
   # term per example and average over examples.
   c.task.loss_average = "token"
+  c.task.window_pooling = "mean"  # data.long_text=windows: mean or max of the windows' logits
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bbc_news"
@@ -88,6 +89,14 @@ def base_config():
   c.data.split_seed = 0
   c.data.max_seq_length = 128
   c.data.max_train_examples = 0  # > 0: use only the first N train examples (logged)
+  # A text longer than max_seq_length: truncate (keep its first wordpieces), head_tail (its
+  # first quarter and last three quarters of the budget) or windows (overlapping windows of
+  # max_seq_length, window_stride wordpieces apart (0: half a window), at most max_windows
+  # (0: no cap) per text; training sees each window with its text's label, evaluation,
+  # reports and serving pool the windows' logits per text (task.window_pooling)).
+  c.data.long_text = "truncate"
+  c.data.window_stride = 0
+  c.data.max_windows = 0
   c.data.shuffle_buffer = 10_000
   c.data.bucketing = True
   # eda: random deletion, swap and insertion of training words (data/augment.py), each
@@ -277,6 +286,19 @@ def validate(config):
   for split in t.eval_splits.split(","):
     _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")
   _check(d.bad_text in ("error", "skip"), "data.bad_text", d.bad_text, "must be error or skip")
+  _check(d.long_text in ("truncate", "head_tail", "windows"), "data.long_text", d.long_text,
+         "must be truncate, head_tail or windows")
+  _check(config.task.window_pooling in ("mean", "max"), "task.window_pooling",
+         config.task.window_pooling, "must be mean or max")
+  _check(0 <= d.window_stride <= d.max_seq_length - 2, "data.window_stride", d.window_stride,
+         f"must be in [0, data.max_seq_length - 2 = {d.max_seq_length - 2}] (0: half a window)")
+  _check(d.max_windows >= 0, "data.max_windows", d.max_windows, "must be >= 0 (0: no cap)")
+  if d.long_text != "truncate":
+    _check(not d.text_pair_column, "data.long_text", d.long_text,
+           "applies to single texts; sentence pairs are truncated round-robin")
+    _check(config.task.name != "tagging", "data.long_text", d.long_text,
+           "is not built for task.name='tagging' yet (words past max_seq_length are "
+           "predicted O and counted)")
   _check(d.augment in ("none", "eda"), "data.augment", d.augment, "must be none or eda")
   _check(d.augment == "none" or config.task.name != "tagging", "data.augment", d.augment,
          "does not apply to task.name='tagging' (the tags belong to the words)")

@@ -108,7 +108,9 @@ def load_data(config, label_vocabulary=None):
 def build_encoder(config):
   checkpoint_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
   spec = checkpoints.read_tokenizer_spec(checkpoint_dir)
-  return text_encoder.TextEncoder(spec, config.data.max_seq_length)
+  d = config.data
+  return text_encoder.TextEncoder(spec, d.max_seq_length, long_text=d.long_text,
+                                  window_stride=d.window_stride, max_windows=d.max_windows)
 
 
 def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
@@ -265,13 +267,19 @@ def load_run(workdir, checkpoint="best", *, merge_lora=False):
 def evaluate_split(task, model, split, *, batch_size, label_values=None, static_shapes=False,
                    strategy=None):
   """The one way to evaluate a split: (label values, logits of every example in file
-  order). The task's report(label_values, logits, calibration) turns them into metrics.
+  order; with data.long_text=windows, its windows' logits pooled). The task's
+  report(label_values, logits, calibration) turns them into metrics.
   With a single-client strategy and static shapes, the forward pass runs on its replicas."""
   if label_values is None:
     label_values = task.label_values(split)
   dataset = pipeline.eval_dataset(split, label_values, task, batch_size=batch_size,
                                   static_shapes=static_shapes)
-  return label_values, predict_logits(model, dataset, strategy)
+  logits = predict_logits(model, dataset, strategy)
+  if task.windowed:  # one row per window: pooled per text, as the exported model does
+    counts = task.window_counts(split)
+    document = np.repeat(np.arange(len(split), dtype=np.int32), counts)
+    logits = task.pool_windows(logits, document, len(split)).numpy()
+  return label_values, logits
 
 
 def restore_model(workdir, model, which="best"):

@@ -133,6 +133,7 @@ class Predictor:
     if self.labels is not None:
       probabilities = np.mean([o["probabilities"].numpy() for o in outs], axis=0)
       return {"probabilities": tf.constant(probabilities), "truncated": outs[0]["truncated"],
+              **({"windows_used": outs[0]["windows_used"]} if "windows_used" in outs[0] else {}),
               "label": tf.constant([self.labels[i] for i in probabilities.argmax(-1)])}
     return {"score": tf.constant(np.mean([o["score"].numpy() for o in outs], axis=0)),
             "truncated": outs[0]["truncated"]}
@@ -176,8 +177,10 @@ def _entities(out):
 
 def _fields(out):
   """Per example, the task's outputs worth printing, by the signature's output names."""
-  truncated = [{"truncated": bool(x)} for x in out["truncated"].numpy()]
-  return [dict(fields, **cut) for fields, cut in zip(_task_fields(out), truncated)]
+  extra = [{"truncated": bool(x)} for x in out["truncated"].numpy()]
+  if "windows_used" in out:
+    extra = [dict(e, windows_used=int(n)) for e, n in zip(extra, out["windows_used"].numpy())]
+  return [dict(fields, **more) for fields, more in zip(_task_fields(out), extra)]
 
 
 def _task_fields(out):

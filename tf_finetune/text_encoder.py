@@ -39,18 +39,43 @@ def split_words(texts):
   return words, to_chars(byte_starts), to_chars(byte_ends)
 
 
+LONG_TEXT = ("truncate", "head_tail", "windows")
+
+
+def _head_and_tail(pieces, budget):
+  """Ragged [batch, (pieces)] -> the first budget // 4 and the last budget - budget // 4
+  pieces of each row longer than budget; shorter rows as they are."""
+  head = budget // 4
+  lengths = pieces.row_lengths()
+  keep_all = tf.expand_dims(lengths <= budget, 1)
+  index = tf.ragged.range(lengths)
+  tail_start = tf.expand_dims(lengths - (budget - head), 1)
+  kept = keep_all | (index < head) | (index >= tail_start)
+  return tf.ragged.boolean_mask(pieces, kept)
+
+
 class TextEncoder(tf.Module):
   """Tokenizes with keras-hub's WordPiece tokenizer and packs `[CLS] a [SEP] (b [SEP])`.
 
   Returns ragged `token_ids` and `segment_ids`; callers pad (per batch in tf.data, per
   request in serving). Pairs are truncated round-robin, which keeps the same tokens as
   HF's "longest_first".
+
+  A text longer than max_seq_length (data.long_text): `truncate` keeps its first
+  wordpieces; `head_tail` its first quarter and last three quarters of the budget (Sun et
+  al. 2019); `windows` splits it into overlapping windows of max_seq_length, starting
+  every `window_stride` wordpieces, at most `max_windows` of them (see `windows`).
   """
 
-  def __init__(self, tokenizer_spec, max_seq_length, name="text_encoder"):
+  def __init__(self, tokenizer_spec, max_seq_length, name="text_encoder", long_text="truncate",
+               window_stride=0, max_windows=0):
     super().__init__(name=name)
     spec = tokenizer_spec
     self.max_seq_length = int(max_seq_length)
+    self.long_text = long_text
+    self.window_size = self.max_seq_length - 2  # wordpieces of a window, [CLS] and [SEP] aside
+    self.window_stride = int(window_stride) or self.window_size // 2
+    self.max_windows = int(max_windows)
     self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
         vocabulary=list(spec.vocabulary),
         lowercase=spec.lowercase,
@@ -74,6 +99,8 @@ class TextEncoder(tf.Module):
       segments.append(self.tokenize(text_pairs))
     budget = self.max_seq_length - 1 - len(segments)
     pieces = tf.add_n([s.row_lengths() for s in segments])
+    if self.long_text == "head_tail" and len(segments) == 1:
+      segments = [_head_and_tail(segments[0], budget)]
     segments = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
     token_ids, segment_ids = tf_text.combine_segments(
         segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
@@ -84,6 +111,47 @@ class TextEncoder(tf.Module):
     return features
 
   split_words = staticmethod(split_words)
+
+  def window_spans(self, lengths):
+    """Per text of `lengths` wordpieces: its windows' (start, end) as ragged [texts,
+    (windows)], and whether max_windows cut its tail. Window starts are 0, stride,
+    2 * stride, ..., the last one moved back to end exactly at the text's end, so the
+    windows cover every wordpiece and consecutive ones overlap by window_size - stride."""
+    lengths = tf.cast(lengths, tf.int32)
+    size, stride = self.window_size, self.window_stride
+    beyond = tf.maximum(lengths - size, 0)
+    needed = 1 + (beyond + stride - 1) // stride
+    count = tf.minimum(needed, self.max_windows) if self.max_windows else needed
+    index = tf.ragged.range(count)
+    starts = tf.minimum(index * stride, tf.expand_dims(beyond, 1))
+    ends = tf.minimum(starts + size, tf.expand_dims(lengths, 1))
+    return starts, ends, needed > count
+
+  def window_counts(self, texts, chunk=1024):
+    """Windows per text (numpy), as `windows` makes them."""
+    counts = []
+    for start in range(0, len(texts), chunk):
+      pieces = self.tokenize(tf.constant(texts[start:start + chunk]))
+      counts.append(self.window_spans(pieces.row_lengths())[0].row_lengths().numpy())
+    return np.concatenate(counts) if counts else np.zeros([0], np.int64)
+
+  def windows(self, texts):
+    """[batch] strings -> one packed `[CLS] window [SEP]` per window: ragged `token_ids` and
+    `segment_ids` [windows, (length)], `document` (int32 [windows]: the text each window
+    came from), `windows_used` (int32 [batch]) and `truncated` (bool [batch]: max_windows
+    left wordpieces unread)."""
+    pieces = self.tokenize(texts)
+    starts, ends, truncated = self.window_spans(pieces.row_lengths())
+    offsets = tf.cast(tf.expand_dims(pieces.row_splits[:-1], 1), tf.int32)
+    flat = tf.ragged.range((starts + offsets).flat_values, (ends + offsets).flat_values)
+    window_pieces = flat.with_flat_values(tf.gather(pieces.flat_values, flat.flat_values))
+    token_ids, segment_ids = tf_text.combine_segments(
+        [window_pieces], start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
+    return {"token_ids": tf.cast(token_ids, tf.int32),
+            "segment_ids": tf.cast(segment_ids, tf.int32),
+            "document": tf.cast(starts.value_rowids(), tf.int32),
+            "windows_used": tf.cast(starts.row_lengths(), tf.int32),
+            "truncated": truncated}
 
   def lengths(self, texts, text_pairs=None, chunk=1024):
     """Wordpieces of each text (and pair) before truncation, with [CLS] and [SEP]s (numpy)."""

@@ -118,6 +118,7 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
       f"- Data: source `{config.data.source}` {config.data.dir or ''} "
       f"train `{config.data.train_file or config.data.tfds_train_split}`",
       f"- Checkpoint: `{checkpoint}` (step {step})",
+      f"- Long texts: {_long_text(config)}",
       f"- Hyperparameters: batch {config.train.batch_size}, learning rate {config.train.learning_rate}, "
       f"steps {config.train.steps or 'from ' + str(config.train.epochs) + ' epochs'}, max_seq_length "
       f"{config.data.max_seq_length}, weight decay {config.train.weight_decay}, warmup "
@@ -133,6 +134,20 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
     lines.append("- not evaluated at this checkpoint (run `python -m tf_finetune.evaluate`)")
   lines += ["", "## Signatures", "", signature_info, ""]
   return "\n".join(lines)
+
+
+def _long_text(config):
+  d = config.data
+  if d.long_text == "truncate":
+    return f"truncated to their first {d.max_seq_length} wordpieces (`data.long_text=truncate`)"
+  if d.long_text == "head_tail":
+    return (f"the first quarter and last three quarters of {d.max_seq_length} wordpieces "
+            "kept (`data.long_text=head_tail`)")
+  return (f"overlapping windows of {d.max_seq_length} wordpieces, "
+          f"{d.window_stride or (d.max_seq_length - 2) // 2} apart, at most "
+          f"{d.max_windows or 'any number of'} per text, logits pooled by "
+          f"{config.task.window_pooling} (`data.long_text=windows`), in evaluation and in "
+          "serving alike")
 
 
 def export_saved_model(workdir, checkpoint="best", model_name=None):
@@ -159,7 +174,8 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
                           [sample, sample * 8], has_pairs)
     inputs = "`text` (and `text_pair`)" if has_pairs else "`text`"
     signature_info = (f"- `serving_default`: {inputs}: string [batch] -> {task.serving_doc}; "
-                      "`truncated` bool [batch]: wordpieces past max_seq_length were cut\n"
+                      "`truncated` bool [batch]: wordpieces were left unread"
+                      f"{'; `windows_used` int32 [batch]' if task.windowed else ''}\n"
                       "- `token_ids`: `token_ids`, `segment_ids`, `padding_mask` int32 "
                       f"[batch, length] -> {task.token_ids_doc}; needs no custom ops")
     write_model_card(tmp, config, labels, step, run.checkpoint, report, signature_info)

@@ -72,10 +72,33 @@ class Task(abc.ABC):
     return dataset.batch(batch_size)
 
   def encode_inputs(self, batch):
-    """A batch of input_tensors rows -> ragged token_ids, segment_ids, and the label."""
+    """A batch of input_tensors rows -> ragged token_ids, segment_ids, and the label. With
+    data.long_text=windows, one row per window, carrying its text's label."""
+    if self.encoder.long_text == "windows":
+      features = self.encoder.windows(batch["text"])
+      label = tf.gather(batch["label"], features["document"])
+      return {"token_ids": features["token_ids"], "segment_ids": features["segment_ids"],
+              "label": label}
     features = self.encoder(batch["text"], batch.get("text_pair"))
     features["label"] = batch["label"]
     return features
+
+  @property
+  def windowed(self):
+    return self.encoder is not None and self.encoder.long_text == "windows"
+
+  def window_counts(self, split):
+    """Model inputs per example: 1, or its windows under data.long_text=windows."""
+    if not self.windowed:
+      return np.ones(len(split), np.int64)
+    return self.encoder.window_counts(split.texts)
+
+  def pool_windows(self, window_logits, document, num_documents):
+    """The logits of a text's windows pooled into the text's (task.window_pooling: mean or
+    max); in the serving graph and, eagerly, in evaluation."""
+    pool = (tf.math.unsorted_segment_max if self.config.task.window_pooling == "max"
+            else tf.math.unsorted_segment_mean)
+    return pool(tf.cast(window_logits, tf.float32), document, num_documents)
 
   def example_lengths(self, split):
     """Wordpieces of each example before truncation ([CLS], [SEP] and the pair included)."""
@@ -83,8 +106,24 @@ class Task(abc.ABC):
 
   def log_lengths(self, name, split):
     """Logs the split's wordpiece lengths and how many examples max_seq_length cuts
-    (never silent)."""
-    self._log_lengths(name, split, self.example_lengths(split))
+    (never silent); with windows, the windows per text and how many the cap cut."""
+    lengths = self.example_lengths(split)
+    if not self.windowed:
+      self._log_lengths(name, split, lengths)
+      return
+    starts, _, cut = self.encoder.window_spans(tf.constant(lengths - 2))
+    counts = starts.row_lengths().numpy()
+    logging.info("%s: %d examples, wordpieces per example: median %d, 95th pct %d, max %d; "
+                 "%d windows of %d (data.window_stride=%d): per example median %d, 95th pct "
+                 "%d, max %d; %.1f%% of examples have more than one", name, len(split),
+                 np.median(lengths), np.percentile(lengths, 95), lengths.max(), counts.sum(),
+                 self.encoder.max_seq_length, self.encoder.window_stride, np.median(counts),
+                 np.percentile(counts, 95), counts.max(), 100 * (counts > 1).mean())
+    cut = int(cut.numpy().sum())
+    if cut:
+      logging.warning("%s: %d of %d examples (%.1f%%) need more than data.max_windows=%d "
+                      "windows; their tails are not read", name, cut, len(split),
+                      100 * cut / len(split), self.encoder.max_windows)
 
   def _log_lengths(self, name, split, lengths):
     limit = self.encoder.max_seq_length
@@ -131,7 +170,15 @@ class Task(abc.ABC):
     """The SavedModel's outputs (tensors) from float32 logits."""
 
   def serve_text(self, model, texts, text_pairs=None, calibration=None):
-    """serving_default: raw strings [batch] (and pairs) -> the SavedModel's outputs."""
+    """serving_default: raw strings [batch] (and pairs) -> the SavedModel's outputs; with
+    windows, each text's windows go through the model and their logits are pooled, as in
+    evaluation (`windows_used` says how many)."""
+    if self.windowed:
+      features = self.encoder.windows(texts)
+      window_logits = model(self.encoder.pad(features), training=False)
+      logits = self.pool_windows(window_logits, features["document"], tf.shape(texts)[0])
+      return dict(self.serving_outputs(logits, calibration), truncated=features["truncated"],
+                  windows_used=features["windows_used"])
     features = self.encoder(texts, text_pairs, with_truncation=True)
     logits = tf.cast(model(self.encoder.pad(features), training=False), tf.float32)
     return dict(self.serving_outputs(logits, calibration), truncated=features["truncated"])

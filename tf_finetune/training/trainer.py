@@ -103,7 +103,12 @@ class Trainer:
                         f"{config.distribution.strategy!r}")
     self.global_batch_size = t.batch_size  # examples per optimizer step
     self.micro_batch_size = t.batch_size // self.accum_steps  # per forward/backward pass
-    self.steps_per_epoch = max(1, len(self.splits["train"]) // t.batch_size)
+
+    # Training examples are texts, or their windows under data.long_text=windows.
+    train = self.splits["train"]
+    self.num_train_examples = int(self.encoder.window_counts(train.texts).sum()) \
+        if self.encoder.long_text == "windows" else len(train)
+    self.steps_per_epoch = max(1, self.num_train_examples // t.batch_size)
     self.total_steps = t.steps or max(1, round(t.epochs * self.steps_per_epoch))
     self.eval_every = t.eval_every or self.steps_per_epoch
     self.checkpoint_every = t.checkpoint_every or self.eval_every
@@ -407,10 +412,11 @@ class Trainer:
       self._close()
       return
     trainable, total = peft.parameter_counts(self.model)
-    logging.info("%s: %d train examples, global batch %d, %d steps (%.2f epochs), %d replicas, "
-                 "%s trainable of %s parameters (peft.method=%s), %s%s%s",
-                 "resuming" if start_step else "starting",
-                 len(self.splits["train"]), self.global_batch_size, self.total_steps,
+    logging.info("%s: %d train examples%s, global batch %d, %d steps (%.2f epochs), %d "
+                 "replicas, %s trainable of %s parameters (peft.method=%s), %s%s%s",
+                 "resuming" if start_step else "starting", len(self.splits["train"]),
+                 f" ({self.num_train_examples} windows)" if self.task.windowed else "",
+                 self.global_batch_size, self.total_steps,
                  self.total_steps / self.steps_per_epoch, self.strategy.num_replicas_in_sync,
                  f"{trainable:,}", f"{total:,}", self.config.peft.method, self.precision,
                  ", static shapes" if self.static_shapes else "",

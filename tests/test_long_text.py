@@ -1,0 +1,185 @@
+"""Texts longer than max_seq_length: head_tail and overlapping windows (data.long_text)."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_checkpoint_dir, tiny_config, write_sentiment_tsv
+from tf_finetune import checkpoints
+from tf_finetune import experiment
+from tf_finetune import tasks
+from tf_finetune import text_encoder
+from tf_finetune.data import pipeline
+from tf_finetune.export import serving
+from tf_finetune.training import trainer as trainer_lib
+
+WORDS = "great film dull plot loved acting boring superb tedious charming".split()
+
+
+def _encoder(max_seq_length=16, **kwargs):
+  spec = checkpoints.read_tokenizer_spec(tiny_checkpoint_dir())
+  return text_encoder.TextEncoder(spec, max_seq_length, **kwargs)
+
+
+@pytest.mark.parametrize("stride", [1, 5, 14])
+def test_windows_cover_every_wordpiece_with_the_configured_overlap(stride):
+  encoder = _encoder(16, long_text="windows", window_stride=stride)
+  lengths = list(range(0, 61))
+  starts, ends, cut = encoder.window_spans(tf.constant(lengths))
+  assert not cut.numpy().any()
+  for length, s, e in zip(lengths, starts.to_list(), ends.to_list()):
+    assert s[0] == 0 and e[-1] == length  # from the first wordpiece to the last
+    covered = set()
+    for a, b in zip(s, e):
+      assert b - a == min(14, length)  # full windows (a short text: one window of it all)
+      covered |= set(range(a, b))
+    assert covered == set(range(length))  # no gap
+    for (a0, b0), (a1, b1) in zip(zip(s, e), zip(s[1:], e[1:])):
+      assert 0 < a1 - a0 <= stride and b0 - a1 >= 14 - stride  # overlap as configured
+
+  texts = [" ".join(WORDS[i % 10] for i in range(n)) for n in (3, 14, 15, 40)]
+  features = encoder.windows(tf.constant(texts))
+  pieces = encoder.tokenize(tf.constant(texts)).to_list()
+  windows = [row[1:-1] for row in features["token_ids"].to_list()]  # without [CLS], [SEP]
+  assert all(row[0] == encoder.cls_id and row[-1] == encoder.sep_id
+             for row in features["token_ids"].to_list())
+  document = features["document"].numpy()
+  assert features["windows_used"].numpy().tolist() == np.bincount(document).tolist()
+  for i, text_pieces in enumerate(pieces):
+    own = [w for w, d in zip(windows, document) if d == i]
+    assert own[0] == text_pieces[:14] and own[-1] == text_pieces[-14:]
+    assert len(own) == encoder.window_counts([texts[i]])[0]
+
+
+def test_max_windows_caps_and_says_so():
+  encoder = _encoder(16, long_text="windows", window_stride=7, max_windows=3)
+  starts, ends, cut = encoder.window_spans(tf.constant([14, 28, 100]))
+  assert starts.row_lengths().numpy().tolist() == [1, 3, 3]
+  assert cut.numpy().tolist() == [False, False, True]
+  assert ends.to_list()[1][-1] == 28 and ends.to_list()[2][-1] == 28  # the tail is unread
+
+
+def test_head_tail_keeps_the_first_quarter_and_the_last_three_quarters():
+  encoder = _encoder(18, long_text="head_tail")  # budget 16: 4 head + 12 tail
+  text = " ".join(WORDS[i % 10] for i in range(40))
+  pieces = encoder.tokenize(tf.constant([text])).to_list()[0]
+  kept = encoder(tf.constant([text, "great film"]), with_truncation=True)
+  assert kept["token_ids"].to_list()[0][1:-1] == pieces[:4] + pieces[-12:]
+  assert kept["truncated"].numpy().tolist() == [True, False]
+  short = encoder.tokenize(tf.constant(["great film"])).to_list()[0]
+  assert kept["token_ids"].to_list()[1][1:-1] == short
+
+
+def _long_data(tmp_path):
+  return write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=16, max_repeats=6)
+
+
+def test_pooling_one_window_equals_the_unwindowed_model(tmp_path):
+  data = _long_data(tmp_path)
+  windowed = tiny_config(data, data__long_text="windows", data__max_seq_length=64)
+  plain = tiny_config(data, data__max_seq_length=64)
+  splits, labels = experiment.load_data(plain)
+  task_w, model = experiment.build_model(windowed, labels)
+  task_t = tasks.get_task(plain, labels, experiment.build_encoder(plain))
+  short = splits["dev"].subset([i for i, n in enumerate(task_t.example_lengths(splits["dev"]))
+                                if n <= 64])
+  assert len(short) >= 4
+  assert (task_w.window_counts(short) == 1).all()
+  _, by_windows = experiment.evaluate_split(task_w, model, short, batch_size=8)
+  _, by_text = experiment.evaluate_split(task_t, model, short, batch_size=8)
+  np.testing.assert_allclose(by_windows, by_text, atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_a_long_texts_logits_pool_its_windows(tmp_path, pooling):
+  config = tiny_config(_long_data(tmp_path), data__long_text="windows",
+                       data__max_seq_length=16, task__window_pooling=pooling)
+  splits, labels = experiment.load_data(config)
+  task, model = experiment.build_model(config, labels)
+  dev = splits["dev"]
+  counts = task.window_counts(dev)
+  assert counts.max() > 1
+  _, pooled = experiment.evaluate_split(task, model, dev, batch_size=8)
+  features = task.encoder.windows(tf.constant(dev.texts))
+  per_window = model(task.encoder.pad(features), training=False).numpy()
+  document = features["document"].numpy()
+  for i in range(len(dev)):
+    own = per_window[document == i]
+    expected = own.mean(0) if pooling == "mean" else own.max(0)
+    np.testing.assert_allclose(pooled[i], expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def windowed_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("windows")
+  data = write_sentiment_tsv(root / "data", n_train=48, n_dev=16, max_repeats=6)
+  config = tiny_config(data, data__long_text="windows", data__max_seq_length=16,
+                       data__window_stride=7, train__steps=6)
+  trainer = trainer_lib.Trainer(config, root / "run")
+  trainer.train()
+  from tf_finetune.evaluation import evaluator
+  report = evaluator.evaluate_workdir(root / "run")
+  return root / "run", trainer, report
+
+
+def test_training_sees_windows_and_reports_count_texts(windowed_run):
+  run, trainer, report = windowed_run
+  windows = trainer.num_train_examples
+  assert windows > len(trainer.splits["train"])
+  batch = next(iter(pipeline.train_dataset(
+      trainer.splits["train"], trainer.train_label_values, trainer.task, batch_size=8, seed=0,
+      shuffle_buffer=0, bucketing=False)))
+  assert batch["token_ids"].shape[1] <= 16  # every example is one window
+  assert report["splits"]["dev"]["num_examples"] == len(trainer.splits["dev"])
+  rows = [line for line in (run / "eval" / "predictions.tsv").read_text().splitlines()[1:]]
+  assert len(rows) == len(trainer.splits["dev"])  # one line per text, not per window
+
+
+def test_the_export_pools_windows_as_evaluate_does(windowed_run):
+  run, trainer, report = windowed_run
+  model = tf.saved_model.load(str(serving.export_saved_model(run)))
+  serve = model.signatures["serving_default"]
+  dev = trainer.splits["dev"]
+  out = serve(text=tf.constant(dev.texts))
+  best = experiment.load_run(run, "best")  # what the export holds
+  _, logits = experiment.evaluate_split(best.task, best.model, dev, batch_size=8)
+  np.testing.assert_allclose(out["logits"].numpy(), logits, atol=1e-5)
+  assert out["windows_used"].numpy().tolist() == trainer.task.window_counts(dev).tolist()
+  card = (run / "export" / "run" / "1" / "README.md").read_text()
+  assert "overlapping windows of 16 wordpieces, 7 apart" in card
+
+
+def test_a_20000_word_text_is_served_in_bounded_windows(tmp_path):
+  config = tiny_config(_long_data(tmp_path), data__long_text="windows",
+                       data__max_seq_length=32, data__max_windows=4, train__steps=2)
+  trainer_lib.Trainer(config, tmp_path / "run").train()
+  model = tf.saved_model.load(str(serving.export_saved_model(tmp_path / "run")))
+  huge = " ".join(WORDS[i % 10] for i in range(20_000))
+  out = model.signatures["serving_default"](text=tf.constant([huge, "great film"]))
+  assert out["windows_used"].numpy().tolist() == [4, 1]
+  assert out["truncated"].numpy().tolist() == [True, False]
+  assert np.isfinite(out["probabilities"].numpy()).all()
+
+
+def test_windows_keep_static_shapes_and_replica_evaluation(tmp_path):
+  config = tiny_config(_long_data(tmp_path), data__long_text="windows", data__max_seq_length=16,
+                       data__static_shapes=True, distribution__strategy="mirrored",
+                       distribution__num_cpu_devices=2)
+  t = trainer_lib.Trainer(config, tmp_path / "run")
+  widths = {b - 1 for b in pipeline.bucket_boundaries(16)}
+  for batch in t._dataset_fn(tf.distribute.InputContext()).take(4):
+    assert batch["token_ids"].shape[0] == 8 and batch["token_ids"].shape[1] in widths
+  dev = t.splits["dev"]
+  _, on_replicas = experiment.evaluate_split(t.task, t.model, dev, batch_size=8,
+                                             static_shapes=True, strategy=t.strategy)
+  _, plain = experiment.evaluate_split(t.task, t.model, dev, batch_size=8)
+  np.testing.assert_allclose(on_replicas, plain, atol=1e-5)
+  t.train()
+  assert json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())["step"] > 0
+
+
+def test_windows_are_refused_for_pairs_and_tagging(tmp_path):
+  from tf_finetune.errors import ConfigError
+  with pytest.raises(ConfigError, match="data.long_text='windows': applies to single texts"):
+    tiny_config(_long_data(tmp_path), data__long_text="windows", data__text_pair_column="x")
