@@ -1,0 +1,83 @@
+"""Long documents on BBC News: truncation, head+tail and windows at one budget of steps.
+
+  python tools/bench_long_text.py                          # 3 seeds, the default run's steps
+  python tools/bench_long_text.py --seeds=0 --steps=100    # a quick look
+
+BBC News articles have a median of 418 wordpieces; the default keeps the first 128. Each
+setting trains all-MiniLM-L6-v2 on the default config's split for the same number of
+optimizer steps (batch 16) and reports the test accuracy of its best checkpoint (by dev
+accuracy), train examples/s (windows count as examples) and train time:
+  truncate_128   the first 128 wordpieces (the default)
+  head_tail_128  the first 31 and the last 95 wordpieces (Sun et al. 2019)
+  windows_128    windows of 128, 64 apart, logits averaged per article, in evaluation too
+  truncate_512   the first 512 wordpieces (about 4x the compute a step)
+Each run is its own process; prints one line per run, then mean +- std per setting.
+"""
+import tempfile
+import time
+
+import benchlib
+import numpy as np
+from absl import app
+from absl import flags
+
+SETTINGS = {
+    "truncate_128": {},
+    "head_tail_128": {"data.long_text": "head_tail"},
+    "windows_128": {"data.long_text": "windows", "data.window_stride": 64},
+    "truncate_512": {"data.max_seq_length": 512},
+}
+
+_SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), "Settings to run.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (train.seed).")
+_STEPS = flags.DEFINE_integer("steps", 0, "Optimizer steps (0: the default config's 3 epochs).")
+_RUN = flags.DEFINE_string("run", None, "Internal: SETTING:SEED in this process.")
+
+
+def run_one(setting, seed):
+  from tf_finetune.evaluation import evaluator
+  from tf_finetune.training import trainer as trainer_lib
+  overrides = dict(SETTINGS[setting], **{"train.seed": seed, "train.log_every": 50})
+  if _STEPS.value:
+    overrides["train.steps"] = _STEPS.value
+  config = benchlib.load_config("default", overrides)
+  workdir = tempfile.mkdtemp(prefix=f"bench_long_text_{setting}_{seed}_")
+  trainer = trainer_lib.Trainer(config, workdir)
+  start = time.time()
+  trainer.train()
+  train_time = time.time() - start
+  report = evaluator.evaluate_workdir(workdir)
+  return {"setting": setting, "seed": seed, "steps": trainer.step,
+          "test_accuracy": report["splits"]["test"]["accuracy"],
+          "dev_accuracy": report["splits"]["dev"]["accuracy"],
+          "train_s": train_time,
+          "examples_per_sec": trainer.step * config.train.batch_size / train_time,
+          "peak_rss_mb": benchlib.peak_rss_mb()}
+
+
+def main(argv):
+  if _RUN.value:
+    setting, seed = _RUN.value.split(":")
+    benchlib.emit(run_one(setting, int(seed)))
+    return
+  results = {}
+  for seed in _SEEDS.value:
+    for setting in _SETTINGS.value:
+      r = benchlib.run_side(__file__, [f"--run={setting}:{seed}", f"--steps={_STEPS.value}",
+                                       *argv[1:]])
+      results.setdefault(setting, []).append(r)
+      print(f"{setting} seed {seed}: test accuracy {r['test_accuracy']:.4f} (dev "
+            f"{r['dev_accuracy']:.4f}) | {r['steps']} steps | {r['examples_per_sec']:.1f} "
+            f"train examples/s | train {r['train_s']:.0f}s | peak RSS {r['peak_rss_mb']:.0f} MB",
+            flush=True)
+  print("| setting | test accuracy (mean +- std) | seeds | train examples/s | train time |")
+  print("|---|---|---|---|---|")
+  for setting, rs in results.items():
+    accuracy = np.array([r["test_accuracy"] for r in rs])
+    print(f"| {setting} | {accuracy.mean():.4f} +- {accuracy.std():.4f} | {len(rs)} | "
+          f"{np.mean([r['examples_per_sec'] for r in rs]):.1f} | "
+          f"{np.mean([r['train_s'] for r in rs]):.0f}s |")
+
+
+if __name__ == "__main__":
+  app.run(main)
