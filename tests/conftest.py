@@ -1,5 +1,4 @@
 """Shared fixtures: a tiny random-weight BERT config on small data written here."""
-import os
 import pathlib
 import random
 

@@ -200,7 +200,6 @@ def test_evaluation_on_replicas_matches_the_plain_path(sentiment_dir, tmp_path):
   """How a TPU evaluates: static-shape batches with padding rows, run on each replica,
   gathered in order; the padding rows are dropped."""
   from tf_finetune import experiment
-  from tf_finetune.data import pipeline
   t = trainer_lib.Trainer(tiny_config(sentiment_dir, data__static_shapes=True,
                                       distribution__strategy="mirrored",
                                       distribution__num_cpu_devices=2), tmp_path / "run")

@@ -1,8 +1,11 @@
-"""Files written whole or not at all: a reader (another worker, TF Serving, a resumed run)
-never sees half of one."""
+"""Run files written whole or not at all (a reader: another worker, TF Serving, a resumed
+run, never sees half of one), and read back with one error naming a damaged one."""
+import json
 import os
 import pathlib
 import re
+
+from tf_finetune.errors import WorkdirError
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
 
@@ -45,3 +48,16 @@ def stale_temporaries(root):
     if match and path.is_file() and not pid_alive(int(match.group(1))):
       found.append(path)
   return sorted(found)
+
+
+def read_json(path, kind, what):
+  """A run file's JSON, which must be a `kind` (dict or list); WorkdirError if it is not."""
+  try:
+    data = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
+  except (UnicodeDecodeError, ValueError) as e:
+    raise WorkdirError(f"{path}: cannot be read as JSON ({e}); it should hold {what}; the "
+                       "file is damaged (truncated or overwritten)") from None
+  if not isinstance(data, kind):
+    raise WorkdirError(f"{path}: holds a JSON {type(data).__name__}, not the {kind.__name__} "
+                       f"of {what}; the file is damaged")
+  return data

@@ -4,6 +4,7 @@
 from it and change what they need. `validate()` runs before any heavy work and raises a
 ConfigError whose one-line message names the key.
 """
+import math
 import os
 import pathlib
 
@@ -15,6 +16,7 @@ SOURCES = ("bbc_news", "tsv", "csv", "jsonl", "label_first", "conll", "tfds")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 POOLINGS = ("pooler", "cls", "mean")
+LONG_TEXT = ("truncate", "head_tail", "windows")  # data.long_text (text_encoder.TextEncoder)
 # Metrics each task reports at every evaluation; the first is train.best_metric=auto.
 TASK_METRICS = {
     "classification": ("accuracy", "macro_f1", "loss"),
@@ -242,7 +244,6 @@ def _check_choice(config, key, choices):
 
 def validate(config):
   """Raises ConfigError on the first bad value."""
-  import math
   for key, value in flatten(config.to_dict()).items():
     if isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f"config.{key}={value!r}: must be a finite number")
@@ -286,8 +287,7 @@ def validate(config):
   for split in t.eval_splits.split(","):
     _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")
   _check(d.bad_text in ("error", "skip"), "data.bad_text", d.bad_text, "must be error or skip")
-  _check(d.long_text in ("truncate", "head_tail", "windows"), "data.long_text", d.long_text,
-         "must be truncate, head_tail or windows")
+  _check_choice(config, "data.long_text", LONG_TEXT)
   _check(config.task.window_pooling in ("mean", "max"), "task.window_pooling",
          config.task.window_pooling, "must be mean or max")
   _check(0 <= d.window_stride <= d.max_seq_length - 2, "data.window_stride", d.window_stride,

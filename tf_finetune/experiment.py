@@ -5,7 +5,6 @@ model at a checkpoint (load_run) and one way to evaluate a split (evaluate_split
 Imports only the layers below it (config, checkpoints, text_encoder, peft, data, tasks).
 """
 import dataclasses
-import json
 import pathlib
 import weakref
 
@@ -13,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_finetune import atomic
 from tf_finetune import checkpoints
 from tf_finetune import text_encoder
 from tf_finetune import tasks
@@ -45,7 +45,7 @@ class Workdir:
     if not self.config.is_file():
       raise WorkdirError(f"{self.root}: no {CONFIG_FILE}; is this a tf_finetune run directory?")
     from tf_finetune import config as config_lib
-    saved = read_json(self.config, dict, "the run's resolved config")
+    saved = atomic.read_json(self.config, dict, "the run's resolved config")
     # Keys added to tf_finetune after this run was made take their defaults.
     config = config_lib.base_config().to_dict()
     for section, values in saved.items():
@@ -58,29 +58,12 @@ class Workdir:
   def load_labels(self):
     if not self.labels.is_file():
       raise WorkdirError(f"{self.root}: no {LABELS_FILE}")
-    labels = read_json(self.labels, list, "the label vocabulary")
-    if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) < len(labels):
-      raise WorkdirError(f"{self.labels}: not a list of distinct label strings; the file is "
-                         "damaged")
-    return labels_lib.LabelVocabulary(labels)
-
-
-def read_json(path, kind, what):
-  """A run file's JSON, which must be a `kind` (dict or list); WorkdirError if it is not."""
-  try:
-    data = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
-  except (UnicodeDecodeError, ValueError) as e:
-    raise WorkdirError(f"{path}: cannot be read as JSON ({e}); it should hold {what}; the "
-                       "file is damaged (truncated or overwritten)") from None
-  if not isinstance(data, kind):
-    raise WorkdirError(f"{path}: holds a JSON {type(data).__name__}, not the {kind.__name__} "
-                       f"of {what}; the file is damaged")
-  return data
+    return labels_lib.LabelVocabulary.load(self.labels)
 
 
 def read_best(workdir):
   """checkpoints/best.json: which checkpoint is the best, at which step."""
-  best = read_json(workdir.best_json, dict, "the best checkpoint's name and step")
+  best = atomic.read_json(workdir.best_json, dict, "the best checkpoint's name and step")
   if not isinstance(best.get("checkpoint"), str) or not isinstance(best.get("step"), int):
     raise WorkdirError(f"{workdir.best_json}: no checkpoint name and step; the file is damaged; "
                        "use --checkpoint=latest or a checkpoint path")

@@ -39,9 +39,6 @@ def split_words(texts):
   return words, to_chars(byte_starts), to_chars(byte_ends)
 
 
-LONG_TEXT = ("truncate", "head_tail", "windows")
-
-
 def _head_and_tail(pieces, budget):
   """Ragged [batch, (pieces)] -> the first budget // 4 and the last budget - budget // 4
   pieces of each row longer than budget; shorter rows as they are."""
@@ -127,13 +124,9 @@ class TextEncoder(tf.Module):
     ends = tf.minimum(starts + size, tf.expand_dims(lengths, 1))
     return starts, ends, needed > count
 
-  def window_counts(self, texts, chunk=1024):
+  def window_counts(self, texts):
     """Windows per text (numpy), as `windows` makes them."""
-    counts = []
-    for start in range(0, len(texts), chunk):
-      pieces = self.tokenize(tf.constant(texts[start:start + chunk]))
-      counts.append(self.window_spans(pieces.row_lengths())[0].row_lengths().numpy())
-    return np.concatenate(counts) if counts else np.zeros([0], np.int64)
+    return self.window_spans(self.lengths(texts) - 2)[0].row_lengths().numpy()
 
   def windows(self, texts):
     """[batch] strings -> one packed `[CLS] window [SEP]` per window: ragged `token_ids` and

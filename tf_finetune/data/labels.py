@@ -1,9 +1,8 @@
 """The label vocabulary: inferred from train, saved as labels.json, reused on resume and export."""
 import json
-import pathlib
 
 from tf_finetune import atomic
-from tf_finetune.errors import DataError
+from tf_finetune.errors import DataError, WorkdirError
 
 
 def _sort_key(label):
@@ -24,7 +23,11 @@ class LabelVocabulary:
 
   @classmethod
   def load(cls, path):
-    return cls(json.loads(pathlib.Path(path).read_text()))
+    """labels.json; a damaged one (not a list of distinct strings) is one WorkdirError."""
+    labels = atomic.read_json(path, list, "the label vocabulary")
+    if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) < len(labels):
+      raise WorkdirError(f"{path}: not a list of distinct label strings; the file is damaged")
+    return cls(labels)
 
   def save(self, path):
     atomic.write_text(path, json.dumps(self.labels, indent=1, ensure_ascii=False) + "\n")

@@ -405,15 +405,16 @@ BAD_TEXT_POLICIES = ("error", "skip")
 
 
 def text_problem(text):
-  """What makes a text unusable for training, or None: empty, only whitespace, or holding a
-  control character (Unicode Cc other than tab and line breaks, e.g. NUL)."""
+  """What makes a text unusable for training, as (kind, description), or None: empty, only
+  whitespace, or holding a control character (Unicode Cc other than tab and line breaks)."""
   if not text:
-    return "is empty"
+    return "is empty", "is empty"
   if not text.strip():
-    return "is only whitespace"
+    return "is only whitespace", "is only whitespace"
   for i, char in enumerate(text):
     if char not in "\t\n\r" and unicodedata.category(char) == "Cc":
-      return f"holds the control character U+{ord(char):04X} at character {i}"
+      return ("holds a control character",
+              f"holds the control character U+{ord(char):04X} at character {i}")
   return None
 
 
@@ -429,10 +430,10 @@ def screen_texts(split, policy, columns=("text", "text pair")):
       if problem is None:
         continue
       if policy == "error":
-        raise DataError(f"{split.origins[i]}: the {column} {problem}; fix the row, or set "
+        raise DataError(f"{split.origins[i]}: the {column} {problem[1]}; fix the row, or set "
                         "data.bad_text=skip to leave such rows out (counted in the log)")
       bad.append(i)
-      reasons[re.sub(r" U\+.*", "", problem)] += 1
+      reasons[problem[0]] += 1
       break
   if not bad:
     return split

@@ -88,7 +88,7 @@ def new_version_dir(model_dir):
 def load_report(wd, step):
   """eval/report.json when it is of this checkpoint's step, else None."""
   path = wd.eval / "report.json"
-  report = experiment.read_json(path, dict, "the evaluation report") if path.is_file() else None
+  report = atomic.read_json(path, dict, "the evaluation report") if path.is_file() else None
   return report if report and report.get("step") == step else None
 
 

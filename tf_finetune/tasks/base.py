@@ -74,7 +74,7 @@ class Task(abc.ABC):
   def encode_inputs(self, batch):
     """A batch of input_tensors rows -> ragged token_ids, segment_ids, and the label. With
     data.long_text=windows, one row per window, carrying its text's label."""
-    if self.encoder.long_text == "windows":
+    if self.windowed:
       features = self.encoder.windows(batch["text"])
       label = tf.gather(batch["label"], features["document"])
       return {"token_ids": features["token_ids"], "segment_ids": features["segment_ids"],
@@ -107,33 +107,28 @@ class Task(abc.ABC):
   def log_lengths(self, name, split):
     """Logs the split's wordpiece lengths and how many examples max_seq_length cuts
     (never silent); with windows, the windows per text and how many the cap cut."""
-    lengths = self.example_lengths(split)
-    if not self.windowed:
-      self._log_lengths(name, split, lengths)
-      return
-    starts, _, cut = self.encoder.window_spans(tf.constant(lengths - 2))
-    counts = starts.row_lengths().numpy()
-    logging.info("%s: %d examples, wordpieces per example: median %d, 95th pct %d, max %d; "
-                 "%d windows of %d (data.window_stride=%d): per example median %d, 95th pct "
-                 "%d, max %d; %.1f%% of examples have more than one", name, len(split),
-                 np.median(lengths), np.percentile(lengths, 95), lengths.max(), counts.sum(),
-                 self.encoder.max_seq_length, self.encoder.window_stride, np.median(counts),
-                 np.percentile(counts, 95), counts.max(), 100 * (counts > 1).mean())
-    cut = int(cut.numpy().sum())
-    if cut:
-      logging.warning("%s: %d of %d examples (%.1f%%) need more than data.max_windows=%d "
-                      "windows; their tails are not read", name, cut, len(split),
-                      100 * cut / len(split), self.encoder.max_windows)
+    self._log_lengths(name, split, self.example_lengths(split))
 
   def _log_lengths(self, name, split, lengths):
-    limit = self.encoder.max_seq_length
-    over = int((lengths > limit).sum())
+    encoder = self.encoder
     logging.info("%s: %d examples, wordpieces per example: median %d, 95th pct %d, max %d",
                  name, len(split), np.median(lengths), np.percentile(lengths, 95), lengths.max())
+    if self.windowed:
+      starts, _, cut = encoder.window_spans(tf.constant(lengths - 2))
+      counts, cut = starts.row_lengths().numpy(), int(cut.numpy().sum())
+      logging.info("%s: %d windows of %d wordpieces (data.window_stride=%d): per example "
+                   "median %d, 95th pct %d, max %d; %.1f%% of examples have more than one",
+                   name, counts.sum(), encoder.max_seq_length, encoder.window_stride,
+                   np.median(counts), np.percentile(counts, 95), counts.max(),
+                   100 * (counts > 1).mean())
+      what, over = f"need more than data.max_windows={encoder.max_windows} windows", cut
+    else:
+      what = (f"are longer than data.max_seq_length={encoder.max_seq_length} and are cut "
+              f"(data.long_text={encoder.long_text})")
+      over = int((lengths > encoder.max_seq_length).sum())
     if over:
-      logging.warning("%s: %d of %d examples (%.1f%%) are longer than data.max_seq_length=%d "
-                      "and are truncated to it", name, over, len(split), 100 * over / len(split),
-                      limit)
+      logging.warning("%s: %d of %d examples (%.1f%%) %s; their unread wordpieces count "
+                      "nowhere", name, over, len(split), 100 * over / len(split), what)
 
   @abc.abstractmethod
   def build_losses(self, labels, logits):

@@ -8,7 +8,6 @@ counter live in the training checkpoint, so a resumed run counts every evaluatio
 """
 import json
 import math
-import os
 import pathlib
 import shutil
 import signal
