@@ -6,12 +6,15 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_checkpoint_dir, tiny_config, write_sentiment_tsv
+from tests.test_tagging import ner_config
 from tf_finetune import checkpoints
 from tf_finetune import experiment
 from tf_finetune import tasks
 from tf_finetune import text_encoder
 from tf_finetune.data import pipeline
+from tf_finetune.errors import ConfigError
 from tf_finetune.export import serving
+from tf_finetune.tasks import tagging
 from tf_finetune.training import trainer as trainer_lib
 
 WORDS = "great film dull plot loved acting boring superb tedious charming".split()
@@ -179,7 +182,95 @@ def test_windows_keep_static_shapes_and_replica_evaluation(tmp_path):
   assert json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())["step"] > 0
 
 
-def test_windows_are_refused_for_pairs_and_tagging(tmp_path):
-  from tf_finetune.errors import ConfigError
+def test_windows_are_refused_for_pairs_and_head_tail_for_tagging(tmp_path):
   with pytest.raises(ConfigError, match="data.long_text='windows': applies to single texts"):
     tiny_config(_long_data(tmp_path), data__long_text="windows", data__text_pair_column="x")
+  with pytest.raises(ConfigError, match="data.long_text='head_tail': for task.name='tagging'"):
+    ner_config(data__long_text="head_tail")
+
+
+def test_tagging_windows_read_each_word_where_it_has_the_most_context():
+  encoder = _encoder(10, long_text="windows", window_stride=3)  # windows of 8 pieces
+  sentences = [[WORDS[(i * 7 + k) % 10] + ("s" * (k % 3)) for k in range(n)]
+               for i, n in enumerate([0, 1, 5, 9, 17, 30])]
+  out = encoder.encode_words(tf.ragged.constant(sentences, dtype=tf.string, ragged_rank=1))
+  token_ids = out["token_ids"].to_list()
+  counts = encoder.word_piece_counts(sentences)
+  starts, ends, _ = encoder.window_spans(tf.constant([int(c.sum()) for c in counts]))
+  window = 0
+  for i, (words, c) in enumerate(zip(sentences, counts)):
+    spans = list(zip(starts.to_list()[i], ends.to_list()[i]))
+    pieces = encoder.tokenize(tf.constant(words)).to_list() if words else []
+    rows, positions = out["word_rows"].to_list()[i], out["word_positions"].to_list()[i]
+    for j, first in enumerate(np.cumsum(c) - c):
+      assert positions[j] >= 0 and rows[j] >= window  # every word gets a prediction
+      start, end = spans[rows[j] - window]
+      assert start <= first < end and positions[j] == first - start + 1
+      assert token_ids[rows[j]][positions[j]] == pieces[j][0]  # the word's first piece
+      best = max(min(first - a, b - 1 - first) for a, b in spans if a <= first < b)
+      assert min(first - start, end - 1 - first) == best
+    window += len(spans)
+  assert window == len(token_ids) and (np.array(out["windows_used"]) > 1).any()
+
+
+@pytest.fixture(scope="module")
+def ner_windows_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("ner_windows") / "run"
+  config = ner_config(data__long_text="windows", data__max_seq_length=10,
+                      data__window_stride=4, train__steps=40, train__eval_every=20)
+  trainer = trainer_lib.Trainer(config, workdir)
+  trainer.train()
+  from tf_finetune.evaluation import evaluator
+  return workdir, trainer, evaluator.evaluate_workdir(workdir)
+
+
+def test_tagging_windows_predict_every_word_in_evaluation_and_serving(ner_windows_run):
+  workdir, trainer, report = ner_windows_run
+  dev = trainer.splits["dev"]
+  counts = trainer.encoder.word_piece_counts(dev.tokens)
+  truncating = _encoder(10)
+  assert tagging.words_without_piece(counts, truncating) > 0  # truncation would lose words
+  assert report["splits"]["dev"]["words_without_prediction"] == 0
+  assert trainer.num_train_examples > len(trainer.splits["train"])  # training sees windows
+
+  served = tf.saved_model.load(str(serving.export_saved_model(workdir)))
+  rows = [r.split("\t") for r in (workdir / "eval" / "predictions.tsv").read_text()
+          .splitlines()[1:]]
+  out = served.signatures["serving_default"](text=tf.constant([r[5] for r in rows]))
+  for i, row in enumerate(rows):
+    n = int(out["word_count"][i])
+    assert [t.decode() for t in out["word_tag"][i, :n].numpy()] == row[3].split(), row[5]
+  assert out["windows_used"].numpy().tolist() == trainer.task.window_counts(dev).tolist()
+  assert not out["truncated"].numpy().any()
+  card = (workdir / "export" / "run" / "1" / "README.md").read_text()
+  assert "each word read from the window where it has the most context" in card
+
+
+def test_tagging_windows_resume_to_the_same_weights_and_keep_static_shapes(tmp_path):
+  kwargs = dict(data__long_text="windows", data__max_seq_length=10, train__steps=6,
+                train__eval_every=3, model__dropout=0.1)
+  config = ner_config(**kwargs)
+  straight = trainer_lib.Trainer(config, tmp_path / "straight")
+  straight.train()
+  interrupted = trainer_lib.Trainer(config, tmp_path / "resumed")
+  interrupted.train(until_step=3)
+  resumed = trainer_lib.Trainer(config, tmp_path / "resumed")
+  resumed.train()
+  for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+  mirrored = trainer_lib.Trainer(
+      ner_config(**kwargs, data__static_shapes=True, distribution__strategy="mirrored",
+                 distribution__num_cpu_devices=2), tmp_path / "mirrored")
+  widths = {b - 1 for b in pipeline.bucket_boundaries(10)}
+  for batch in mirrored._dataset_fn(tf.distribute.InputContext()).take(3):
+    assert batch["token_ids"].shape[1] in widths
+  dev = mirrored.splits["dev"]
+  values, on_replicas = experiment.evaluate_split(
+      mirrored.task, mirrored.model, dev, batch_size=8, static_shapes=True,
+      strategy=mirrored.strategy)
+  _, plain = experiment.evaluate_split(mirrored.task, mirrored.model, dev, batch_size=8,
+                                       label_values=values)
+  assert [p.tolist() for p in mirrored.task.word_predictions(values, on_replicas)[0]] == \
+      [p.tolist() for p in mirrored.task.word_predictions(values, plain)[0]]
+  mirrored.close()

@@ -160,7 +160,7 @@ def test_cut_words_logged_at_startup_are_the_words_without_a_position(max_seq_le
   for split in splits.values():
     counts = task.encoder.word_piece_counts(split.tokens)
     positions = task.label_values(split).positions
-    assert tagging.words_without_piece(counts, max_seq_length) == sum(
+    assert tagging.words_without_piece(counts, task.encoder) == sum(
         int((p < 0).sum()) for p in positions)
     np.testing.assert_array_equal([len(c) for c in counts], [len(p) for p in positions])
 
@@ -307,7 +307,7 @@ def test_alignment_matches_transformers_word_ids_on_wnut17():
   config.data.max_seq_length = 48
   encoder = experiment.build_encoder(config)
   sentences = sources.read_conll(SHARED / "wnut17" / "dev.conll").tokens
-  ours = tagging.word_positions(sentences, encoder)
+  _, ours = tagging.word_positions(sentences, encoder)
   reference = Tokenizer.from_file(str(checkpoints.resolve_checkpoint_dir(
       config.model.checkpoint) / "tokenizer.json"))
   reference.enable_truncation(max_length=48)

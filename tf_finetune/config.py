@@ -296,9 +296,9 @@ def validate(config):
   if d.long_text != "truncate":
     _check(not d.text_pair_column, "data.long_text", d.long_text,
            "applies to single texts; sentence pairs are truncated round-robin")
-    _check(config.task.name != "tagging", "data.long_text", d.long_text,
-           "is not built for task.name='tagging' yet (words past max_seq_length are "
-           "predicted O and counted)")
+    _check(d.long_text == "windows" or config.task.name != "tagging", "data.long_text",
+           d.long_text, "for task.name='tagging' is truncate or windows (head_tail would "
+           "leave the middle words without a prediction)")
   _check(d.augment in ("none", "eda"), "data.augment", d.augment, "must be none or eda")
   _check(d.augment == "none" or config.task.name != "tagging", "data.augment", d.augment,
          "does not apply to task.name='tagging' (the tags belong to the words)")

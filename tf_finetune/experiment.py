@@ -257,12 +257,7 @@ def evaluate_split(task, model, split, *, batch_size, label_values=None, static_
     label_values = task.label_values(split)
   dataset = pipeline.eval_dataset(split, label_values, task, batch_size=batch_size,
                                   static_shapes=static_shapes)
-  logits = predict_logits(model, dataset, strategy)
-  if task.windowed:  # one row per window: pooled per text, as the exported model does
-    counts = task.window_counts(split)
-    document = np.repeat(np.arange(len(split), dtype=np.int32), counts)
-    logits = task.pool_windows(logits, document, len(split)).numpy()
-  return label_values, logits
+  return label_values, task.example_logits(split, predict_logits(model, dataset, strategy))
 
 
 def restore_model(workdir, model, which="best"):

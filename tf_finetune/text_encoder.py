@@ -133,18 +133,22 @@ class TextEncoder(tf.Module):
     `segment_ids` [windows, (length)], `document` (int32 [windows]: the text each window
     came from), `windows_used` (int32 [batch]) and `truncated` (bool [batch]: max_windows
     left wordpieces unread)."""
-    pieces = self.tokenize(texts)
+    return self._pack_windows(self.tokenize(texts))[0]
+
+  def _pack_windows(self, pieces):
+    """Ragged [batch, (pieces)] -> (the `windows` features, window starts, window ends)."""
     starts, ends, truncated = self.window_spans(pieces.row_lengths())
     offsets = tf.cast(tf.expand_dims(pieces.row_splits[:-1], 1), tf.int32)
     flat = tf.ragged.range((starts + offsets).flat_values, (ends + offsets).flat_values)
     window_pieces = flat.with_flat_values(tf.gather(pieces.flat_values, flat.flat_values))
     token_ids, segment_ids = tf_text.combine_segments(
         [window_pieces], start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
-    return {"token_ids": tf.cast(token_ids, tf.int32),
-            "segment_ids": tf.cast(segment_ids, tf.int32),
-            "document": tf.cast(starts.value_rowids(), tf.int32),
-            "windows_used": tf.cast(starts.row_lengths(), tf.int32),
-            "truncated": truncated}
+    features = {"token_ids": tf.cast(token_ids, tf.int32),
+                "segment_ids": tf.cast(segment_ids, tf.int32),
+                "document": tf.cast(starts.value_rowids(), tf.int32),
+                "windows_used": tf.cast(starts.row_lengths(), tf.int32),
+                "truncated": truncated}
+    return features, starts, ends
 
   def lengths(self, texts, text_pairs=None, chunk=1024):
     """Wordpieces of each text (and pair) before truncation, with [CLS] and [SEP]s (numpy)."""
@@ -167,30 +171,45 @@ class TextEncoder(tf.Module):
     return np.split(pieces, np.cumsum([len(s) for s in sentences])[:-1])
 
   def encode_words(self, words):
-    """Pre-split words (ragged [batch, (words)] strings) -> packed `[CLS] pieces [SEP]`.
+    """Pre-split words (ragged [batch, (words)] strings) -> packed `[CLS] pieces [SEP]` rows.
 
-    Returns ragged `token_ids`, `segment_ids` and `word_positions` [batch, (words)]: the
-    index of each word's first wordpiece in token_ids, or -1 for a word that kept no piece
-    (cut by max_seq_length, or nothing left after cleaning). Only first pieces carry a
-    word's tag, in training and in prediction (HF's convention for token classification).
+    Returns ragged `token_ids` and `segment_ids` [rows, (length)], and per word (ragged
+    [batch, (words)]) `word_rows` and `word_positions`: the row holding the word's first
+    wordpiece and that piece's index in it, or -1 for a word that got no piece (cut by
+    max_seq_length or max_windows, or nothing left after cleaning). Only first pieces carry
+    a word's tag, in training and in prediction (HF's convention for token
+    classification). `truncated` (bool [batch]): some word got no piece because of a cut.
+
+    With long_text=truncate a row is a sentence, cut to max_seq_length. With windows a
+    sentence becomes overlapping windows (as `windows`; `document` and `windows_used` as
+    there) and each word is read from the window where it has the most context: the
+    largest min(pieces before it, pieces after it) in the window (BERT's SQuAD rule).
     """
     pieces = self.tokenize(words.flat_values)  # [all words, (pieces)]
     piece_splits = tf.cast(pieces.row_splits, tf.int32)
     word_splits = tf.cast(words.row_splits, tf.int32)
     sentence_splits = tf.gather(piece_splits, word_splits)
     sentences = tf.RaggedTensor.from_row_splits(pieces.flat_values, sentence_splits)
-    budget = self.max_seq_length - 2
-    truncated = sentences.row_lengths() > budget
-    token_ids, segment_ids = tf_text.combine_segments(
-        [sentences[:, :budget]], start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
-    word_rows = tf.cast(words.value_rowids(), tf.int32)
-    offsets = piece_splits[:-1] - tf.gather(sentence_splits, word_rows)
-    kept = (pieces.row_lengths() > 0) & (offsets < budget)
-    positions = tf.where(kept, offsets + 1, -1)
-    return {"token_ids": tf.cast(token_ids, tf.int32),
-            "segment_ids": tf.cast(segment_ids, tf.int32),
-            "word_positions": words.with_flat_values(positions),
-            "truncated": truncated}
+    sentence_of_word = tf.cast(words.value_rowids(), tf.int32)
+    offsets = piece_splits[:-1] - tf.gather(sentence_splits, sentence_of_word)
+    has_piece = pieces.row_lengths() > 0
+    if self.long_text == "windows":
+      features, starts, ends = self._pack_windows(sentences)
+      rows, positions = _most_context_window(offsets, sentence_of_word, starts, ends)
+      kept = has_piece & (rows >= 0)
+    else:
+      budget = self.max_seq_length - 2
+      token_ids, segment_ids = tf_text.combine_segments(
+          [sentences[:, :budget]], start_of_sequence_id=self.cls_id,
+          end_of_segment_id=self.sep_id)
+      features = {"token_ids": tf.cast(token_ids, tf.int32),
+                  "segment_ids": tf.cast(segment_ids, tf.int32),
+                  "truncated": sentences.row_lengths() > budget}
+      kept = has_piece & (offsets < budget)
+      rows, positions = sentence_of_word, offsets + 1
+    features["word_rows"] = words.with_flat_values(tf.where(kept, rows, -1))
+    features["word_positions"] = words.with_flat_values(tf.where(kept, positions, -1))
+    return features
 
   def pad(self, ragged_features):
     """Ragged features -> dense `token_ids`, `segment_ids`, `padding_mask` (int32)."""
@@ -199,3 +218,26 @@ class TextEncoder(tf.Module):
     padding_mask = tf.cast(ragged_features["token_ids"].with_values(
         tf.ones_like(ragged_features["token_ids"].values)).to_tensor(), tf.int32)
     return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+
+
+def _most_context_window(offsets, sentence_of_word, starts, ends):
+  """Per word (its first piece at `offsets` in sentence `sentence_of_word`): the window
+  (a row of starts/ends, ragged [sentences, (windows)], numbered across the batch) where
+  the piece has the most context, and the piece's index in that packed window ([CLS] is
+  0); -1, -1 where no window holds it (max_windows cut the sentence's tail)."""
+  word_starts = tf.gather(starts, sentence_of_word)  # [words, (windows of its sentence)]
+  word_ends = tf.gather(ends, sentence_of_word)
+  offset = tf.expand_dims(offsets, 1)
+  context = tf.minimum(offset - word_starts, word_ends - 1 - offset)  # < 0: not inside
+  flat, word = context.flat_values, tf.cast(context.value_rowids(), tf.int32)
+  num_words = tf.shape(offsets)[0]
+  best = tf.math.unsorted_segment_max(flat, word, num_words)
+  local = tf.ragged.range(context.row_lengths()).flat_values
+  is_best = tf.equal(flat, tf.gather(best, word))
+  first_best = tf.math.unsorted_segment_min(  # ties: the earlier window
+      tf.where(is_best, tf.cast(local, tf.int32), tf.int32.max), word, num_words)
+  inside = best >= 0
+  first_window = tf.gather(tf.cast(starts.row_splits, tf.int32), sentence_of_word)
+  row = first_window + tf.where(inside, first_best, 0)
+  position = offsets - tf.gather(starts.flat_values, row) + 1
+  return tf.where(inside, row, -1), tf.where(inside, position, -1)

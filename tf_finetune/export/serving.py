@@ -143,11 +143,12 @@ def _long_text(config):
   if d.long_text == "head_tail":
     return (f"the first quarter and last three quarters of {d.max_seq_length} wordpieces "
             "kept (`data.long_text=head_tail`)")
+  how = ("each word read from the window where it has the most context"
+         if config.task.name == "tagging" else f"logits pooled by {config.task.window_pooling}")
   return (f"overlapping windows of {d.max_seq_length} wordpieces, "
           f"{d.window_stride or (d.max_seq_length - 2) // 2} apart, at most "
-          f"{d.max_windows or 'any number of'} per text, logits pooled by "
-          f"{config.task.window_pooling} (`data.long_text=windows`), in evaluation and in "
-          "serving alike")
+          f"{d.max_windows or 'any number of'} per text, {how} (`data.long_text=windows`), "
+          "in evaluation and in serving alike")
 
 
 def export_saved_model(workdir, checkpoint="best", model_name=None):

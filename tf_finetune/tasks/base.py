@@ -93,6 +93,14 @@ class Task(abc.ABC):
       return np.ones(len(split), np.int64)
     return self.encoder.window_counts(split.texts)
 
+  def example_logits(self, split, logits):
+    """The logits of a split's model rows, in file order -> what report() takes: with
+    windows, each text's windows pooled (as the exported model pools them)."""
+    if not self.windowed:
+      return logits
+    document = np.repeat(np.arange(len(split), dtype=np.int32), self.window_counts(split))
+    return self.pool_windows(logits, document, len(split)).numpy()
+
   def pool_windows(self, window_logits, document, num_documents):
     """The logits of a text's windows pooled into the text's (task.window_pooling: mean or
     max); in the serving graph and, eagerly, in evaluation."""

@@ -17,9 +17,12 @@ IGNORED_LABEL = -1  # wordpieces that carry no tag ([CLS], [SEP], non-first piec
 
 @dataclasses.dataclass
 class WordTags:
-  """A TokenSplit's labels: per sentence, each word's tag id and the index of its first
-  wordpiece in the packed input (-1: the word kept no piece, so it is predicted O)."""
+  """A TokenSplit's labels: per sentence, each word's tag id, and where its first wordpiece
+  is among the model rows of the split (in file order): the row (the sentence, or one of
+  its windows) and the index in that row; -1 for a word that got no piece, which is
+  predicted O."""
   tag_ids: list
+  rows: list
   positions: list
 
   def __len__(self):
@@ -78,7 +81,7 @@ class TaggingTask(base.Task):
               f"{split.word_origin(i, j)}: tag {tag!r} of the {split.name} split is not among "
               f"the {len(ids)} tags seen in train {self.label_vocabulary.labels[:20]}")
       tag_ids.append(np.asarray([ids[t] for t in tags], np.int32))
-    return WordTags(tag_ids, word_positions(split.tokens, self.encoder))
+    return WordTags(tag_ids, *word_positions(split.tokens, self.encoder))
 
   def input_tensors(self, split, label_values):
     """Sentences of words, a tag id per word."""
@@ -90,10 +93,20 @@ class TaggingTask(base.Task):
 
   def encode_inputs(self, batch):
     features = self.encoder.encode_words(batch["words"])
-    del features["truncated"]
-    features["label"] = _piece_labels(features["token_ids"], features.pop("word_positions"),
-                                      batch["word_labels"])
-    return features
+    label = _piece_labels(features["token_ids"], features["word_rows"],
+                          features["word_positions"], batch["word_labels"])
+    return {"token_ids": features["token_ids"], "segment_ids": features["segment_ids"],
+            "label": label}
+
+  def window_counts(self, split):
+    if not self.windowed:
+      return np.ones(len(split), np.int64)
+    starts, _, _ = self.encoder.window_spans(tf.constant(self.example_lengths(split) - 2))
+    return starts.row_lengths().numpy()
+
+  def example_logits(self, split, logits):
+    """Unchanged: WordTags locate each word in the model's rows, windows or not."""
+    return logits
 
   def example_lengths(self, split, piece_counts=None):
     if piece_counts is None:
@@ -103,11 +116,13 @@ class TaggingTask(base.Task):
   def log_lengths(self, name, split):
     """Also: how many words the cut costs their prediction (they count as predicted O)."""
     piece_counts = self.encoder.word_piece_counts(split.tokens)
-    lost = words_without_piece(piece_counts, self.encoder.max_seq_length)
+    lost = words_without_piece(piece_counts, self.encoder)
     if lost:
-      logging.warning("%s: %d of %d words get no prediction (cut by data.max_seq_length=%d, "
-                      "or no wordpiece left after cleaning) and count as predicted O", name,
-                      lost, sum(len(t) for t in split.tokens), self.encoder.max_seq_length)
+      cut = (f"data.max_windows={self.encoder.max_windows}" if self.windowed else
+             f"data.max_seq_length={self.encoder.max_seq_length}")
+      logging.warning("%s: %d of %d words get no prediction (cut by %s, or no wordpiece "
+                      "left after cleaning) and count as predicted O", name, lost,
+                      sum(len(t) for t in split.tokens), cut)
     self._log_lengths(name, split, self.example_lengths(split, piece_counts))
 
   def build_losses(self, labels, logits):
@@ -137,9 +152,9 @@ class TaggingTask(base.Task):
     per word (a word without a piece: O, probability 1)."""
     logits = np.asarray(logits, np.float32)
     predicted, scores = [], []
-    for i, positions in enumerate(word_tags.positions):
+    for rows, positions in zip(word_tags.rows, word_tags.positions):
       kept = positions >= 0
-      word_logits = logits[i, positions[kept]]
+      word_logits = logits[rows[kept], positions[kept]]
       probabilities = np.exp(word_logits - word_logits.max(-1, keepdims=True))
       probabilities /= probabilities.sum(-1, keepdims=True)
       tags = np.full(len(positions), len(self.label_vocabulary), np.int32)
@@ -151,12 +166,18 @@ class TaggingTask(base.Task):
     return predicted, scores
 
   def _loss(self, word_tags, logits):
-    """build_losses on the wordpiece labels the pipeline makes (tags at kept words' first
-    pieces, -1 elsewhere), averaged over sentences."""
-    labels = np.full(np.shape(logits)[:2], -1, np.int32)
-    for i, (tags, positions) in enumerate(zip(word_tags.tag_ids, word_tags.positions)):
-      labels[i, positions[positions >= 0]] = tags[positions >= 0]
-    return float(np.mean(self.build_losses(labels, logits).numpy()))
+    """build_losses per sentence on its words' first-piece logits (wherever each was read)
+    and tags (-1 for a word without a piece), averaged over sentences."""
+    logits = np.asarray(logits, np.float32)
+    longest = max([len(p) for p in word_tags.positions] + [1])
+    word_logits = np.zeros([len(word_tags), longest, logits.shape[-1]], np.float32)
+    labels = np.full([len(word_tags), longest], -1, np.int32)
+    for i, (tags, rows, positions) in enumerate(
+        zip(word_tags.tag_ids, word_tags.rows, word_tags.positions)):
+      kept = positions >= 0
+      word_logits[i, :len(kept)][kept] = logits[rows[kept], positions[kept]]
+      labels[i, :len(kept)][kept] = tags[kept]
+    return float(np.mean(self.build_losses(labels, word_logits).numpy()))
 
   def report(self, label_values, logits, calibration=None):
     names = self.tag_names
@@ -191,11 +212,11 @@ class TaggingTask(base.Task):
     words, starts, ends = encoder.split_words(texts)
     features = encoder.encode_words(words)
     logits = tf.cast(model(encoder.pad(features), training=False), tf.float32)
-    truncated = features.pop("truncated")
     positions = features["word_positions"]
-    rows = tf.cast(positions.value_rowids(), tf.int32)
+    rows = tf.cast(positions.value_rowids(), tf.int32)  # the sentence of each word
     flat_positions = positions.flat_values
-    word_logits = tf.gather_nd(logits, tf.stack([rows, tf.maximum(flat_positions, 0)], -1))
+    word_logits = tf.gather_nd(logits, tf.stack(
+        [tf.maximum(features["word_rows"].flat_values, 0), tf.maximum(flat_positions, 0)], -1))
     probabilities = tf.nn.softmax(word_logits, axis=-1)
     no_tag = len(self.label_vocabulary)  # a word that kept no wordpiece: outside any entity
     tag = tf.where(flat_positions >= 0, tf.argmax(word_logits, -1, output_type=tf.int32), no_tag)
@@ -222,7 +243,8 @@ class TaggingTask(base.Task):
         "word_start": starts.to_tensor(default_value=-1),
         "word_end": ends.to_tensor(default_value=-1),
         "word_count": tf.cast(words.row_lengths(), tf.int32),
-        "truncated": truncated,
+        "truncated": features["truncated"],
+        **({"windows_used": features["windows_used"]} if self.windowed else {}),
     }
 
   def _entities(self, tag, score, rows, starts, ends, num_rows):
@@ -259,11 +281,12 @@ def _ragged(rows, dtype):
   return tf.RaggedTensor.from_row_lengths(tf.constant(flat, dtype), lengths)
 
 
-def _piece_labels(token_ids, word_positions, word_labels):
-  """Wordpiece labels: a word's tag on its first piece, IGNORED_LABEL everywhere else."""
+def _piece_labels(token_ids, word_rows, word_positions, word_labels):
+  """Wordpiece labels: a word's tag on its first piece (in the row encode_words read it
+  from), IGNORED_LABEL everywhere else."""
   positions = word_positions.flat_values
   kept = positions >= 0
-  rows = tf.cast(word_positions.value_rowids(), tf.int32)
+  rows = tf.maximum(word_rows.flat_values, 0)
   flat_index = tf.gather(tf.cast(token_ids.row_splits, tf.int32), rows) + positions
   labels = tf.tensor_scatter_nd_update(
       tf.fill(tf.shape(token_ids.flat_values), IGNORED_LABEL),
@@ -271,11 +294,18 @@ def _piece_labels(token_ids, word_positions, word_labels):
   return token_ids.with_flat_values(labels)
 
 
-def words_without_piece(piece_counts, max_seq_length):
-  """How many words keep no wordpiece in `[CLS] pieces [SEP]` of max_seq_length: those
-  TextEncoder.encode_words gives position -1."""
-  budget = max_seq_length - 2
-  return sum(int(((c == 0) | (np.cumsum(c) - c >= budget)).sum()) for c in piece_counts)
+def words_without_piece(piece_counts, encoder):
+  """How many words of sentences with these wordpiece counts per word get no piece read
+  by the model (max_seq_length, or with windows max_windows, cut them; or they have no
+  piece): those TextEncoder.encode_words gives position -1."""
+  lengths = np.array([int(c.sum()) for c in piece_counts], np.int32)
+  if encoder.long_text == "windows":
+    _, ends, _ = encoder.window_spans(tf.constant(lengths))
+    read = [row[-1] for row in ends.to_list()]
+  else:
+    read = [encoder.max_seq_length - 2] * len(piece_counts)
+  return sum(int(((c == 0) | (np.cumsum(c) - c >= r)).sum())
+             for c, r in zip(piece_counts, read))
 
 
 def _labelled_pieces(labels):
@@ -283,12 +313,17 @@ def _labelled_pieces(labels):
 
 
 def word_positions(sentences, encoder):
-  """Per sentence (a list of words), each word's first-wordpiece index or -1, as the
-  pipeline's encoder.encode_words computes it."""
-  positions = []
+  """Per sentence (a list of words), each word's model row (numbered over the sentences'
+  rows in order, as the pipeline emits them) and first-wordpiece index in that row, or -1,
+  as the pipeline's encoder.encode_words computes them: (rows, positions)."""
+  rows, positions, rows_before = [], [], 0
   for start in range(0, len(sentences), ENCODE_BATCH):
     batch = sentences[start:start + ENCODE_BATCH]
     words = tf.ragged.constant(batch, dtype=tf.string, ragged_rank=1)
-    out = encoder.encode_words(words)["word_positions"]
-    positions += [np.asarray(p, np.int32) for p in out.to_list()]
-  return positions
+    out = encoder.encode_words(words)
+    for r, p in zip(out["word_rows"].to_list(), out["word_positions"].to_list()):
+      p = np.asarray(p, np.int32)
+      rows.append(np.where(p >= 0, np.asarray(r, np.int32) + rows_before, -1))
+      positions.append(p)
+    rows_before += int(out["token_ids"].nrows())
+  return rows, positions

@@ -26,6 +26,7 @@ from tf_finetune import distribute
 from tf_finetune import experiment
 from tf_finetune import peft
 from tf_finetune import plots
+from tf_finetune import tasks
 from tf_finetune import workdir_lock
 from tf_finetune.data import augment
 from tf_finetune.data import pipeline
@@ -105,8 +106,8 @@ class Trainer:
 
     # Training examples are texts, or their windows under data.long_text=windows.
     train = self.splits["train"]
-    self.num_train_examples = int(self.encoder.window_counts(train.texts).sum()) \
-        if self.encoder.long_text == "windows" else len(train)
+    self.num_train_examples = int(
+        tasks.get_task(config, self.labels, self.encoder).window_counts(train).sum())
     self.steps_per_epoch = max(1, self.num_train_examples // t.batch_size)
     self.total_steps = t.steps or max(1, round(t.epochs * self.steps_per_epoch))
     self.eval_every = t.eval_every or self.steps_per_epoch
