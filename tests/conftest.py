@@ -80,9 +80,10 @@ def tiny_checkpoint_dir():
 
 def tiny_model_config():
   """configs/smoke.py's model (2 layers, hidden 32) with the tiny vocabulary, dropout off
-  for exact comparisons."""
+  and float32 (not `auto`, which is bfloat16 on some machines) for exact comparisons."""
   c = config_lib.common().tiny_model(config_lib.base_config(), tiny_checkpoint_dir())
   c.model.dropout = 0.0
+  c.train.precision = "float32"
   return c
 
 

@@ -176,8 +176,10 @@ def test_hf_export_loads_in_transformers_with_same_logits(run_dir):
   import transformers
   path = serving.export_hf(run_dir)
   assert path.name == "1" and path.parent.name == "run_hf"
-  for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "README.md"):
+  for name in ("config.json", "model.safetensors", "vocab.txt", "README.md"):
     assert (path / name).is_file(), name
+  # The base checkpoint's tokenizer files come along (the tiny one has no tokenizer.json).
+  assert not (path / "tokenizer.json").exists()
   texts = ["a wonderful, moving film", "boring and far too long ! really", "Café naïve 😀"]
   hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))

@@ -51,7 +51,9 @@ def test_colab_notebook_runs_every_cell_on_cpu(tmp_path):
   outputs = "\n".join(o.get("text", "") + json.dumps(o.get("data", {}))
                       for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
   assert "Device settings: {'distribution.strategy': 'default'}" in outputs
-  assert "precision float32" in outputs
+  from tf_finetune import distribute
+  precision = "mixed_bfloat16" if distribute.native_bfloat16("default")[0] else "float32"
+  assert f"precision {precision}" in outputs  # configs/smoke.py: train.precision=auto
   assert "step 6/6 | loss" in outputs and "examples/s | ETA" in outputs  # progress lines
   assert "dev accuracy:" in outputs  # train_and_evaluate's summary
   assert "image/png" in outputs  # the confusion matrix

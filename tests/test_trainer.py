@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import check_run_directory, tiny_config
+from tests.conftest import check_run_directory, tiny_config, write_sentiment_tsv
+from tf_finetune import distribute
 from tf_finetune.errors import WorkdirError
 from tf_finetune.training import trainer as trainer_lib
 
@@ -168,12 +169,11 @@ def test_tpu_step_compiles_with_xla_at_static_shapes(sentiment_dir, tmp_path):
   step that XLA compiles (as a TPU must) once per bucket shape, with the plain step's result."""
   from tf_finetune import config as config_lib
   from tf_finetune.data import pipeline
-  tpu_config = tiny_config(sentiment_dir, distribution__strategy="tpu", distribution__tpu="local")
-  assert config_lib.resolved_precision(tpu_config) == "mixed_bfloat16"
+  tpu_config = tiny_config(sentiment_dir, distribution__strategy="tpu", distribution__tpu="local",
+                           train__precision="auto")
+  assert distribute.resolved_precision(tpu_config)[0] == "mixed_bfloat16"
   assert config_lib.uses_static_shapes(tpu_config)
-  assert config_lib.resolved_precision(tiny_config(sentiment_dir)) == "float32"
 
-  from tests.conftest import write_sentiment_tsv
   config = tiny_config(write_sentiment_tsv(tmp_path / "varied", max_repeats=8),
                        data__static_shapes=True, data__max_seq_length=64)
   xla, plain = (trainer_lib.Trainer(config, tmp_path / name) for name in ("xla", "plain"))
@@ -260,3 +260,25 @@ def test_accumulation_resumes_at_the_right_batch(sentiment_dir, tmp_path):
   resumed.train()
   for a, b in zip(_weights(straight), _weights(resumed)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ("fpu sse avx512f avx512_bf16 amx_tile amx_bf16", "mixed_bfloat16"),
+    ("fpu sse avx2 avx512f avx512_vnni", "float32")])
+def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(tmp_path, monkeypatch, flags,
+                                                              expected):
+  if tf.config.list_physical_devices("GPU"):
+    pytest.skip("a GPU decides, not the CPU flags")
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+  native, what = distribute.native_bfloat16("default", cpuinfo=str(cpuinfo))
+  assert native == (expected == "mixed_bfloat16") and ("amx_bf16" in what) == native
+  monkeypatch.setattr(distribute, "native_bfloat16", lambda name: (native, what))
+  config = tiny_config(write_sentiment_tsv(tmp_path / "data"), train__precision="auto")
+  assert distribute.resolved_precision(config) == (expected, f"train.precision=auto: {what}")
+  import keras
+  t = trainer_lib.Trainer(config, tmp_path / "run")
+  backbone = [l for l in t.model.layers if l.name.startswith("bert_backbone")][0]
+  assert backbone.dtype_policy.name == expected
+  assert keras.config.dtype_policy().name == "float32"  # the process's policy is left alone
+  t.close()

@@ -101,6 +101,10 @@ def base_config():
   c.data.max_windows = 0
   c.data.shuffle_buffer = 10_000
   c.data.bucketing = True
+  # Lay each training batch's examples end to end in rows of max_seq_length (data/packing.py):
+  # the same examples and the same function per example on fewer padded tokens. Applies where
+  # it is exact (uses_packing); length bucketing is then moot and skipped.
+  c.data.packing = True
   # eda: random deletion, swap and insertion of training words (data/augment.py), each
   # touching about data.augment_probability of an example's words; train split only.
   c.data.augment = "none"
@@ -129,7 +133,9 @@ def base_config():
   # first one, or, with N > 0, skips up to N of them (counted in the log and TensorBoard).
   c.train.skip_nonfinite_steps = 0
   c.train.adam_epsilon = 1e-6
-  c.train.precision = "auto"  # auto: mixed_bfloat16 on TPU, float32 elsewhere
+  # auto: mixed_bfloat16 where the machine computes bfloat16 natively (TPU, GPU of compute
+  # capability 8.0+, CPU with AMX or AVX512_BF16; distribute.native_bfloat16), else float32.
+  c.train.precision = "auto"
   c.train.seed = 0
   c.train.log_every = 10
   c.train.eval_every = 0  # 0: once per epoch
@@ -210,10 +216,20 @@ def resolved_best_metric(config):
   return TASK_METRICS[config.task.name][0]
 
 
-def resolved_precision(config):
-  if config.train.precision != "auto":
-    return config.train.precision
-  return "mixed_bfloat16" if config.distribution.strategy == "tpu" else "float32"
+def packing_refusal(config, training=True):
+  """Why data.packing does not apply to this run's training (or evaluation) ("" when it
+  does)."""
+  if not config.data.packing:
+    return "data.packing=False"
+  for condition, reason in [
+      (uses_static_shapes(config), "static shapes (TPU or data.static_shapes)"),
+      (training and bool(config.distill.teacher_workdir),
+       "distillation (the teacher reads unpacked rows)"),
+      (training and config.adversarial.method != "none", "adversarial training"),
+      (config.peft.method == "adapter", "peft.method='adapter'")]:
+    if condition:
+      return reason
+  return ""
 
 
 def uses_static_shapes(config):

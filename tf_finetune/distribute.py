@@ -66,6 +66,37 @@ def _tpu_strategy(tpu):
   return tf.distribute.TPUStrategy(resolver)
 
 
+_CPU_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: bfloat16 matmul units
+
+
+def native_bfloat16(strategy_name, cpuinfo="/proc/cpuinfo"):
+  """Whether this machine computes bfloat16 natively, and what says so: a TPU, a GPU of
+  compute capability 8.0 or more (Ampere on), or a CPU with AMX or AVX512_BF16 (where
+  oneDNN runs bfloat16 matmuls at up to twice float32's rate)."""
+  if strategy_name == "tpu":
+    return True, "a TPU"
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus:
+    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+    return bool(capability and capability >= (8, 0)), f"GPU compute capability {capability}"
+  try:
+    with open(cpuinfo) as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    flags = []
+  found = [flag for flag in _CPU_BFLOAT16_FLAGS if flag in flags]
+  return bool(found), f"CPU flags {', '.join(found)}" if found else "a CPU without AMX or AVX512_BF16"
+
+
+def resolved_precision(config):
+  """train.precision, with `auto` resolved for this machine: (policy name, why)."""
+  asked = config.train.precision
+  if asked != "auto":
+    return asked, f"train.precision={asked}"
+  native, what = native_bfloat16(config.distribution.strategy)
+  return ("mixed_bfloat16" if native else "float32"), f"train.precision=auto: {what}"
+
+
 def is_chief(strategy):
   """True where side effects (checkpoints, summaries, reports) belong."""
   resolver = getattr(strategy, "cluster_resolver", None)

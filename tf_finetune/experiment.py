@@ -14,6 +14,7 @@ from absl import logging
 
 from tf_finetune import atomic
 from tf_finetune import checkpoints
+from tf_finetune import config as config_lib
 from tf_finetune import text_encoder
 from tf_finetune import tasks
 from tf_finetune.data import labels as labels_lib
@@ -44,7 +45,6 @@ class Workdir:
     import ml_collections
     if not self.config.is_file():
       raise WorkdirError(f"{self.root}: no {CONFIG_FILE}; is this a tf_finetune run directory?")
-    from tf_finetune import config as config_lib
     saved = atomic.read_json(self.config, dict, "the run's resolved config")
     # Keys added to tf_finetune after this run was made take their defaults.
     config = config_lib.base_config().to_dict()
@@ -116,24 +116,36 @@ def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
 
 
 MODEL_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+_ROWS, _EXAMPLES = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
+PACKED_INPUTS = {**{k: _ROWS for k in MODEL_INPUTS + ("position_ids", "example_ids")},
+                 "example_rows": _EXAMPLES, "example_starts": _EXAMPLES}
 _FORWARD = weakref.WeakKeyDictionary()  # model -> its traced inference function
+_PACKED_FORWARD = weakref.WeakKeyDictionary()  # model -> (task, its traced packed forward)
 
 
-def predict_logits(model, dataset, strategy=None):
+def predict_logits(model, dataset, strategy=None, task=None):
   """Logits for every example of an eval dataset, in order.
 
   With a single-client strategy, the forward pass runs on its replicas (the dataset must
   have static shapes and an example_mask, as pipeline.eval_dataset(static_shapes=True)
-  makes): this is how evaluation runs on a TPU.
+  makes): this is how evaluation runs on a TPU. With `task`, the batches are packed
+  (pipeline.eval_dataset(packing=True)) and go through task.packed_logits.
   """
   if strategy is not None:
     return _predict_logits_distributed(model, dataset, strategy)
-  if model not in _FORWARD:
-    _FORWARD[model] = tf.function(
-        lambda features: model(features, training=False),
-        input_signature=[{k: tf.TensorSpec([None, None], tf.int32) for k in MODEL_INPUTS}])
-  forward = _FORWARD[model]
-  return _concatenate([forward({k: b[k] for k in MODEL_INPUTS}).numpy() for b in dataset])
+  if task is not None:
+    if _PACKED_FORWARD.get(model, (None,))[0] is not task:
+      _PACKED_FORWARD[model] = (task, tf.function(
+          lambda batch: task.packed_logits(model, batch, training=False),
+          input_signature=[PACKED_INPUTS]))
+    forward, inputs = _PACKED_FORWARD[model][1], PACKED_INPUTS
+  else:
+    if model not in _FORWARD:
+      _FORWARD[model] = tf.function(
+          lambda features: model(features, training=False),
+          input_signature=[{k: tf.TensorSpec([None, None], tf.int32) for k in MODEL_INPUTS}])
+    forward, inputs = _FORWARD[model], MODEL_INPUTS
+  return _concatenate([forward({k: b[k] for k in inputs}).numpy() for b in dataset])
 
 
 def _concatenate(batches):
@@ -255,9 +267,11 @@ def evaluate_split(task, model, split, *, batch_size, label_values=None, static_
   With a single-client strategy and static shapes, the forward pass runs on its replicas."""
   if label_values is None:
     label_values = task.label_values(split)
+  packing = strategy is None and not task.packing_refusal(training=False)
   dataset = pipeline.eval_dataset(split, label_values, task, batch_size=batch_size,
-                                  static_shapes=static_shapes)
-  return label_values, task.example_logits(split, predict_logits(model, dataset, strategy))
+                                  static_shapes=static_shapes, packing=packing)
+  logits = predict_logits(model, dataset, strategy, task if packing else None)
+  return label_values, task.example_logits(split, logits)
 
 
 def restore_model(workdir, model, which="best"):

@@ -1,15 +1,19 @@
 """Fine-tune all-MiniLM-L6-v2 on SST-2 with tf_finetune and with the HF PyTorch Trainer.
 
   pip install -e ".[torch]"     # torch 2.13.0 CPU build + accelerate, for the PyTorch side
-  python tools/bench_sst2.py                            # full train set, both, interleaved
+  python tools/bench_sst2.py                            # full train set, interleaved
   python tools/bench_sst2.py --max_train_examples=2000 --rounds=1   # a quick look
 
-Same checkpoint, data (../shared/data/sst2), hyperparameters (1 epoch, batch 32, AdamW lr
-5e-5, weight decay 0.01 off biases and LayerNorm, 10% linear warmup then linear decay,
-clip 1.0, max 64 wordpieces, dynamic padding grouped by length, dropout 0.1, fp32) and
-machine. Each run is its own process; rounds alternate tf, torch, tf, torch... Prints dev
-accuracy of the final weights, training examples/s, wall time and peak RSS per run, then
-the mean of each side and the ratios.
+Sides: `tf` is tf_finetune as a user gets it (configs/sst2.py's defaults: train.precision=auto,
+data.packing on); `tf_fp32_unpacked` is float32 with length buckets and no packing (what
+tf_finetune did before packing); `torch` and `torch_bf16` are the HF Trainer in float32 and
+with bf16=True, both with group_by_length. Same checkpoint, data (../shared/data/sst2),
+hyperparameters (1 epoch, batch 32, AdamW lr 5e-5, weight decay 0.01 off biases and
+LayerNorm, 10% linear warmup then linear decay, clip 1.0, max 64 wordpieces, dropout 0.1)
+and number of examples seen. Each run is its own process; rounds alternate the sides.
+Prints per run dev accuracy of the final weights, train examples/s, real and padded
+wordpieces per second, wall time and peak RSS; then per side the mean, and last
+`speedup: X.XX (accuracy delta: +Y.YY points)`: `tf` against the faster Trainer side.
 """
 import tempfile
 import time
@@ -18,11 +22,14 @@ import benchlib
 from absl import app
 from absl import flags
 
-_RUN = flags.DEFINE_enum("run", None, ["tf", "tf_bf16", "torch"],
+TF_SIDES = {"tf": {}, "tf_fp32_unpacked": {"train.precision": "float32", "data.packing": False}}
+TORCH_SIDES = {"torch": False, "torch_bf16": True}  # side -> TrainingArguments.bf16
+
+_RUN = flags.DEFINE_enum("run", None, [*TF_SIDES, *TORCH_SIDES],
                          "Internal: run one side in this process.")
-_ROUNDS = flags.DEFINE_integer("rounds", 1, "Interleaved rounds of (tf, torch).")
-_SIDES = flags.DEFINE_list("sides", ["tf", "torch"],
-                          "Sides: tf, torch (both fp32), tf_bf16 (mixed_bfloat16).")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Interleaved rounds of the sides.")
+_SIDES = flags.DEFINE_list("sides", ["tf", "torch", "torch_bf16"],
+                           f"Sides, of {', '.join([*TF_SIDES, *TORCH_SIDES])}.")
 _MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 0, "0: the whole train set.")
 _EPOCHS = flags.DEFINE_float("epochs", 1.0, "Epochs.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
@@ -31,15 +38,15 @@ _MAX_LEN = flags.DEFINE_integer("max_seq_length", 64, "Wordpieces per example.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 
-def run_tf(precision):
+def run_tf(side):
+  from tf_finetune.data import pipeline
   from tf_finetune.training import trainer as trainer_lib
-  c = benchlib.load_config("sst2", {
+  c = benchlib.load_config("sst2", dict(TF_SIDES[side], **{
       "data.max_seq_length": _MAX_LEN.value, "data.max_train_examples": _MAX_TRAIN.value,
       "train.epochs": _EPOCHS.value, "train.batch_size": _BATCH.value,
       "train.learning_rate": _LR.value, "train.adam_epsilon": 1e-8, "train.seed": _SEED.value,
-      "train.precision": precision,
       "train.eval_every": 10**9,  # one evaluation, at the end, as on the PyTorch side
-      "train.log_every": 100})
+      "train.log_every": 100}))
   workdir = tempfile.mkdtemp(prefix="bench_sst2_tf_")
   start = time.time()
   t = trainer_lib.Trainer(c, workdir)
@@ -50,12 +57,23 @@ def run_tf(precision):
   train_time = time.time() - train_start
   report = t.evaluate_dev()
   steps = t.total_steps
-  return {"side": "tf" if precision == "float32" else "tf_bf16", "dev_accuracy": report["accuracy"], "train_examples": len(t.splits["train"]),
+  # The wordpieces the steps were fed: the same deterministic stream, counted afterwards.
+  stream = pipeline.train_dataset(
+      t.splits["train"], t.train_label_values, t.task, batch_size=t.micro_batch_size,
+      seed=c.train.seed, shuffle_buffer=c.data.shuffle_buffer, bucketing=c.data.bucketing,
+      packing=t.packing)
+  real = padded = 0
+  for batch in stream.take(steps * t.accum_steps):
+    real += int(batch["padding_mask"].numpy().sum())
+    padded += int(batch["token_ids"].shape[0] * batch["token_ids"].shape[1])
+  return {"side": side, "precision": t.precision, "packing": t.packing,
+          "dev_accuracy": report["accuracy"], "train_examples": len(t.splits["train"]),
           "steps": steps, "examples_per_sec": steps * c.train.batch_size / train_time,
+          "real_tokens_per_sec": real / train_time, "padded_tokens_per_sec": padded / train_time,
           "setup_s": setup, "wall_s": wall, "peak_rss_mb": benchlib.peak_rss_mb()}
 
 
-def run_torch():
+def run_torch(side):
   import numpy as np
   import torch
   import transformers
@@ -85,11 +103,17 @@ def run_torch():
       per_device_train_batch_size=_BATCH.value, per_device_eval_batch_size=64,
       learning_rate=_LR.value, weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear",
       max_grad_norm=1.0, adam_epsilon=1e-8, train_sampling_strategy="group_by_length",
-      seed=_SEED.value,
+      seed=_SEED.value, bf16=TORCH_SIDES[side],
       save_strategy="no", eval_strategy="no", report_to=[], logging_steps=100, use_cpu=True)
   trainer = transformers.Trainer(
       model=model, args=args, train_dataset=train_data,
       data_collator=transformers.DataCollatorWithPadding(tokenizer))
+  real = padded = 0
+  for batch in trainer.get_train_dataloader():  # an epoch of length-grouped batches, drawn
+    real += int(batch["attention_mask"].sum())  # as training draws them
+    padded += int(batch["attention_mask"].numel())
+  real, padded = real * _EPOCHS.value, padded * _EPOCHS.value
+  transformers.set_seed(_SEED.value)
   setup = time.time() - start
   train_start = time.time()
   result = trainer.train()
@@ -99,46 +123,50 @@ def run_torch():
   assert len(prediction.label_ids) == len(dev_data)
   accuracy = float(np.mean(np.argmax(prediction.predictions, -1) == prediction.label_ids))
   steps = result.global_step
-  return {"side": "torch", "dev_accuracy": accuracy, "train_examples": len(train_data),
+  return {"side": side, "dev_accuracy": accuracy, "train_examples": len(train_data),
           "steps": steps, "examples_per_sec": steps * _BATCH.value / train_time,
+          "real_tokens_per_sec": real / train_time, "padded_tokens_per_sec": padded / train_time,
           "setup_s": setup, "wall_s": time.time() - start, "peak_rss_mb": benchlib.peak_rss_mb(),
           "torch_threads": torch.get_num_threads()}
 
 
 def main(argv):
   if _RUN.value:
-    if _RUN.value == "torch":
-      result = run_torch()
-    else:
-      result = run_tf("float32" if _RUN.value == "tf" else "mixed_bfloat16")
-    benchlib.emit(result)
+    benchlib.emit(run_torch(_RUN.value) if _RUN.value in TORCH_SIDES else run_tf(_RUN.value))
     return
   flag_args = [f"--max_train_examples={_MAX_TRAIN.value}", f"--epochs={_EPOCHS.value}",
                f"--batch_size={_BATCH.value}", f"--learning_rate={_LR.value}",
                f"--max_seq_length={_MAX_LEN.value}", f"--seed={_SEED.value}", *argv[1:]]
+  keys = ("dev_accuracy", "examples_per_sec", "real_tokens_per_sec", "padded_tokens_per_sec",
+          "wall_s", "peak_rss_mb")
+
+  def line(prefix, r):
+    return (f"{prefix}: dev accuracy {r['dev_accuracy']:.4f} | {r['examples_per_sec']:.1f} "
+            f"train examples/s | wordpieces/s {r['real_tokens_per_sec']:.0f} real, "
+            f"{r['padded_tokens_per_sec']:.0f} padded | wall {r['wall_s']:.0f}s | peak RSS "
+            f"{r['peak_rss_mb']:.0f} MB")
+
   results = []
   for round_ in range(_ROUNDS.value):
     for side in _SIDES.value:
       result = benchlib.run_side(__file__, [f"--run={side}", *flag_args])
       results.append(result)
-      print(f"round {round_ + 1} {side:>5}: dev accuracy {result['dev_accuracy']:.4f} | "
-            f"{result['examples_per_sec']:.1f} train examples/s | {result['steps']} steps | "
-            f"wall {result['wall_s']:.0f}s | peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+      extra = (f" ({result['precision']}, packing {'on' if result['packing'] else 'off'})"
+               if side in TF_SIDES else "")
+      print(line(f"round {round_ + 1} {side}{extra}", result), flush=True)
   means = {}
   for side in _SIDES.value:
     rs = [r for r in results if r["side"] == side]
-    means[side] = {k: sum(r[k] for r in rs) / len(rs)
-                   for k in ("dev_accuracy", "examples_per_sec", "wall_s", "peak_rss_mb")}
-    m = means[side]
-    print(f"mean {side:>5}: dev accuracy {m['dev_accuracy']:.4f} | {m['examples_per_sec']:.1f} "
-          f"examples/s | wall {m['wall_s']:.0f}s | peak RSS {m['peak_rss_mb']:.0f} MB")
-  for side in ("tf", "tf_bf16"):
-    if side in means and "torch" in means:
-      ours, pt = means[side], means["torch"]
-      print(f"{side} - torch dev accuracy: {100 * (ours['dev_accuracy'] - pt['dev_accuracy']):+.2f} "
-            f"points; examples/s ratio {side}/torch: "
-            f"{ours['examples_per_sec'] / pt['examples_per_sec']:.2f}; "
-            f"peak RSS ratio: {ours['peak_rss_mb'] / pt['peak_rss_mb']:.2f}")
+    means[side] = {k: sum(r[k] for r in rs) / len(rs) for k in keys}
+    print(line(f"mean {side}", means[side]))
+  torch_sides = [s for s in _SIDES.value if s in TORCH_SIDES]
+  if "tf" in means and torch_sides:
+    fastest = max(torch_sides, key=lambda s: means[s]["examples_per_sec"])
+    ours, theirs = means["tf"], means[fastest]
+    print(f"reference: {fastest}, the faster Trainer side here")
+    print(f"peak RSS ratio tf/{fastest}: {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}")
+    print(f"speedup: {ours['examples_per_sec'] / theirs['examples_per_sec']:.2f} (accuracy "
+          f"delta: {100 * (ours['dev_accuracy'] - theirs['dev_accuracy']):+.2f} points)")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Where a training step's time goes, TensorFlow (keras-hub) beside PyTorch (transformers).
 
   pip install -e ".[torch]"
-  python tools/profile_step.py [--batch_size=32] [--lengths=16,32,64] [--steps=20]
+  python tools/profile_step.py [--batch_size=32] [--lengths=16,32,64,128] [--steps=20]
+  python tools/profile_step.py --precision=mixed_bfloat16      # torch side: bf16 autocast
 
-all-MiniLM-L6-v2 with a 2-label head, fp32, dropout 0.1, on fixed random token ids (no
-input pipeline). For each sequence length, ms per call of: forward (training=True), forward
-+ backward, and the whole step (+ clip by global norm + AdamW), after 3 warm-up calls; the
-median of --steps calls. Each side runs in its own process, one after the other.
+all-MiniLM-L6-v2 with a 2-label head, dropout 0.1, on fixed random token ids (no input
+pipeline). For each sequence length, ms per call of: forward (training=True), forward +
+backward, and the whole step (+ clip by global norm + AdamW), after 3 warm-up calls; the
+median of --steps calls; from them the backward and the optimizer's share. Also the
+step's achieved GFLOP/s (matmul FLOPs of forward and backward, counted from the
+architecture) against this machine's matmul peak measured in the same process (a
+2048 x 2048 matmul, float32 and bfloat16). Each side runs in its own process.
 """
 import sys
 import time
@@ -18,8 +22,32 @@ from absl import flags
 
 _SIDE = flags.DEFINE_enum("side", None, ["tf", "torch"], "Internal: run one side here.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
-_LENGTHS = flags.DEFINE_list("lengths", ["16", "32", "64"], "Sequence lengths.")
+_LENGTHS = flags.DEFINE_list("lengths", ["16", "32", "64", "128"], "Sequence lengths.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed calls per measurement.")
+_PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
+                               "Compute precision of both sides.")
+
+# all-MiniLM-L6-v2
+LAYERS, HIDDEN, INTERMEDIATE = 6, 384, 1536
+
+
+def step_gflop(batch, length):
+  """Matmul FLOPs of one train step (forward + backward = 3 x forward): per layer and token
+  the Q, K, V and output projections (4 H^2), the feed-forward (2 H I), and attention's
+  scores and weighted sum (2 L H), each 2 FLOPs per multiply-add; plus the pooler."""
+  per_token = LAYERS * 2 * (4 * HIDDEN ** 2 + 2 * HIDDEN * INTERMEDIATE + 2 * length * HIDDEN)
+  return 3 * (batch * length * per_token + batch * 2 * HIDDEN ** 2) / 1e9
+
+
+def matmul_peak_gflops(dtype, size=2048):
+  """GFLOP/s of a size x size matmul in `dtype` (TensorFlow, oneDNN): the machine's peak as
+  a train step can reach it."""
+  import tensorflow as tf
+  a = tf.random.normal([size, size], dtype=tf.float32)
+  a = tf.cast(a, dtype)
+  matmul = tf.function(lambda x: tf.matmul(x, x))
+  ms = _median_ms(lambda: matmul(a)[0, 0].numpy())
+  return 2 * size ** 3 / (ms / 1000) / 1e9
 
 
 def _median_ms(fn):
@@ -47,7 +75,9 @@ def run_tf():
   from tf_finetune import experiment
   from tf_finetune.data import labels as labels_lib
   from tf_finetune.training import optim
+  import keras
   config = config_lib.base_config()
+  keras.mixed_precision.set_global_policy(_PRECISION.value)
   task, model = experiment.build_model(config, labels_lib.LabelVocabulary(["0", "1"]))
   optimizer = optim.build_optimizer(config.train, 1000, model.trainable_variables)
   variables = model.trainable_variables
@@ -71,7 +101,8 @@ def run_tf():
     optimizer.apply(grads, variables)
     return loss
 
-  results = {}
+  results = {"peak_gflops": {"float32": matmul_peak_gflops(tf.float32),
+                             "bfloat16": matmul_peak_gflops(tf.bfloat16)}}
   for length in map(int, _LENGTHS.value):
     ids, labels = _batch(length)
     features = {"token_ids": tf.constant(ids), "segment_ids": tf.zeros_like(ids),
@@ -99,13 +130,18 @@ def run_torch():
     ids, labels = torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
     mask = torch.ones_like(ids)
 
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16,
+                                      enabled=_PRECISION.value == "mixed_bfloat16")
+
     def forward():
-      with torch.no_grad():
+      with torch.no_grad(), autocast():
         return model(input_ids=ids, attention_mask=mask).logits
 
     def forward_backward():
       model.zero_grad(set_to_none=True)
-      model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+      with autocast():
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+      loss.backward()
 
     def step():
       forward_backward()
@@ -125,12 +161,25 @@ def main(argv):
     return
   sides = {side: benchlib.run_side(__file__, [f"--side={side}", *sys.argv[1:]])
            for side in ("tf", "torch")}
-  print(f"batch {_BATCH.value}, median ms per call (torch threads: {sides['torch'].pop('threads')})")
+  peak = sides["tf"].pop("peak_gflops")
+  compute = "bfloat16" if _PRECISION.value == "mixed_bfloat16" else "float32"
+  print(f"batch {_BATCH.value}, {_PRECISION.value}, median ms per call (torch threads: "
+        f"{sides['torch'].pop('threads')}); matmul peak here: float32 "
+        f"{peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s")
   print(f"{'length':>6} {'what':>17} {'tf':>9} {'torch':>9} {'tf/torch':>9}")
   for length in _LENGTHS.value:
-    for what in ("forward", "forward_backward", "step"):
-      tf_ms, torch_ms = sides["tf"][length][what], sides["torch"][length][what]
-      print(f"{length:>6} {what:>17} {tf_ms:9.1f} {torch_ms:9.1f} {tf_ms / torch_ms:9.2f}")
+    tf_ms, torch_ms = sides["tf"][length], sides["torch"][length]
+    for ms in (tf_ms, torch_ms):
+      ms["backward"] = ms["forward_backward"] - ms["forward"]
+      ms["optimizer"] = ms["step"] - ms["forward_backward"]
+    for what in ("forward", "backward", "optimizer", "step"):
+      print(f"{length:>6} {what:>17} {tf_ms[what]:9.1f} {torch_ms[what]:9.1f} "
+            f"{tf_ms[what] / torch_ms[what]:9.2f}")
+    gflop = step_gflop(_BATCH.value, int(length))
+    for side, ms in (("tf", tf_ms), ("torch", torch_ms)):
+      achieved = gflop / (ms["step"] / 1000)
+      print(f"{length:>6} {side + ' GFLOP/s':>17} {achieved:9.0f} ({100 * achieved / peak[compute]:.0f}% "
+            f"of the {compute} matmul peak; {gflop:.1f} GFLOP a step)")
 
 
 if __name__ == "__main__":

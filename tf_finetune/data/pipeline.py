@@ -8,6 +8,8 @@ tf.train.Checkpoint cannot save.
 """
 import tensorflow as tf
 
+from tf_finetune.data import packing as packing_lib
+
 TOKENIZE_BATCH = 256
 
 
@@ -56,11 +58,12 @@ def _with_batch_dimension(batch, batch_size):
 
 def train_dataset(split, label_values, task, *, batch_size, seed, shuffle_buffer,
                   bucketing, skip_batches=0, input_context=None, static_shapes=False,
-                  augmenter=None):
+                  augmenter=None, packing=False):
   """An endless, deterministic stream of padded training batches of `batch_size`.
 
   With an augmenter (data/augment.py), the raw texts are cached instead and every example
-  is augmented, then tokenized, each time it comes round."""
+  is augmented, then tokenized, each time it comes round. With packing, each batch's
+  examples are laid end to end in rows of max_seq_length (data/packing.py)."""
   encoder = task.encoder
   dataset = _raw_dataset(task, split, label_values)
   if input_context and input_context.num_input_pipelines > 1:
@@ -72,7 +75,7 @@ def train_dataset(split, label_values, task, *, batch_size, seed, shuffle_buffer
   if augmenter:
     dataset = tokenize(dataset.enumerate().map(
         augmenter, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), task)
-  if bucketing or static_shapes:
+  if (bucketing and not packing) or static_shapes:
     boundaries = bucket_boundaries(encoder.max_seq_length)
     if not static_shapes:
       boundaries = boundaries[:-1]
@@ -87,13 +90,19 @@ def train_dataset(split, label_values, task, *, batch_size, seed, shuffle_buffer
         padding_values=_padding_values(dataset, task), drop_remainder=True)
   if static_shapes:  # bucket_by_sequence_length leaves the batch dimension unknown
     dataset = dataset.map(lambda batch: _with_batch_dimension(batch, batch_size))
+  if packing:
+    dataset = dataset.map(
+        lambda batch: packing_lib.pack(batch, encoder.max_seq_length, encoder.pad_id,
+                                       task.token_labels),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if skip_batches:
     dataset = dataset.skip(skip_batches)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(split, label_values, task, *, batch_size, static_shapes=False):
-  """Padded batches in file order; the last batch may be smaller.
+def eval_dataset(split, label_values, task, *, batch_size, static_shapes=False, packing=False):
+  """Padded batches in file order; the last batch may be smaller. With packing, each
+  batch's examples laid end to end in rows (data/packing.py).
 
   With static_shapes, every batch has exactly `batch_size` rows (the last one is filled
   with padding rows whose `example_mask` is 0) and is padded to a bucket boundary, so
@@ -117,4 +126,7 @@ def eval_dataset(split, label_values, task, *, batch_size, static_shapes=False):
         padded[key] = tf.pad(value, pad, constant_values=padding_values.get(key, 0))
       return _with_batch_dimension(padded, batch_size)
     dataset = dataset.map(pad_to_static)
+  if packing:
+    dataset = dataset.map(lambda batch: packing_lib.pack(batch, encoder.max_seq_length,
+                                                         encoder.pad_id, task.token_labels))
   return dataset.prefetch(tf.data.AUTOTUNE)

@@ -7,6 +7,7 @@ from absl import logging
 
 from tf_finetune import config as config_lib
 from tf_finetune.data import labels as labels_lib
+from tf_finetune.data import packing
 
 
 class Task(abc.ABC):
@@ -25,6 +26,8 @@ class Task(abc.ABC):
   needs_calibration = False  # True: export needs the dev calibration from eval/report.json
 
   label_padding_value = 0  # what padded_batch puts in "label" beyond an example's length
+  packs = False  # packed_logits reads packed batches (data.packing)
+  token_labels = False  # a label per wordpiece (packing lays them out like the tokens)
 
   def __init__(self, config, label_vocabulary, encoder=None):
     self.config = config
@@ -51,6 +54,12 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def build_model(self, backbone):
     """A keras.Model from BERT inputs (token_ids, segment_ids, padding_mask) to logits."""
+
+  def packed_logits(self, model, batch, training):
+    """Per-example logits of a packed batch (data/packing.py), equal to `model`'s on the
+    same examples unpacked."""
+    raise NotImplementedError(f"task.name={self.config.task.name!r} does not read packed "
+                              "batches")
 
   @abc.abstractmethod
   def label_values(self, split):
@@ -178,10 +187,24 @@ class Task(abc.ABC):
     evaluation (`windows_used` says how many)."""
     if self.windowed:
       features = self.encoder.windows(texts)
-      window_logits = model(self.encoder.pad(features), training=False)
+      window_logits = self.forward(model, self.encoder.pad(features))
       logits = self.pool_windows(window_logits, features["document"], tf.shape(texts)[0])
       return dict(self.serving_outputs(logits, calibration), truncated=features["truncated"],
                   windows_used=features["windows_used"])
     features = self.encoder(texts, text_pairs, with_truncation=True)
-    logits = tf.cast(model(self.encoder.pad(features), training=False), tf.float32)
+    logits = tf.cast(self.forward(model, self.encoder.pad(features)), tf.float32)
     return dict(self.serving_outputs(logits, calibration), truncated=features["truncated"])
+
+  def packing_refusal(self, training=True):
+    """Why this task's training (or inference) does not pack ("" when it does)."""
+    if not self.packs:
+      return f"task.name={self.config.task.name!r} reads no packed rows"
+    return config_lib.packing_refusal(self.config, training)
+
+  def forward(self, model, inputs):
+    """Inference logits of padded model inputs: through packed rows where data.packing
+    applies (as evaluation packs), else the model as it is."""
+    if self.packing_refusal(training=False):
+      return model(inputs, training=False)
+    packed = packing.pack(inputs, self.encoder.max_seq_length, self.encoder.pad_id)
+    return self.packed_logits(model, packed, training=False)

@@ -7,6 +7,7 @@ from absl import logging
 from tf_finetune.errors import DataError
 from tf_finetune.tasks import base
 from tf_finetune.tasks import metrics
+from tf_finetune.tasks import packed
 
 
 def pool(backbone_outputs, padding_mask, pooling):
@@ -32,7 +33,24 @@ def build_pooled_model(backbone, config, num_outputs):
   return keras.Model(inputs, logits, name=config.task.name)
 
 
-class ClassificationTask(base.Task):
+class PooledTask(base.Task):
+  """A task whose head reads one pooled vector per example (build_pooled_model): it reads
+  packed batches too."""
+
+  packs = True
+
+  @property
+  def num_outputs(self):
+    return len(self.label_vocabulary)
+
+  def build_model(self, backbone):
+    return build_pooled_model(backbone, self.config, self.num_outputs)
+
+  def packed_logits(self, model, batch, training):
+    return packed.pooled_logits(model, batch, self.config.model.pooling, training)
+
+
+class ClassificationTask(PooledTask):
   """Softmax over the labels of labels.json, cross-entropy loss (optionally class-weighted),
   sklearn report with a confusion matrix."""
 
@@ -50,9 +68,6 @@ class ClassificationTask(base.Task):
       raise DataError(f"{train.source}: train has only {len(vocabulary)} "
                       "distinct label(s); classification needs at least 2")
     return vocabulary
-
-  def build_model(self, backbone):
-    return build_pooled_model(backbone, self.config, len(self.label_vocabulary))
 
   def label_values(self, split):
     return np.asarray(self.label_vocabulary.encode(split), np.int32)

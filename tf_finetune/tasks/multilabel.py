@@ -4,12 +4,11 @@ import tensorflow as tf
 
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.errors import DataError
-from tf_finetune.tasks import base
 from tf_finetune.tasks import metrics
 from tf_finetune.tasks import classification
 
 
-class MultiLabelTask(base.Task):
+class MultiLabelTask(classification.PooledTask):
   """Binary cross-entropy per label; a threshold per label, tuned on dev for F1.
 
   A label cell holds the example's labels joined by data.multilabel_separator; in JSONL it
@@ -29,9 +28,6 @@ class MultiLabelTask(base.Task):
   @staticmethod
   def split_labels(config, cell):
     return [x.strip() for x in cell.split(config.data.multilabel_separator) if x.strip()]
-
-  def build_model(self, backbone):
-    return classification.build_pooled_model(backbone, self.config, len(self.label_vocabulary))
 
   def label_values(self, split):
     ids = {name: i for i, name in enumerate(self.label_vocabulary.labels)}

@@ -4,22 +4,19 @@ import tensorflow as tf
 
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.errors import DataError
-from tf_finetune.tasks import base
 from tf_finetune.tasks import metrics
 from tf_finetune.tasks import classification
 
 
-class RegressionTask(base.Task):
+class RegressionTask(classification.PooledTask):
   """A linear head with one output, mean squared error; Pearson and Spearman."""
 
+  num_outputs = 1
 
   @classmethod
   def build_vocabulary(cls, config, train):
     # One output, named after the label column; labels.json records it like a label.
     return labels_lib.LabelVocabulary([config.data.label_column or "score"])
-
-  def build_model(self, backbone):
-    return classification.build_pooled_model(backbone, self.config, 1)
 
   def label_values(self, split):
     values = np.empty(len(split), np.float32)

@@ -10,6 +10,7 @@ from tf_finetune.data import labels as labels_lib
 from tf_finetune.errors import DataError
 from tf_finetune.tasks import base
 from tf_finetune.tasks import metrics
+from tf_finetune.tasks import packed
 
 ENCODE_BATCH = 512
 IGNORED_LABEL = -1  # wordpieces that carry no tag ([CLS], [SEP], non-first pieces, padding)
@@ -44,6 +45,8 @@ class TaggingTask(base.Task):
                    "`probabilities` and `logits` float32 [batch, length, tags]")
 
   label_padding_value = IGNORED_LABEL
+  packs = True
+  token_labels = True
 
   def __init__(self, config, label_vocabulary, encoder=None):
     super().__init__(config, label_vocabulary, encoder)
@@ -70,6 +73,20 @@ class TaggingTask(base.Task):
         len(self.label_vocabulary), kernel_initializer=keras.initializers.TruncatedNormal(
             stddev=0.02), dtype="float32", name="logits")(sequence)
     return keras.Model(inputs, logits, name=self.config.task.name)
+
+  def packing_refusal(self, training=True):
+    """Training packs with task.loss_average=token (a sum over words, wherever they sit);
+    evaluation and serving read words at their unpacked rows and positions."""
+    if not training:
+      return "tagging reads each word at its unpacked position"
+    if self.config.task.loss_average != "token":
+      return "task.loss_average='sentence' (a mean per sentence needs its sentence's row)"
+    return super().packing_refusal(training)
+
+  def packed_logits(self, model, batch, training):
+    sequence = packed.sequence_output(model, batch, training)
+    sequence = model.get_layer("head_dropout")(sequence, training=training)
+    return model.get_layer("logits")(sequence)
 
   def label_values(self, split):
     ids = {tag: i for i, tag in enumerate(self.label_vocabulary.labels)}

@@ -17,6 +17,7 @@ import time
 import weakref
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -69,11 +70,14 @@ class Trainer:
     self.lock = workdir_lock.WorkdirLock(self.workdir.root).acquire() if self.is_chief else None
     if self.lock is not None:  # a Trainer dropped without train() or close() lets go too
       weakref.finalize(self, self.lock.release)
+    global_policy = keras.config.dtype_policy()
     try:
-      self._setup()
+      self._setup()  # builds the model under train.precision's policy
     except BaseException:
       self._release()
       raise
+    finally:  # models built later in this process (evaluation, export) get their own
+      keras.config.set_dtype_policy(global_policy)
 
   def _setup(self):
     config = self.config
@@ -81,7 +85,8 @@ class Trainer:
     if self.is_chief:
       self._remove_leftovers()
     keras.utils.set_random_seed(config.train.seed)
-    self.precision = config_lib.resolved_precision(config)
+    self.precision, why = distribute.resolved_precision(config)
+    logging.info("Precision: %s (%s)", self.precision, why)
     keras.mixed_precision.set_global_policy(self.precision)
     self.static_shapes = config_lib.uses_static_shapes(config)
 
@@ -168,6 +173,12 @@ class Trainer:
     self.dev_label_values = self.task.label_values(self.splits["dev"])
     if "test" in self.splits:  # unseen labels fail now, not after training.
       self.task.label_values(self.splits["test"])
+    refusal = self.task.packing_refusal()
+    self.packing = not refusal
+    if self.packing:
+      self._log_packing()
+    else:
+      logging.info("Packing: off: %s", refusal)
 
   @property
   def step(self):
@@ -253,7 +264,28 @@ class Trainer:
         batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
         skip_batches=self.step * self.accum_steps, input_context=input_context,
-        static_shapes=self.static_shapes, augmenter=self.augmenter)
+        static_shapes=self.static_shapes, augmenter=self.augmenter, packing=self.packing)
+
+  def _log_packing(self, batches=20):
+    """How full the packed rows of the first training batches are, against padding each
+    batch to its longest example."""
+    d = self.config.data
+    stream = pipeline.train_dataset(
+        self.splits["train"], self.train_label_values, self.task,
+        batch_size=self.micro_batch_size, seed=self.config.train.seed,
+        shuffle_buffer=d.shuffle_buffer, bucketing=False, packing=True)
+    rows = tokens = slots = padded = examples = 0
+    for batch in stream.take(batches):
+      batches_seen = batches_seen + 1 if rows else 1
+      shape = batch["token_ids"].shape
+      lengths = np.bincount(batch["example_ids"].numpy().ravel())[1:]
+      rows, slots, examples = rows + shape[0], slots + shape[0] * shape[1], examples + len(lengths)
+      tokens, padded = tokens + lengths.sum(), padded + len(lengths) * lengths.max()
+    logging.info("Packing: on (data.packing): %.1f examples in %.1f rows of up to %d per batch "
+                 "(%.1f examples per row); padding %.1f%% of the tokens (padded per batch "
+                 "without packing: %.1f%%)", examples / batches_seen, rows / batches_seen,
+                 d.max_seq_length, examples / rows, 100 * (1 - tokens / slots),
+                 100 * (1 - tokens / padded))
 
   def _gradients(self, batch, denominator):
     """This replica's share of the loss and its gradients on one micro-batch; the summed
@@ -275,7 +307,10 @@ class Trainer:
                for g, a in zip(grads, adversarial_grads)]
       return loss, grads
     with tf.GradientTape() as tape:
-      logits = model(features, training=True)
+      if "example_ids" in batch:  # a packed batch (data.packing)
+        logits = task.packed_logits(model, batch, training=True)
+      else:
+        logits = model(features, training=True)
       loss = loss_of(logits)
     # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
     # all-reduce is a gather that fails when replicas hold batches of different lengths
@@ -432,19 +467,31 @@ class Trainer:
     window_loss, window_steps, window_start = 0.0, 0, time.time()
     run_start, steps_timed = time.time(), 0
     step = start_step
+    pending = []  # (step, loss, norm, nonfinite) of steps not read yet
     signals = _SignalCatcher(self.strategy)
     preemption = self._preemption_handler(lambda: step)
     try:
       while step < stop:
-        loss, norm, nonfinite = train_step(iterator)
+        outputs = train_step(iterator)
         step += 1
-        loss = float(loss)  # the step's one wait for the device; the rest is ready with it
-        if not int(nonfinite):
-          window_loss += loss
-          window_steps += 1
-        else:
-          self._nonfinite_step(step, loss, float(norm))
-        if window_steps and (step % self.config.train.log_every == 0 or step == stop):
+        # Steps' outputs are read (a wait for the device) only where the loop acts on them:
+        # at log, evaluation and checkpoint steps, on a signal, and every step under
+        # multi_worker (whose preemption save may come at any step). Read in order, a
+        # non-finite step is still handled before anything is saved after it.
+        pending.append((step, *outputs))
+        log_step = step % self.config.train.log_every == 0 or step == stop
+        evaluate = step % self.eval_every == 0 or step == self.total_steps
+        save = step % self.checkpoint_every == 0 or step == stop
+        if not (log_step or evaluate or save or signals.received or preemption is not None):
+          continue
+        for pending_step, loss, norm, nonfinite in pending:
+          if not int(nonfinite):
+            window_loss += float(loss)
+            window_steps += 1
+          else:
+            self._nonfinite_step(pending_step, float(loss), float(norm))
+        pending.clear()
+        if window_steps and log_step:
           elapsed = time.time() - window_start
           steps_per_sec = window_steps / elapsed
           steps_timed += window_steps
@@ -459,12 +506,11 @@ class Trainer:
               "steps_per_sec": steps_per_sec,
               "examples_per_sec": steps_per_sec * self.global_batch_size})
           window_loss, window_steps, window_start = 0.0, 0, time.time()
-        evaluate = step % self.eval_every == 0 or step == self.total_steps
         stopping = False
         if evaluate:
           self._evaluate(step)
           stopping = self._stops_early(step)
-        if step % self.checkpoint_every == 0 or step == stop or stopping:
+        if save or stopping:
           self.manager.save(checkpoint_number=step)
           window_start = time.time()
         if stopping:

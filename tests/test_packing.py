@@ -1,0 +1,168 @@
+"""data.packing: a batch's examples laid end to end in rows compute what they compute alone."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_config, write_sentiment_tsv
+from tf_finetune import experiment
+from tf_finetune.data import packing
+from tf_finetune.data import pipeline
+from tf_finetune.training import trainer as trainer_lib
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_first_fit_decreasing_places_every_example_once_within_a_row(seed):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(1, 33, size=int(rng.integers(1, 40))).astype(np.int32)
+  rows, starts = (x.numpy() for x in packing.first_fit_decreasing(tf.constant(lengths), 32))
+  occupied = {}
+  for i, (row, start, length) in enumerate(zip(rows, starts, lengths)):
+    assert 0 <= start and start + length <= 32
+    for column in range(start, start + length):
+      assert (row, column) not in occupied, "two examples overlap"
+      occupied[row, column] = i
+  assert set(rows) == set(range(rows.max() + 1))  # rows numbered without gaps
+  assert rows.max() + 1 <= -(-2 * lengths.sum() // 32)  # first-fit fills rows over half
+  again = packing.first_fit_decreasing(tf.constant(lengths), 32)
+  assert (again[0].numpy() == rows).all() and (again[1].numpy() == starts).all()
+
+
+def _model_and_batch(tmp_path, **overrides):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8, max_repeats=4)
+  config = tiny_config(data, data__max_seq_length=32, **overrides)
+  splits, labels = experiment.load_data(config)
+  task, model = experiment.build_model(config, labels)
+  values = task.label_values(splits["train"])
+  batch = next(iter(pipeline.train_dataset(splits["train"], values, task, batch_size=16,
+                                           seed=0, shuffle_buffer=64, bucketing=False)))
+  return task, model, batch, packing.pack(batch, 32, task.encoder.pad_id)
+
+
+@pytest.mark.parametrize("task_name,pooling", [("classification", "pooler"),
+                                               ("classification", "cls"),
+                                               ("classification", "mean"),
+                                               ("regression", "pooler")])
+def test_packed_forward_and_gradients_equal_the_unpacked_ones(tmp_path, task_name, pooling):
+  task, model, batch, packed = _regression(tmp_path, pooling) if task_name == "regression" \
+      else _model_and_batch(tmp_path, model__pooling=pooling)
+  assert packed["token_ids"].shape[0] < batch["token_ids"].shape[0]  # fewer rows
+  assert int(tf.reduce_sum(packed["padding_mask"])) == int(tf.reduce_sum(batch["padding_mask"]))
+  features = {k: batch[k] for k in experiment.MODEL_INPUTS}
+  with tf.GradientTape(persistent=True) as tape:
+    plain = model(features, training=False)
+    by_rows = task.packed_logits(model, packed, training=False)
+    plain_loss = tf.reduce_sum(task.training_losses(batch["label"], plain))
+    packed_loss = tf.reduce_sum(task.training_losses(packed["label"], by_rows))
+  np.testing.assert_allclose(by_rows.numpy(), plain.numpy(), atol=1e-5)
+  for a, b, v in zip(tape.gradient(packed_loss, model.trainable_variables),
+                     tape.gradient(plain_loss, model.trainable_variables),
+                     model.trainable_variables):
+    if a is None or b is None:
+      assert a is None and b is None, v.path  # the pooler, when the head does not read it
+      continue
+    np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
+                               atol=1e-5, err_msg=v.path)
+
+
+def _regression(tmp_path, pooling):
+  data = tmp_path / "scores"
+  data.mkdir()
+  rng = np.random.default_rng(0)
+  words = "good bad fine dull great awful nice poor".split()
+  for name, n in (("train.tsv", 48), ("dev.tsv", 8)):
+    rows = [" ".join(rng.choice(words, size=int(rng.integers(1, 12)))) for _ in range(n)]
+    (data / name).write_text("sentence\tscore\n" + "".join(
+        f"{r}\t{rng.uniform(0, 5):.3f}\n" for r in rows))
+  config = tiny_config(data, task__name="regression", data__label_column="score",
+                       data__max_seq_length=32, model__pooling=pooling)
+  splits, labels = experiment.load_data(config)
+  task, model = experiment.build_model(config, labels)
+  values = task.label_values(splits["train"])
+  batch = next(iter(pipeline.train_dataset(splits["train"], values, task, batch_size=16,
+                                           seed=0, shuffle_buffer=64, bucketing=False)))
+  return task, model, batch, packing.pack(batch, 32, task.encoder.pad_id)
+
+
+def test_attention_stays_inside_each_example(tmp_path):
+  """Changing one example's tokens leaves its row-mates' logits as they were."""
+  task, model, batch, packed = _model_and_batch(tmp_path)
+  rows = packed["example_rows"].numpy()
+  shared = [r for r in set(rows.tolist()) if (rows == r).sum() > 1][0]
+  first, *others = np.flatnonzero(rows == shared)
+  changed = dict(packed)
+  ids = packed["token_ids"].numpy()
+  ids[packed["example_ids"].numpy() == first + 1] = task.encoder.cls_id + 3
+  changed["token_ids"] = tf.constant(ids)
+  before = task.packed_logits(model, packed, training=False).numpy()
+  after = task.packed_logits(model, changed, training=False).numpy()
+  assert np.abs(after[first] - before[first]).max() > 1e-4
+  np.testing.assert_allclose(after[others], before[others], atol=1e-6)
+
+
+def test_a_packed_run_trains_and_says_how_full_its_rows_are(tmp_path, caplog):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8, max_repeats=4)
+  with caplog.at_level("INFO", logger="absl"):
+    t = trainer_lib.Trainer(tiny_config(data, train__steps=2), tmp_path / "run")
+  assert t.packing
+  before = [v.numpy() for v in t.model.trainable_variables]
+  t.train()
+  changed = [not np.allclose(a, b.numpy()) for a, b in zip(before, t.model.trainable_variables)]
+  assert np.mean(changed) > 0.95
+  line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Packing: on"))
+  assert "examples per row" in line and "padding" in line, line
+  off = trainer_lib.Trainer(tiny_config(data, data__packing=False), tmp_path / "off")
+  assert not off.packing
+  off.close()
+
+
+@pytest.mark.parametrize("long_text", ["truncate", "windows"])
+def test_evaluation_packs_and_gives_the_unpacked_logits(tmp_path, long_text):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=16, n_dev=24, max_repeats=6)
+  packed_config = tiny_config(data, data__max_seq_length=16, data__long_text=long_text)
+  plain_config = tiny_config(data, data__max_seq_length=16, data__long_text=long_text,
+                             data__packing=False)
+  splits, labels = experiment.load_data(plain_config)
+  task, model = experiment.build_model(packed_config, labels)
+  plain_task = experiment.build_model(plain_config, labels, task.encoder)[0]
+  dev = splits["dev"]
+  rows = [sum(b["token_ids"].shape[0] for b in pipeline.eval_dataset(
+      dev, task.label_values(dev), task, batch_size=8, packing=packing)) for packing in (1, 0)]
+  assert rows[0] < rows[1]  # fewer rows than texts (or windows)
+  _, packed = experiment.evaluate_split(task, model, dev, batch_size=8)
+  _, plain = experiment.evaluate_split(plain_task, model, dev, batch_size=8)
+  assert packed.shape == plain.shape == (len(dev), 2)
+  np.testing.assert_allclose(packed, plain, atol=1e-5)
+
+
+def test_tagging_packs_training_batches_with_the_same_loss_and_gradients():
+  from tests.test_tagging import ner_config
+  config = ner_config()
+  splits, labels = experiment.load_data(config)
+  task, model = experiment.build_model(config, labels)
+  values = task.label_values(splits["train"])
+  batch = next(iter(pipeline.train_dataset(splits["train"], values, task, batch_size=16,
+                                           seed=0, shuffle_buffer=64, bucketing=False)))
+  packed = packing.pack(batch, 32, task.encoder.pad_id, token_labels=True)
+  assert packed["token_ids"].shape[0] < batch["token_ids"].shape[0]
+  assert int(tf.reduce_sum(tf.cast(packed["label"] >= 0, tf.int32))) == \
+      int(tf.reduce_sum(tf.cast(batch["label"] >= 0, tf.int32)))
+  features = {k: batch[k] for k in experiment.MODEL_INPUTS}
+
+  def token_loss(labels, logits):
+    return tf.reduce_sum(task.training_losses(labels, logits)) / tf.reduce_sum(
+        task.loss_counts(labels))
+  with tf.GradientTape(persistent=True) as tape:
+    plain = token_loss(batch["label"], model(features, training=False))
+    by_rows = token_loss(packed["label"], task.packed_logits(model, packed, training=False))
+  np.testing.assert_allclose(by_rows.numpy(), plain.numpy(), rtol=1e-5)
+  for a, b, v in zip(tape.gradient(by_rows, model.trainable_variables),
+                     tape.gradient(plain, model.trainable_variables), model.trainable_variables):
+    if a is None or b is None:
+      assert a is None and b is None, v.path
+      continue
+    np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
+                               atol=1e-5, err_msg=v.path)
+  assert task.packing_refusal() == ""
+  assert "unpacked position" in task.packing_refusal(training=False)
+  sentence = experiment.build_model(ner_config(task__loss_average="sentence"), labels)[0]
+  assert "loss_average='sentence'" in sentence.packing_refusal()

@@ -1,0 +1,44 @@
+"""The model's forward pass on packed rows (data/packing.py), through the model's own
+layers and weights: the backbone's embeddings with per-token position ids, its
+transformer layers with attention kept inside each example, then the head per example.
+keras-hub's BertBackbone takes no position ids or attention mask, so this calls its layers
+one by one, as its constructor wires them."""
+import keras_hub
+import tensorflow as tf
+
+from tf_finetune.data import packing
+
+
+def backbone_of(model):
+  return next(layer for layer in model.layers if isinstance(layer, keras_hub.models.Backbone))
+
+
+def sequence_output(model, batch, training):
+  """[rows, length, hidden]: each token's last hidden state within its own example."""
+  bert = backbone_of(model)
+  tokens = bert.token_embedding(batch["token_ids"])
+  positions = bert.position_embedding(tokens, positions=batch["position_ids"])
+  segments = bert.segment_embedding(batch["segment_ids"])
+  x = bert.embeddings_add((tokens, positions, segments))
+  x = bert.embeddings_layer_norm(x)
+  x = bert.embeddings_dropout(x, training=training)
+  mask = packing.attention_mask(batch["example_ids"])
+  for layer in bert.transformer_layers:
+    x = layer(x, attention_mask=mask, training=training)
+  return x
+
+
+def pooled_logits(model, batch, pooling, training):
+  """A pooled head's logits per example ([batch, outputs], the batch's example order):
+  the pooler or [CLS] vector at each example's first token, or the mean of its tokens."""
+  x = sequence_output(model, batch, training)
+  if pooling == "mean":
+    example = tf.reshape(batch["example_ids"], [-1]) - 1  # padding: -1, dropped
+    pooled = tf.math.unsorted_segment_mean(tf.reshape(x, [-1, tf.shape(x)[-1]]), example,
+                                           tf.shape(batch["example_rows"])[0])
+  else:
+    pooled = tf.gather_nd(x, tf.stack([batch["example_rows"], batch["example_starts"]], 1))
+    if pooling == "pooler":
+      pooled = backbone_of(model).pooled_dense(pooled)
+  pooled = model.get_layer("head_dropout")(pooled, training=training)
+  return model.get_layer("logits")(pooled)
