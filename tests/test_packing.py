@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config, write_sentiment_tsv
+from tests.test_tagging import ner_config
 from tf_finetune import experiment
 from tf_finetune.data import packing
 from tf_finetune.data import pipeline
@@ -27,44 +28,25 @@ def test_first_fit_decreasing_places_every_example_once_within_a_row(seed):
   assert (again[0].numpy() == rows).all() and (again[1].numpy() == starts).all()
 
 
-def _model_and_batch(tmp_path, **overrides):
-  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8, max_repeats=4)
-  config = tiny_config(data, data__max_seq_length=32, **overrides)
+def _model_and_batch(config):
+  """The config's task and model, a shuffled training batch of 16, and that batch packed."""
   splits, labels = experiment.load_data(config)
   task, model = experiment.build_model(config, labels)
   values = task.label_values(splits["train"])
   batch = next(iter(pipeline.train_dataset(splits["train"], values, task, batch_size=16,
                                            seed=0, shuffle_buffer=64, bucketing=False)))
-  return task, model, batch, packing.pack(batch, 32, task.encoder.pad_id)
-
-
-@pytest.mark.parametrize("task_name,pooling", [("classification", "pooler"),
-                                               ("classification", "cls"),
-                                               ("classification", "mean"),
-                                               ("regression", "pooler")])
-def test_packed_forward_and_gradients_equal_the_unpacked_ones(tmp_path, task_name, pooling):
-  task, model, batch, packed = _regression(tmp_path, pooling) if task_name == "regression" \
-      else _model_and_batch(tmp_path, model__pooling=pooling)
+  packed = packing.pack(batch, config.data.max_seq_length, task.encoder.pad_id,
+                        task.token_labels)
   assert packed["token_ids"].shape[0] < batch["token_ids"].shape[0]  # fewer rows
-  assert int(tf.reduce_sum(packed["padding_mask"])) == int(tf.reduce_sum(batch["padding_mask"]))
-  features = {k: batch[k] for k in experiment.MODEL_INPUTS}
-  with tf.GradientTape(persistent=True) as tape:
-    plain = model(features, training=False)
-    by_rows = task.packed_logits(model, packed, training=False)
-    plain_loss = tf.reduce_sum(task.training_losses(batch["label"], plain))
-    packed_loss = tf.reduce_sum(task.training_losses(packed["label"], by_rows))
-  np.testing.assert_allclose(by_rows.numpy(), plain.numpy(), atol=1e-5)
-  for a, b, v in zip(tape.gradient(packed_loss, model.trainable_variables),
-                     tape.gradient(plain_loss, model.trainable_variables),
-                     model.trainable_variables):
-    if a is None or b is None:
-      assert a is None and b is None, v.path  # the pooler, when the head does not read it
-      continue
-    np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
-                               atol=1e-5, err_msg=v.path)
+  return task, model, batch, packed
 
 
-def _regression(tmp_path, pooling):
+def _sentiment_config(tmp_path, **overrides):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8, max_repeats=4)
+  return tiny_config(data, data__max_seq_length=32, **overrides)
+
+
+def _regression_config(tmp_path, **overrides):
   data = tmp_path / "scores"
   data.mkdir()
   rng = np.random.default_rng(0)
@@ -73,19 +55,42 @@ def _regression(tmp_path, pooling):
     rows = [" ".join(rng.choice(words, size=int(rng.integers(1, 12)))) for _ in range(n)]
     (data / name).write_text("sentence\tscore\n" + "".join(
         f"{r}\t{rng.uniform(0, 5):.3f}\n" for r in rows))
-  config = tiny_config(data, task__name="regression", data__label_column="score",
-                       data__max_seq_length=32, model__pooling=pooling)
-  splits, labels = experiment.load_data(config)
-  task, model = experiment.build_model(config, labels)
-  values = task.label_values(splits["train"])
-  batch = next(iter(pipeline.train_dataset(splits["train"], values, task, batch_size=16,
-                                           seed=0, shuffle_buffer=64, bucketing=False)))
-  return task, model, batch, packing.pack(batch, 32, task.encoder.pad_id)
+  return tiny_config(data, task__name="regression", data__label_column="score",
+                     data__max_seq_length=32, **overrides)
+
+
+def _assert_same_gradients(tape, loss, other_loss, model):
+  for a, b, v in zip(tape.gradient(loss, model.trainable_variables),
+                     tape.gradient(other_loss, model.trainable_variables),
+                     model.trainable_variables):
+    if a is None or b is None:
+      assert a is None and b is None, v.path  # the pooler, when the head does not read it
+      continue
+    np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
+                               atol=1e-5, err_msg=v.path)
+
+
+@pytest.mark.parametrize("task_name,pooling", [("classification", "pooler"),
+                                               ("classification", "cls"),
+                                               ("classification", "mean"),
+                                               ("regression", "pooler")])
+def test_packed_forward_and_gradients_equal_the_unpacked_ones(tmp_path, task_name, pooling):
+  make_config = _regression_config if task_name == "regression" else _sentiment_config
+  task, model, batch, packed = _model_and_batch(make_config(tmp_path, model__pooling=pooling))
+  assert int(tf.reduce_sum(packed["padding_mask"])) == int(tf.reduce_sum(batch["padding_mask"]))
+  features = {k: batch[k] for k in experiment.MODEL_INPUTS}
+  with tf.GradientTape(persistent=True) as tape:
+    plain = model(features, training=False)
+    by_rows = task.packed_logits(model, packed, training=False)
+    plain_loss = tf.reduce_sum(task.training_losses(batch["label"], plain))
+    packed_loss = tf.reduce_sum(task.training_losses(packed["label"], by_rows))
+  np.testing.assert_allclose(by_rows.numpy(), plain.numpy(), atol=1e-5)
+  _assert_same_gradients(tape, packed_loss, plain_loss, model)
 
 
 def test_attention_stays_inside_each_example(tmp_path):
   """Changing one example's tokens leaves its row-mates' logits as they were."""
-  task, model, batch, packed = _model_and_batch(tmp_path)
+  task, model, batch, packed = _model_and_batch(_sentiment_config(tmp_path))
   rows = packed["example_rows"].numpy()
   shared = [r for r in set(rows.tolist()) if (rows == r).sum() > 1][0]
   first, *others = np.flatnonzero(rows == shared)
@@ -135,15 +140,7 @@ def test_evaluation_packs_and_gives_the_unpacked_logits(tmp_path, long_text):
 
 
 def test_tagging_packs_training_batches_with_the_same_loss_and_gradients():
-  from tests.test_tagging import ner_config
-  config = ner_config()
-  splits, labels = experiment.load_data(config)
-  task, model = experiment.build_model(config, labels)
-  values = task.label_values(splits["train"])
-  batch = next(iter(pipeline.train_dataset(splits["train"], values, task, batch_size=16,
-                                           seed=0, shuffle_buffer=64, bucketing=False)))
-  packed = packing.pack(batch, 32, task.encoder.pad_id, token_labels=True)
-  assert packed["token_ids"].shape[0] < batch["token_ids"].shape[0]
+  task, model, batch, packed = _model_and_batch(ner_config())
   assert int(tf.reduce_sum(tf.cast(packed["label"] >= 0, tf.int32))) == \
       int(tf.reduce_sum(tf.cast(batch["label"] >= 0, tf.int32)))
   features = {k: batch[k] for k in experiment.MODEL_INPUTS}
@@ -155,14 +152,9 @@ def test_tagging_packs_training_batches_with_the_same_loss_and_gradients():
     plain = token_loss(batch["label"], model(features, training=False))
     by_rows = token_loss(packed["label"], task.packed_logits(model, packed, training=False))
   np.testing.assert_allclose(by_rows.numpy(), plain.numpy(), rtol=1e-5)
-  for a, b, v in zip(tape.gradient(by_rows, model.trainable_variables),
-                     tape.gradient(plain, model.trainable_variables), model.trainable_variables):
-    if a is None or b is None:
-      assert a is None and b is None, v.path
-      continue
-    np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
-                               atol=1e-5, err_msg=v.path)
+  _assert_same_gradients(tape, by_rows, plain, model)
   assert task.packing_refusal() == ""
   assert "unpacked position" in task.packing_refusal(training=False)
-  sentence = experiment.build_model(ner_config(task__loss_average="sentence"), labels)[0]
+  sentence = experiment.build_model(ner_config(task__loss_average="sentence"),
+                                    task.label_vocabulary)[0]
   assert "loss_average='sentence'" in sentence.packing_refusal()

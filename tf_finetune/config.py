@@ -101,9 +101,10 @@ def base_config():
   c.data.max_windows = 0
   c.data.shuffle_buffer = 10_000
   c.data.bucketing = True
-  # Lay each training batch's examples end to end in rows of max_seq_length (data/packing.py):
-  # the same examples and the same function per example on fewer padded tokens. Applies where
-  # it is exact (uses_packing); length bucketing is then moot and skipped.
+  # Lay each batch's examples end to end in rows of max_seq_length (data/packing.py): the same
+  # examples and the same function per example on fewer padded tokens, in training,
+  # evaluation and serving. Applies where it is exact (Task.packing_refusal says where not);
+  # length bucketing is then moot and skipped.
   c.data.packing = True
   # eda: random deletion, swap and insertion of training words (data/augment.py), each
   # touching about data.augment_probability of an example's words; train split only.

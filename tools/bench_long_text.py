@@ -5,8 +5,10 @@
 
 BBC News articles have a median of 418 wordpieces; the default keeps the first 128. Each
 setting trains all-MiniLM-L6-v2 on the default config's split for the same number of
-optimizer steps (batch 16) and reports the test accuracy of its best checkpoint (by dev
-accuracy), train examples/s (windows count as examples) and train time:
+optimizer steps (batch 16; by default the default run's 3 epochs of articles, 333 steps,
+also for windows, whose own epoch counts windows), evaluates dev at the same 3 points and
+reports the test accuracy of its best checkpoint (by dev accuracy), train examples/s
+(windows count as examples) and train time:
   truncate_128   the first 128 wordpieces (the default)
   head_tail_128  the first 31 and the last 95 wordpieces (Sun et al. 2019)
   windows_128    windows of 128, 64 apart, logits averaged per article, in evaluation too
@@ -37,10 +39,13 @@ _RUN = flags.DEFINE_string("run", None, "Internal: SETTING:SEED in this process.
 def run_one(setting, seed):
   from tf_finetune.evaluation import evaluator
   from tf_finetune.training import trainer as trainer_lib
+  from tf_finetune import experiment
   overrides = dict(SETTINGS[setting], **{"train.seed": seed, "train.log_every": 50})
-  if _STEPS.value:
-    overrides["train.steps"] = _STEPS.value
   config = benchlib.load_config("default", overrides)
+  articles = len(experiment.load_data(config)[0]["train"])
+  steps = _STEPS.value or round(config.train.epochs * (articles // config.train.batch_size))
+  config = benchlib.load_config("default", dict(overrides, **{
+      "train.steps": steps, "train.eval_every": max(1, steps // 3)}))
   workdir = tempfile.mkdtemp(prefix=f"bench_long_text_{setting}_{seed}_")
   trainer = trainer_lib.Trainer(config, workdir)
   start = time.time()

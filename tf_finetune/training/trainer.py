@@ -275,17 +275,16 @@ class Trainer:
         batch_size=self.micro_batch_size, seed=self.config.train.seed,
         shuffle_buffer=d.shuffle_buffer, bucketing=False, packing=True)
     rows = tokens = slots = padded = examples = 0
-    for batch in stream.take(batches):
-      batches_seen = batches_seen + 1 if rows else 1
-      shape = batch["token_ids"].shape
+    seen = 0
+    for seen, batch in enumerate(stream.take(batches), 1):
+      num_rows, width = batch["token_ids"].shape
       lengths = np.bincount(batch["example_ids"].numpy().ravel())[1:]
-      rows, slots, examples = rows + shape[0], slots + shape[0] * shape[1], examples + len(lengths)
+      rows, slots, examples = rows + num_rows, slots + num_rows * width, examples + len(lengths)
       tokens, padded = tokens + lengths.sum(), padded + len(lengths) * lengths.max()
     logging.info("Packing: on (data.packing): %.1f examples in %.1f rows of up to %d per batch "
                  "(%.1f examples per row); padding %.1f%% of the tokens (padded per batch "
-                 "without packing: %.1f%%)", examples / batches_seen, rows / batches_seen,
-                 d.max_seq_length, examples / rows, 100 * (1 - tokens / slots),
-                 100 * (1 - tokens / padded))
+                 "without packing: %.1f%%)", examples / seen, rows / seen, d.max_seq_length,
+                 examples / rows, 100 * (1 - tokens / slots), 100 * (1 - tokens / padded))
 
   def _gradients(self, batch, denominator):
     """This replica's share of the loss and its gradients on one micro-batch; the summed
