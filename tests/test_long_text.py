@@ -274,3 +274,17 @@ def test_tagging_windows_resume_to_the_same_weights_and_keep_static_shapes(tmp_p
   assert [p.tolist() for p in mirrored.task.word_predictions(values, on_replicas)[0]] == \
       [p.tolist() for p in mirrored.task.word_predictions(values, plain)[0]]
   mirrored.close()
+
+
+def test_tagging_windows_cap_leaves_the_tail_unread_and_says_so():
+  encoder = _encoder(10, long_text="windows", window_stride=4, max_windows=2)  # 8 + 4 pieces
+  words = [WORDS[k % 10] for k in range(20_000)]
+  out = encoder.encode_words(tf.ragged.constant([words, ["great", "film"]], ragged_rank=1))
+  assert out["windows_used"].numpy().tolist() == [2, 1]
+  assert out["truncated"].numpy().tolist() == [True, False]
+  positions = out["word_positions"].to_list()
+  pieces = encoder.word_piece_counts([words])[0]
+  read = int((np.cumsum(pieces) - pieces < 12).sum())  # words starting in the 12 pieces read
+  assert all(p >= 0 for p in positions[0][:read]) and all(p < 0 for p in positions[0][read:])
+  assert tagging.words_without_piece([pieces], encoder) == len(words) - read
+  assert all(p >= 0 for p in positions[1])
