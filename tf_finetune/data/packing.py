@@ -11,8 +11,6 @@ no library packs fine-tuning batches for a Keras model.
 """
 import tensorflow as tf
 
-PACKED_KEYS = ("position_ids", "example_ids", "example_rows", "example_starts")
-
 
 def first_fit_decreasing(lengths, capacity):
   """Bins for items of `lengths` (int32 [n], each <= capacity): longest first, each into

@@ -115,12 +115,6 @@ class TaggingTask(base.Task):
     return {"token_ids": features["token_ids"], "segment_ids": features["segment_ids"],
             "label": label}
 
-  def window_counts(self, split):
-    if not self.windowed:
-      return np.ones(len(split), np.int64)
-    starts, _, _ = self.encoder.window_spans(tf.constant(self.example_lengths(split) - 2))
-    return starts.row_lengths().numpy()
-
   def example_logits(self, split, logits):
     """Unchanged: WordTags locate each word in the model's rows, windows or not."""
     return logits

@@ -27,7 +27,6 @@ from tf_finetune import distribute
 from tf_finetune import experiment
 from tf_finetune import peft
 from tf_finetune import plots
-from tf_finetune import tasks
 from tf_finetune import workdir_lock
 from tf_finetune.data import augment
 from tf_finetune.data import pipeline
@@ -109,17 +108,15 @@ class Trainer:
     self.global_batch_size = t.batch_size  # examples per optimizer step
     self.micro_batch_size = t.batch_size // self.accum_steps  # per forward/backward pass
 
+    with self.strategy.scope():
+      self.task, self.model = experiment.build_model(config, self.labels, self.encoder)
     # Training examples are texts, or their windows under data.long_text=windows.
-    train = self.splits["train"]
-    self.num_train_examples = int(
-        tasks.get_task(config, self.labels, self.encoder).window_counts(train).sum())
+    self.num_train_examples = int(self.task.window_counts(self.splits["train"]).sum())
     self.steps_per_epoch = max(1, self.num_train_examples // t.batch_size)
     self.total_steps = t.steps or max(1, round(t.epochs * self.steps_per_epoch))
     self.eval_every = t.eval_every or self.steps_per_epoch
     self.checkpoint_every = t.checkpoint_every or self.eval_every
-
     with self.strategy.scope():
-      self.task, self.model = experiment.build_model(config, self.labels, self.encoder)
       self.optimizer = optim.build_optimizer(
           t, self.total_steps, self.model.trainable_variables,
           num_layers=peft.backbone(self.model).num_layers)
