@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "safetensors",
     "scikit-learn==1.9.1",
     "seqeval==1.2.2",
+    "fairlearn==0.15.0",  # metrics by group (evaluation/fairness.py)
+    "dp-accounting==0.6.0",  # DP-SGD's accountant (privacy.py)
     "matplotlib",
     "absl-py==2.5.1",
     "tensorflow-serving-api==2.21.0",  # PredictionLog protos for the warmup file

@@ -46,6 +46,19 @@ def write_sentiment_tsv(directory, n_train=48, n_dev=16, seed=0, max_repeats=1):
   return directory
 
 
+def write_pair_tsv(directory, verbs):
+  """Sentence pairs "the film <verb> long" / "it is (not) long", labelled by "not", 24 in
+  train.tsv and the first 8 again in dev.tsv; columns premise, hypothesis, label."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True)
+  rows = ["premise\thypothesis\tlabel"] + [
+      f"the film {w} long\tit {'is' if i % 2 else 'is not'} long\t{i % 2}"
+      for i, w in enumerate(list(verbs) * (24 // len(verbs)))]
+  (directory / "train.tsv").write_text("\n".join(rows) + "\n")
+  (directory / "dev.tsv").write_text("\n".join(rows[:9]) + "\n")
+  return directory
+
+
 _TINY_CHECKPOINT = []
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, dev_logits, tiny_checkpoint_dir, tiny_config, write_sentiment_tsv
+from tests.conftest import (REPO, dev_logits, tiny_checkpoint_dir, tiny_config, write_pair_tsv,
+                            write_sentiment_tsv)
 from tf_finetune import experiment
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib
@@ -195,13 +196,7 @@ def test_hf_export_loads_in_transformers_with_same_logits(run_dir):
 
 
 def test_sentence_pair_export_takes_two_strings(tmp_path):
-  data = tmp_path / "pairs"
-  data.mkdir()
-  rows = ["premise\thypothesis\tlabel"] + [
-      f"the film {w} long\tit {'is' if i % 2 else 'is not'} long\t{i % 2}"
-      for i, w in enumerate(["was", "is", "seemed", "felt"] * 6)]
-  (data / "train.tsv").write_text("\n".join(rows) + "\n")
-  (data / "dev.tsv").write_text("\n".join(rows[:9]) + "\n")
+  data = write_pair_tsv(tmp_path / "pairs", ["was", "is", "seemed", "felt"])
   # MiniLM's vocabulary (random weights): the segment ids below are counted in its wordpieces.
   config = tiny_config(data, train__steps=2, model__checkpoint="all-MiniLM-L6-v2")
   config.data.text_column, config.data.text_pair_column = "premise", "hypothesis"

@@ -15,12 +15,13 @@ LAYERS = [
     {"tf_finetune.atomic", "tf_finetune.plots", "tf_finetune.workdir_lock"},
     {"tf_finetune.config"},
     {"tf_finetune.checkpoints", "tf_finetune.text_encoder", "tf_finetune.peft",
-     "tf_finetune.distribute", "tf_finetune.data"},
+     "tf_finetune.distribute", "tf_finetune.data", "tf_finetune.privacy"},
+    {"tf_finetune.embedding_hook"},
     {"tf_finetune.tasks"},
     {"tf_finetune.experiment"},
     {"tf_finetune.training", "tf_finetune.evaluation", "tf_finetune.export"},
     {"tf_finetune", "tf_finetune.cli", "tf_finetune.train", "tf_finetune.evaluate",
-     "tf_finetune.predict", "tf_finetune.export.__main__"},
+     "tf_finetune.predict", "tf_finetune.explain", "tf_finetune.export.__main__"},
 ]
 ENTRY_POINTS = LAYERS[-1]
 

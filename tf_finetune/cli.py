@@ -1,6 +1,7 @@
 """What the absl entry points share: flag parsing, one-line errors and a quiet console."""
 import logging
 import os
+import pathlib
 import sys
 
 from absl import app
@@ -84,3 +85,39 @@ def run(main):
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     main(argv)
   app.run(guard(no_arguments), flags_parser=parse_flags)
+
+
+def read_texts(arguments, input_path, errors="strict", verb="predict"):
+  """The texts, one per argument or per line of input_path (None or "-": standard input);
+  blank lines kept, as "". errors: what bytes that are not UTF-8 do: strict (stop, naming
+  the line) or replace (U+FFFD, counted on stderr)."""
+  if arguments:
+    return list(arguments)
+  if input_path and input_path != "-":
+    name = input_path
+    try:
+      data = pathlib.Path(name).read_bytes()
+    except OSError as e:
+      raise UserError(f"--input={name}: {e.strerror}") from None
+  else:
+    name, data = "standard input", sys.stdin.buffer.read()
+  if not data:
+    raise UserError(f"no text to {verb}: {name} is empty")
+  lines = data.split(b"\n")
+  if lines[-1] == b"":
+    lines.pop()
+  texts, replaced = [], 0
+  for number, line in enumerate(lines, start=1):
+    line = line[:-1] if line.endswith(b"\r") else line
+    try:
+      texts.append(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      if errors == "strict":
+        raise UserError(f"{name}:{number}: bytes {line[e.start:e.end]!r} are not valid UTF-8; "
+                        f"nothing was {verb}ed (--errors=replace reads them as U+FFFD)") from None
+      texts.append(line.decode("utf-8", errors="replace"))
+      replaced += 1
+  if replaced:
+    print(f"{name}: {replaced} line(s) had bytes that are not UTF-8, read as U+FFFD "
+          "(--errors=replace)", file=sys.stderr)
+  return texts

@@ -23,7 +23,11 @@ TASK_METRICS = {
     "multilabel": ("micro_f1", "macro_f1", "loss"),
     "regression": ("pearson", "spearman", "loss"),
     "tagging": ("entity_f1", "entity_precision", "entity_recall", "loss"),
+    "zero_shot": ("accuracy", "macro_f1", "loss"),
 }
+# Tasks with one label per example from a label vocabulary (label spellings checked,
+# splits carved label-stratified, metrics by group as classification's).
+SINGLE_LABEL = ("classification", "zero_shot")
 TASKS = tuple(TASK_METRICS)
 CLASS_WEIGHTS = ("none", "balanced")
 PEFT_METHODS = ("none", "freeze", "bitfit", "adapter", "lora")
@@ -53,7 +57,8 @@ def base_config():
   c.model.pooling = "pooler"  # pooler (HF BertForSequenceClassification), cls or mean
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = "classification"  # classification, multilabel, regression or tagging (NER)
+  # classification, multilabel, regression, tagging (NER) or zero_shot (tasks/zero_shot.py)
+  c.task.name = "classification"
   c.task.class_weights = "none"  # classification: none, or balanced (n / (labels * count))
   c.task.label_smoothing = 0.0  # classification: the training loss's targets (reports: plain)
   # tagging: token (the mean over every labelled word of the optimizer step, as HF's token
@@ -62,6 +67,10 @@ def base_config():
   # term per example and average over examples.
   c.task.loss_average = "token"
   c.task.window_pooling = "mean"  # data.long_text=windows: mean or max of the windows' logits
+  # zero_shot: each label's description, a template holding {label} or a JSON file
+  # {label: text}; logits are similarity_scale times the cosine similarity to each.
+  c.task.label_descriptions = "This text is about {label}."
+  c.task.similarity_scale = 20.0
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bbc_news"
@@ -78,6 +87,10 @@ def base_config():
   # A text that is empty, only whitespace or holds a control character (NUL...): error
   # (stop with file:line) or skip (leave the row out, counted in the log).
   c.data.bad_text = "error"
+  # Replace e-mail addresses, phone numbers, URLs, IP addresses, payment card numbers and
+  # IBANs with [EMAIL], [PHONE], ... (data/pii.py) in every text before tokenization: in
+  # training, evaluation, reports, predictions.tsv and inside the exported serving graph.
+  c.data.mask_pii = False
   c.data.multilabel_separator = ","  # task.name=multilabel: labels in one cell, joined by this
   # data.source=label_first: with ":", TREC's "DESC:manner" becomes "DESC" (coarse labels).
   c.data.coarse_label_separator = ""
@@ -91,6 +104,9 @@ def base_config():
   c.data.split_seed = 0
   c.data.max_seq_length = 128
   c.data.max_train_examples = 0  # > 0: use only the first N train examples (logged)
+  # > 0 (few-shot): train on this many examples of each label, drawn with data.split_seed
+  # (after max_train_examples); WORKDIR/train_sample.tsv lists them.
+  c.data.examples_per_class = 0
   # A text longer than max_seq_length: truncate (keep its first wordpieces), head_tail (its
   # first quarter and last three quarters of the budget) or windows (overlapping windows of
   # max_seq_length, window_stride wordpieces apart (0: half a window), at most max_windows
@@ -167,6 +183,23 @@ def base_config():
   c.adversarial.alpha = 0.03  # pgd: the size of each ascent step
   c.adversarial.steps = 3  # pgd: ascent steps
 
+  # Differentially private fine-tuning (training/privacy.py): each optimizer step trains on a
+  # Poisson sample of the train split (each example with probability batch_size / N, the
+  # sample cut to a random subset of a capacity where it overflows), each example's gradient
+  # clipped to l2_norm_clip, Gaussian noise of noise_multiplier * l2_norm_clip added once to
+  # the sum. Epsilon at `delta` (0: 1 / (2N)) comes from dp-accounting's PLD accountant for
+  # that sampling; target_epsilon > 0 solves for the noise_multiplier instead.
+  c.privacy = ml_collections.ConfigDict()
+  c.privacy.method = "none"  # none or dp_sgd
+  c.privacy.noise_multiplier = 1.0
+  c.privacy.l2_norm_clip = 1.0
+  c.privacy.delta = 0.0
+  c.privacy.target_epsilon = 0.0
+  # How per-example gradients are computed: a while_loop over the examples in the graph
+  # (default: on CPU the faster, one example's gradient in memory at a time) or vectorized
+  # (tape.jacobian with pfor: every example's gradient at once).
+  c.privacy.per_example = "while_loop"
+
   c.distribution = ml_collections.ConfigDict()
   c.distribution.strategy = "default"
   c.distribution.num_cpu_devices = 0  # > 1 splits the CPU into logical devices (tests, benches)
@@ -227,10 +260,18 @@ def packing_refusal(config, training=True):
       (training and bool(config.distill.teacher_workdir),
        "distillation (the teacher reads unpacked rows)"),
       (training and config.adversarial.method != "none", "adversarial training"),
-      (config.peft.method == "adapter", "peft.method='adapter'")]:
+      (config.peft.method == "adapter", "peft.method='adapter'"),
+      (training and config.privacy.method != "none",
+       "privacy.method (each example's gradient is its own)")]:
     if condition:
       return reason
   return ""
+
+
+def total_steps(config, num_examples):
+  """Optimizer steps of a run: train.steps, or train.epochs over num_examples."""
+  t = config.train
+  return t.steps or max(1, round(t.epochs * max(1, num_examples // t.batch_size)))
 
 
 def uses_static_shapes(config):
@@ -357,6 +398,42 @@ def validate(config):
   _check(a.epsilon > 0, "adversarial.epsilon", a.epsilon, "must be > 0")
   _check(a.alpha > 0, "adversarial.alpha", a.alpha, "must be > 0")
   _check(a.steps >= 1, "adversarial.steps", a.steps, "must be >= 1")
+  _check(d.examples_per_class >= 0, "data.examples_per_class", d.examples_per_class,
+         "must be >= 0 (0: every train example)")
+  _check(not d.examples_per_class or config.task.name in SINGLE_LABEL,
+         "data.examples_per_class", d.examples_per_class,
+         f"applies to one label per example ({', '.join(SINGLE_LABEL)})")
+  _check(config.task.similarity_scale > 0, "task.similarity_scale",
+         config.task.similarity_scale, "must be > 0")
+  if config.task.name == "zero_shot":
+    for condition, key in [(config.peft.method != "none", "peft.method"),
+                           (config.adversarial.method != "none", "adversarial.method"),
+                           (config.privacy.method != "none", "privacy.method"),
+                           (bool(config.distill.teacher_workdir), "distill.teacher_workdir"),
+                           (d.augment != "none", "data.augment")]:
+      section, name = key.split(".")
+      _check(not condition, key, config[section][name],
+             "does not apply to task.name='zero_shot', which trains nothing")
+  pr = config.privacy
+  _check(pr.method in ("none", "dp_sgd"), "privacy.method", pr.method, "must be none or dp_sgd")
+  _check(pr.noise_multiplier >= 0, "privacy.noise_multiplier", pr.noise_multiplier, "must be >= 0")
+  _check(pr.l2_norm_clip > 0, "privacy.l2_norm_clip", pr.l2_norm_clip, "must be > 0")
+  _check(0 <= pr.delta < 1, "privacy.delta", pr.delta, "must be in [0, 1) (0: 1 / (2N))")
+  _check(pr.target_epsilon >= 0, "privacy.target_epsilon", pr.target_epsilon,
+         "must be >= 0 (0: use privacy.noise_multiplier)")
+  _check(pr.per_example in ("while_loop", "vectorized"), "privacy.per_example", pr.per_example,
+         "must be while_loop or vectorized")
+  if pr.method == "dp_sgd":
+    for condition, what in [
+        (a.method != "none", "adversarial training (its perturbation reads the whole batch)"),
+        (bool(ds.teacher_workdir), "distillation (the teacher would need its own guarantee)"),
+        (config.task.name == "tagging", "task.name='tagging' (not built yet: its loss is "
+         "averaged over the batch's words)"),
+        (d.long_text == "windows", "data.long_text='windows' (a document would be several "
+         "examples, so the guarantee would cover a window, not a document)"),
+        (uses_static_shapes(config), "static shapes (TPU or data.static_shapes: the "
+         "per-example loop reads each example at its own length)")]:
+      _check(not condition, "privacy.method", pr.method, f"cannot be made private with {what}")
   p = config.peft
   _check(p.freeze_layers >= 0, "peft.freeze_layers", p.freeze_layers, "must be >= 0")
   _check(p.freeze_layers == 0 or p.method == "freeze", "peft.freeze_layers", p.freeze_layers,

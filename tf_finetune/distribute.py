@@ -93,6 +93,8 @@ def resolved_precision(config):
   asked = config.train.precision
   if asked != "auto":
     return asked, f"train.precision={asked}"
+  if config.task.name == "zero_shot":  # nothing trains: the head is built as evaluation reads it
+    return "float32", "train.precision=auto: task.name=zero_shot trains nothing"
   native, what = native_bfloat16(config.distribution.strategy)
   return ("mixed_bfloat16" if native else "float32"), f"train.precision=auto: {what}"
 

@@ -18,6 +18,7 @@ from tf_finetune import config as config_lib
 from tf_finetune import text_encoder
 from tf_finetune import tasks
 from tf_finetune.data import labels as labels_lib
+from tf_finetune.data import pii
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import WorkdirError
@@ -40,6 +41,7 @@ class Workdir:
     self.tensorboard = self.root / "tensorboard"
     self.eval = self.root / "eval"
     self.export = self.root / "export"
+    self.train_sample = self.root / "train_sample.tsv"  # with data.examples_per_class
 
   def load_config(self):
     import ml_collections
@@ -70,11 +72,14 @@ def read_best(workdir):
   return best
 
 
-def load_data(config, label_vocabulary=None):
-  """Reads the splits; infers the label vocabulary from train unless one is given."""
-  stratify = config.task.name == "classification"  # scores and label sets cannot be
+def load_data(config, label_vocabulary=None, keep_columns=(), keep_in=None):
+  """Reads the splits; infers the label vocabulary from train unless one is given.
+  keep_columns: data columns kept beside the examples (`Split.columns`) of the splits named
+  in keep_in (default: all); never model inputs."""
+  stratify = config.task.name in config_lib.SINGLE_LABEL  # scores and label sets cannot be
   splits = sources.load_splits(config.data, stratify=stratify,
-                               allow_empty_label=config.task.name == "multilabel")
+                               allow_empty_label=config.task.name == "multilabel",
+                               keep_columns=keep_columns, keep_in=keep_in)
   limit = config.data.max_train_examples
   if limit and limit < len(splits["train"]):
     logging.warning("data.max_train_examples=%d: training on a %ssample of %d of %d train "
@@ -83,9 +88,38 @@ def load_data(config, label_vocabulary=None):
     rest, _ = sources.stratified_split(
         splits["train"], [1 - limit / len(splits["train"])], config.data.split_seed, stratify)
     splits["train"] = splits["train"].subset(rest)
+  per_class = config.data.examples_per_class
+  if per_class:
+    train = splits["train"]
+    splits["train"] = train.subset(sources.per_class_sample(train, per_class,
+                                                            config.data.split_seed))
+    logging.info("data.examples_per_class=%d: training on %d of %d train examples, %d of each "
+                 "label (data.split_seed=%d; the run directory's train_sample.tsv lists them)",
+                 per_class, len(splits["train"]), len(train), per_class, config.data.split_seed)
+  if config.data.mask_pii:
+    splits = {name: _mask_pii(split) for name, split in splits.items()}
   if label_vocabulary is None:
     label_vocabulary = tasks.build_vocabulary(config, splits["train"])
   return splits, label_vocabulary
+
+
+def _mask_pii(split):
+  """data.mask_pii: the split with its texts (and pairs) masked, and the replacements per
+  type in the log. A CoNLL sentence's words that overlap one PII span become one word, its
+  placeholder, tagged as the first of them was (pii.merge_words, as serving does it)."""
+  if isinstance(split, sources.TokenSplit):
+    tokens, tags, counts = pii.mask_sentences(split.tokens, split.tags)
+    split = dataclasses.replace(split, tokens=tokens, tags=tags)
+  else:
+    texts, counts = pii.mask_strings(split.texts)
+    pairs = None
+    if split.text_pairs is not None:
+      pairs, pair_counts = pii.mask_strings(split.text_pairs)
+      counts = {name: n + pair_counts[name] for name, n in counts.items()}
+    split = dataclasses.replace(split, texts=texts, text_pairs=pairs)
+  logging.info("data.mask_pii: %s: replaced %s", split.name, ", ".join(
+      f"{n} {name}" for name, n in counts.items() if n) or "nothing")
+  return split
 
 
 def build_encoder(config):

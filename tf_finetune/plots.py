@@ -21,3 +21,26 @@ def confusion_matrix_png(matrix, label_names, title):
   figure.savefig(buffer, format="png", dpi=100)
   plt.close(figure)
   return buffer.getvalue()
+
+
+def metrics_by_group_png(groups, title):
+  """Grouped bars: one group of bars per metric, one bar per group (count in the legend).
+  groups: {group: {"count": n, metric: value}}; NaN values are left out."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  names = [n for n in next(iter(groups.values())) if n != "count"]
+  figure, axes = plt.subplots(figsize=(max(6.0, 1.0 + len(names) * (0.6 + 0.3 * len(groups))), 4))
+  width = 0.8 / len(groups)
+  for k, (group, values) in enumerate(groups.items()):
+    heights = [values[n] if values[n] is not None else np.nan for n in names]
+    axes.bar(np.arange(len(names)) + k * width - 0.4 + width / 2, heights, width,
+             label=f"{group} (n={values['count']})")
+  axes.set_xticks(np.arange(len(names)), names, rotation=20)
+  axes.set_title(title)
+  axes.legend(fontsize="small")
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
+  plt.close(figure)
+  return buffer.getvalue()

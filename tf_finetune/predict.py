@@ -24,13 +24,11 @@ or of regression runs) averages the models' probabilities (or scores) per text.
 """
 import json
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
 
 from tf_finetune import cli
-from tf_finetune.errors import UserError
 
 _MODEL = flags.DEFINE_multi_string(
     "model", None, "Exported SavedModel directory; given several times, an ensemble that "
@@ -42,40 +40,6 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Texts per call.")
 _ERRORS = flags.DEFINE_enum("errors", "strict", ["strict", "replace"],
                             "Input bytes that are not UTF-8: strict (stop, naming the line) or "
                             "replace (U+FFFD, counted on stderr).")
-
-
-def read_texts(argv):
-  """The texts, one per argument or input line (blank lines kept, as "")."""
-  if len(argv) > 1:
-    return argv[1:]
-  if _INPUT.value and _INPUT.value != "-":
-    name = _INPUT.value
-    try:
-      data = pathlib.Path(name).read_bytes()
-    except OSError as e:
-      raise UserError(f"--input={name}: {e.strerror}") from None
-  else:
-    name, data = "standard input", sys.stdin.buffer.read()
-  if not data:
-    raise UserError(f"no text to predict: {name} is empty")
-  lines = data.split(b"\n")
-  if lines[-1] == b"":
-    lines.pop()
-  texts, replaced = [], 0
-  for number, line in enumerate(lines, start=1):
-    line = line[:-1] if line.endswith(b"\r") else line
-    try:
-      texts.append(line.decode("utf-8"))
-    except UnicodeDecodeError as e:
-      if _ERRORS.value == "strict":
-        raise UserError(f"{name}:{number}: bytes {line[e.start:e.end]!r} are not valid UTF-8; "
-                        "nothing was predicted (--errors=replace reads them as U+FFFD)") from None
-      texts.append(line.decode("utf-8", errors="replace"))
-      replaced += 1
-  if replaced:
-    print(f"{name}: {replaced} line(s) had bytes that are not UTF-8, read as U+FFFD "
-          "(--errors=replace)", file=sys.stderr)
-  return texts
 
 
 class Predictor:
@@ -140,7 +104,7 @@ class Predictor:
 
 
 def main(argv):
-  texts = read_texts(argv)
+  texts = cli.read_texts(argv[1:], _INPUT.value, _ERRORS.value)
   cli.import_tensorflow_quietly()
   predict = Predictor(_MODEL.value)
   names = None  # the output fields, from the first batch the model answers

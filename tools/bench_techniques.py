@@ -11,9 +11,6 @@ small part of it (bitfit, adapter, lora), as is usual for those methods. Each ro
 process; prints dev accuracy of the best checkpoint, trainable and total parameters,
 training examples/s and peak RSS.
 """
-import tempfile
-import time
-
 import benchlib
 from absl import app
 from absl import flags
@@ -47,17 +44,10 @@ _EPOCHS = flags.DEFINE_float("epochs", 1.0, "Epochs.")
 
 def run_one(name):
   from tf_finetune import peft
-  from tf_finetune.training import trainer as trainer_lib
-  c = benchlib.sst2_budget(TECHNIQUES[name], _MAX_TRAIN.value, _EPOCHS.value)
-  t = trainer_lib.Trainer(c, tempfile.mkdtemp(prefix=f"bench_techniques_{name}_"))
-  start = time.time()
-  t.train()
-  train_time = time.time() - start
-  trainable, total = peft.parameter_counts(t.model)
-  return {"technique": name, "dev_accuracy": t.best["value"], "best_step": t.best["step"],
-          "steps": t.step, "trainable": trainable, "total": total,
-          "examples_per_sec": t.step * c.train.batch_size / train_time,
-          "peak_rss_mb": benchlib.peak_rss_mb()}
+  trainer, _, _, result = benchlib.train_sst2_budget(
+      f"techniques_{name}", TECHNIQUES[name], _MAX_TRAIN.value, _EPOCHS.value)
+  trainable, total = peft.parameter_counts(trainer.model)
+  return dict(result, technique=name, trainable=trainable, total=total)
 
 
 def main(argv):

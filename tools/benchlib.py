@@ -53,6 +53,24 @@ def sst2_budget(overrides=None, max_train_examples=8000, epochs=1.0):
   return config_lib.override(config, overrides)
 
 
+def train_sst2_budget(name, overrides, max_train_examples, epochs):
+  """Trains one row of a budget table (sst2_budget plus overrides) in a fresh run directory;
+  returns (the trainer, its config, training seconds, the common result fields)."""
+  import tempfile
+  import time
+  from tf_finetune.training import trainer as trainer_lib
+  config = sst2_budget(overrides, max_train_examples, epochs)
+  trainer = trainer_lib.Trainer(config, tempfile.mkdtemp(prefix=f"bench_{name}_"))
+  start = time.time()
+  trainer.train()
+  seconds = time.time() - start
+  return trainer, config, seconds, {
+      "dev_accuracy": trainer.best["value"], "best_step": trainer.best["step"],
+      "steps": trainer.step,
+      "examples_per_sec": trainer.step * config.train.batch_size / seconds,
+      "peak_rss_mb": peak_rss_mb()}
+
+
 def torch_dataset(encodings, labels):
   """A torch Dataset of a tokenizer's batch encodings and per-example labels, as the HF
   Trainer takes it (PyTorch sides of the benchmarks)."""

@@ -100,6 +100,52 @@ def train_dataset(split, label_values, task, *, batch_size, seed, shuffle_buffer
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def poisson_train_dataset(split, label_values, task, *, sampling_rate, capacity, micro_batches,
+                          seed, start_step=0, input_context=None):
+  """An endless stream for DP-SGD (training/privacy.py): per optimizer step, each example of
+  this pipeline's shard is in the step's sample with probability sampling_rate,
+  independently (Poisson sampling); a sample over `capacity` is cut to a random subset of
+  `capacity` examples, which the accountant's truncated-Poisson event counts. The sample is
+  padded to `capacity` rows (`example_weight` 0), then split into `micro_batches` equal
+  batches, the real examples first. A pure function of (data, seed, step): a resumed run
+  starts at start_step and draws what it would have drawn."""
+  dataset = _raw_dataset(task, split, label_values)
+  pipeline_id = 0
+  if input_context and input_context.num_input_pipelines > 1:
+    pipeline_id = input_context.input_pipeline_id
+    dataset = dataset.shard(input_context.num_input_pipelines, pipeline_id)
+  encoded = tokenize(dataset, task)
+  everything = encoded.padded_batch(  # the whole shard as one batch
+      max(1, len(split)), padded_shapes=_padded_shapes(encoded),
+      padding_values=_padding_values(encoded, task)).get_single_element()
+  size = tf.shape(everything["token_ids"])[0]
+  lengths = tf.reduce_sum(everything["padding_mask"], axis=1)
+  rows = capacity // micro_batches
+
+  def sample(step):
+    seeds = tf.stack([tf.cast(seed, tf.int64) * 1009 + pipeline_id, step])
+    chosen = tf.where(tf.random.stateless_uniform([size], seed=seeds) < sampling_rate)[:, 0]
+    order = tf.argsort(tf.random.stateless_uniform(tf.shape(chosen), seed=seeds + 1))
+    chosen = tf.gather(chosen, order)[:capacity]  # a random subset where the sample overflows
+    real = tf.shape(chosen)[0]
+    width = tf.maximum(tf.reduce_max(tf.gather(lengths, chosen)), 1)  # max of none: min int
+    batch = {}
+    for key, value in everything.items():
+      taken = tf.gather(value, chosen)
+      if key in ("token_ids", "segment_ids", "padding_mask"):
+        taken = taken[:, :width]
+      pad = [[0, capacity - real]] + [[0, 0]] * (value.shape.rank - 1)
+      fill = _padding_values(encoded, task)[key]
+      batch[key] = tf.reshape(tf.pad(taken, pad, constant_values=fill),
+                              tf.concat([[micro_batches, rows], tf.shape(taken)[1:]], 0))
+    weight = tf.cast(tf.range(capacity) < real, tf.float32)
+    batch["example_weight"] = tf.reshape(weight, [micro_batches, rows])
+    return tf.data.Dataset.from_tensor_slices(batch)
+
+  return (tf.data.Dataset.range(start_step, 2 ** 62).flat_map(sample)
+          .prefetch(tf.data.AUTOTUNE))
+
+
 def eval_dataset(split, label_values, task, *, batch_size, static_shapes=False, packing=False):
   """Padded batches in file order; the last batch may be smaller. With packing, each
   batch's examples laid end to end in rows (data/packing.py).

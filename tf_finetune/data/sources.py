@@ -37,12 +37,15 @@ _raise_csv_field_limit()
 
 @dataclasses.dataclass
 class Split:
-  """One split of labelled text. `origins[i]` is "file:line" (or "tfds:name/split[i]")."""
+  """One split of labelled text. `origins[i]` is "file:line" (or "tfds:name/split[i]").
+  `columns` holds the values of other columns the caller asked to keep ({name: [value per
+  example]}, strings), such as the group column of a fairness report; never fed to a model."""
   name: str
   texts: list
   labels: list
   origins: list
   text_pairs: list = None
+  columns: dict = dataclasses.field(default_factory=dict)
 
   def __len__(self):
     return len(self.texts)
@@ -55,7 +58,7 @@ class Split:
   def subset(self, indices, name=None):
     pick = lambda xs: None if xs is None else [xs[i] for i in indices]
     return Split(name or self.name, pick(self.texts), pick(self.labels), pick(self.origins),
-                 pick(self.text_pairs))
+                 pick(self.text_pairs), {k: pick(v) for k, v in self.columns.items()})
 
 
 def _decode(path, encoding="utf-8"):
@@ -80,9 +83,10 @@ def _column_index(path, header, column, role):
 
 def read_delimited(path, *, delimiter, text_column, label_column, text_pair_column="",
                    has_header=True, split_name="train", encoding="utf-8",
-                   allow_empty_label=False):
+                   allow_empty_label=False, keep_columns=()):
   """TSV/CSV. With has_header=False, columns are given as 0-based indices ("0", "1").
-  allow_empty_label: an empty label cell is a value (multi-label: none of the labels)."""
+  allow_empty_label: an empty label cell is a value (multi-label: none of the labels).
+  keep_columns: other columns whose cells are kept in `Split.columns`."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f"{path}: file not found")
@@ -104,14 +108,17 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
     text_i = _column_index(path, header, text_column, "text")
     label_i = _column_index(path, header, label_column, "label")
     pair_i = _column_index(path, header, text_pair_column, "text-pair") if text_pair_column else None
+    kept_i = [_column_index(path, header, column, "kept") for column in keep_columns]
   else:
     try:
       text_i, label_i = int(text_column), int(label_column)
       pair_i = int(text_pair_column) if text_pair_column else None
+      kept_i = [int(column) for column in keep_columns]
     except ValueError:
       raise DataError(f"{path}: has_header=False needs numeric column indices") from None
     width = None
   texts, pairs, labels, origins = [], [], [], []
+  kept = {column: [] for column in keep_columns}
   try:
     for line, row in rows:
       if not row:
@@ -121,7 +128,7 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
       if len(row) != width:
         raise DataError(f"{path}:{line}: expected {width} fields separated by "
                         f"{delimiter!r}, found {len(row)}")
-      if max(i for i in (text_i, label_i, pair_i or 0)) >= len(row):
+      if max(i for i in (text_i, label_i, pair_i or 0, *kept_i)) >= len(row):
         raise DataError(f"{path}:{line}: row has only {len(row)} fields")
       label = row[label_i].strip()
       if not label and not allow_empty_label:
@@ -130,12 +137,14 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
       labels.append(label)
       if pair_i is not None:
         pairs.append(row[pair_i])
+      for column, i in zip(keep_columns, kept_i):
+        kept[column].append(row[i].strip())
       origins.append(f"{path}:{line}")
   except csv.Error as e:
     raise DataError(f"{path}:{reader.line_num}: {e}") from None
   if not texts:
     raise DataError(f"{path}: no examples")
-  return Split(split_name, texts, labels, origins, pairs if pair_i is not None else None)
+  return Split(split_name, texts, labels, origins, pairs if pair_i is not None else None, kept)
 
 
 def _lines(text):
@@ -147,14 +156,17 @@ def _lines(text):
 
 
 def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train",
-               list_separator=",", encoding="utf-8", allow_list_labels=False):
+               list_separator=",", encoding="utf-8", allow_list_labels=False, keep_columns=()):
   """One JSON object a line; blank lines are skipped and counted in the log. A label is a
   string, or a number, which becomes its JSON spelling (1 -> "1", 1.0 -> "1.0"); with
-  allow_list_labels (multi-label), also a list of strings, joined by list_separator."""
+  allow_list_labels (multi-label), also a list of strings, joined by list_separator.
+  keep_columns: other fields (strings, numbers, booleans or null) kept in `Split.columns`
+  as strings (numbers and booleans in their JSON spelling, null as "")."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f"{path}: file not found")
   texts, pairs, labels, origins = [], [], [], []
+  kept = {column: [] for column in keep_columns}
   blank = 0
   for line, raw in enumerate(_lines(_decode(path, encoding)), start=1):
     if not raw.strip():
@@ -166,7 +178,7 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
       raise DataError(f"{path}:{line}: invalid JSON: {e.msg} at column {e.colno}") from None
     if not isinstance(record, dict):
       raise DataError(f"{path}:{line}: expected a JSON object, found {type(record).__name__}")
-    for column in (text_column, label_column, text_pair_column):
+    for column in (text_column, label_column, text_pair_column, *keep_columns):
       if column and column not in record:
         raise DataError(f"{path}:{line}: missing field {column!r}")
     for column in (text_column, text_pair_column):
@@ -185,12 +197,19 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
     labels.append(label if isinstance(label, str) else json.dumps(label))
     if text_pair_column:
       pairs.append(record[text_pair_column])
+    for column in keep_columns:
+      value = record[column]
+      if isinstance(value, (list, dict)):
+        raise DataError(f"{path}:{line}: field {column!r} must be a string, a number, a "
+                        f"boolean or null, found {type(value).__name__}")
+      kept[column].append(value if isinstance(value, str) else
+                          "" if value is None else json.dumps(value))
     origins.append(f"{path}:{line}")
   if blank:
     logging.info("%s: skipped %d blank line(s)", path, blank)
   if not texts:
     raise DataError(f"{path}: no examples")
-  return Split(split_name, texts, labels, origins, pairs if text_pair_column else None)
+  return Split(split_name, texts, labels, origins, pairs if text_pair_column else None, kept)
 
 
 def read_label_first(path, *, coarse_label_separator="", split_name="train", encoding="utf-8"):
@@ -224,6 +243,7 @@ class TokenSplit:
   tokens: list
   tags: list
   origins: list
+  columns: dict = dataclasses.field(default_factory=dict)  # as Split.columns, per sentence
   text_pairs = None
 
   def __len__(self):
@@ -244,16 +264,24 @@ class TokenSplit:
 
   def subset(self, indices, name=None):
     pick = lambda xs: [xs[i] for i in indices]
-    return TokenSplit(name or self.name, pick(self.tokens), pick(self.tags), pick(self.origins))
+    return TokenSplit(name or self.name, pick(self.tokens), pick(self.tags), pick(self.origins),
+                      {k: pick(v) for k, v in self.columns.items()})
 
 
 BYTE_ORDER_MARK = "\ufeff"
 
 
-def read_conll(path, split_name="train", encoding="utf-8"):
+_CONLL_COMMENT = re.compile(r"^#\s*([A-Za-z_][\w.-]*)\s*=\s*(.*?)\s*$")
+
+
+def read_conll(path, split_name="train", encoding="utf-8", keep_columns=()):
   """CoNLL-style word-per-line files: the word first, its tag last, separated by a tab (or,
   on lines without one, by spaces), a blank line between sentences; -DOCSTART- lines are
   skipped. Tags are IOB2/BIO (O, B-type, I-type).
+
+  A line `# key = value` (CoNLL-U's sentence comments; no tab on it) gives the next sentence
+  a column `key`; keep_columns names the ones kept in `TokenSplit.columns`, and every
+  sentence must have them.
 
   Stray byte-order marks (U+FEFF, a zero-width character) are removed wherever they stand,
   and a line holding only them counts as blank; the log says how many were removed.
@@ -263,21 +291,32 @@ def read_conll(path, split_name="train", encoding="utf-8"):
   if not path.is_file():
     raise DataError(f"{path}: file not found")
   tokens, tags, origins = [], [], []
-  words, word_tags, first_line, stray = [], [], None, 0
+  kept = {column: [] for column in keep_columns}
+  words, word_tags, first_line, stray, comments = [], [], None, 0, {}
 
   def end_sentence():
-    nonlocal words, word_tags, first_line
+    nonlocal words, word_tags, first_line, comments
     if words:
+      for column in keep_columns:
+        if column not in comments:
+          raise DataError(f"{path}:{first_line}: no `# {column} = ...` line before this sentence")
+        kept[column].append(comments[column])
       tokens.append(words)
       tags.append(word_tags)
       origins.append(f"{path}:{first_line}")
-    words, word_tags, first_line = [], [], None
+    words, word_tags, first_line, comments = [], [], None, {}
 
   for line, raw in enumerate(_decode(path, encoding).splitlines(), start=1):
     stray += raw.count(BYTE_ORDER_MARK)
     raw = raw.replace(BYTE_ORDER_MARK, "")
     if not raw.strip():
       end_sentence()
+      continue
+    comment = None if "\t" in raw else _CONLL_COMMENT.match(raw)
+    if comment:
+      if words:
+        end_sentence()
+      comments[comment.group(1)] = comment.group(2)
       continue
     fields = raw.split("\t") if "\t" in raw else raw.split()
     if fields[0] == "-DOCSTART-":
@@ -300,7 +339,7 @@ def read_conll(path, split_name="train", encoding="utf-8"):
     raise DataError(f"{path}: no sentences")
   if stray:
     logging.warning("%s: removed %d stray byte-order mark(s) (U+FEFF)", path, stray)
-  return TokenSplit(split_name, tokens, tags, origins)
+  return TokenSplit(split_name, tokens, tags, origins, kept)
 
 
 def bio_entities(tags):
@@ -342,7 +381,8 @@ def read_bbc_news():
   return Split("all", texts, labels, origins)
 
 
-def read_tfds(name, split, *, data_dir, text_column, label_column, text_pair_column=""):
+def read_tfds(name, split, *, data_dir, text_column, label_column, text_pair_column="",
+              keep_columns=()):
   """A TFDS dataset already prepared under data_dir. Never downloads."""
   import tensorflow_datasets as tfds
   try:
@@ -353,12 +393,13 @@ def read_tfds(name, split, *, data_dir, text_column, label_column, text_pair_col
     raise DataError(f"tfds:{name}: not prepared under data_dir={data_dir or builder.data_dir!r}; "
                     "prepare it first (tfds build), downloads are not done at run time")
   features = builder.info.features
-  for column in (text_column, label_column, text_pair_column):
+  for column in (text_column, label_column, text_pair_column, *keep_columns):
     if column and column not in features:
       raise DataError(f"tfds:{name}: no feature {column!r} (features: {list(features)})")
   label_feature = features[label_column]
   names = getattr(label_feature, "names", None)
   texts, pairs, labels, origins = [], [], [], []
+  kept = {column: [] for column in keep_columns}
   for i, record in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
     texts.append(record[text_column].decode("utf-8"))
     if text_pair_column:
@@ -367,10 +408,13 @@ def read_tfds(name, split, *, data_dir, text_column, label_column, text_pair_col
     label = names[int(label)] if names else (
         label.decode("utf-8") if isinstance(label, bytes) else str(label))
     labels.append(label)
+    for column in keep_columns:
+      value = record[column]
+      kept[column].append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
     origins.append(f"tfds:{name}/{split}[{i}]")
   if not texts:
     raise DataError(f"tfds:{name}/{split}: no examples")
-  return Split(split, texts, labels, origins, pairs if text_pair_column else None)
+  return Split(split, texts, labels, origins, pairs if text_pair_column else None, kept)
 
 
 def stratified_split(split, fractions, seed, stratify=True):
@@ -396,6 +440,37 @@ def stratified_split(split, fractions, seed, stratify=True):
     parts.append(sorted(part))
     remaining -= fraction
   return [sorted(rest)] + parts
+
+
+def per_class_sample(split, examples_per_class, seed):
+  """Indices of `examples_per_class` examples of each label, drawn with `seed` (the same
+  draw for the same data and seed), in file order. A label with fewer examples stops with
+  its count."""
+  rng = np.random.default_rng(seed)
+  by_label = collections.defaultdict(list)
+  for i, label in enumerate(split.labels):
+    by_label[label].append(i)
+  chosen = []
+  for label in sorted(by_label):
+    indices = by_label[label]
+    if len(indices) < examples_per_class:
+      raise DataError(f"{split.source}: label {label!r} has {len(indices)} train example(s), "
+                      f"fewer than data.examples_per_class={examples_per_class}")
+    chosen += rng.choice(indices, examples_per_class, replace=False).tolist()
+  return sorted(chosen)
+
+
+def tsv_field(value):
+  r"""One line per row: backslash, tab and line breaks are written as \\, \t, \n, \r."""
+  return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+          .replace("\r", "\\r"))
+
+
+def write_tsv(path, header, rows):
+  """A TSV file of rows (tsv_field escaping), written atomically."""
+  from tf_finetune import atomic
+  atomic.write_text(path, "".join("\t".join(tsv_field(v) for v in row) + "\n"
+                                  for row in [header] + list(rows)))
 
 
 DELIMITERS = {"tsv": "\t", "csv": ","}
@@ -466,17 +541,21 @@ def check_label_spellings(splits):
                         "be two classes; write every such label one way")
 
 
-def _read_file(data_config, file_name, split_name, allow_empty_label):
+def _read_file(data_config, file_name, split_name, allow_empty_label, keep_columns):
   path = pathlib.Path(data_config.dir).expanduser() / file_name
   columns = dict(text_column=data_config.text_column, label_column=data_config.label_column,
                  text_pair_column=data_config.text_pair_column, split_name=split_name,
-                 encoding=data_config.encoding)
+                 encoding=data_config.encoding, keep_columns=keep_columns)
   if data_config.source == "jsonl":
     return read_jsonl(path, list_separator=data_config.multilabel_separator,
                       allow_list_labels=allow_empty_label, **columns)
   if data_config.source == "conll":
-    return read_conll(path, split_name=split_name, encoding=data_config.encoding)
+    return read_conll(path, split_name=split_name, encoding=data_config.encoding,
+                      keep_columns=keep_columns)
   if data_config.source == "label_first":
+    if keep_columns:
+      raise DataError(f"{path}: data.source='label_first' has no columns besides the label "
+                      f"and the text, so no {keep_columns[0]!r} to keep")
     return read_label_first(path, coarse_label_separator=data_config.coarse_label_separator,
                             split_name=split_name, encoding=data_config.encoding)
   delimiter = data_config.delimiter or DELIMITERS[data_config.source]
@@ -484,14 +563,28 @@ def _read_file(data_config, file_name, split_name, allow_empty_label):
                         allow_empty_label=allow_empty_label, **columns)
 
 
-def load_splits(data_config, stratify=True, allow_empty_label=False):
+def load_splits(data_config, stratify=True, allow_empty_label=False, keep_columns=(),
+                keep_in=None):
   """Returns {"train": Split, "dev": Split[, "test": Split]} as the config describes.
 
   Without a dev (or test) file, that split is carved from train by label-stratified
   sampling with data.split_seed; bbc_news is always carved (80/10/10 by default).
+  keep_columns: columns besides text, pair and label kept in the `columns` of the splits
+  named in keep_in (default: every split); other files need not have them.
   """
   source = data_config.source
+  keep_columns = tuple(keep_columns)
+  dev_from_train = source == "tfds" and not data_config.tfds_dev_split or (
+      source != "tfds" and not data_config.dev_file)
+
+  def columns_of(name):
+    wanted = keep_in is None or name in keep_in or (
+        name == "train" and dev_from_train and "dev" in keep_in)
+    return keep_columns if wanted else ()
   splits = {}
+  if source == "bbc_news" and keep_columns:
+    raise DataError(f"data.source='bbc_news' has no columns besides the text and the topic, "
+                    f"so no {keep_columns[0]!r} to keep")
   if source == "bbc_news":
     everything = screen_texts(read_bbc_news(), data_config.bad_text)
     train, dev, test = stratified_split(
@@ -506,10 +599,10 @@ def load_splits(data_config, stratify=True, allow_empty_label=False):
       splits[name] = read_tfds(
           data_config.tfds_name, ref, data_dir=data_config.tfds_data_dir,
           text_column=data_config.text_column, label_column=data_config.label_column,
-          text_pair_column=data_config.text_pair_column)
+          text_pair_column=data_config.text_pair_column, keep_columns=columns_of(name))
       splits[name].name = name
     else:
-      splits[name] = _read_file(data_config, ref, name, allow_empty_label)
+      splits[name] = _read_file(data_config, ref, name, allow_empty_label, columns_of(name))
     if source != "conll":
       splits[name] = screen_texts(splits[name], data_config.bad_text)
   if "train" not in splits:

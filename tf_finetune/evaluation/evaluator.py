@@ -4,21 +4,35 @@ from absl import logging
 from tf_finetune import config as config_lib
 from tf_finetune import experiment
 from tf_finetune import peft
+from tf_finetune import privacy
 from tf_finetune.errors import DataError
 from tf_finetune.evaluation import reports
 
 
-def evaluate_workdir(workdir, checkpoint="best", splits=None):
+def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column="",
+                     positive_label=""):
   """Writes report.json, report.txt, predictions.tsv (and confusion_matrix*.png for
   classification); returns the report.
 
   What a task calibrates after training (multi-label thresholds) is fitted on dev and
   applied to every split; report.json keeps it under "calibration", and export bakes it in.
+
+  slice_column: a column of the data files (never a model input) whose values split each
+  evaluated split into groups; report.json gets "slices" (fairness.slice_report per split),
+  report.txt a table, and eval/slices_<split>.png a bar chart. positive_label: the label of
+  selection rate / TPR / FPR (default: the second of two labels).
   """
   run = experiment.load_run(workdir, checkpoint)
   wd, config, labels, task, model = run.workdir, run.config, run.labels, run.task, run.model
   path, step = run.checkpoint, run.step
-  data, _ = experiment.load_data(config, labels)
+  if slice_column:
+    from tf_finetune.evaluation import fairness
+    fairness.check_positive_label(config.task.name, labels.labels, positive_label)
+    positive_label = positive_label or fairness.default_positive_label(config.task.name,
+                                                                       labels.labels)
+  data, _ = experiment.load_data(
+      config, labels, keep_columns=(slice_column,) if slice_column else (),
+      keep_in=set(splits or config.train.eval_splits.split(",")))
   wanted = splits or [s for s in config.train.eval_splits.split(",") if s in data]
   missing = [s for s in wanted if s not in data]
   if missing:
@@ -42,14 +56,25 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None):
             "splits": {}}
   if calibration is not None:
     report["calibration"] = calibration
+  if config.privacy.method == "dp_sgd":  # what this checkpoint's steps spent
+    report["privacy"] = privacy.plan(config, len(data["train"])).report(step)
   rows = []
+  if slice_column:
+    report["slices"] = {"column": slice_column, "positive_label": positive_label, "splits": {}}
   for name in wanted:
     split = data[name]
     label_values, logits = outputs[name]
     report["splits"][name] = task.report(label_values, logits, calibration)
-    for i, (gold, predicted, score) in enumerate(
-        task.prediction_fields(label_values, logits, calibration)):
+    fields = list(task.prediction_fields(label_values, logits, calibration))
+    for i, (gold, predicted, score) in enumerate(fields):
       rows.append([name, split.origins[i], gold, predicted, score, split.texts[i]])
+    if slice_column:
+      table = fairness.slice_report(config.task.name, fields, split.columns[slice_column],
+                                    labels.labels, positive_label=positive_label,
+                                    separator=config.data.multilabel_separator)
+      report["slices"]["splits"][name] = table
+      reports.plot_metrics_by_group(wd.eval / f"slices_{name}.png", table["groups"],
+                                    f"{name} by {slice_column} (step {step})")
     if "confusion_matrix" in report["splits"][name]:
       reports.plot_confusion_matrix(
           wd.eval / f"confusion_matrix_{name}.png", report["splits"][name]["confusion_matrix"],
@@ -73,3 +98,10 @@ def print_summary(report):
   for name, r in report["splits"].items():
     print(f"{name} " + "  ".join(f"{m}: {r[m]:.4f}" for m in metrics) +
           f"  ({r['num_examples']} examples, checkpoint step {report['step']})")
+  slices = report.get("slices")
+  for name, table in (slices["splits"].items() if slices else ()):
+    metric = next(iter(table["overall"]))
+    print(f"{name} by {slices['column']}: " + ", ".join(
+        f"{group} {values[metric]:.4f} (n={values['count']})"
+        for group, values in table["groups"].items()) +
+        f"; {metric} difference {table['difference'][metric]:.4f} (eval/report.txt has all)")

@@ -1,4 +1,5 @@
-"""The files of WORKDIR/eval/: report.json, report.txt, predictions.tsv, confusion matrix PNGs.
+"""The files of WORKDIR/eval/: report.json, report.txt, predictions.tsv, confusion matrix PNGs,
+metrics-by-group PNGs.
 
 The metrics in them come from the tasks (tasks/metrics.py)."""
 import json
@@ -6,6 +7,7 @@ import math
 
 from tf_finetune import atomic
 from tf_finetune import plots
+from tf_finetune.data import sources
 from tf_finetune.tasks.metrics import metrics_line
 
 
@@ -15,6 +17,11 @@ def write_text_report(path, report):
            f"{report['best_metric']})", ""]
   if report.get("calibration"):
     lines += [f"calibrated on dev: {json.dumps(report['calibration'])}", ""]
+  if report.get("privacy"):
+    p = report["privacy"]
+    lines += [f"differential privacy: epsilon {p['epsilon']:.3f} at delta {p['delta']:.3g} "
+              f"after {p['steps']} steps of DP-SGD (noise multiplier "
+              f"{p['noise_multiplier']:.4f}, clip {p['l2_norm_clip']:g})", ""]
   for split, r in report["splits"].items():
     lines.append(f"== {split}: {r['num_examples']} examples, {metrics_line(r)}")
     if "per_class" in r:
@@ -23,6 +30,9 @@ def write_text_report(path, report):
         lines.append(f"{name:>24} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} "
                      f"{c['support']:8d}")
     lines.append("")
+  if report.get("slices"):
+    from tf_finetune.evaluation import fairness
+    lines += fairness.text_lines(report["slices"])
   atomic.write_text(path, "\n".join(lines))
 
 
@@ -30,17 +40,14 @@ def plot_confusion_matrix(path, matrix, label_names, title):
   atomic.write_bytes(path, plots.confusion_matrix_png(matrix, label_names, title))
 
 
-def _tsv_field(value):
-  r"""One line per example: backslash, tab and line breaks are written as \\, \t, \n, \r."""
-  return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-          .replace("\r", "\\r"))
+def plot_metrics_by_group(path, groups, title):
+  atomic.write_bytes(path, plots.metrics_by_group_png(groups, title))
 
 
 def write_predictions(path, rows):
   """eval/predictions.tsv: split, origin (file:line), gold, predicted, probability, text."""
   header = ["split", "origin", "label", "predicted", "probability", "text"]
-  atomic.write_text(path, "".join("\t".join(_tsv_field(v) for v in row) + "\n"
-                                  for row in [header] + list(rows)))
+  sources.write_tsv(path, header, rows)
 
 
 def write_json(path, data):

@@ -51,8 +51,10 @@ class ServingModule(tf.Module):
 
   def signatures(self):
     text = (self.serve_text_pair if self.has_pairs else self.serve_text).get_concrete_function()
+    extra = {name: function.get_concrete_function()
+             for name, function in self._task.extra_signatures(self.model).items()}
     return {"serving_default": text,
-            "token_ids": self.serve_token_ids.get_concrete_function()}
+            "token_ids": self.serve_token_ids.get_concrete_function(), **extra}
 
 
 def next_version(model_dir):
@@ -119,10 +121,17 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
       f"train `{config.data.train_file or config.data.tfds_train_split}`",
       f"- Checkpoint: `{checkpoint}` (step {step})",
       f"- Long texts: {_long_text(config)}",
-      f"- Hyperparameters: batch {config.train.batch_size}, learning rate {config.train.learning_rate}, "
+      "- PII: " + ("e-mail addresses, phone numbers, URLs, IP addresses, payment card numbers "
+                   "and IBANs replaced by [EMAIL], [PHONE], [URL], [IP], [CARD], [IBAN] in "
+                   "training data and in served text, inside this graph (`data.mask_pii`)"
+                   if config.data.mask_pii else "not masked (`data.mask_pii=False`)"),
+      (f"- Zero-shot: nothing trained; label descriptions `{config.task.label_descriptions}`, "
+       f"logits = {config.task.similarity_scale:g} x cosine similarity"
+       if config.task.name == "zero_shot" else
+       f"- Hyperparameters: batch {config.train.batch_size}, learning rate {config.train.learning_rate}, "
       f"steps {config.train.steps or 'from ' + str(config.train.epochs) + ' epochs'}, max_seq_length "
       f"{config.data.max_seq_length}, weight decay {config.train.weight_decay}, warmup "
-      f"{config.train.warmup_fraction}, precision {config.train.precision}, seed {config.train.seed}",
+      f"{config.train.warmup_fraction}, precision {config.train.precision}, seed {config.train.seed}"),
       "", "## Metrics", ""]
   if report:
     for split, r in report["splits"].items():
@@ -130,6 +139,14 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
     if report.get("calibration"):
       lines.append(f"- calibrated on dev and applied in the signatures: "
                    f"{json.dumps(report['calibration'])}")
+    if report.get("privacy"):
+      p = report["privacy"]
+      spent = "infinite (no noise)" if p["epsilon"] is None else f"{p['epsilon']:.3f}"
+      lines.append(f"- differential privacy (DP-SGD, example level, fine-tuning data only): "
+                   f"epsilon {spent} at delta {p['delta']:.3g} after {p['steps']} "
+                   f"steps (noise multiplier {p['noise_multiplier']:.4f}, clip "
+                   f"{p['l2_norm_clip']:g}, sampling rate {p['sampling_rate']:.5f}; "
+                   f"{p['accountant']})")
   else:
     lines.append("- not evaluated at this checkpoint (run `python -m tf_finetune.evaluate`)")
   lines += ["", "## Signatures", "", signature_info, ""]

@@ -8,6 +8,7 @@ from absl import logging
 from tf_finetune import config as config_lib
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import packing
+from tf_finetune.data import pii
 
 
 class Task(abc.ABC):
@@ -23,6 +24,7 @@ class Task(abc.ABC):
 
   serving_doc = ""  # the serving_default outputs, for the model card
   token_ids_doc = "the same outputs"  # the token_ids signature's outputs
+  trains = True  # False: the model as built is the run's one checkpoint (zero_shot)
   needs_calibration = False  # True: export needs the dev calibration from eval/report.json
 
   label_padding_value = 0  # what padded_batch puts in "label" beyond an example's length
@@ -185,7 +187,11 @@ class Task(abc.ABC):
   def serve_text(self, model, texts, text_pairs=None, calibration=None):
     """serving_default: raw strings [batch] (and pairs) -> the SavedModel's outputs; with
     windows, each text's windows go through the model and their logits are pooled, as in
-    evaluation (`windows_used` says how many)."""
+    evaluation (`windows_used` says how many). With data.mask_pii, texts are masked first,
+    as training masked its data."""
+    texts = self.masked(texts)
+    if text_pairs is not None:
+      text_pairs = self.masked(text_pairs)
     if self.windowed:
       features = self.encoder.windows(texts)
       window_logits = self.forward(model, self.encoder.pad(features))
@@ -195,6 +201,17 @@ class Task(abc.ABC):
     features = self.encoder(texts, text_pairs, with_truncation=True)
     logits = tf.cast(self.forward(model, self.encoder.pad(features)), tf.float32)
     return dict(self.serving_outputs(logits, calibration), truncated=features["truncated"])
+
+  def extra_signatures(self, model):
+    """Signatures the export adds beside serving_default and token_ids: {name: tf.function
+    with an input_signature}."""
+    del model
+    return {}
+
+  def masked(self, strings):
+    """data.mask_pii: [batch] strings with PII replaced by placeholders (data/pii.py), in
+    the graph; else the strings."""
+    return pii.mask(strings)[0] if self.config.data.mask_pii else strings
 
   def packing_refusal(self, training=True):
     """Why this task's training (or inference) does not pack ("" when it does)."""

@@ -7,6 +7,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_finetune.data import labels as labels_lib
+from tf_finetune.data import pii
 from tf_finetune.errors import DataError
 from tf_finetune.tasks import base
 from tf_finetune.tasks import metrics
@@ -221,6 +222,8 @@ class TaggingTask(base.Task):
     per word at its first wordpiece -> entities (strict IOB2, as the report counts them)."""
     encoder = self.encoder
     words, starts, ends = encoder.split_words(texts)
+    if self.config.data.mask_pii:  # as training data was masked (pii.mask_sentences)
+      words, starts, ends, _ = pii.merge_words(texts, words, starts, ends)
     features = encoder.encode_words(words)
     logits = tf.cast(model(encoder.pad(features), training=False), tf.float32)
     positions = features["word_positions"]

@@ -14,37 +14,7 @@ works under every tf.distribute strategy (each replica perturbs its own examples
 """
 import tensorflow as tf
 
-from tf_finetune import peft
-
-
-class EmbeddingPerturbation:
-  """Hooks the token embedding of `model`: can watch its output on a tape and add a delta."""
-
-  def __init__(self, model):
-    layer = peft.backbone(model).get_layer("token_embedding")
-    original = layer.call
-    self.tape, self.output, self.delta = None, None, None
-
-    def call(inputs, reverse=False, **kwargs):
-      outputs = original(inputs, reverse=reverse, **kwargs)
-      if reverse:
-        return outputs
-      if self.delta is not None:
-        outputs = outputs + tf.cast(self.delta, outputs.dtype)
-      if self.tape is not None:
-        self.tape.watch(outputs)
-        self.output = outputs
-      return outputs
-    layer.call = call
-
-  def forward(self, tape, model, features, delta=None):
-    """model(features, training=True) with `delta` added to the word embeddings; the
-    embedding output is watched on `tape` (self.output after the call)."""
-    self.tape, self.delta = tape, delta
-    try:
-      return model(features, training=True)
-    finally:
-      self.tape, self.delta = None, None
+from tf_finetune.embedding_hook import EmbeddingPerturbation
 
 
 def _unit(gradient):

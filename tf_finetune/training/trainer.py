@@ -27,12 +27,15 @@ from tf_finetune import distribute
 from tf_finetune import experiment
 from tf_finetune import peft
 from tf_finetune import plots
+from tf_finetune import privacy
 from tf_finetune import workdir_lock
 from tf_finetune.data import augment
 from tf_finetune.data import pipeline
+from tf_finetune.data import sources
 from tf_finetune.errors import ConfigError, Interrupted, TrainingError, WorkdirError
 from tf_finetune.training import adversarial
 from tf_finetune.training import distill
+from tf_finetune.training import dp_sgd
 from tf_finetune.training import optim
 from tf_finetune.training import summaries
 
@@ -113,7 +116,7 @@ class Trainer:
     # Training examples are texts, or their windows under data.long_text=windows.
     self.num_train_examples = int(self.task.window_counts(self.splits["train"]).sum())
     self.steps_per_epoch = max(1, self.num_train_examples // t.batch_size)
-    self.total_steps = t.steps or max(1, round(t.epochs * self.steps_per_epoch))
+    self.total_steps = config_lib.total_steps(config, self.num_train_examples)
     self.eval_every = t.eval_every or self.steps_per_epoch
     self.checkpoint_every = t.checkpoint_every or self.eval_every
     with self.strategy.scope():
@@ -131,6 +134,16 @@ class Trainer:
     self.adversarial = None
     if config.adversarial.method != "none":
       self.adversarial = adversarial.AdversarialLoss(config, self.model)
+    self.dp_sgd = None
+    if config.privacy.method == "dp_sgd":
+      self.privacy_plan = privacy.plan(config, self.num_train_examples)
+      privacy.log_plan(self.privacy_plan, self.total_steps, config.privacy.target_epsilon)
+      self.dp_sgd = dp_sgd.DpSgd(self.privacy_plan, config.privacy.per_example, t.seed)
+      first = self.splits["train"].subset([0])
+      example = next(iter(pipeline.eval_dataset(first, self.task.label_values(first), self.task,
+                                                batch_size=1)))
+      self.private_variables = dp_sgd.connected_variables(
+          self._losses_of, example, self.model.trainable_variables)
     # The best-checkpoint state and the evaluation counter are saved with the model, so a
     # resumed run restores them as of its checkpoint and counts a redone evaluation once.
     self.run_state = {
@@ -217,6 +230,10 @@ class Trainer:
       return
     self.workdir.root.mkdir(parents=True, exist_ok=True)
     self.labels.save(self.workdir.labels)
+    if self.config.data.examples_per_class:
+      train = self.splits["train"]
+      sources.write_tsv(self.workdir.train_sample, ["origin", "label", "text"],
+                        zip(train.origins, train.labels, train.texts))
     atomic.write_text(self.workdir.config, self.config.to_json(indent=1) + "\n")
 
   def _remove_leftovers(self):
@@ -256,6 +273,14 @@ class Trainer:
 
   def _dataset_fn(self, input_context):
     t, d = self.config.train, self.config.data
+    if self.dp_sgd is not None:
+      pipelines = input_context.num_input_pipelines
+      return pipeline.poisson_train_dataset(
+          self.splits["train"], self.train_label_values, self.task,
+          sampling_rate=self.privacy_plan.sampling_rate,
+          capacity=self.privacy_plan.capacity // pipelines,
+          micro_batches=self.accum_steps * input_context.num_replicas_in_sync // pipelines,
+          seed=t.seed, start_step=self.step, input_context=input_context)
     return pipeline.train_dataset(
         self.splits["train"], self.train_label_values, self.task,
         batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
@@ -328,10 +353,39 @@ class Trainer:
         tf.distribute.ReduceOp.SUM, tf.add_n([tf.reduce_sum(c) for c in counts]))
     return tf.maximum(total, 1.0)
 
+  def _losses_of(self, features, labels, training):
+    return self.task.training_losses(labels, self.model(features, training=training))
+
+  def _private_step(self, micro_batches):
+    """DP-SGD (training/dp_sgd.py): each micro-batch's per-example clipped gradient sums,
+    one all-reduce, the same noise on every replica, then apply (no max_grad_norm: the
+    per-example clip bounds the step)."""
+    variables = self.private_variables
+    loss, sums = self.dp_sgd.clipped_sum(self.model, variables, self._losses_of,
+                                         micro_batches[0])
+    for batch in micro_batches[1:]:
+      with tf.control_dependencies(sums):
+        batch = tf.nest.map_structure(tf.identity, batch)
+      more_loss, more_sums = self.dp_sgd.clipped_sum(self.model, variables, self._losses_of,
+                                                     batch)
+      loss, sums = loss + more_loss, [a + b for a, b in zip(sums, more_sums)]
+    context = tf.distribute.get_replica_context()
+    sums = context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    grads = self.dp_sgd.noised_mean(sums, self.optimizer.iterations)
+    norm = tf.linalg.global_norm(grads)
+    loss = loss / self.privacy_plan.batch_size
+    finite = tf.math.is_finite(context.all_reduce(tf.distribute.ReduceOp.SUM, loss)) & \
+        tf.math.is_finite(norm)
+    self.optimizer.update_condition = finite
+    self.optimizer.apply(grads, variables)
+    return loss, norm, 1 - tf.cast(finite, tf.int32)
+
   def replica_step(self, *micro_batches):
     """One optimizer step on one replica's micro-batches (train.grad_accum_steps of them):
     forward and backward on each in turn, gradients summed, then one all-reduce, clip and
     apply. Returns the replica's share of the loss and the global gradient norm."""
+    if self.dp_sgd is not None:
+      return self._private_step(micro_batches)
     max_norm = self.config.train.max_grad_norm
     denominator = self._loss_denominator(micro_batches)
     loss, grads = self._gradients(micro_batches[0], denominator)
@@ -426,6 +480,11 @@ class Trainer:
     logging.info("step %d | %s | %.1fs", step,
                  " | ".join(f"dev {k} {v:.4f}" for k, v in metrics.items()), time.time() - start)
     self.writers.eval_scalars(step, metrics)
+    if self.dp_sgd is not None:
+      spent = self.privacy_plan.report(step)
+      logging.info("step %d | privacy: epsilon %.3f at delta %.3g", step, spent["epsilon"],
+                   spent["delta"])
+      self.writers.train_scalars(step, {"privacy/epsilon": spent["epsilon"]})
     if "confusion_matrix" in report:
       self.writers.eval_image(step, "confusion_matrix", plots.confusion_matrix_png(
           report["confusion_matrix"], self.labels.labels, f"dev (step {step})"))
@@ -435,6 +494,9 @@ class Trainer:
   def train(self, until_step=None):
     """Trains to train.steps (or `until_step`, for tests that interrupt a run)."""
     self._write_run_files()
+    if not self.task.trains:
+      self._keep_as_built()
+      return
     stop = min(self.total_steps, until_step or self.total_steps)
     start_step = self.step
     if start_step >= self.total_steps or (self.best or {}).get("stopped_early_at_step"):
@@ -523,6 +585,22 @@ class Trainer:
       raise
     finally:
       signals.restore()
+      self._close()
+
+  def _keep_as_built(self):
+    """A task that learns nothing (zero_shot): the model as built is checkpoint 0, evaluated
+    on dev and kept as the best; a rerun finds it and does nothing."""
+    try:
+      if self.best is None:
+        logging.info("%s: task.name=%s trains nothing; the model as built is step 0's "
+                     "checkpoint", self.workdir.root, self.config.task.name)
+        self.writers.start_session(self.config, self.task.metric_names, self.task.best_metric)
+        self._evaluate(0)
+        self.manager.save(checkpoint_number=0)  # after: its run state names the best
+        self._end_session("success")
+      else:
+        logging.info("%s: already built and evaluated", self.workdir.root)
+    finally:
       self._close()
 
   def _preemption_handler(self, current_step):

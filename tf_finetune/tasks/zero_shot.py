@@ -1,0 +1,93 @@
+"""Zero-shot classification by similarity to label descriptions (task.name=zero_shot).
+
+A sentence-embedding checkpoint (all-MiniLM-L6-v2: mean pooling, unit length) embeds each
+text and one description per label ("This text is about {label}." or the texts of a JSON
+file); a text's logits are task.similarity_scale times its cosine similarity to each
+description, its label the nearest. Nothing is trained: the run's checkpoint is the model as
+built, whose head holds the description embeddings, so evaluation, reports and export are a
+classification run's. The export also has a `zero_shot` signature that takes candidate label
+texts with each request.
+"""
+import json
+import pathlib
+
+import keras
+import tensorflow as tf
+
+from tf_finetune.errors import ConfigError
+from tf_finetune.tasks import classification
+
+EMBEDDING_LAYER = "sentence_embedding"
+
+
+class ZeroShotTask(classification.ClassificationTask):
+
+  trains = False
+  packs = False
+
+  serving_doc = classification.ClassificationTask.serving_doc + (
+      "; `zero_shot` signature: `text` string [batch] and `label_text` string [labels] -> "
+      "`label` (the nearest label text), `label_id`, `probabilities` and `logits` "
+      "[batch, labels]")
+
+  def descriptions(self):
+    """One text per label, in label order: from task.label_descriptions, a template holding
+    "{label}" or a JSON file {label: text} (every label needs one)."""
+    spec = self.config.task.label_descriptions
+    labels = self.label_vocabulary.labels
+    if "{label}" in spec:
+      return [spec.replace("{label}", label) for label in labels]
+    path = pathlib.Path(spec).expanduser()
+    if not path.is_file():
+      raise ConfigError(f"config.task.label_descriptions={spec!r}: neither a template holding "
+                        "{label} nor a JSON file of {label: description}")
+    try:
+      texts = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    missing = [label for label in labels if not isinstance(texts.get(label), str)]
+    if missing:
+      raise ConfigError(f"{path}: no description (a string) for label(s) {', '.join(missing)}")
+    return [texts[label] for label in labels]
+
+  def build_model(self, backbone):
+    inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
+              for name in ("token_ids", "segment_ids", "padding_mask")}
+    pooled = classification.pool(backbone(inputs), inputs["padding_mask"], "mean")
+    embedding = keras.layers.UnitNormalization(axis=-1, name=EMBEDDING_LAYER)(pooled)
+    logits = keras.layers.Dense(len(self.label_vocabulary), use_bias=False, dtype="float32",
+                                name="logits")(embedding)
+    model = keras.Model(inputs, logits, name="zero_shot")
+    descriptions = self.embed(model, tf.constant(self.descriptions()))
+    model.get_layer("logits").kernel.assign(
+        self.config.task.similarity_scale * tf.transpose(descriptions))
+    return model
+
+  def embed(self, model, texts):
+    """Unit-length sentence embeddings [texts, hidden] of raw strings, as the model reads
+    them (with data.mask_pii, masked)."""
+    return self._embedded(_embedder(model), texts)
+
+  def _embedded(self, embedder, texts):
+    features = self.encoder.pad(self.encoder(self.masked(texts)))
+    return tf.cast(embedder(features, training=False), tf.float32)
+
+  def extra_signatures(self, model):
+    """{"zero_shot": a tf.function of text [batch] and label_text [labels]}."""
+    embedder = _embedder(model)
+    scale = self.config.task.similarity_scale
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
+                                  tf.TensorSpec([None], tf.string, name="label_text")])
+    def zero_shot(text, label_text):
+      logits = scale * tf.matmul(self._embedded(embedder, text),
+                                 self._embedded(embedder, label_text), transpose_b=True)
+      label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
+      return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1),
+              "label_id": label_id, "label": tf.gather(label_text, label_id)}
+    return {"zero_shot": zero_shot}
+
+
+def _embedder(model):
+  """The model up to its sentence embedding (the same layers and weights)."""
+  return keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output)
