@@ -100,7 +100,7 @@ def test_words_sum_their_wordpieces_and_cut_words_are_marked_not_read(keyword_ru
 
 
 def test_refusals_name_what_is_not_supported(keyword_run, tmp_path):
-  with pytest.raises(ConfigError, match="task.name in classification, multilabel, regression"):
+  with pytest.raises(ConfigError, match="task.name in classification, zero_shot, setfit, multilabel, regression"):
     explain.IntegratedGradients(dataclasses.replace(keyword_run, config=ner_config()))
   windows = config_lib.override(keyword_run.config.copy_and_resolve_references(),
                                 {"data.long_text": "windows"})

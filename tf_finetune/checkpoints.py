@@ -167,3 +167,37 @@ def load_backbone(checkpoint_dir, *, random_init=False, dropout=None, overrides=
   if hf_config.get("hidden_act", "gelu") == "gelu":
     use_exact_gelu(backbone)
   return backbone
+
+
+_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+def sentence_pooling(checkpoint_dir):
+  """(pooling: mean or cls, normalize, where it was read) of a checkpoint directory's
+  sentence-transformers files (modules.json, 1_Pooling/config.json). A directory without
+  them (a plain BERT) gets mean pooling without normalization, sentence-transformers' own
+  default for such a directory."""
+  directory = pathlib.Path(checkpoint_dir)
+  modules_file = directory / "modules.json"
+  if not modules_file.is_file():
+    return "mean", False, f"{directory} has no modules.json: mean pooling (the default)"
+  modules = _read_json_file(modules_file)
+  types = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+  pooling_module = next((m for m in modules if m.get("type", "").endswith(".Pooling")), None)
+  pooling = "mean"
+  if pooling_module is not None:
+    pooling_file = directory / pooling_module.get("path", "") / "config.json"
+    settings = _read_json_file(pooling_file) if pooling_file.is_file() else {}
+    modes = [key for key, on in settings.items() if key.startswith("pooling_mode_") and on]
+    if len(modes) > 1 or (modes and modes[0] not in _POOLING_MODES):
+      raise CheckpointError(f"{pooling_file}: {', '.join(modes)}: only one of mean or cls "
+                            "pooling is supported")
+    pooling = _POOLING_MODES[modes[0]] if modes else "mean"
+  return pooling, "Normalize" in types, f"{modules_file}: {' -> '.join(types)}"
+
+
+def _read_json_file(path):
+  try:
+    return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None

@@ -24,10 +24,11 @@ TASK_METRICS = {
     "regression": ("pearson", "spearman", "loss"),
     "tagging": ("entity_f1", "entity_precision", "entity_recall", "loss"),
     "zero_shot": ("accuracy", "macro_f1", "loss"),
+    "setfit": ("accuracy", "macro_f1", "loss"),
 }
 # Tasks with one label per example from a label vocabulary (label spellings checked,
 # splits carved label-stratified, metrics by group as classification's).
-SINGLE_LABEL = ("classification", "zero_shot")
+SINGLE_LABEL = ("classification", "zero_shot", "setfit")
 TASKS = tuple(TASK_METRICS)
 CLASS_WEIGHTS = ("none", "balanced")
 PEFT_METHODS = ("none", "freeze", "bitfit", "adapter", "lora")
@@ -57,7 +58,8 @@ def base_config():
   c.model.pooling = "pooler"  # pooler (HF BertForSequenceClassification), cls or mean
 
   c.task = ml_collections.ConfigDict()
-  # classification, multilabel, regression, tagging (NER) or zero_shot (tasks/zero_shot.py)
+  # classification, multilabel, regression, tagging (NER), zero_shot (tasks/zero_shot.py) or
+  # setfit (few-shot: contrastive pairs, then a logistic-regression head; tasks/setfit.py)
   c.task.name = "classification"
   c.task.class_weights = "none"  # classification: none, or balanced (n / (labels * count))
   c.task.label_smoothing = 0.0  # classification: the training loss's targets (reports: plain)
@@ -71,6 +73,9 @@ def base_config():
   # {label: text}; logits are similarity_scale times the cosine similarity to each.
   c.task.label_descriptions = "This text is about {label}."
   c.task.similarity_scale = 20.0
+  # setfit: contrastive pairs per train example, half of its label and half of others
+  # (SetFit's num_iterations=20 makes 40).
+  c.task.pairs_per_example = 40
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bbc_news"
@@ -414,6 +419,21 @@ def validate(config):
       section, name = key.split(".")
       _check(not condition, key, config[section][name],
              "does not apply to task.name='zero_shot', which trains nothing")
+  if config.task.name == "setfit":
+    _check(config.task.pairs_per_example >= 2 and config.task.pairs_per_example % 2 == 0,
+           "task.pairs_per_example", config.task.pairs_per_example,
+           "must be even and >= 2 (half of them of the example's own label)")
+    for condition, key, why in [
+        (a.method != "none", "adversarial.method", "its pairs' loss reads two texts"),
+        (config.privacy.method != "none", "privacy.method", "not built for pairs"),
+        (bool(config.distill.teacher_workdir), "distill.teacher_workdir",
+         "the teacher has no pair loss"),
+        (d.augment != "none", "data.augment", "pairs are drawn once from the texts"),
+        (d.long_text == "windows", "data.long_text",
+         "a text is one embedding (truncate or head_tail)")]:
+      section, name = key.split(".")
+      _check(not condition, key, config[section][name],
+             f"does not apply to task.name='setfit': {why}")
   pr = config.privacy
   _check(pr.method in ("none", "dp_sgd"), "privacy.method", pr.method, "must be none or dp_sgd")
   _check(pr.noise_multiplier >= 0, "privacy.noise_multiplier", pr.noise_multiplier, "must be >= 0")

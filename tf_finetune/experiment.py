@@ -23,6 +23,7 @@ from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import WorkdirError
 from tf_finetune import peft
+from tf_finetune.tasks import base as tasks_base
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
@@ -146,10 +147,11 @@ def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
       checkpoint_dir, random_init=m.random_init or not pretrained or bool(student_layers),
       dropout=m.dropout, overrides=overrides)
   task = tasks.get_task(config, label_vocabulary, encoder)
+  task.sentence_pooling = checkpoints.sentence_pooling(checkpoint_dir)
   return task, peft.apply(config, task.build_model(backbone))
 
 
-MODEL_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+MODEL_INPUTS = tasks_base.MODEL_INPUTS
 _ROWS, _EXAMPLES = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
 PACKED_INPUTS = {**{k: _ROWS for k in MODEL_INPUTS + ("position_ids", "example_ids")},
                  "example_rows": _EXAMPLES, "example_starts": _EXAMPLES}

@@ -67,7 +67,9 @@ def _add_adapters(bert, size):
 
 
 def backbone(model):
-  return [layer for layer in model.layers if layer.name.startswith("bert_backbone")][0]
+  """The keras-hub encoder inside a task's model."""
+  import keras_hub
+  return next(layer for layer in model.layers if isinstance(layer, keras_hub.models.Backbone))
 
 
 def apply(config, model):

@@ -1,20 +1,26 @@
 """DP-SGD against non-private fine-tuning on SST-2 at one budget, as a table.
 
   python tools/bench_privacy.py                          # every row below
-  python tools/bench_privacy.py --rows=full,dp8_full --max_train_examples=4000
+  python tools/bench_privacy.py --rows=dp8_lora,dp3_lora,lora,full,dp8_full,dp3_full \
+      --max_train_examples=16000 --epochs=1 --dp_batch_size=1024     # as README quotes it
 
-Budget (every row): bench_techniques' SST-2 budget (all-MiniLM-L6-v2, the first
---max_train_examples of ../shared/data/sst2/train.tsv, --epochs, batch 32, max 64
-wordpieces, full 872-sentence dev set, fp32, seed 0). Private rows: privacy.target_epsilon
-8 or 3 at delta 1 / (2N), clip 1.0, the noise solved for the run's steps; learning rates
-per row below (DP-SGD's clipped, noised gradients take a larger one). Prints dev accuracy
-of the best checkpoint, the epsilon spent at it, training examples/s and peak RSS.
+Budget (every row): all-MiniLM-L6-v2, a label-stratified sample of --max_train_examples of
+../shared/data/sst2/train.tsv (data.split_seed=0), --epochs, max 64 wordpieces, the full
+872-sentence dev set, seed 0, mean pooling (--pooling; the checkpoint's own, and no
+148k-parameter pooler for DP to noise). Non-private rows train at batch 32.
+Private rows: Poisson sampling with an expected batch of --dp_batch_size (DP-SGD's signal
+grows with the batch while its noise does not), privacy.target_epsilon 8 or 3 at delta
+1 / (2N), clip --l2_norm_clip, the noise solved for the run's steps, dev evaluated at a
+third of the steps; learning rates per row below (the clipped, noised gradient of a large
+batch takes a larger one). Prints dev accuracy of the best checkpoint, the epsilon spent
+at it, training examples/s and peak RSS.
 """
 import benchlib
 from absl import app
 from absl import flags
 
 LORA = {"peft.method": "lora", "peft.lora_rank": 8, "peft.lora_alpha": 16.0}
+HEAD = {"peft.method": "freeze", "peft.freeze_layers": 6}
 ROWS = {
     "full": {},
     "dp8_full": {"privacy.method": "dp_sgd", "privacy.target_epsilon": 8.0,
@@ -26,41 +32,53 @@ ROWS = {
                  "train.learning_rate": 3e-3},
     "dp3_lora": {**LORA, "privacy.method": "dp_sgd", "privacy.target_epsilon": 3.0,
                  "train.learning_rate": 3e-3},
+    # Only the classifier on the frozen encoder's mean-pooled embedding (770 parameters).
+    "head": {**HEAD, "train.learning_rate": 3e-3},
+    "dp8_head": {**HEAD, "privacy.method": "dp_sgd", "privacy.target_epsilon": 8.0,
+                 "train.learning_rate": 3e-3},
+    "dp3_head": {**HEAD, "privacy.method": "dp_sgd", "privacy.target_epsilon": 3.0,
+                 "train.learning_rate": 3e-3},
 }
 
-_ROWS = flags.DEFINE_list("rows", list(ROWS), "Rows to run.")
-_RUN = flags.DEFINE_string("run", None, "Internal: run one row in this process.")
-_MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 8000, "Train examples.")
-_EPOCHS = flags.DEFINE_float("epochs", 1.0, "Epochs.")
+TABLE = benchlib.Sst2BudgetTable(ROWS, "rows")
+_DP_BATCH = flags.DEFINE_integer("dp_batch_size", 1024, "Private rows: expected batch size.")
+_CLIP = flags.DEFINE_float("l2_norm_clip", 1.0, "Private rows: per-example clip.")
+_LR = flags.DEFINE_float("learning_rate", 0.0, "Every chosen row's learning rate (0: its own).")
+_POOLING = flags.DEFINE_string("pooling", "mean", "model.pooling of every row.")
 
 
 def run_one(name):
-  trainer, _, _, result = benchlib.train_sst2_budget(
-      f"privacy_{name}", ROWS[name], _MAX_TRAIN.value, _EPOCHS.value)
-  result["row"] = name
+  if "privacy.method" in ROWS[name]:
+    steps = round(TABLE.epochs.value * (TABLE.max_train.value // _DP_BATCH.value))
+    ROWS[name] = dict(ROWS[name], **{"train.batch_size": _DP_BATCH.value,
+                                     "privacy.l2_norm_clip": _CLIP.value,
+                                     "train.eval_every": max(1, steps // 3)})
+  ROWS[name] = dict(ROWS[name], **{"model.pooling": _POOLING.value})
+  if _LR.value:
+    ROWS[name] = dict(ROWS[name], **{"train.learning_rate": _LR.value})
+  trainer, result = TABLE.train(name)
   if trainer.dp_sgd is not None:
     spent = trainer.privacy_plan.report(trainer.best["step"])
     result.update(epsilon=spent["epsilon"], delta=spent["delta"],
                   noise_multiplier=spent["noise_multiplier"])
-  return result
+  return dict(result, batch_size=trainer.global_batch_size,
+              learning_rate=trainer.config.train.learning_rate)
 
 
 def main(argv):
-  if _RUN.value:
-    benchlib.emit(run_one(_RUN.value))
+  if TABLE.run.value:
+    benchlib.emit(run_one(TABLE.run.value))
     return
-  print(f"SST-2, {_MAX_TRAIN.value} train examples, {_EPOCHS.value} epoch(s), batch 32, "
-        "max 64 wordpieces, dev 872 sentences, all-MiniLM-L6-v2, 2-core CPU")
-  print("| row | dev accuracy | epsilon at best (delta) | noise multiplier | examples/s | "
-        "peak RSS MB |")
-  print("|---|---|---|---|---|---|")
-  for name in _ROWS.value:
-    r = benchlib.run_side(__file__, [f"--run={name}", f"--max_train_examples={_MAX_TRAIN.value}",
-                                     f"--epochs={_EPOCHS.value}", *argv[1:]])
+  print(TABLE.header() + f", private rows: expected batch {_DP_BATCH.value}, clip "
+        f"{_CLIP.value:g}")
+  print("| row | batch | learning rate | dev accuracy | epsilon at best (delta) | noise multiplier | "
+        "examples/s | peak RSS MB |")
+  print("|---|---|---|---|---|---|---|---|")
+  for name, r in TABLE.results(__file__):
     privacy = (f"{r['epsilon']:.2f} ({r['delta']:.2g})", f"{r['noise_multiplier']:.3f}") \
         if "epsilon" in r else ("non-private", "-")
-    print(f"| {name} | {r['dev_accuracy']:.4f} (step {r['best_step']}/{r['steps']}) | "
-          f"{privacy[0]} | {privacy[1]} | {r['examples_per_sec']:.1f} | "
+    print(f"| {name} | {r['batch_size']} | {r['learning_rate']:g} | {r['dev_accuracy']:.4f} (step {r['best_step']}/"
+          f"{r['steps']}) | {privacy[0]} | {privacy[1]} | {r['examples_per_sec']:.1f} | "
           f"{r['peak_rss_mb']:.0f} |", flush=True)
 
 

@@ -13,7 +13,6 @@ training examples/s and peak RSS.
 """
 import benchlib
 from absl import app
-from absl import flags
 
 # name -> config overrides on top of the budget.
 TECHNIQUES = {
@@ -36,31 +35,24 @@ TECHNIQUES = {
     "eda_0.1": {"data.augment": "eda", "data.augment_probability": 0.1},
 }
 
-_TECHNIQUES = flags.DEFINE_list("techniques", list(TECHNIQUES), "Rows to run.")
-_RUN = flags.DEFINE_string("run", None, "Internal: run one technique in this process.")
-_MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 8000, "Train examples.")
-_EPOCHS = flags.DEFINE_float("epochs", 1.0, "Epochs.")
+TABLE = benchlib.Sst2BudgetTable(TECHNIQUES, "techniques")
 
 
 def run_one(name):
   from tf_finetune import peft
-  trainer, _, _, result = benchlib.train_sst2_budget(
-      f"techniques_{name}", TECHNIQUES[name], _MAX_TRAIN.value, _EPOCHS.value)
+  trainer, result = TABLE.train(name)
   trainable, total = peft.parameter_counts(trainer.model)
-  return dict(result, technique=name, trainable=trainable, total=total)
+  return dict(result, trainable=trainable, total=total)
 
 
 def main(argv):
-  if _RUN.value:
-    benchlib.emit(run_one(_RUN.value))
+  if TABLE.run.value:
+    benchlib.emit(run_one(TABLE.run.value))
     return
-  print(f"SST-2, {_MAX_TRAIN.value} train examples, {_EPOCHS.value} epoch(s), batch 32, "
-        "max 64 wordpieces, dev 872 sentences, all-MiniLM-L6-v2, 2-core CPU")
+  print(TABLE.header() + ", batch 32")
   print("| technique | dev accuracy | trainable / total parameters | examples/s | peak RSS MB |")
   print("|---|---|---|---|---|")
-  for name in _TECHNIQUES.value:
-    r = benchlib.run_side(__file__, [f"--run={name}", f"--max_train_examples={_MAX_TRAIN.value}",
-                                     f"--epochs={_EPOCHS.value}", *argv[1:]])
+  for name, r in TABLE.results(__file__):
     print(f"| {name} | {r['dev_accuracy']:.4f} (step {r['best_step']}/{r['steps']}) | "
           f"{r['trainable']:,} / {r['total']:,} ({100 * r['trainable'] / r['total']:.2f}%) | "
           f"{r['examples_per_sec']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)

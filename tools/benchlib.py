@@ -53,6 +53,35 @@ def sst2_budget(overrides=None, max_train_examples=8000, epochs=1.0):
   return config_lib.override(config, overrides)
 
 
+class Sst2BudgetTable:
+  """The SST-2 budget tables' flags (--rows, --max_train_examples, --epochs, --run) and
+  loop: each row trained in its own process (bench_techniques, bench_privacy)."""
+
+  def __init__(self, rows, what):
+    from absl import flags
+    self.rows = rows
+    self.names = flags.DEFINE_list(what, list(rows), "Rows to run.")
+    self.run = flags.DEFINE_string("run", None, "Internal: run one row in this process.")
+    self.max_train = flags.DEFINE_integer("max_train_examples", 8000, "Train examples.")
+    self.epochs = flags.DEFINE_float("epochs", 1.0, "Epochs.")
+
+  def header(self):
+    return (f"SST-2, {self.max_train.value} train examples, {self.epochs.value} epoch(s), "
+            "max 64 wordpieces, dev 872 sentences, all-MiniLM-L6-v2, 2-core CPU")
+
+  def train(self, name):
+    """(trainer, result) of row `name`, in this process."""
+    trainer, _, _, result = train_sst2_budget(name, self.rows[name], self.max_train.value,
+                                              self.epochs.value)
+    return trainer, dict(result, row=name)
+
+  def results(self, script):
+    """Yields (name, result) of each chosen row, each run in a fresh process that gets this
+    process's command-line flags (absl's argv no longer holds them)."""
+    for name in self.names.value:
+      yield name, run_side(script, [f"--run={name}", *sys.argv[1:]])
+
+
 def train_sst2_budget(name, overrides, max_train_examples, epochs):
   """Trains one row of a budget table (sst2_budget plus overrides) in a fresh run directory;
   returns (the trainer, its config, training seconds, the common result fields)."""

@@ -13,8 +13,9 @@ from tf_finetune.data import packing as packing_lib
 TOKENIZE_BATCH = 256
 
 
-def _raw_dataset(task, split, label_values):
-  return tf.data.Dataset.from_tensor_slices(task.input_tensors(split, label_values))
+def _raw_dataset(task, split, label_values, training=False):
+  rows = (task.train_input_tensors if training else task.input_tensors)(split, label_values)
+  return tf.data.Dataset.from_tensor_slices(rows)
 
 
 def tokenize(dataset, task):
@@ -40,6 +41,11 @@ def bucket_boundaries(max_seq_length):
   return boundaries + [max_seq_length + 1]
 
 
+def _length(example):
+  """An example's bucketing length: its longest text (setfit's pairs hold two)."""
+  return tf.reduce_max([tf.shape(v)[0] for k, v in example.items() if k.startswith("token_ids")])
+
+
 def _padded_shapes(dataset):
   return {k: [None] * spec.shape.rank for k, spec in dataset.element_spec.items()}
 
@@ -47,7 +53,8 @@ def _padded_shapes(dataset):
 def _padding_values(dataset, task):
   """token_ids pad with the tokenizer's pad id, labels with the task's value, the rest 0;
   the same values in training, evaluation and static (TPU) shapes."""
-  special = {"token_ids": task.encoder.pad_id, "label": task.label_padding_value}
+  special = {"token_ids": task.encoder.pad_id, "token_ids_b": task.encoder.pad_id,
+             "label": task.label_padding_value}
   return {k: tf.constant(special.get(k, 0), spec.dtype) for k, spec in dataset.element_spec.items()}
 
 
@@ -65,7 +72,7 @@ def train_dataset(split, label_values, task, *, batch_size, seed, shuffle_buffer
   is augmented, then tokenized, each time it comes round. With packing, each batch's
   examples are laid end to end in rows of max_seq_length (data/packing.py)."""
   encoder = task.encoder
-  dataset = _raw_dataset(task, split, label_values)
+  dataset = _raw_dataset(task, split, label_values, training=True)
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   dataset = dataset.cache() if augmenter else tokenize(dataset, task).cache()
@@ -81,7 +88,7 @@ def train_dataset(split, label_values, task, *, batch_size, seed, shuffle_buffer
       boundaries = boundaries[:-1]
     # With pad_to_bucket_boundary every batch is padded to (boundary - 1): a fixed set of shapes.
     dataset = dataset.bucket_by_sequence_length(
-        lambda x: tf.shape(x["token_ids"])[0], boundaries, [batch_size] * (len(boundaries) + 1),
+        _length, boundaries, [batch_size] * (len(boundaries) + 1),
         padded_shapes=_padded_shapes(dataset), padding_values=_padding_values(dataset, task),
         pad_to_bucket_boundary=static_shapes, drop_remainder=True)
   else:
@@ -109,7 +116,7 @@ def poisson_train_dataset(split, label_values, task, *, sampling_rate, capacity,
   padded to `capacity` rows (`example_weight` 0), then split into `micro_batches` equal
   batches, the real examples first. A pure function of (data, seed, step): a resumed run
   starts at start_step and draws what it would have drawn."""
-  dataset = _raw_dataset(task, split, label_values)
+  dataset = _raw_dataset(task, split, label_values, training=True)
   pipeline_id = 0
   if input_context and input_context.num_input_pipelines > 1:
     pipeline_id = input_context.input_pipeline_id

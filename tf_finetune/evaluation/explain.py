@@ -23,12 +23,13 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from tf_finetune import config as config_lib
 from tf_finetune import embedding_hook
 from tf_finetune import peft
 from tf_finetune.data import pii
 from tf_finetune.errors import ConfigError
 
-TASKS = ("classification", "multilabel", "regression", "zero_shot")
+TASKS = config_lib.SINGLE_LABEL + ("multilabel", "regression")
 DEFAULT_STEPS = 32  # tools/bench_explain.py: completeness gap on the SST-2 dev set
 MAX_GAP = 0.05  # of |f(x) - f(b)|; or 1e-3 in logit units, when f(x) and f(b) nearly agree
 MAX_STEPS = 512
@@ -131,7 +132,7 @@ class IntegratedGradients:
     """The outputs to explain by default: the predicted label (classification), the labels
     at probability >= 0.5 or else the most probable (multi-label), the score (regression)."""
     task = self.run.config.task.name
-    if task in ("classification", "zero_shot"):
+    if task in config_lib.SINGLE_LABEL:
       return [int(np.argmax(logits))]
     if task == "multilabel":
       chosen = np.flatnonzero(logits >= 0)  # sigmoid(logit) >= 0.5

@@ -103,10 +103,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 
 def write_hf_checkpoint(path, model, config, labels):
   """Writes config.json, model.safetensors and the base checkpoint's tokenizer files."""
-  if config.task.name == "zero_shot":
-    raise ConfigError("config.task.name='zero_shot': transformers has no sequence classifier "
-                      "of normalized mean-pooled embeddings, so --format=hf cannot hold this "
-                      "model; use --format=saved_model")
+  if config.task.name in ("zero_shot", "setfit"):
+    raise ConfigError(f"config.task.name={config.task.name!r}: transformers has no sequence "
+                      "classifier of (normalized) mean-pooled embeddings, so --format=hf "
+                      "cannot hold this model; use --format=saved_model")
   if config.peft.method == "adapter":
     raise ConfigError("config.peft.method='adapter': transformers' BERT has no bottleneck "
                       "adapters, so --format=hf cannot hold this model; use --format="

@@ -128,6 +128,11 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
       (f"- Zero-shot: nothing trained; label descriptions `{config.task.label_descriptions}`, "
        f"logits = {config.task.similarity_scale:g} x cosine similarity"
        if config.task.name == "zero_shot" else
+       f"- Few-shot (SetFit-style): contrastive pairs ({config.task.pairs_per_example} per "
+       f"train example), then a logistic-regression head on the sentence embedding; "
+       f"batch {config.train.batch_size}, learning rate {config.train.learning_rate}, seed "
+       f"{config.train.seed}"
+       if config.task.name == "setfit" else
        f"- Hyperparameters: batch {config.train.batch_size}, learning rate {config.train.learning_rate}, "
       f"steps {config.train.steps or 'from ' + str(config.train.epochs) + ' epochs'}, max_seq_length "
       f"{config.data.max_seq_length}, weight decay {config.train.weight_decay}, warmup "

@@ -2,11 +2,13 @@
 from tf_finetune.tasks.classification import ClassificationTask
 from tf_finetune.tasks.multilabel import MultiLabelTask
 from tf_finetune.tasks.regression import RegressionTask
+from tf_finetune.tasks.setfit import SetFitTask
 from tf_finetune.tasks.tagging import TaggingTask
 from tf_finetune.tasks.zero_shot import ZeroShotTask
 
 TASKS = {"classification": ClassificationTask, "multilabel": MultiLabelTask,
-         "regression": RegressionTask, "tagging": TaggingTask, "zero_shot": ZeroShotTask}
+         "regression": RegressionTask, "tagging": TaggingTask, "zero_shot": ZeroShotTask,
+         "setfit": SetFitTask}
 
 
 def get_task(config, label_vocabulary, encoder):

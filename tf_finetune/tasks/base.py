@@ -10,6 +10,8 @@ from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import packing
 from tf_finetune.data import pii
 
+MODEL_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
 
 class Task(abc.ABC):
   """A task owns its label vocabulary, head, loss, decoding, report and serving outputs.
@@ -30,6 +32,10 @@ class Task(abc.ABC):
   label_padding_value = 0  # what padded_batch puts in "label" beyond an example's length
   packs = False  # packed_logits reads packed batches (data.packing)
   token_labels = False  # a label per wordpiece (packing lays them out like the tokens)
+  # (pooling, normalize, where read) of the checkpoint's sentence-transformers files, which
+  # experiment.build_model reads (checkpoints.sentence_pooling) for the sentence-embedding
+  # tasks (zero_shot, setfit).
+  sentence_pooling = ("mean", False, "the default")
 
   def __init__(self, config, label_vocabulary, encoder=None):
     self.config = config
@@ -63,6 +69,16 @@ class Task(abc.ABC):
     raise NotImplementedError(f"task.name={self.config.task.name!r} does not read packed "
                               "batches")
 
+  def training_logits(self, model, batch, training):
+    """The logits training_losses reads, of a padded (or packed) training batch."""
+    if "example_ids" in batch:  # a packed batch (data.packing)
+      return self.packed_logits(model, batch, training=training)
+    return model({k: batch[k] for k in MODEL_INPUTS}, training=training)
+
+  def fit_head(self, model, label_values, outputs_of):
+    """What the task fits on the train split before each evaluation (setfit: its head).
+    outputs_of(a model) -> that model's outputs on every train example, in order."""
+
   @abc.abstractmethod
   def label_values(self, split):
     """Numeric labels (numpy) for a Split; raises DataError naming file:line for bad ones."""
@@ -78,6 +94,15 @@ class Task(abc.ABC):
     labels = np.asarray(label_values)  # int class ids, float scores or multi-hot rows
     features["label"] = labels.astype(np.int32 if labels.dtype.kind in "iu" else np.float32)
     return features
+
+  def train_input_tensors(self, split, label_values):
+    """The training stream's rows (input_tensors; setfit: contrastive pairs)."""
+    return self.input_tensors(split, label_values)
+
+  def train_rows(self, split):
+    """Rows of the training stream a split makes: one per example, one per window under
+    data.long_text=windows (setfit: task.pairs_per_example per example)."""
+    return int(self.window_counts(split).sum())
 
   def batch_for_encoding(self, dataset, batch_size):
     return dataset.batch(batch_size)

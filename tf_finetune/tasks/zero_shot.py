@@ -1,8 +1,8 @@
 """Zero-shot classification by similarity to label descriptions (task.name=zero_shot).
 
-A sentence-embedding checkpoint (all-MiniLM-L6-v2: mean pooling, unit length) embeds each
-text and one description per label ("This text is about {label}." or the texts of a JSON
-file); a text's logits are task.similarity_scale times its cosine similarity to each
+A sentence-embedding checkpoint (pooled as its files say, tasks/sentence_embedding.py; unit
+length) embeds each text and one description per label ("This text is about {label}." or
+the texts of a JSON file); a text's logits are task.similarity_scale times its cosine similarity to each
 description, its label the nearest. Nothing is trained: the run's checkpoint is the model as
 built, whose head holds the description embeddings, so evaluation, reports and export are a
 classification run's. The export also has a `zero_shot` signature that takes candidate label
@@ -11,13 +11,11 @@ texts with each request.
 import json
 import pathlib
 
-import keras
 import tensorflow as tf
 
 from tf_finetune.errors import ConfigError
 from tf_finetune.tasks import classification
-
-EMBEDDING_LAYER = "sentence_embedding"
+from tf_finetune.tasks import sentence_embedding
 
 
 class ZeroShotTask(classification.ClassificationTask):
@@ -51,13 +49,9 @@ class ZeroShotTask(classification.ClassificationTask):
     return [texts[label] for label in labels]
 
   def build_model(self, backbone):
-    inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
-              for name in ("token_ids", "segment_ids", "padding_mask")}
-    pooled = classification.pool(backbone(inputs), inputs["padding_mask"], "mean")
-    embedding = keras.layers.UnitNormalization(axis=-1, name=EMBEDDING_LAYER)(pooled)
-    logits = keras.layers.Dense(len(self.label_vocabulary), use_bias=False, dtype="float32",
-                                name="logits")(embedding)
-    model = keras.Model(inputs, logits, name="zero_shot")
+    model = sentence_embedding.build_model(
+        backbone, self.sentence_pooling, len(self.label_vocabulary),
+        normalize=True, use_bias=False, name="zero_shot")
     descriptions = self.embed(model, tf.constant(self.descriptions()))
     model.get_layer("logits").kernel.assign(
         self.config.task.similarity_scale * tf.transpose(descriptions))
@@ -66,7 +60,7 @@ class ZeroShotTask(classification.ClassificationTask):
   def embed(self, model, texts):
     """Unit-length sentence embeddings [texts, hidden] of raw strings, as the model reads
     them (with data.mask_pii, masked)."""
-    return self._embedded(_embedder(model), texts)
+    return self._embedded(sentence_embedding.embedder(model), texts)
 
   def _embedded(self, embedder, texts):
     features = self.encoder.pad(self.encoder(self.masked(texts)))
@@ -74,7 +68,7 @@ class ZeroShotTask(classification.ClassificationTask):
 
   def extra_signatures(self, model):
     """{"zero_shot": a tf.function of text [batch] and label_text [labels]}."""
-    embedder = _embedder(model)
+    embedder = sentence_embedding.embedder(model)
     scale = self.config.task.similarity_scale
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
@@ -87,7 +81,3 @@ class ZeroShotTask(classification.ClassificationTask):
               "label_id": label_id, "label": tf.gather(label_text, label_id)}
     return {"zero_shot": zero_shot}
 
-
-def _embedder(model):
-  """The model up to its sentence embedding (the same layers and weights)."""
-  return keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output)

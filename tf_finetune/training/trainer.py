@@ -113,8 +113,8 @@ class Trainer:
 
     with self.strategy.scope():
       self.task, self.model = experiment.build_model(config, self.labels, self.encoder)
-    # Training examples are texts, or their windows under data.long_text=windows.
-    self.num_train_examples = int(self.task.window_counts(self.splits["train"]).sum())
+    # Training examples are texts, their windows (data.long_text=windows) or pairs (setfit).
+    self.num_train_examples = self.task.train_rows(self.splits["train"])
     self.steps_per_epoch = max(1, self.num_train_examples // t.batch_size)
     self.total_steps = config_lib.total_steps(config, self.num_train_examples)
     self.eval_every = t.eval_every or self.steps_per_epoch
@@ -328,11 +328,7 @@ class Trainer:
                for g, a in zip(grads, adversarial_grads)]
       return loss, grads
     with tf.GradientTape() as tape:
-      if "example_ids" in batch:  # a packed batch (data.packing)
-        logits = task.packed_logits(model, batch, training=True)
-      else:
-        logits = model(features, training=True)
-      loss = loss_of(logits)
+      loss = loss_of(task.training_logits(model, batch, training=True))
     # The embedding's gradient is IndexedSlices whose size follows the batch's length; its
     # all-reduce is a gather that fails when replicas hold batches of different lengths
     # (length bucketing). Dense, it is a fixed-shape sum; the optimizer densifies it anyway.
@@ -423,6 +419,10 @@ class Trainer:
     return train_step
 
   def evaluate_dev(self):
+    train_outputs = lambda model: experiment.evaluate_split(
+        self.task, model, self.splits["train"], label_values=self.train_label_values,
+        batch_size=self.config.train.eval_batch_size)[1]
+    self.task.fit_head(self.model, self.train_label_values, train_outputs)
     # Under multi_worker each worker evaluates the whole dev set with its own copy.
     on_replicas = self.static_shapes and not isinstance(
         self.strategy, tf.distribute.MultiWorkerMirroredStrategy)

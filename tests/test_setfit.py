@@ -1,0 +1,165 @@
+"""Few-shot SetFit-style classification (task.name=setfit): contrastive pairs, the pair loss
+in the shared loop, a logistic-regression head fitted before each evaluation, one exported
+graph from raw text."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import dev_logits, tiny_config, write_pair_tsv, write_sentiment_tsv
+from tf_finetune import checkpoints
+from tf_finetune import experiment
+from tf_finetune.data import pipeline
+from tf_finetune.evaluation import evaluator
+from tf_finetune.errors import CheckpointError, ConfigError, DataError
+from tf_finetune.export import serving
+from tf_finetune.tasks import sentence_embedding
+from tf_finetune.tasks import setfit
+from tf_finetune.training import trainer as trainer_lib
+
+
+def _setfit_config(data_dir, **keys):
+  keys = {"task__name": "setfit", "task__pairs_per_example": 4, "data__examples_per_class": 6,
+          "train__steps": 12, "train__eval_every": 6, **keys}
+  return tiny_config(data_dir, **keys)
+
+
+@pytest.fixture(scope="module")
+def setfit_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("setfit")
+  data = write_sentiment_tsv(root / "data", n_train=48, n_dev=24)
+  workdir = root / "run"
+  trainer_lib.Trainer(_setfit_config(data), workdir).train()
+  evaluator.evaluate_workdir(workdir)
+  return workdir
+
+
+def test_pairs_are_half_same_label_half_other_and_follow_the_seed():
+  labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+  first, second, similarity = setfit.contrastive_pairs(labels, 6, seed=0)
+  assert len(first) == 6 * len(labels)
+  np.testing.assert_array_equal(first, np.repeat(np.arange(len(labels)), 6))
+  same = labels[first] == labels[second]
+  np.testing.assert_array_equal(same, similarity == 1.0)
+  for i in range(len(labels)):
+    assert same[first == i].sum() == 3  # three partners of its label, three of others
+  assert not np.any((first == second) & same)  # never paired with itself
+  again = setfit.contrastive_pairs(labels, 6, seed=0)
+  for a, b in zip((first, second, similarity), again):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(setfit.contrastive_pairs(labels, 6, seed=1)[1], second)
+  # A label with one example pairs it with itself as its positive.
+  _, lone_second, lone_similarity = setfit.contrastive_pairs(np.array([0, 1, 1]), 2, seed=0)
+  assert lone_second[0] == 0 and lone_similarity[0] == 1.0
+
+
+def test_the_contrastive_steps_lower_the_pair_loss_and_change_the_encoder(tmp_path):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8)
+  trainer = trainer_lib.Trainer(_setfit_config(data, train__steps=30, train__eval_every=30,
+                                               train__learning_rate=3e-3), tmp_path / "run")
+  assert trainer.num_train_examples == 12 * 4  # 6 of each label, 4 pairs each
+  task, model = trainer.task, trainer.model
+  pairs = pipeline.train_dataset(trainer.splits["train"], trainer.train_label_values, task,
+                                 batch_size=48, seed=0, shuffle_buffer=0, bucketing=False)
+  batch = next(iter(pairs))
+  assert {"token_ids_b", "segment_ids_b", "padding_mask_b"} <= set(batch)
+  assert sorted(np.unique(batch["label"].numpy())) == [0.0, 1.0]
+
+  def pair_loss():
+    logits = task.training_logits(model, batch, training=False)
+    return float(tf.reduce_mean(task.training_losses(batch["label"], logits)))
+
+  before, weights = pair_loss(), [w.numpy() for w in model.trainable_weights]
+  trainer.train()
+  assert pair_loss() < 0.5 * before
+  # Unchanged: the pooler (mean pooling reads no pooler) and the attention key biases (a
+  # constant a query adds to every score; softmax ignores it, so its gradient is 0).
+  unchanged = [v.path for a, v in zip(weights, model.trainable_weights)
+               if np.allclose(a, v.numpy())]
+  assert sorted(unchanged) == ["pooled_dense/bias", "pooled_dense/kernel"] + [
+      f"transformer_layer_{i}/self_attention_layer/key/bias" for i in range(2)]
+
+
+def test_the_head_is_the_logistic_regression_of_the_train_embeddings(setfit_run):
+  from sklearn.linear_model import LogisticRegression
+  run = experiment.load_run(setfit_run)
+  splits, _ = experiment.load_data(run.config, run.labels)
+  embed = lambda split: experiment.predict_logits(
+      sentence_embedding.embedder(run.model),
+      pipeline.eval_dataset(split, run.task.label_values(split), run.task, batch_size=64))
+  train_values = run.task.label_values(splits["train"])
+  head = LogisticRegression(max_iter=1000).fit(embed(splits["train"]), train_values)
+  dev, _, logits, _ = dev_logits(setfit_run)
+  probabilities = tf.nn.softmax(logits).numpy()
+  np.testing.assert_allclose(probabilities, head.predict_proba(embed(dev)), atol=1e-4)
+  report = json.loads((setfit_run / "eval" / "report.json").read_text())
+  assert report["splits"]["dev"]["accuracy"] == pytest.approx(
+      np.mean(probabilities.argmax(-1) == run.task.label_values(dev)))
+
+
+def test_export_serves_raw_text_equal_to_evaluate(setfit_run):
+  dev, _, logits, labels = dev_logits(setfit_run)
+  export = serving.export_saved_model(setfit_run)
+  model = tf.saved_model.load(str(export))
+  served = model.signatures["serving_default"](text=tf.constant(dev.texts))
+  np.testing.assert_allclose(served["logits"].numpy(), logits, atol=1e-5)
+  assert [x.decode() for x in served["label"].numpy()] == [
+      labels[i] for i in logits.argmax(-1)]
+  assert "Few-shot (SetFit-style): contrastive pairs (4 per train example)" in (
+      export / "README.md").read_text()
+
+
+def test_pairs_train_under_mirrored_with_static_shapes(tmp_path):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8, max_repeats=3)
+  config = _setfit_config(data, distribution__strategy="mirrored", data__static_shapes=True,
+                          train__steps=4, train__eval_every=4)
+  trainer = trainer_lib.Trainer(config, tmp_path / "run")
+  assert trainer.strategy.num_replicas_in_sync == 2
+  before = [w.numpy() for w in trainer.model.trainable_weights]
+  trainer.train()
+  assert trainer.step == 4 and trainer.best["step"] == 4
+  assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, trainer.model.trainable_weights))
+  head = trainer.model.get_layer("logits").kernel.numpy()
+  assert np.abs(head).sum() > 0  # fitted before the evaluation
+
+
+def test_switches_that_do_not_apply_are_refused(tmp_path):
+  data = write_sentiment_tsv(tmp_path / "data")
+  for keys, message in [
+      ({"task__pairs_per_example": 3}, "task.pairs_per_example=3: must be even and >= 2"),
+      ({"data__long_text": "windows"}, "data.long_text='windows': does not apply to "
+                                       "task.name='setfit'"),
+      ({"privacy__method": "dp_sgd"}, "privacy.method='dp_sgd': does not apply to "
+                                      "task.name='setfit'"),
+      ({"adversarial__method": "fgm"}, "adversarial.method='fgm': does not apply")]:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+      _setfit_config(data, **keys)
+  pairs = write_pair_tsv(tmp_path / "pairs", ["is", "was"])
+  config = _setfit_config(pairs, data__text_column="premise", data__text_pair_column="hypothesis",
+                          data__examples_per_class=0)
+  with pytest.raises(DataError, match=r"train\.tsv.*: has a second text column; "
+                                      r"task\.name='setfit' classifies single texts"):
+    trainer_lib.Trainer(config, tmp_path / "run").train()
+
+
+def test_pooling_is_read_from_the_sentence_transformers_files(tmp_path):
+  from tests.conftest import tiny_checkpoint_dir
+  assert checkpoints.sentence_pooling(tiny_checkpoint_dir())[:2] == ("mean", False)
+  directory = tmp_path / "st"
+  directory.mkdir()
+  (directory / "config.json").write_text("{}")
+  (directory / "modules.json").write_text(json.dumps([
+      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+      {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+      {"idx": 2, "name": "2", "path": "2_Normalize",
+       "type": "sentence_transformers.models.Normalize"}]))
+  (directory / "1_Pooling").mkdir()
+  pooling_file = directory / "1_Pooling" / "config.json"
+  pooling_file.write_text(json.dumps({"pooling_mode_cls_token": True,
+                                      "pooling_mode_mean_tokens": False}))
+  assert checkpoints.sentence_pooling(directory)[:2] == ("cls", True)
+  pooling_file.write_text(json.dumps({"pooling_mode_max_tokens": True}))
+  with pytest.raises(CheckpointError, match=r"1_Pooling/config\.json: pooling_mode_max_tokens: "
+                                            "only one of mean or cls"):
+    checkpoints.sentence_pooling(directory)

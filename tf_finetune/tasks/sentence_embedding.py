@@ -1,0 +1,34 @@
+"""Sentence embeddings from an encoder, as sentence-transformers computes them: the pooling
+(and unit normalization) of the checkpoint's modules.json and 1_Pooling/config.json
+(checkpoints.sentence_pooling, given to the task as Task.sentence_pooling); zero_shot and
+setfit build their models on them."""
+import keras
+from absl import logging
+
+from tf_finetune.tasks import classification
+
+EMBEDDING_LAYER = "sentence_embedding"
+
+
+def build_model(backbone, sentence_pooling, num_labels, *, normalize, use_bias, name):
+  """BERT inputs -> the checkpoint's pooling -> (unit length) -> layer EMBEDDING_LAYER ->
+  a float32 Dense "logits" of num_labels (its weights are set by the task).
+  sentence_pooling: (mean or cls, whether the checkpoint normalizes, where that was read);
+  normalize=None follows the checkpoint."""
+  pooling, checkpoint_normalizes, source = sentence_pooling
+  normalize = checkpoint_normalizes if normalize is None else normalize
+  logging.info("Sentence embedding: %s pooling%s (%s)", pooling,
+               ", unit length" if normalize else "", source)
+  inputs = {key: keras.Input(shape=(None,), dtype="int32", name=key)
+            for key in ("token_ids", "segment_ids", "padding_mask")}
+  pooled = classification.pool(backbone(inputs), inputs["padding_mask"], pooling)
+  layer = (keras.layers.UnitNormalization(axis=-1, name=EMBEDDING_LAYER) if normalize
+           else keras.layers.Identity(name=EMBEDDING_LAYER))
+  logits = keras.layers.Dense(num_labels, use_bias=use_bias, dtype="float32",
+                              kernel_initializer="zeros", name="logits")(layer(pooled))
+  return keras.Model(inputs, logits, name=name)
+
+
+def embedder(model):
+  """The model up to its sentence embedding (the same layers and weights)."""
+  return keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output)

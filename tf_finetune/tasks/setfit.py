@@ -1,0 +1,128 @@
+"""Few-shot classification in SetFit's two stages (task.name=setfit; Tunstall et al. 2022,
+arXiv 2209.11055).
+
+Stage 1 fine-tunes the sentence encoder contrastively in the shared training loop: each
+train example is the first text of task.pairs_per_example pairs, half with a text of its own
+label (similarity 1), half with a text of another label (0), drawn once with train.seed; the
+loss is SetFit's CosineSimilarityLoss, the squared difference between the pair's cosine
+similarity and its target. Stage 2 fits a logistic regression (scikit-learn, SetFit's
+default head) on the encoder's embeddings of the train examples and writes it into the
+model's Dense head. It is fitted again before every evaluation, so each dev figure, the best
+checkpoint and the export hold the head of their own encoder; the exported model is one
+graph from raw text to label.
+"""
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tf_finetune.errors import DataError
+from tf_finetune.tasks import base
+from tf_finetune.tasks import classification
+from tf_finetune.tasks import sentence_embedding
+
+
+def contrastive_pairs(label_values, pairs_per_example, seed):
+  """(first, second, similarity) arrays: for each example in turn, pairs_per_example / 2
+  partners of its label (other examples where the label has any) and as many of other
+  labels, drawn with `seed`."""
+  labels = np.asarray(label_values)
+  rng = np.random.default_rng(seed)
+  half = pairs_per_example // 2
+  first, second, similarity = [], [], []
+  for i, label in enumerate(labels):
+    same = np.flatnonzero(labels == label)
+    if len(same) > 1:
+      same = same[same != i]
+    different = np.flatnonzero(labels != label)
+    first += [i] * (2 * half)
+    second += rng.choice(same, half).tolist() + rng.choice(different, half).tolist()
+    similarity += [1.0] * half + [0.0] * half
+  return (np.asarray(first, np.int64), np.asarray(second, np.int64),
+          np.asarray(similarity, np.float32))
+
+
+class SetFitTask(classification.ClassificationTask):
+
+  packs = False
+
+  serving_doc = classification.ClassificationTask.serving_doc + (
+      " (a logistic regression on the contrastively tuned sentence embedding)")
+
+  def build_model(self, backbone):
+    return sentence_embedding.build_model(
+        backbone, self.sentence_pooling, len(self.label_vocabulary),
+        normalize=None, use_bias=True, name="setfit")
+
+  def train_rows(self, split):
+    return len(split) * self.config.task.pairs_per_example
+
+  def train_input_tensors(self, split, label_values):
+    """One row per contrastive pair: text, text_b and the target similarity as label."""
+    if split.text_pairs is not None:
+      raise DataError(f"{split.source}: has a second text column; task.name='setfit' "
+                      "classifies single texts")
+    if len(set(np.asarray(label_values).tolist())) < 2:
+      raise DataError(f"{split.source}: task.name='setfit' needs examples of at least two "
+                      "labels to build pairs")
+    first, second, similarity = contrastive_pairs(
+        label_values, self.config.task.pairs_per_example, self.config.train.seed)
+    logging.info("SetFit pairs: %d train texts x task.pairs_per_example=%d = %d pairs, half "
+                 "of the same label (train.seed=%d)", len(split),
+                 self.config.task.pairs_per_example, len(first), self.config.train.seed)
+    texts = np.asarray(split.texts, dtype=object)
+    return {"text": texts[first], "text_b": texts[second], "label": similarity}
+
+  def encode_inputs(self, batch):
+    if "text_b" not in batch:
+      return super().encode_inputs(batch)
+    first, second = self.encoder(batch["text"]), self.encoder(batch["text_b"])
+    return {"token_ids": first["token_ids"], "segment_ids": first["segment_ids"],
+            "token_ids_b": second["token_ids"], "segment_ids_b": second["segment_ids"],
+            "padding_mask_b": tf.ones_like(second["token_ids"]), "label": batch["label"]}
+
+  def training_logits(self, model, batch, training):
+    """A batch of pairs -> the cosine similarity of each pair's embeddings [batch]; both
+    texts go through the encoder as one batch."""
+    if "token_ids_b" not in batch:
+      return super().training_logits(model, batch, training)
+    width = tf.maximum(tf.shape(batch["token_ids"])[1], tf.shape(batch["token_ids_b"])[1])
+    pad_id = self.encoder.pad_id
+    both = {}
+    for key in base.MODEL_INPUTS:
+      a, b = batch[key], batch[key + "_b"]
+      fill = pad_id if key == "token_ids" else 0
+      pad = lambda x: tf.pad(x, [[0, 0], [0, width - tf.shape(x)[1]]], constant_values=fill)
+      both[key] = tf.concat([pad(a), pad(b)], axis=0)
+    embeddings = tf.math.l2_normalize(
+        tf.cast(self._embedder(model)(both, training=training), tf.float32), axis=-1)
+    first, second = tf.split(embeddings, 2, axis=0)
+    return tf.reduce_sum(first * second, axis=-1)
+
+  def training_losses(self, labels, logits):
+    """CosineSimilarityLoss on pairs; cross-entropy on labelled batches."""
+    if logits.shape.rank == 1:
+      return tf.square(logits - tf.cast(labels, tf.float32))
+    return super().training_losses(labels, logits)
+
+  def fit_head(self, model, label_values, outputs_of):
+    """Stage 2: a logistic regression on the train examples' embeddings, into "logits"."""
+    from sklearn.linear_model import LogisticRegression
+    embeddings = np.asarray(outputs_of(self._embedder(model)), np.float64)
+    head = LogisticRegression(max_iter=1000).fit(embeddings, label_values)
+    kernel = np.zeros((embeddings.shape[1], len(self.label_vocabulary)), np.float32)
+    bias = np.zeros(len(self.label_vocabulary), np.float32)
+    if head.coef_.shape[0] == 1:  # two labels: softmax over (0, z) is the logistic's sigmoid
+      kernel[:, head.classes_[1]], bias[head.classes_[1]] = head.coef_[0], head.intercept_[0]
+    else:
+      kernel[:, head.classes_], bias[head.classes_] = head.coef_.T, head.intercept_
+    layer = model.get_layer("logits")
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias)
+    logging.info("SetFit head: logistic regression on %d train embeddings, train accuracy "
+                 "%.4f", len(embeddings), head.score(embeddings, label_values))
+
+  def _embedder(self, model):
+    cached = getattr(self, "_embedder_model", None)
+    if cached is None or cached[0] is not model:
+      self._embedder_model = (model, sentence_embedding.embedder(model))
+    return self._embedder_model[1]

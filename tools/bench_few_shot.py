@@ -1,0 +1,140 @@
+"""Few-shot and zero-shot on emotion and SST-2: SetFit-style, plain fine-tuning, zero-shot,
+and setfit itself (PyTorch), on the same samples, as a table.
+
+  python tools/bench_few_shot.py                                  # everything below
+  python tools/bench_few_shot.py --datasets=sst2 --shots=8 --samples=2 --sides=setfit,plain
+
+Data: ../shared/data/emotion (6 labels, full 2,000-text val set as dev) and sst2 (full
+872-sentence dev set). For each K in --shots and each sample s (data.split_seed=s, also
+train.seed=s), K train texts per label are drawn once (tf_finetune's per-label sample; the
+PyTorch side trains on the very same texts) and every side trains on them:
+  setfit        task.name=setfit: 40 pairs per text (SetFit's num_iterations=20),
+                CosineSimilarityLoss, batch 16, lr 2e-5, one pass, then a logistic
+                regression head (SetFit's defaults)
+  plain         task.name=classification on the same texts for the same number of optimizer
+                steps and batch, lr 1e-4 (the configs' rate for this checkpoint), mean pooling
+  setfit_torch  setfit 1.x (PyTorch) with the same body, arguments and texts
+                (pip install setfit; skipped with the reason when it does not import)
+  zero_shot     task.name=zero_shot, no training (once per dataset): emotion "This text is
+                about {label}.", SST-2 "This review is negative." / "... positive."
+Every side reads 64 wordpieces, evaluates dev once at the end (no checkpoint picked on
+dev) and reports dev accuracy and wall time (model load, training and the dev evaluation).
+Each run is its own process. all-MiniLM-L6-v2, float32 on both sides.
+"""
+import json
+import tempfile
+import time
+
+import benchlib
+import numpy as np
+from absl import app
+from absl import flags
+
+DATASETS = ("emotion", "sst2")
+SIDES = ("setfit", "plain", "setfit_torch", "zero_shot")
+SST2_DESCRIPTIONS = {"0": "This review is negative.", "1": "This review is positive."}
+PAIRS_PER_EXAMPLE = 40
+BATCH = 16
+
+_DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Data sets.")
+_SHOTS = flags.DEFINE_list("shots", ["8", "64"], "Train texts per label.")
+_SAMPLES = flags.DEFINE_integer("samples", 5, "Samples (seeds 0..samples-1) per K.")
+_SIDES = flags.DEFINE_list("sides", list(SIDES), "Sides to run.")
+_RUN = flags.DEFINE_string("run", None, "Internal: DATASET:SIDE:K:SEED in this process.")
+
+
+def config_for(dataset, side, shots, seed):
+  overrides = {"data.max_seq_length": 64, "train.precision": "float32", "train.seed": seed,
+               "data.split_seed": seed, "train.batch_size": BATCH, "train.eval_splits": "dev"}
+  if side == "zero_shot":
+    overrides["task.name"] = "zero_shot"
+    if dataset == "sst2":
+      path = tempfile.mktemp(suffix=".json", prefix="sst2_descriptions_")
+      with open(path, "w") as f:
+        json.dump(SST2_DESCRIPTIONS, f)
+      overrides["task.label_descriptions"] = path
+    return benchlib.load_config(dataset, overrides)
+  steps = shots * num_labels(dataset) * PAIRS_PER_EXAMPLE // BATCH
+  overrides.update({"data.examples_per_class": shots, "train.steps": steps,
+                    "train.eval_every": steps, "train.best_metric": "accuracy"})
+  if side == "plain":
+    overrides.update({"task.name": "classification", "model.pooling": "mean",
+                      "train.learning_rate": 1e-4})
+  else:
+    overrides.update({"task.name": "setfit", "task.pairs_per_example": PAIRS_PER_EXAMPLE,
+                      "train.learning_rate": 2e-5})
+  return benchlib.load_config(dataset, overrides)
+
+
+def num_labels(dataset):
+  return {"emotion": 6, "sst2": 2}[dataset]
+
+
+def run_tf(config):
+  from tf_finetune.evaluation import evaluator
+  from tf_finetune.training import trainer as trainer_lib
+  workdir = tempfile.mkdtemp(prefix="bench_few_shot_")
+  start = time.time()
+  trainer = trainer_lib.Trainer(config, workdir)
+  trainer.train()
+  report = evaluator.evaluate_workdir(workdir)
+  return {"dev_accuracy": report["splits"]["dev"]["accuracy"], "seconds": time.time() - start,
+          "steps": trainer.step}
+
+
+def run_setfit_torch(config):
+  """setfit's Trainer on the texts tf_finetune drew, with the same arguments."""
+  start = time.time()
+  try:
+    import datasets
+    import setfit
+  except ImportError as e:
+    return {"skipped": f"setfit does not import: {e}"}
+  from tf_finetune import checkpoints
+  from tf_finetune import experiment
+  splits, _ = experiment.load_data(config)
+  train, dev = splits["train"], splits["dev"]
+  model = setfit.SetFitModel.from_pretrained(
+      str(checkpoints.resolve_checkpoint_dir(config.model.checkpoint)))
+  args = setfit.TrainingArguments(
+      batch_size=BATCH, num_epochs=1, num_iterations=PAIRS_PER_EXAMPLE // 2,
+      body_learning_rate=2e-5, max_length=config.data.max_seq_length, seed=config.train.seed,
+      report_to="none")
+  trainer = setfit.Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict(
+      {"text": train.texts, "label": train.labels}))
+  trainer.train()
+  predicted = model.predict(dev.texts, as_numpy=True)
+  accuracy = float(np.mean(np.asarray(predicted).astype(str) == np.asarray(dev.labels)))
+  return {"dev_accuracy": accuracy, "seconds": time.time() - start}
+
+
+def main(argv):
+  if _RUN.value:
+    dataset, side, shots, seed = _RUN.value.split(":")
+    config = config_for(dataset, side, int(shots), int(seed))
+    result = run_setfit_torch(config) if side == "setfit_torch" else run_tf(config)
+    benchlib.emit(dict(result, peak_rss_mb=benchlib.peak_rss_mb()))
+    return
+  rows = {}
+  for dataset in _DATASETS.value:
+    runs = [("zero_shot", 0, 0)] if "zero_shot" in _SIDES.value else []
+    runs += [(side, int(shots), seed) for shots in _SHOTS.value
+             for seed in range(_SAMPLES.value) for side in _SIDES.value if side != "zero_shot"]
+    for side, shots, seed in runs:
+      r = benchlib.run_side(__file__, [f"--run={dataset}:{side}:{shots}:{seed}", *argv[1:]])
+      if "skipped" in r:
+        print(f"{dataset} {side}: skipped: {r['skipped']}", flush=True)
+        continue
+      rows.setdefault((dataset, shots, side), []).append(r)
+      print(f"{dataset} K={shots} {side} sample {seed}: dev accuracy {r['dev_accuracy']:.4f} | "
+            f"{r['seconds']:.0f}s | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+  print("| data | K per label | side | dev accuracy mean +- std | samples | wall time mean |")
+  print("|---|---|---|---|---|---|")
+  for (dataset, shots, side), rs in rows.items():
+    accuracy = np.array([r["dev_accuracy"] for r in rs])
+    print(f"| {dataset} | {shots or '-'} | {side} | {accuracy.mean():.4f} +- "
+          f"{accuracy.std():.4f} | {len(rs)} | {np.mean([r['seconds'] for r in rs]):.0f}s |")
+
+
+if __name__ == "__main__":
+  app.run(main)
