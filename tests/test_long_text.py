@@ -288,3 +288,73 @@ def test_tagging_windows_cap_leaves_the_tail_unread_and_says_so():
   assert all(p >= 0 for p in positions[0][:read]) and all(p < 0 for p in positions[0][read:])
   assert tagging.words_without_piece([pieces], encoder) == len(words) - read
   assert all(p >= 0 for p in positions[1])
+
+
+def _repeated_rows(rows, times=4):
+  """Rows of tests/test_tasks.py with each text said `times` times: longer than a window."""
+  return [(" and ".join([text] * times), label) for text, label in rows]
+
+
+@pytest.mark.parametrize("task_name", ["multilabel", "regression"])
+def test_multilabel_and_regression_pool_windows_per_text_in_reports_and_serving(tmp_path,
+                                                                                task_name):
+  from tests import test_tasks
+  from tf_finetune.evaluation import evaluator
+  rows = {"multilabel": test_tasks.multilabel_rows,
+          "regression": test_tasks.regression_rows}[task_name]
+  data = test_tasks._write(tmp_path / "data", {"train.tsv": _repeated_rows(rows(32, 0)),
+                                               "dev.tsv": _repeated_rows(rows(12, 1))})
+  config = tiny_config(data, task__name=task_name, data__long_text="windows",
+                       data__max_seq_length=16, data__window_stride=7, train__steps=4)
+  trainer = trainer_lib.Trainer(config, tmp_path / "run")
+  trainer.train()
+  dev = trainer.splits["dev"]
+  assert trainer.task.window_counts(dev).min() > 1
+  report = evaluator.evaluate_workdir(tmp_path / "run")
+  assert report["splits"]["dev"]["num_examples"] == len(dev)
+  assert len((tmp_path / "run" / "eval" / "predictions.tsv").read_text().splitlines()) == \
+      len(dev) + 1
+  best = experiment.load_run(tmp_path / "run", "best")
+  _, logits = experiment.evaluate_split(best.task, best.model, dev, batch_size=8)
+  features = best.task.encoder.windows(tf.constant(dev.texts))
+  per_window = best.model(best.task.encoder.pad(features), training=False).numpy()
+  document = features["document"].numpy()
+  for i in range(len(dev)):
+    np.testing.assert_allclose(logits[i], per_window[document == i].mean(0), atol=1e-5)
+  served = tf.saved_model.load(str(serving.export_saved_model(tmp_path / "run"))).signatures[
+      "serving_default"](text=tf.constant(dev.texts))
+  np.testing.assert_allclose(served["logits"].numpy(), logits, atol=1e-5)
+  assert served["windows_used"].numpy().tolist() == best.task.window_counts(dev).tolist()
+
+
+def test_the_run_log_counts_cut_texts_and_windows_per_text(tmp_path, caplog):
+  data = _long_data(tmp_path)
+  with caplog.at_level("INFO", logger="absl"):
+    truncating = trainer_lib.Trainer(tiny_config(data, data__max_seq_length=16),
+                                     tmp_path / "truncate")
+  lengths = truncating.task.example_lengths(truncating.splits["train"])
+  cut = int((lengths > 16).sum())
+  assert 0 < cut < len(lengths)
+  assert (f"train: {cut} of {len(lengths)} examples ({100 * cut / len(lengths):.1f}%) are "
+          "longer than data.max_seq_length=16 and are cut (data.long_text=truncate)"
+          in caplog.text)
+  truncating.close()
+  caplog.clear()
+  with caplog.at_level("INFO", logger="absl"):
+    windowed = trainer_lib.Trainer(
+        tiny_config(data, data__max_seq_length=16, data__long_text="windows",
+                    data__window_stride=7, data__max_windows=2), tmp_path / "windows")
+  split = windowed.splits["train"]
+  uncapped = _encoder(16, long_text="windows", window_stride=7)
+  starts, _, _ = uncapped.window_spans(tf.constant(windowed.task.example_lengths(split) - 2))
+  needed = starts.row_lengths().numpy()
+  counts = windowed.task.window_counts(split)
+  np.testing.assert_array_equal(counts, np.minimum(needed, 2))
+  assert (f"train: {counts.sum()} windows of 16 wordpieces (data.window_stride=7): per example "
+          f"median {int(np.median(counts))}, 95th pct {int(np.percentile(counts, 95))}, max "
+          f"{counts.max()}" in caplog.text)
+  over = int((needed > 2).sum())
+  assert over > 0
+  assert (f"train: {over} of {len(split)} examples ({100 * over / len(split):.1f}%) need more "
+          "than data.max_windows=2 windows" in caplog.text)
+  windowed.close()
