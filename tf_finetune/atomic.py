@@ -50,14 +50,15 @@ def stale_temporaries(root):
   return sorted(found)
 
 
-def read_json(path, kind, what):
-  """A run file's JSON, which must be a `kind` (dict or list); WorkdirError if it is not."""
+def read_json(path, kind, what, error=WorkdirError):
+  """A run file's (or a checkpoint's) JSON, which must be a `kind` (dict or list); `error`
+  if it is not."""
   try:
     data = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
   except (UnicodeDecodeError, ValueError) as e:
-    raise WorkdirError(f"{path}: cannot be read as JSON ({e}); it should hold {what}; the "
-                       "file is damaged (truncated or overwritten)") from None
+    raise error(f"{path}: cannot be read as JSON ({e}); it should hold {what}; the file is "
+                "damaged (truncated or overwritten)") from None
   if not isinstance(data, kind):
-    raise WorkdirError(f"{path}: holds a JSON {type(data).__name__}, not the {kind.__name__} "
-                       f"of {what}; the file is damaged")
+    raise error(f"{path}: holds a JSON {type(data).__name__}, not the {kind.__name__} of "
+                f"{what}; the file is damaged")
   return data

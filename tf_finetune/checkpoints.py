@@ -11,6 +11,7 @@ import pathlib
 import keras
 import keras_hub
 
+from tf_finetune import atomic
 from tf_finetune.errors import CheckpointError
 
 MINILM = "all-MiniLM-L6-v2"
@@ -181,13 +182,15 @@ def sentence_pooling(checkpoint_dir):
   modules_file = directory / "modules.json"
   if not modules_file.is_file():
     return "mean", False, f"{directory} has no modules.json: mean pooling (the default)"
-  modules = _read_json_file(modules_file)
+  modules = atomic.read_json(modules_file, list, "sentence-transformers modules",
+                             CheckpointError)
   types = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
   pooling_module = next((m for m in modules if m.get("type", "").endswith(".Pooling")), None)
   pooling = "mean"
   if pooling_module is not None:
     pooling_file = directory / pooling_module.get("path", "") / "config.json"
-    settings = _read_json_file(pooling_file) if pooling_file.is_file() else {}
+    settings = (atomic.read_json(pooling_file, dict, "a pooling configuration", CheckpointError)
+                if pooling_file.is_file() else {})
     modes = [key for key, on in settings.items() if key.startswith("pooling_mode_") and on]
     if len(modes) > 1 or (modes and modes[0] not in _POOLING_MODES):
       raise CheckpointError(f"{pooling_file}: {', '.join(modes)}: only one of mean or cls "
@@ -195,9 +198,3 @@ def sentence_pooling(checkpoint_dir):
     pooling = _POOLING_MODES[modes[0]] if modes else "mean"
   return pooling, "Normalize" in types, f"{modules_file}: {' -> '.join(types)}"
 
-
-def _read_json_file(path):
-  try:
-    return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None

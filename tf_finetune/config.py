@@ -305,6 +305,14 @@ def _check_choice(config, key, choices):
   _check(value in choices, key, value, f"must be one of {', '.join(choices)}")
 
 
+def _refuse_switched_on(config, switches, reason):
+  """Raises for the first (on, "section.key", why) that is on: the key, its value, the
+  reason and, when given, why."""
+  for on, key, why in switches:
+    section, name = key.split(".")
+    _check(not on, key, config[section][name], f"{reason}: {why}" if why else reason)
+
+
 def validate(config):
   """Raises ConfigError on the first bad value."""
   for key, value in flatten(config.to_dict()).items():
@@ -411,29 +419,26 @@ def validate(config):
   _check(config.task.similarity_scale > 0, "task.similarity_scale",
          config.task.similarity_scale, "must be > 0")
   if config.task.name == "zero_shot":
-    for condition, key in [(config.peft.method != "none", "peft.method"),
-                           (config.adversarial.method != "none", "adversarial.method"),
-                           (config.privacy.method != "none", "privacy.method"),
-                           (bool(config.distill.teacher_workdir), "distill.teacher_workdir"),
-                           (d.augment != "none", "data.augment")]:
-      section, name = key.split(".")
-      _check(not condition, key, config[section][name],
-             "does not apply to task.name='zero_shot', which trains nothing")
+    _refuse_switched_on(config, [
+        (config.peft.method != "none", "peft.method", ""),
+        (a.method != "none", "adversarial.method", ""),
+        (config.privacy.method != "none", "privacy.method", ""),
+        (bool(config.distill.teacher_workdir), "distill.teacher_workdir", ""),
+        (d.augment != "none", "data.augment", "")],
+        "does not apply to task.name='zero_shot', which trains nothing")
   if config.task.name == "setfit":
     _check(config.task.pairs_per_example >= 2 and config.task.pairs_per_example % 2 == 0,
            "task.pairs_per_example", config.task.pairs_per_example,
            "must be even and >= 2 (half of them of the example's own label)")
-    for condition, key, why in [
+    _refuse_switched_on(config, [
         (a.method != "none", "adversarial.method", "its pairs' loss reads two texts"),
         (config.privacy.method != "none", "privacy.method", "not built for pairs"),
         (bool(config.distill.teacher_workdir), "distill.teacher_workdir",
          "the teacher has no pair loss"),
         (d.augment != "none", "data.augment", "pairs are drawn once from the texts"),
         (d.long_text == "windows", "data.long_text",
-         "a text is one embedding (truncate or head_tail)")]:
-      section, name = key.split(".")
-      _check(not condition, key, config[section][name],
-             f"does not apply to task.name='setfit': {why}")
+         "a text is one embedding (truncate or head_tail)")],
+        "does not apply to task.name='setfit'")
   pr = config.privacy
   _check(pr.method in ("none", "dp_sgd"), "privacy.method", pr.method, "must be none or dp_sgd")
   _check(pr.noise_multiplier >= 0, "privacy.noise_multiplier", pr.noise_multiplier, "must be >= 0")

@@ -49,10 +49,9 @@ def config_for(dataset, side, shots, seed):
   if side == "zero_shot":
     overrides["task.name"] = "zero_shot"
     if dataset == "sst2":
-      path = tempfile.mktemp(suffix=".json", prefix="sst2_descriptions_")
-      with open(path, "w") as f:
+      with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(SST2_DESCRIPTIONS, f)
-      overrides["task.label_descriptions"] = path
+      overrides["task.label_descriptions"] = f.name
     return benchlib.load_config(dataset, overrides)
   steps = shots * num_labels(dataset) * PAIRS_PER_EXAMPLE // BATCH
   overrides.update({"data.examples_per_class": shots, "train.steps": steps,

@@ -23,7 +23,8 @@ def tokenize(dataset, task):
   padding_mask) plus the label, as the task encodes them (tagging: a label per wordpiece)."""
   def encode_batch(batch):
     features = task.encode_inputs(batch)
-    features["padding_mask"] = tf.ones_like(features["token_ids"])
+    for key in [k for k in features if k.startswith("token_ids")]:  # setfit: token_ids_b too
+      features[key.replace("token_ids", "padding_mask")] = tf.ones_like(features[key])
     return features
   def to_dense(example):  # unbatched ragged rows come out as ragged_rank-0 "ragged" tensors
     return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in example.items()}
@@ -51,11 +52,14 @@ def _padded_shapes(dataset):
 
 
 def _padding_values(dataset, task):
-  """token_ids pad with the tokenizer's pad id, labels with the task's value, the rest 0;
-  the same values in training, evaluation and static (TPU) shapes."""
-  special = {"token_ids": task.encoder.pad_id, "token_ids_b": task.encoder.pad_id,
-             "label": task.label_padding_value}
-  return {k: tf.constant(special.get(k, 0), spec.dtype) for k, spec in dataset.element_spec.items()}
+  """token_ids (every text's: setfit's pairs have token_ids_b) pad with the tokenizer's pad
+  id, labels with the task's value, the rest 0; the same values in training, evaluation and
+  static (TPU) shapes."""
+  def value(key):
+    if key.startswith("token_ids"):
+      return task.encoder.pad_id
+    return task.label_padding_value if key == "label" else 0
+  return {k: tf.constant(value(k), spec.dtype) for k, spec in dataset.element_spec.items()}
 
 
 def _with_batch_dimension(batch, batch_size):

@@ -5,6 +5,7 @@ setfit build their models on them."""
 import keras
 from absl import logging
 
+from tf_finetune.tasks import base
 from tf_finetune.tasks import classification
 
 EMBEDDING_LAYER = "sentence_embedding"
@@ -20,7 +21,7 @@ def build_model(backbone, sentence_pooling, num_labels, *, normalize, use_bias, 
   logging.info("Sentence embedding: %s pooling%s (%s)", pooling,
                ", unit length" if normalize else "", source)
   inputs = {key: keras.Input(shape=(None,), dtype="int32", name=key)
-            for key in ("token_ids", "segment_ids", "padding_mask")}
+            for key in base.MODEL_INPUTS}
   pooled = classification.pool(backbone(inputs), inputs["padding_mask"], pooling)
   layer = (keras.layers.UnitNormalization(axis=-1, name=EMBEDDING_LAYER) if normalize
            else keras.layers.Identity(name=EMBEDDING_LAYER))

@@ -44,6 +44,7 @@ def contrastive_pairs(label_values, pairs_per_example, seed):
 class SetFitTask(classification.ClassificationTask):
 
   packs = False
+  _embedder_of = (None, None)  # (model, its embedder)
 
   serving_doc = classification.ClassificationTask.serving_doc + (
       " (a logistic regression on the contrastively tuned sentence embedding)")
@@ -78,7 +79,7 @@ class SetFitTask(classification.ClassificationTask):
     first, second = self.encoder(batch["text"]), self.encoder(batch["text_b"])
     return {"token_ids": first["token_ids"], "segment_ids": first["segment_ids"],
             "token_ids_b": second["token_ids"], "segment_ids_b": second["segment_ids"],
-            "padding_mask_b": tf.ones_like(second["token_ids"]), "label": batch["label"]}
+            "label": batch["label"]}
 
   def training_logits(self, model, batch, training):
     """A batch of pairs -> the cosine similarity of each pair's embeddings [batch]; both
@@ -122,7 +123,8 @@ class SetFitTask(classification.ClassificationTask):
                  "%.4f", len(embeddings), head.score(embeddings, label_values))
 
   def _embedder(self, model):
-    cached = getattr(self, "_embedder_model", None)
-    if cached is None or cached[0] is not model:
-      self._embedder_model = (model, sentence_embedding.embedder(model))
-    return self._embedder_model[1]
+    """The model's embedder, built once per model (a new one would retrace the traced
+    forward pass evaluation keeps per model)."""
+    if self._embedder_of[0] is not model:
+      self._embedder_of = (model, sentence_embedding.embedder(model))
+    return self._embedder_of[1]
