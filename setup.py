@@ -39,7 +39,8 @@ setuptools.setup(
         # nbclient + ipykernel execute notebooks/colab_tpu.ipynb in tests/test_notebook.py.
         "test": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel"],
         # The PyTorch side of parity checks and benchmarks (tools/); CPU build. setfit:
-        # tools/bench_few_shot.py's reference side (1.2.0 installs beside transformers 5).
-        "torch": ["torch==2.13.0", "accelerate>=1.1.0", "setfit==1.2.0"],
+        # tools/bench_few_shot.py's reference side (1.2.0 installs beside transformers 5);
+        # sentencepiece: tools/make_tiny_checkpoints.py trains SentencePiece models.
+        "torch": ["torch==2.13.0", "accelerate>=1.1.0", "setfit==1.2.0", "sentencepiece"],
     },
 )

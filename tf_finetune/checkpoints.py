@@ -8,10 +8,8 @@ import dataclasses
 import json
 import pathlib
 
-import keras
-import keras_hub
-
 from tf_finetune import atomic
+from tf_finetune import families
 from tf_finetune.errors import CheckpointError
 
 MINILM = "all-MiniLM-L6-v2"
@@ -35,7 +33,7 @@ KNOWN_CHECKPOINTS = {
     f"sentence-transformers/{MINILM}": _minilm_dir,
 }
 
-SUPPORTED_MODEL_TYPES = ("bert",)
+SUPPORTED_MODEL_TYPES = tuple(families.FAMILIES)
 
 
 def resolve_checkpoint_dir(checkpoint):
@@ -54,119 +52,242 @@ def resolve_checkpoint_dir(checkpoint):
 
 
 def read_hf_config(checkpoint_dir):
-  config = json.loads((pathlib.Path(checkpoint_dir) / "config.json").read_text())
+  """config.json of a checkpoint of a supported family (refused in one line otherwise)."""
+  path = pathlib.Path(checkpoint_dir) / "config.json"
+  config = atomic.read_json(path, dict, "a Hugging Face model configuration", CheckpointError)
   model_type = config.get("model_type")
-  if model_type not in SUPPORTED_MODEL_TYPES:
+  if model_type not in families.FAMILIES:
+    note = families.UNSUPPORTED_NOTES.get(model_type, "keras-hub 0.32 converts no such "
+                                          "checkpoint for an encoder")
     raise CheckpointError(
-        f"{checkpoint_dir}/config.json: model_type={model_type!r} is not supported yet "
-        f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-  if config.get("hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
-    raise CheckpointError(
-        f"{checkpoint_dir}/config.json: hidden_act={config['hidden_act']!r} is not supported")
+        f"{path}: model_type={model_type!r} is not supported ({note}); supported: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+  family = families.FAMILIES[model_type]
+  if families.feedforward_activation(config, family)[0] is None:
+    raise CheckpointError(f"{path}: {family.activation_key}="
+                          f"{config[family.activation_key]!r} is not supported (GELU only)")
   return config
+
+
+def family(checkpoint_dir):
+  return families.FAMILIES[read_hf_config(checkpoint_dir)["model_type"]]
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerSpec:
-  """What the in-graph tokenizer needs to reproduce the checkpoint's own tokenizer."""
+  """What the in-graph tokenizer needs to reproduce the checkpoint's own tokenizer.json.
+
+  kind: wordpiece (BERT, DistilBERT, ELECTRA), byte_bpe (RoBERTa's byte-level BPE: merges)
+  or sentencepiece (XLM-R, ALBERT: sentencepiece_model, the unigram model file, whose ids
+  are mapped to the vocabulary's by piece, and `normalizers`, the steps tokenizer.json
+  runs before the model's own normalization: ("replace", old, new), ("nfkd",),
+  ("strip_accents",), ("lowercase",)). pair_separators: separators between a pair's
+  texts (BERT 1: [SEP]; RoBERTa 2: </s></s>). words_take_prefix_space: a word tokenized
+  alone (tagging) gets a leading space, as HF's is_split_into_words gives byte-level BPE.
+  """
   vocabulary: tuple
-  lowercase: bool
-  strip_accents: bool
-  split_on_cjk: bool
+  lowercase: bool = True
+  strip_accents: bool = True
+  split_on_cjk: bool = True
   max_input_chars_per_word: int = 100
   cls_token: str = "[CLS]"
   sep_token: str = "[SEP]"
   pad_token: str = "[PAD]"
   unk_token: str = "[UNK]"
+  kind: str = "wordpiece"
+  merges: tuple = ()
+  sentencepiece_model: bytes = b""
+  normalizers: tuple = ()
+  pair_separators: int = 1
+  words_take_prefix_space: bool = False
+  model_type: str = "bert"
+  source: str = ""
 
   def token_id(self, token):
     return self.vocabulary.index(token)
 
+  def describe(self):
+    if self.kind == "wordpiece":
+      return (f"WordPiece ({len(self.vocabulary)} pieces, lowercase={self.lowercase}, "
+              f"strip_accents={self.strip_accents})")
+    if self.kind == "byte_bpe":
+      return f"byte-level BPE ({len(self.vocabulary)} pieces, {len(self.merges)} merges)"
+    steps = ", ".join(step[0] for step in self.normalizers) or "none"
+    return (f"SentencePiece unigram ({len(self.vocabulary)} pieces; before it: {steps})")
+
+
+_SENTENCEPIECE_FILES = ("sentencepiece.bpe.model", "spiece.model")
+
 
 def read_tokenizer_spec(checkpoint_dir):
-  """Reads vocabulary and normalization from tokenizer.json (preferred) or vocab.txt."""
+  """Reads the tokenizer from tokenizer.json (preferred) or vocab.txt (WordPiece)."""
   checkpoint_dir = pathlib.Path(checkpoint_dir)
+  model_type = read_hf_config(checkpoint_dir)["model_type"]
   tokenizer_json = checkpoint_dir / "tokenizer.json"
   vocab_txt = checkpoint_dir / "vocab.txt"
   tokenizer_config = {}
   if (checkpoint_dir / "tokenizer_config.json").is_file():
-    tokenizer_config = json.loads((checkpoint_dir / "tokenizer_config.json").read_text())
+    tokenizer_config = atomic.read_json(checkpoint_dir / "tokenizer_config.json", dict,
+                                        "a tokenizer configuration", CheckpointError)
   if tokenizer_json.is_file():
-    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    model = spec["model"]
-    if model.get("type") != "WordPiece":
-      raise CheckpointError(f"{tokenizer_json}: model type {model.get('type')!r} is not WordPiece")
-    by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
-    vocabulary = tuple(token for token, _ in by_id)
-    normalizer = spec.get("normalizer") or {}
-    lowercase = bool(normalizer.get("lowercase", True))
-    strip_accents = normalizer.get("strip_accents")
-    split_on_cjk = bool(normalizer.get("handle_chinese_chars", True))
-    max_chars = int(model.get("max_input_chars_per_word", 100))
-    unk = model.get("unk_token", "[UNK]")
+    spec = atomic.read_json(tokenizer_json, dict, "a tokenizers file", CheckpointError)
+    model_kind = (spec.get("model") or {}).get("type")
+    reader = {"WordPiece": _wordpiece_spec, "BPE": _byte_bpe_spec,
+              "Unigram": _sentencepiece_spec}.get(model_kind)
+    if reader is None:
+      raise CheckpointError(f"{tokenizer_json}: model type {model_kind!r} is not supported "
+                            "(WordPiece, byte-level BPE or Unigram)")
+    fields = reader(spec, tokenizer_json, checkpoint_dir)
+    fields.update(_special_tokens(spec, tokenizer_config, tokenizer_json, fields))
   elif vocab_txt.is_file():
-    vocabulary = tuple(vocab_txt.read_text(encoding="utf-8").splitlines())
-    lowercase = bool(tokenizer_config.get("do_lower_case", True))
-    strip_accents = tokenizer_config.get("strip_accents")
-    split_on_cjk = bool(tokenizer_config.get("tokenize_chinese_chars", True))
-    max_chars, unk = 100, tokenizer_config.get("unk_token", "[UNK]")
+    fields = dict(
+        vocabulary=tuple(vocab_txt.read_text(encoding="utf-8").splitlines()),
+        lowercase=bool(tokenizer_config.get("do_lower_case", True)),
+        strip_accents=tokenizer_config.get("strip_accents"),
+        split_on_cjk=bool(tokenizer_config.get("tokenize_chinese_chars", True)),
+        unk_token=tokenizer_config.get("unk_token", "[UNK]"))
   else:
     raise CheckpointError(f"{checkpoint_dir}: neither tokenizer.json nor vocab.txt")
   # HF BertNormalizer: strip_accents=None means "follow lowercase".
-  if strip_accents is None:
-    strip_accents = lowercase
-  spec = TokenizerSpec(
-      vocabulary=vocabulary, lowercase=lowercase, strip_accents=bool(strip_accents),
-      split_on_cjk=split_on_cjk, max_input_chars_per_word=max_chars, unk_token=unk)
+  if fields.get("strip_accents", True) is None:
+    fields["strip_accents"] = fields["lowercase"]
+  spec = TokenizerSpec(model_type=model_type, source=str(tokenizer_json if tokenizer_json
+                                                         .is_file() else vocab_txt), **fields)
   for token in (spec.cls_token, spec.sep_token, spec.pad_token, spec.unk_token):
-    if token not in vocabulary:
+    if token not in spec.vocabulary:
       raise CheckpointError(f"{checkpoint_dir}: special token {token} missing from the vocabulary")
   return spec
 
 
-def use_exact_gelu(backbone):
-  """keras-hub's BertBackbone hard-codes tanh-approximate GELU; HF BERT uses exact GELU.
+def _wordpiece_spec(spec, path, checkpoint_dir):
+  model = spec["model"]
+  normalizer = spec.get("normalizer") or {}
+  if normalizer and normalizer.get("type") != "BertNormalizer":
+    raise CheckpointError(f"{path}: normalizer {normalizer.get('type')!r} is not supported "
+                          "with WordPiece (BertNormalizer)")
+  return dict(
+      vocabulary=tuple(t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])),
+      lowercase=bool(normalizer.get("lowercase", True)),
+      strip_accents=normalizer.get("strip_accents"),
+      split_on_cjk=bool(normalizer.get("handle_chinese_chars", True)),
+      max_input_chars_per_word=int(model.get("max_input_chars_per_word", 100)),
+      unk_token=model.get("unk_token", "[UNK]"))
 
-  Swapping the activation brings the last hidden state from ~3e-3 to ~1e-6 of transformers.
-  """
-  for layer in backbone.transformer_layers:
-    layer._feedforward_intermediate_dense.activation = keras.activations.gelu
-    layer.activation = keras.activations.gelu
+
+def _byte_bpe_spec(spec, path, checkpoint_dir):
+  model = spec["model"]
+  pre = spec.get("pre_tokenizer") or {}
+  if spec.get("normalizer") or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+    raise CheckpointError(
+        f"{path}: BPE is supported as byte-level BPE (RoBERTa, GPT-2: no normalizer, a "
+        f"ByteLevel pre-tokenizer with its regex); this one has normalizer "
+        f"{(spec.get('normalizer') or {}).get('type')!r}, pre-tokenizer {pre.get('type')!r}")
+  if pre.get("add_prefix_space"):
+    raise CheckpointError(f"{path}: ByteLevel add_prefix_space=true is not supported")
+  merges = tuple(m if isinstance(m, str) else " ".join(m) for m in model["merges"])
+  return dict(
+      vocabulary=tuple(t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])),
+      kind="byte_bpe", merges=merges, words_take_prefix_space=True,
+      unk_token=model.get("unk_token") or "<unk>")
+
+
+def _sentencepiece_spec(spec, path, checkpoint_dir):
+  model = spec["model"]
+  files = [checkpoint_dir / name for name in _SENTENCEPIECE_FILES
+           if (checkpoint_dir / name).is_file()]
+  if not files:
+    raise CheckpointError(
+        f"{path}: a Unigram (SentencePiece) tokenizer runs in the graph from its "
+        f"SentencePiece model file, and {checkpoint_dir} holds none of "
+        f"{', '.join(_SENTENCEPIECE_FILES)}")
+  steps = []
+  normalizer = spec.get("normalizer") or {}
+  for step in normalizer.get("normalizers", [normalizer] if normalizer else []):
+    kind = step.get("type")
+    if kind == "Replace" and "String" in step.get("pattern", {}):
+      steps.append(("replace", step["pattern"]["String"], step["content"]))
+    elif kind in ("NFKD", "StripAccents", "Lowercase"):
+      steps.append(({"NFKD": "nfkd", "StripAccents": "strip_accents",
+                     "Lowercase": "lowercase"}[kind],))
+    elif kind == "Precompiled":
+      continue  # the SentencePiece model applies its own precompiled character map
+    elif kind == "Replace" and step.get("pattern", {}).get("Regex") == " {2,}":
+      continue  # SentencePiece removes extra whitespace itself
+    else:
+      raise CheckpointError(f"{path}: normalizer step {kind!r} "
+                            f"({json.dumps(step)[:80]}) is not supported before SentencePiece")
+  vocabulary = tuple(piece for piece, _ in model["vocab"])
+  return dict(vocabulary=vocabulary, kind="sentencepiece",
+              sentencepiece_model=files[0].read_bytes(), normalizers=tuple(steps),
+              unk_token=vocabulary[model.get("unk_id") or 0])
+
+
+def _special_tokens(spec, tokenizer_config, path, fields):
+  """[CLS]/<s>, [SEP]/</s>, the pad token and separators between a pair's texts, from
+  tokenizer.json's post-processor (RobertaProcessing, BertProcessing or a template)."""
+  post = spec.get("post_processor") or {}
+  if post.get("type") == "Sequence":
+    post = next((p for p in post.get("processors", [])
+                 if p.get("type") in ("RobertaProcessing", "BertProcessing",
+                                      "TemplateProcessing")), {})
+  kind = post.get("type")
+  if kind in ("RobertaProcessing", "BertProcessing"):
+    cls, sep = post["cls"][0], post["sep"][0]
+    separators = 2 if kind == "RobertaProcessing" else 1
+  elif kind == "TemplateProcessing":
+    single = [p for p in post["single"]]
+    pair = [p for p in post["pair"]]
+    specials = [p["SpecialToken"]["id"] for p in single if "SpecialToken" in p]
+    if len(specials) != 2 or "SpecialToken" not in single[0]:
+      raise CheckpointError(f"{path}: post-processor template {json.dumps(post['single'])} "
+                            "is not [start] text [end]")
+    cls, sep = specials
+    between = 0
+    for part in pair[[i for i, p in enumerate(pair) if "Sequence" in p][0] + 1:]:
+      if "Sequence" in part:
+        break
+      between += 1
+    separators = between
+  else:
+    raise CheckpointError(f"{path}: post-processor {kind!r} is not supported (it decides "
+                          "how [CLS]/[SEP] wrap a text)")
+  if separators not in (1, 2):
+    raise CheckpointError(f"{path}: {separators} separators between a pair's texts")
+  pad = tokenizer_config.get("pad_token") or (spec.get("padding") or {}).get("pad_token")
+  if isinstance(pad, dict):
+    pad = pad.get("content")
+  if not pad:
+    pad = {"<s>": "<pad>"}.get(cls, "[PAD]")
+  if pad not in fields["vocabulary"]:
+    pad = next((t for t in ("<pad>", "[PAD]") if t in fields["vocabulary"]), pad)
+  return dict(cls_token=cls, sep_token=sep, pad_token=pad, pair_separators=separators)
 
 
 def load_backbone(checkpoint_dir, *, random_init=False, dropout=None, overrides=None):
-  """Builds a keras-hub BertBackbone for an HF-format directory.
+  """Builds the keras-hub backbone of an HF-format directory's family.
 
   With random_init, the architecture comes from config.json updated by `overrides`
   (e.g. num_layers=2, hidden_dim=32) and weights are freshly initialized; the vocabulary
   size always matches the checkpoint's tokenizer.
   """
   hf_config = read_hf_config(checkpoint_dir)
+  family = families.FAMILIES[hf_config["model_type"]]
   kwargs = {}
   if dropout is not None:
     kwargs["dropout"] = dropout
   if random_init:
-    config = dict(
-        vocabulary_size=hf_config["vocab_size"],
-        num_layers=hf_config["num_hidden_layers"],
-        num_heads=hf_config["num_attention_heads"],
-        hidden_dim=hf_config["hidden_size"],
-        intermediate_dim=hf_config["intermediate_size"],
-        max_sequence_length=hf_config["max_position_embeddings"],
-        num_segments=hf_config.get("type_vocab_size", 2),
-        dropout=hf_config.get("hidden_dropout_prob", 0.1))
+    config = families.backbone_config(family, hf_config)
     config.update(overrides or {})
     config.update(kwargs)
-    backbone = keras_hub.models.BertBackbone(**config)
+    backbone = family.backbone_class(**config)
   else:
     if not (pathlib.Path(checkpoint_dir) / "model.safetensors").is_file():
       raise CheckpointError(f"{checkpoint_dir}: no model.safetensors")
     try:
-      backbone = keras_hub.models.BertBackbone.from_preset(str(checkpoint_dir), **kwargs)
+      backbone = families.load_pretrained(family, checkpoint_dir, hf_config, **kwargs)
     except Exception as e:  # keras-hub raises many kinds; the user needs the directory named.
       raise CheckpointError(f"{checkpoint_dir}: keras-hub could not convert it: {e}") from e
-  if hf_config.get("hidden_act", "gelu") == "gelu":
-    use_exact_gelu(backbone)
+  families.match_checkpoint_numerics(backbone, hf_config, family)
   return backbone
 
 

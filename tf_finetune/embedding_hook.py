@@ -14,7 +14,7 @@ class EmbeddingPerturbation:
   """Hooks the token embedding of `model`: can watch its output on a tape and add a delta."""
 
   def __init__(self, model):
-    layer = peft.backbone(model).get_layer("token_embedding")
+    layer = peft.backbone(model).token_embedding
     original = layer.call
     self.tape, self.output, self.delta = None, None, None
 

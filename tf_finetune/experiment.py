@@ -143,9 +143,13 @@ def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
   student_layers = [x for x in config.distill.student_layers.split(",") if x.strip()]
   if student_layers:  # a distillation student: its weights come from the teacher's layers
     overrides["num_layers"] = len(student_layers)
-  backbone = checkpoints.load_backbone(
-      checkpoint_dir, random_init=m.random_init or not pretrained or bool(student_layers),
-      dropout=m.dropout, overrides=overrides)
+  backbone_is_random = m.random_init or not pretrained or bool(student_layers)
+  backbone = checkpoints.load_backbone(checkpoint_dir, random_init=backbone_is_random,
+                                       dropout=m.dropout, overrides=overrides)
+  logging.info("Encoder: %s: model_type=%s (keras-hub %s%s); tokenizer: %s",
+               checkpoint_dir, checkpoints.family(checkpoint_dir).model_type,
+               type(backbone).__name__, ", random weights" if m.random_init else "",
+               encoder.spec.describe())
   task = tasks.get_task(config, label_vocabulary, encoder)
   task.sentence_pooling = checkpoints.sentence_pooling(checkpoint_dir)
   return task, peft.apply(config, task.build_model(backbone))

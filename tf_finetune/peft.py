@@ -83,11 +83,19 @@ def apply(config, model):
     if not 0 <= p.freeze_layers <= layers:
       raise ConfigError(f"config.peft.freeze_layers={p.freeze_layers}: the backbone has "
                         f"{layers} transformer layers")
-    for name in ("token_embedding", "position_embedding", "segment_embedding",
-                 "embeddings_layer_norm"):
-      bert.get_layer(name).trainable = False
-    for i in range(p.freeze_layers):
-      bert.get_layer(f"transformer_layer_{i}").trainable = False
+    import keras_hub
+    encoder_layers = [layer for layer in bert.layers
+                      if isinstance(layer, keras_hub.layers.TransformerEncoder)]
+    if p.freeze_layers and len(encoder_layers) != layers:
+      raise ConfigError(f"config.peft.freeze_layers={p.freeze_layers}: this backbone's "
+                        f"{layers} layers share the weights of {len(encoder_layers)} "
+                        "(ALBERT), so none freezes alone; use 0 (the embeddings only) or "
+                        "another peft.method")
+    for layer in bert.layers:  # the embeddings (and their projection), not the pooler
+      if layer not in encoder_layers and layer.name != "pooled_dense":
+        layer.trainable = False
+    for layer in encoder_layers[:p.freeze_layers]:
+      layer.trainable = False
   elif p.method == "bitfit":
     for variable in bert.weights:
       variable.trainable = variable.name == "bias"

@@ -1,5 +1,7 @@
 """Raw strings -> BERT inputs, in the graph. Training, evaluation and the exported
 SavedModel all call this one class, so there is no train/serve skew."""
+import re
+
 import keras_hub
 import numpy as np
 import tensorflow as tf
@@ -39,6 +41,22 @@ def split_words(texts):
   return words, to_chars(byte_starts), to_chars(byte_ends)
 
 
+def _build_tokenizer(spec):
+  """The in-graph tokenizer of a checkpoints.TokenizerSpec: keras-hub's WordPiece and
+  byte-level BPE tokenizers, tensorflow-text's SentencePiece (whose ids TextEncoder maps
+  to the vocabulary's)."""
+  if spec.kind == "wordpiece":
+    return keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=list(spec.vocabulary), lowercase=spec.lowercase,
+        strip_accents=spec.strip_accents, split_on_cjk=spec.split_on_cjk,
+        oov_token=spec.unk_token, dtype="int32")
+  if spec.kind == "byte_bpe":
+    return keras_hub.tokenizers.BytePairTokenizer(
+        vocabulary={token: i for i, token in enumerate(spec.vocabulary)},
+        merges=list(spec.merges), dtype="int32")
+  return tf_text.SentencepieceTokenizer(model=spec.sentencepiece_model, out_type=tf.int32)
+
+
 def _head_and_tail(pieces, budget):
   """Ragged [batch, (pieces)] -> the first budget // 4 and the last budget - budget // 4
   pieces of each row longer than budget; shorter rows as they are."""
@@ -68,37 +86,67 @@ class TextEncoder(tf.Module):
                window_stride=0, max_windows=0):
     super().__init__(name=name)
     spec = tokenizer_spec
+    self.spec = spec
     self.max_seq_length = int(max_seq_length)
     self.long_text = long_text
     self.window_size = self.max_seq_length - 2  # wordpieces of a window, [CLS] and [SEP] aside
     self.window_stride = int(window_stride) or self.window_size // 2
     self.max_windows = int(max_windows)
-    self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
-        vocabulary=list(spec.vocabulary),
-        lowercase=spec.lowercase,
-        strip_accents=spec.strip_accents,
-        split_on_cjk=spec.split_on_cjk,
-        oov_token=spec.unk_token,
-        dtype="int32")
+    self.tokenizer = _build_tokenizer(spec)
+    if spec.kind == "sentencepiece":
+      # SentencePiece ids -> the checkpoint's vocabulary ids, by piece (XLM-R's vocabulary
+      # shifts SentencePiece's by one and puts <s>, <pad>, </s>, <unk> first).
+      pieces = self.tokenizer.id_to_string(tf.range(self.tokenizer.vocab_size())).numpy()
+      index = {piece: i for i, piece in enumerate(spec.vocabulary)}
+      unk = index[spec.unk_token]
+      self._piece_ids = tf.constant(
+          [index.get(p.decode("utf-8"), unk) for p in pieces], tf.int32)
     self.cls_id = spec.token_id(spec.cls_token)
     self.sep_id = spec.token_id(spec.sep_token)
     self.pad_id = spec.token_id(spec.pad_token)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
   def tokenize(self, texts):
-    """[batch] strings -> ragged [batch, (words)] wordpiece ids, before packing."""
-    return tf.cast(self.tokenizer(clean_text(texts)), tf.int32)
+    """[batch] strings -> ragged [batch, (pieces)] token ids, before packing."""
+    spec = self.spec
+    if spec.kind == "wordpiece":
+      return tf.cast(self.tokenizer(clean_text(texts)), tf.int32)
+    if spec.kind == "byte_bpe":
+      return tf.cast(self.tokenizer(texts), tf.int32)
+    for step in spec.normalizers:
+      if step[0] == "replace":
+        texts = tf.strings.regex_replace(texts, re.escape(step[1]), step[2])
+      elif step[0] == "nfkd":
+        texts = tf_text.normalize_utf8(texts, "NFKD")
+      elif step[0] == "strip_accents":
+        texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
+      elif step[0] == "lowercase":
+        texts = tf.strings.lower(texts, encoding="utf-8")
+    ids = self.tokenizer.tokenize(texts)
+    return ids.with_flat_values(tf.gather(self._piece_ids, ids.flat_values))
+
+  def tokenize_words(self, words):
+    """[words] strings, each a word of a pre-split sentence -> ragged [words, (pieces)], as
+    HF's is_split_into_words tokenizes them (byte-level BPE: with a leading space)."""
+    if self.spec.words_take_prefix_space:
+      words = tf.strings.join([" ", words])
+    return self.tokenize(words)
 
   def __call__(self, texts, text_pairs=None, with_truncation=False):
     """With with_truncation, also `truncated` (bool [batch]): wordpieces were cut."""
     segments = [self.tokenize(texts)]
     if text_pairs is not None:
       segments.append(self.tokenize(text_pairs))
-    budget = self.max_seq_length - 1 - len(segments)
+    extra_separators = (self.spec.pair_separators - 1) * (len(segments) - 1)
+    budget = self.max_seq_length - 1 - len(segments) - extra_separators
     pieces = tf.add_n([s.row_lengths() for s in segments])
     if self.long_text == "head_tail" and len(segments) == 1:
       segments = [_head_and_tail(segments[0], budget)]
     segments = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
+    if extra_separators:  # RoBERTa's pair: <s> a </s></s> b </s>
+      second = segments[1]
+      separator = tf.fill([second.nrows(), 1], tf.cast(self.sep_id, second.dtype))
+      segments[1] = tf.concat([tf.RaggedTensor.from_tensor(separator), second], axis=1)
     token_ids, segment_ids = tf_text.combine_segments(
         segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
     features = {"token_ids": tf.cast(token_ids, tf.int32),
@@ -156,7 +204,8 @@ class TextEncoder(tf.Module):
     for start in range(0, len(texts), chunk):
       n = self.tokenize(tf.constant(texts[start:start + chunk])).row_lengths()
       if text_pairs is not None:
-        n += self.tokenize(tf.constant(text_pairs[start:start + chunk])).row_lengths() + 1
+        n += (self.tokenize(tf.constant(text_pairs[start:start + chunk])).row_lengths()
+              + self.spec.pair_separators)
       lengths.append(n.numpy() + 2)
     return np.concatenate(lengths) if lengths else np.zeros([0], np.int64)
 
@@ -166,7 +215,7 @@ class TextEncoder(tf.Module):
     words = [w for sentence in sentences for w in sentence]
     if not words:
       return [np.zeros(0, np.int64) for _ in sentences]
-    pieces = np.concatenate([self.tokenize(tf.constant(words[i:i + chunk])).row_lengths()
+    pieces = np.concatenate([self.tokenize_words(tf.constant(words[i:i + chunk])).row_lengths()
                              for i in range(0, len(words), chunk)])
     return np.split(pieces, np.cumsum([len(s) for s in sentences])[:-1])
 
@@ -185,7 +234,7 @@ class TextEncoder(tf.Module):
     there) and each word is read from the window where it has the most context: the
     largest min(pieces before it, pieces after it) in the window (BERT's SQuAD rule).
     """
-    pieces = self.tokenize(words.flat_values)  # [all words, (pieces)]
+    pieces = self.tokenize_words(words.flat_values)  # [all words, (pieces)]
     piece_splits = tf.cast(pieces.row_splits, tf.int32)
     word_splits = tf.cast(words.row_splits, tf.int32)
     sentence_splits = tf.gather(piece_splits, word_splits)

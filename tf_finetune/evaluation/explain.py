@@ -125,7 +125,7 @@ class IntegratedGradients:
     return tape.gradient(total, embeddings), target
 
   def _embeddings(self, token_ids):
-    layer = peft.backbone(self.run.model).get_layer("token_embedding")
+    layer = peft.backbone(self.run.model).token_embedding
     return tf.cast(layer(tf.constant(token_ids)[None]), tf.float32)[0]
 
   def outputs(self, logits):

@@ -1,8 +1,14 @@
-"""Export a fine-tuned BERT as a Hugging Face checkpoint: BertForSequenceClassification
-(classification, multi-label, regression) or BertForTokenClassification (tagging).
+"""Export a fine-tuned encoder as a Hugging Face checkpoint: XForSequenceClassification
+(classification, multi-label, regression) or XForTokenClassification (tagging), X the
+checkpoint's family (families.py).
 
-keras-hub 0.32 converts HF BERT checkpoints in but has no BERT exporter out, so this is the
-inverse of keras_hub/src/utils/transformers/convert_bert.py, written by hand.
+keras-hub 0.32 converts these families' HF checkpoints in but has no exporter out for any
+of them. BERT's is the inverse of keras_hub/src/utils/transformers/convert_bert.py, written
+by hand (`state_dict`), and also writes architectures other than the base checkpoint's
+(distillation students, random_init overrides). The other families run keras-hub's own
+converter backwards (`_InverseLoader`): the base checkpoint gives each tensor's name and
+shape, the converter's hook applied to the tensor's element indices says where each of the
+keras variable's elements came from.
 """
 import json
 import pathlib
@@ -12,6 +18,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from tf_finetune import checkpoints
+from tf_finetune import families
+from tf_finetune import peft
 from tf_finetune.errors import ConfigError
 
 
@@ -98,7 +106,122 @@ def hf_config(backbone, base_config, labels, dropout, task_name="classification"
   return config
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+
+
+def _problem(config, labels, task_name):
+  problem = {"id2label": {str(i): label for i, label in enumerate(labels)},
+             "label2id": {label: i for i, label in enumerate(labels)},
+             "problem_type": PROBLEM_TYPES[task_name]}
+  if problem["problem_type"] is None:
+    del problem["problem_type"]
+  return problem
+
+
+def _check_same_architecture(family, backbone, base):
+  wanted = families.backbone_config(family, base)
+  have = backbone.get_config()
+  differ = [k for k, v in wanted.items() if k != "dropout" and have.get(k) != v]
+  if differ:
+    raise ConfigError(
+        f"--format=hf writes a {family.model_type} model only with its base checkpoint's "
+        f"architecture; this one differs in {', '.join(f'{k}={have.get(k)}' for k in differ)}"
+        f" (the checkpoint's: {', '.join(f'{k}={wanted[k]}' for k in differ)})")
+
+
+class _InverseLoader:
+  """Runs a keras-hub converter (or families._port_electra) backwards: every
+  port_weight(keras variable, HF name, hook) writes the variable into a copy of the base
+  checkpoint's tensor, through the hook's element mapping. Hooks in these converters only
+  transpose, reshape and slice; one that computes is refused rather than inverted."""
+
+  def __init__(self, checkpoint_dir, family):
+    self.base = families.CheckpointLoader(str(checkpoint_dir), family)
+    self.family = family
+    self.tensors = {}
+
+  def __enter__(self):
+    self.base.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    return self.base.__exit__(*exc)
+
+  def get_tensor(self, key):
+    return self.base.get_tensor(key)
+
+  def full_key(self, key):
+    """The name `key` has in the base checkpoint's file (keras-hub's lookup)."""
+    self.base.get_tensor(key)  # opens the file
+    (file,) = self.base.safetensor_files.values()
+    return self.base.get_prefixed_key(key, file)
+
+  def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
+    base = np.asarray(self.base.get_tensor(hf_weight_key), np.float32)
+    value = np.asarray(keras_variable.numpy(), np.float32)
+    if (self.family.model_type in ("roberta", "xlm-roberta")
+        and hf_weight_key.endswith("embeddings.position_embeddings.weight")):
+      # Loading put rows 2: here with token_type_embeddings[0] added (see
+      # families.load_pretrained); the checkpoint keeps that row as it was.
+      type_0 = self.base.get_tensor("embeddings.token_type_embeddings.weight")[0]
+      new = base.copy()
+      new[2:2 + value.shape[0]] = value - type_0
+    elif hook_fn is None:
+      new = value.reshape(base.shape)
+    else:
+      index = np.arange(base.size).reshape(base.shape)
+      source = np.asarray(hook_fn(index, list(value.shape)))
+      if source.dtype.kind not in "iu" or len(np.unique(source)) != source.size:
+        raise NotImplementedError(f"{hf_weight_key}: the converter's hook is not a "
+                                  "rearrangement, so it cannot be inverted")
+      new = base.copy().reshape(-1)
+      new[source.reshape(-1)] = value.reshape(-1)
+      new = new.reshape(base.shape)
+    self.tensors[self._canonical(self.full_key(hf_weight_key))] = new
+
+  def _canonical(self, key):
+    """The key under the family's base-model prefix (roberta., albert., ...), as the
+    sequence and token classifiers name it, whatever the base checkpoint was saved as."""
+    prefix = self.family.hf_prefix + "."
+    return key if key.startswith(prefix) else prefix + key
+
+  def encoder_tensors(self):
+    """Every tensor of the base checkpoint's encoder (the ones no converter ports too,
+    e.g. RoBERTa's token_type_embeddings), with the ported ones replaced."""
+    from safetensors import safe_open
+    from keras_hub.src.utils.preset_utils import get_file
+    out = {}
+    own = self.family.hf_prefix + "."
+    with safe_open(get_file(self.base.preset, "model.safetensors"), framework="np") as f:
+      keys = list(f.keys())
+      bare = not any(k.startswith(own) for k in keys)  # saved from the base model alone
+      for key in keys:
+        if (bare or key.startswith(own)) and ".pooler." not in f".{key}":
+          out[self._canonical(key)] = np.asarray(f.get_tensor(key), np.float32)
+    out.update(self.tensors)
+    return out
+
+
+def family_state_dict(family, backbone, model, base_dir, base, tagging):
+  """The tensors of transformers' XFor{Sequence,Token}Classification of a non-BERT family."""
+  with _InverseLoader(base_dir, family) as loader:
+    if family.model_type == "electra":
+      families._port_electra(backbone, loader)
+    else:
+      families._keras_hub_converter(family).convert_weights(backbone, loader, base)
+    tensors = loader.encoder_tensors()
+  head = model.get_layer("logits")
+  out = family.hf_head_out if not tagging else "classifier"
+  tensors[f"{out}.weight"] = _np(head.kernel).T.copy()
+  tensors[f"{out}.bias"] = _np(head.bias)
+  if not tagging and family.hf_head_dense:
+    dense = model.get_layer(families.HEAD_DENSE)
+    tensors[f"{family.hf_head_dense}.weight"] = _np(dense.kernel).T.copy()
+    tensors[f"{family.hf_head_dense}.bias"] = _np(dense.bias)
+  if tagging:  # transformers' token classifiers have no pooler
+    tensors = {k: v for k, v in tensors.items() if ".pooler." not in k}
+  return tensors
 
 
 def write_hf_checkpoint(path, model, config, labels):
@@ -108,22 +231,32 @@ def write_hf_checkpoint(path, model, config, labels):
                       "classifier of (normalized) mean-pooled embeddings, so --format=hf "
                       "cannot hold this model; use --format=saved_model")
   if config.peft.method == "adapter":
-    raise ConfigError("config.peft.method='adapter': transformers' BERT has no bottleneck "
-                      "adapters, so --format=hf cannot hold this model; use --format="
-                      "saved_model (or peft.method=lora, which exports merged)")
+    raise ConfigError("config.peft.method='adapter': transformers' encoders have no "
+                      "bottleneck adapters, so --format=hf cannot hold this model; use "
+                      "--format=saved_model (or peft.method=lora, which exports merged)")
   tagging = config.task.name == "tagging"
+  backbone = peft.backbone(model)
+  family = families.family_of(backbone)
   if config.model.pooling != "pooler" and not tagging:
     raise ConfigError(f"config.model.pooling={config.model.pooling!r}: --format=hf needs "
-                      "'pooler' (BertForSequenceClassification)")
+                      f"'pooler' ({family.hf_class}ForSequenceClassification's head)")
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
-  backbone = [l for l in model.layers if l.name.startswith("bert_backbone")][0]
-  head = model.get_layer("logits")
   base_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
   base = json.loads((base_dir / "config.json").read_text())
-  (path / "config.json").write_text(json.dumps(
-      hf_config(backbone, base, labels, config.model.dropout, config.task.name), indent=1) + "\n")
-  save_file(state_dict(backbone, head, pooler=not tagging), str(path / "model.safetensors"), metadata={"format": "pt"})
+  if family.model_type == "bert":
+    hf = hf_config(backbone, base, labels, config.model.dropout, config.task.name)
+    tensors = state_dict(backbone, model.get_layer("logits"), pooler=not tagging)
+  else:
+    _check_same_architecture(family, backbone, base)
+    hf = dict(base, **_problem(config, labels, config.task.name))
+    hf["architectures"] = [f"{family.hf_class}For"
+                           f"{'Token' if tagging else 'Sequence'}Classification"]
+    for key in ("_name_or_path", "transformers_version"):
+      hf.pop(key, None)
+    tensors = family_state_dict(family, backbone, model, base_dir, base, tagging)
+  (path / "config.json").write_text(json.dumps(hf, indent=1) + "\n")
+  save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
   for name in TOKENIZER_FILES:
     if (base_dir / name).is_file():
       shutil.copy(base_dir / name, path / name)

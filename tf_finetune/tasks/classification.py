@@ -4,16 +4,21 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_finetune import families
 from tf_finetune.errors import DataError
 from tf_finetune.tasks import base
 from tf_finetune.tasks import metrics
 from tf_finetune.tasks import packed
 
 
-def pool(backbone_outputs, padding_mask, pooling):
+def pool(backbone, inputs, pooling):
+  """The backbone's output for model inputs, pooled: pooler (families.add_pooler), the
+  first token's ([CLS]) vector, or the mean of the tokens."""
+  backbone_outputs = families.encode(backbone, inputs)
   sequence = backbone_outputs["sequence_output"]
+  padding_mask = inputs["padding_mask"]
   if pooling == "pooler":
-    return backbone_outputs["pooled_output"]
+    return families.add_pooler(backbone, backbone_outputs)["pooled_output"]
   if pooling == "cls":
     return sequence[:, 0, :]
   mask = keras.ops.cast(keras.ops.expand_dims(padding_mask, -1), sequence.dtype)
@@ -25,7 +30,7 @@ def build_pooled_model(backbone, config, num_outputs):
   """BERT inputs -> pooled vector -> dropout -> a float32 Dense of num_outputs logits."""
   inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
             for name in ("token_ids", "segment_ids", "padding_mask")}
-  pooled = pool(backbone(inputs), inputs["padding_mask"], config.model.pooling)
+  pooled = pool(backbone, inputs, config.model.pooling)
   pooled = keras.layers.Dropout(config.model.dropout, name="head_dropout")(pooled)
   logits = keras.layers.Dense(
       num_outputs, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),

@@ -22,7 +22,7 @@ def build_model(backbone, sentence_pooling, num_labels, *, normalize, use_bias, 
                ", unit length" if normalize else "", source)
   inputs = {key: keras.Input(shape=(None,), dtype="int32", name=key)
             for key in base.MODEL_INPUTS}
-  pooled = classification.pool(backbone(inputs), inputs["padding_mask"], pooling)
+  pooled = classification.pool(backbone, inputs, pooling)
   layer = (keras.layers.UnitNormalization(axis=-1, name=EMBEDDING_LAYER) if normalize
            else keras.layers.Identity(name=EMBEDDING_LAYER))
   logits = keras.layers.Dense(num_labels, use_bias=use_bias, dtype="float32",

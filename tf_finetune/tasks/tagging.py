@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_finetune import families
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import pii
 from tf_finetune.errors import DataError
@@ -68,7 +69,7 @@ class TaggingTask(base.Task):
   def build_model(self, backbone):
     inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
               for name in ("token_ids", "segment_ids", "padding_mask")}
-    sequence = backbone(inputs)["sequence_output"]
+    sequence = families.encode(backbone, inputs)["sequence_output"]
     sequence = keras.layers.Dropout(self.config.model.dropout, name="head_dropout")(sequence)
     logits = keras.layers.Dense(
         len(self.label_vocabulary), kernel_initializer=keras.initializers.TruncatedNormal(

@@ -1,0 +1,248 @@
+"""The encoder families tf_finetune reads from Hugging Face-format directories, by the
+config.json `model_type`: which keras-hub backbone holds each, and how it differs from BERT.
+
+keras-hub 0.32 converts bert, roberta, xlm-roberta, distilbert and albert checkpoints
+(keras_hub/src/utils/transformers/convert_*.py). It has an ElectraBackbone but no
+converter for ELECTRA's checkpoints, so `_port_electra` writes one by hand after
+convert_bert.py. It has a DebertaV3Backbone but no converter either; DeBERTa's
+disentangled attention is not ported here, so deberta-v2 is refused like any other type.
+"""
+import dataclasses
+import importlib
+
+import keras
+import keras_hub
+import numpy as np
+import safetensors
+from absl import logging
+from keras_hub.src.utils import preset_utils
+from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """model_type: config.json's. backbone_class: the keras-hub backbone. segment_inputs:
+  whether the backbone reads segment (token type) ids. pooler_activation: None where
+  model.pooling=pooler is the backbone's pre-trained pooler (BERT's and ALBERT's tanh
+  dense on [CLS]); else the activation of the dense layer the family's HF sequence
+  classifier puts on the first token, which model.pooling=pooler adds newly initialized
+  as "head_dense" (RoBERTa's classification head: tanh; DistilBERT's pre_classifier: relu;
+  ELECTRA's head: gelu; ELECTRA's checkpoints hold no pooler). hf_class: the prefix of
+  transformers' class names. hf_prefix: the base model's name in its weights.
+  hf_head_dense: where head_dense goes in XForSequenceClassification, hf_head_out: where
+  the logits layer goes. activation_key: config.json's key of the feed-forward activation."""
+  model_type: str
+  backbone_class: type
+  segment_inputs: bool
+  pooler_activation: str | None
+  hf_class: str
+  hf_prefix: str
+  hf_head_dense: str | None = None
+  hf_head_out: str = "classifier"
+  activation_key: str = "hidden_act"
+
+
+FAMILIES = {f.model_type: f for f in [
+    Family("bert", keras_hub.models.BertBackbone, True, None, "Bert", "bert"),
+    Family("roberta", keras_hub.models.RobertaBackbone, False, "tanh", "Roberta", "roberta",
+           "classifier.dense", "classifier.out_proj"),
+    Family("xlm-roberta", keras_hub.models.XLMRobertaBackbone, False, "tanh", "XLMRoberta",
+           "roberta", "classifier.dense", "classifier.out_proj"),
+    Family("distilbert", keras_hub.models.DistilBertBackbone, False, "relu", "DistilBert",
+           "distilbert", "pre_classifier", activation_key="activation"),
+    Family("albert", keras_hub.models.AlbertBackbone, True, None, "Albert", "albert"),
+    Family("electra", keras_hub.models.ElectraBackbone, True, "gelu", "Electra", "electra",
+           "classifier.dense", "classifier.out_proj"),
+]}
+
+HEAD_DENSE = "head_dense"
+
+UNSUPPORTED_NOTES = {
+    "deberta-v2": "keras-hub 0.32 has a DebertaV3Backbone but no converter of its HF "
+                  "checkpoints, and its disentangled attention is not ported here",
+}
+
+_EXACT_GELU = ("gelu",)
+_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def family_of(backbone):
+  """The Family of a keras-hub backbone instance (the most specific class matches:
+  XLMRobertaBackbone is a RobertaBackbone)."""
+  matches = [f for f in FAMILIES.values() if isinstance(backbone, f.backbone_class)]
+  if not matches:
+    raise TypeError(f"{type(backbone).__name__} is not a backbone of {', '.join(FAMILIES)}")
+  return max(matches, key=lambda f: len(f.backbone_class.__mro__))
+
+
+def encode(backbone, inputs, training=None):
+  """Model inputs (token_ids, segment_ids, padding_mask) -> the backbone's outputs as a
+  dict with `sequence_output` (and `pooled_output` where the backbone has a pooler): each
+  backbone reads the inputs it has (RoBERTa and DistilBERT have no segment ids;
+  DistilBERT returns its sequence alone)."""
+  outputs = backbone({name: inputs[name] for name in backbone.input}, training=training)
+  return outputs if isinstance(outputs, dict) else {"sequence_output": outputs}
+
+
+def add_pooler(backbone, outputs):
+  """outputs with `pooled_output`: the backbone's own pooler, or, for a family whose HF
+  classifier has its own (Family.pooler_activation), a new Dense HEAD_DENSE on the first
+  token with that activation, so that the model exports to that head (export/hf.py)."""
+  family = family_of(backbone)
+  if family.pooler_activation is None:
+    return outputs
+  dense = keras.layers.Dense(
+      backbone.hidden_dim, activation=family.pooler_activation,
+      kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), name=HEAD_DENSE)
+  return dict(outputs, pooled_output=dense(outputs["sequence_output"][:, 0, :]))
+
+
+def feedforward_activation(hf_config, family):
+  """(keras activation, name) of the checkpoint's feed-forward layers, or None if not one
+  of the GELUs."""
+  name = hf_config.get(family.activation_key, "gelu")
+  if name in _EXACT_GELU:
+    return keras.activations.gelu, name
+  if name in _TANH_GELU:
+    return (lambda x: keras.activations.gelu(x, approximate=True)), name
+  return None, name
+
+
+def match_checkpoint_numerics(backbone, hf_config, family):
+  """keras-hub hard-codes one GELU per backbone (BERT, ALBERT, ELECTRA: the tanh
+  approximation; RoBERTa, DistilBERT: exact) and one layer-norm epsilon (RoBERTa 1e-5,
+  the others 1e-12), whichever the checkpoint was trained with: the checkpoint's own
+  (config.json) bring BERT's last hidden state from ~3e-3 to ~1e-6 of transformers."""
+  activation = feedforward_activation(hf_config, family)[0]
+  epsilon = hf_config.get("layer_norm_eps")
+  for layer in backbone._flatten_layers(include_self=False):
+    if isinstance(layer, keras_hub.layers.TransformerEncoder):
+      layer._feedforward_intermediate_dense.activation = activation
+      layer.activation = activation
+    if epsilon is not None and isinstance(layer, keras.layers.LayerNormalization):
+      layer.epsilon = float(epsilon)
+
+
+def backbone_config(family, hf_config):
+  """keras-hub constructor arguments of the checkpoint's architecture."""
+  if family.model_type == "electra":
+    return dict(
+        vocab_size=hf_config["vocab_size"], num_layers=hf_config["num_hidden_layers"],
+        num_heads=hf_config["num_attention_heads"], hidden_dim=hf_config["hidden_size"],
+        embedding_dim=hf_config.get("embedding_size", hf_config["hidden_size"]),
+        intermediate_dim=hf_config["intermediate_size"],
+        dropout=hf_config.get("hidden_dropout_prob", 0.1),
+        max_sequence_length=hf_config["max_position_embeddings"],
+        num_segments=hf_config.get("type_vocab_size", 2))
+  converter = _keras_hub_converter(family)
+  return converter.convert_backbone_config(hf_config)
+
+
+def _keras_hub_converter(family):
+  """keras_hub/src/utils/transformers/convert_<model_type>.py: the family's config and
+  weight mapping (private to keras-hub, which exposes them only through from_preset)."""
+  name = family.model_type.replace("-", "_")
+  return importlib.import_module(f"keras_hub.src.utils.transformers.convert_{name}")
+
+
+def load_pretrained(family, checkpoint_dir, hf_config, **kwargs):
+  """The family's backbone with the checkpoint's weights, ported by keras-hub's converter
+  (ELECTRA: _port_electra) through a CheckpointLoader."""
+  backbone = family.backbone_class(**{**backbone_config(family, hf_config), **kwargs})
+  with CheckpointLoader(str(checkpoint_dir), family) as loader:
+    if family.model_type == "electra":
+      _port_electra(backbone, loader)
+    else:
+      _keras_hub_converter(family).convert_weights(backbone, loader, hf_config)
+    if family.model_type == "roberta":
+      # HF RoBERTa adds token_type_embeddings[0] to every token; keras-hub's RobertaBackbone
+      # has no segment embedding and its RoBERTa converter drops it (its XLM-R converter
+      # folds it into the position embeddings, as this does).
+      type_0 = loader.get_tensor("embeddings.token_type_embeddings.weight")[0]
+      positions = backbone.embeddings.position_embedding.position_embeddings
+      positions.assign(positions.numpy() + type_0)
+  return backbone
+
+
+class CheckpointLoader(SafetensorLoader):
+  """keras-hub's safetensors reader, also for checkpoints saved from the bare base model
+  (RobertaModel's `embeddings...`, where keras-hub's RoBERTa converter asks for
+  `roberta.embeddings...`) and for ones without a pooler (saved from XForMaskedLM, which
+  keras-hub's ALBERT converter stops on): the pooler keeps its fresh weights, and the log
+  says so."""
+
+  def __init__(self, preset, family):
+    super().__init__(preset)
+    self.family = family
+
+  def get_prefixed_key(self, hf_weight_key, dict_like):
+    own = self.family.hf_prefix + "."
+    if hf_weight_key.startswith(own) and hf_weight_key not in dict_like.keys():
+      if hf_weight_key[len(own):] in dict_like.keys():
+        return hf_weight_key[len(own):]
+    return super().get_prefixed_key(hf_weight_key, dict_like)
+
+  def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
+    if ".pooler." in f".{hf_weight_key}" and not self._holds(hf_weight_key):
+      logging.warning("%s holds no %s: the pooler starts from fresh weights (it matters "
+                      "only for model.pooling=pooler)", self.preset, hf_weight_key)
+      return
+    super().port_weight(keras_variable, hf_weight_key, hook_fn)
+
+  def _holds(self, hf_weight_key):
+    if self.safetensor_config is not None:
+      names = list(self.safetensor_config["weight_map"])
+    else:
+      with safetensors.safe_open(preset_utils.get_file(self.preset, "model.safetensors"),
+                                 framework="np") as file:
+        names = list(file.keys())
+    own = self.family.hf_prefix + "."
+    bare = hf_weight_key[len(own):] if hf_weight_key.startswith(own) else hf_weight_key
+    return any(name in (hf_weight_key, bare) or name.endswith("." + bare) for name in names)
+
+
+def _port_electra(backbone, loader):
+  """HF ElectraModel's weights into keras-hub's ElectraBackbone (which has the same layers:
+  BERT's, with an embedding projection when embedding_size != hidden_size). Written by
+  hand after keras_hub's convert_bert.py, as keras-hub 0.32 has no ELECTRA converter."""
+  def transpose(x, _):
+    return np.transpose(x)
+
+  def attention_in(x, shape):
+    return np.reshape(np.transpose(x), shape)
+
+  def attention_out(x, shape):
+    return np.reshape(np.transpose(x), shape)
+
+  port = loader.port_weight
+  port(backbone.token_embedding.embeddings, "embeddings.word_embeddings.weight")
+  port(backbone.position_embedding.position_embeddings,
+       "embeddings.position_embeddings.weight")
+  port(backbone.segment_embedding.embeddings, "embeddings.token_type_embeddings.weight")
+  port(backbone.embeddings_layer_norm.gamma, "embeddings.LayerNorm.weight")
+  port(backbone.embeddings_layer_norm.beta, "embeddings.LayerNorm.bias")
+  if backbone.hidden_dim != backbone.embedding_dim:
+    port(backbone.embeddings_projection.kernel, "embeddings_project.weight",
+         hook_fn=transpose)
+    port(backbone.embeddings_projection.bias, "embeddings_project.bias")
+  for i, block in enumerate(backbone.transformer_layers):
+    prefix = f"encoder.layer.{i}."
+    attention = block._self_attention_layer
+    for name, dense in (("query", attention.query_dense), ("key", attention.key_dense),
+                        ("value", attention.value_dense)):
+      port(dense.kernel, f"{prefix}attention.self.{name}.weight", hook_fn=attention_in)
+      port(dense.bias, f"{prefix}attention.self.{name}.bias",
+           hook_fn=lambda x, shape: np.reshape(x, shape))
+    port(attention.output_dense.kernel, f"{prefix}attention.output.dense.weight",
+         hook_fn=attention_out)
+    port(attention.output_dense.bias, f"{prefix}attention.output.dense.bias")
+    port(block._self_attention_layer_norm.gamma, f"{prefix}attention.output.LayerNorm.weight")
+    port(block._self_attention_layer_norm.beta, f"{prefix}attention.output.LayerNorm.bias")
+    port(block._feedforward_intermediate_dense.kernel, f"{prefix}intermediate.dense.weight",
+         hook_fn=transpose)
+    port(block._feedforward_intermediate_dense.bias, f"{prefix}intermediate.dense.bias")
+    port(block._feedforward_output_dense.kernel, f"{prefix}output.dense.weight",
+         hook_fn=transpose)
+    port(block._feedforward_output_dense.bias, f"{prefix}output.dense.bias")
+    port(block._feedforward_layer_norm.gamma, f"{prefix}output.LayerNorm.weight")
+    port(block._feedforward_layer_norm.beta, f"{prefix}output.LayerNorm.bias")
