@@ -19,7 +19,7 @@ from tf_finetune import experiment
 from tf_finetune import families
 from tf_finetune import peft
 from tf_finetune import text_encoder
-from tf_finetune.errors import CheckpointError
+from tf_finetune.errors import CheckpointError, ConfigError
 from tf_finetune.evaluation import evaluator
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib
@@ -297,3 +297,10 @@ def test_a_roberta_saved_from_the_bare_model_loads(tmp_path):
   for i, case in enumerate(reference["cases"]):
     np.testing.assert_allclose(_hidden_states(backbone, encoder, case), hidden[f"case_{i}"],
                                atol=1e-4)
+
+
+def test_a_sequence_longer_than_the_checkpoints_positions_is_refused_before_training():
+  config = _family_config("roberta", data__max_seq_length=256)
+  with pytest.raises(ConfigError, match=r"config.data.max_seq_length=256: .*roberta has "
+                     r"position embeddings for 128 tokens"):
+    experiment.build_model(config, None)

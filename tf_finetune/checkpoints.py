@@ -73,6 +73,14 @@ def family(checkpoint_dir):
   return families.FAMILIES[read_hf_config(checkpoint_dir)["model_type"]]
 
 
+def max_tokens(checkpoint_dir):
+  """Tokens a sequence may hold: the checkpoint's position embeddings (RoBERTa's first two
+  rows are not positions)."""
+  hf_config = read_hf_config(checkpoint_dir)
+  family_ = families.FAMILIES[hf_config["model_type"]]
+  return families.backbone_config(family_, hf_config)["max_sequence_length"]
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizerSpec:
   """What the in-graph tokenizer needs to reproduce the checkpoint's own tokenizer.json.
@@ -101,7 +109,6 @@ class TokenizerSpec:
   pair_separators: int = 1
   words_take_prefix_space: bool = False
   model_type: str = "bert"
-  source: str = ""
 
   def token_id(self, token):
     return self.vocabulary.index(token)
@@ -151,8 +158,7 @@ def read_tokenizer_spec(checkpoint_dir):
   # HF BertNormalizer: strip_accents=None means "follow lowercase".
   if fields.get("strip_accents", True) is None:
     fields["strip_accents"] = fields["lowercase"]
-  spec = TokenizerSpec(model_type=model_type, source=str(tokenizer_json if tokenizer_json
-                                                         .is_file() else vocab_txt), **fields)
+  spec = TokenizerSpec(model_type=model_type, **fields)
   for token in (spec.cls_token, spec.sep_token, spec.pad_token, spec.unk_token):
     if token not in spec.vocabulary:
       raise CheckpointError(f"{checkpoint_dir}: special token {token} missing from the vocabulary")

@@ -21,7 +21,7 @@ from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import pii
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
-from tf_finetune.errors import WorkdirError
+from tf_finetune.errors import ConfigError, WorkdirError
 from tf_finetune import peft
 from tf_finetune.tasks import base as tasks_base
 
@@ -137,6 +137,12 @@ def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
   (built from the config when not given)."""
   encoder = encoder or build_encoder(config)
   checkpoint_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
+  limit = checkpoints.max_tokens(checkpoint_dir)
+  if config.data.max_seq_length > limit:
+    raise ConfigError(
+        f"config.data.max_seq_length={config.data.max_seq_length}: {checkpoint_dir} has "
+        f"position embeddings for {limit} tokens; for longer texts use data.long_text="
+        "windows or head_tail (see README, Long texts)")
   m = config.model
   overrides = {k: m[k] for k in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim")
                if m[k]}

@@ -208,10 +208,7 @@ def _port_electra(backbone, loader):
   def transpose(x, _):
     return np.transpose(x)
 
-  def attention_in(x, shape):
-    return np.reshape(np.transpose(x), shape)
-
-  def attention_out(x, shape):
+  def transpose_to(x, shape):  # [out, in] -> the EinsumDense kernel's shape
     return np.reshape(np.transpose(x), shape)
 
   port = loader.port_weight
@@ -230,11 +227,11 @@ def _port_electra(backbone, loader):
     attention = block._self_attention_layer
     for name, dense in (("query", attention.query_dense), ("key", attention.key_dense),
                         ("value", attention.value_dense)):
-      port(dense.kernel, f"{prefix}attention.self.{name}.weight", hook_fn=attention_in)
+      port(dense.kernel, f"{prefix}attention.self.{name}.weight", hook_fn=transpose_to)
       port(dense.bias, f"{prefix}attention.self.{name}.bias",
            hook_fn=lambda x, shape: np.reshape(x, shape))
     port(attention.output_dense.kernel, f"{prefix}attention.output.dense.weight",
-         hook_fn=attention_out)
+         hook_fn=transpose_to)
     port(attention.output_dense.bias, f"{prefix}attention.output.dense.bias")
     port(block._self_attention_layer_norm.gamma, f"{prefix}attention.output.LayerNorm.weight")
     port(block._self_attention_layer_norm.beta, f"{prefix}attention.output.LayerNorm.bias")

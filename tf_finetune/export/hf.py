@@ -83,40 +83,44 @@ PROBLEM_TYPES = {"classification": "single_label_classification",
                  "tagging": None}
 
 
-def hf_config(backbone, base_config, labels, dropout, task_name="classification"):
-  config = dict(base_config)
+def labelled_config(base_config, labels, task_name, family):
+  """The base checkpoint's config.json as transformers' sequence or token classifier of
+  `labels`."""
+  config = {k: v for k, v in base_config.items()
+            if k not in ("_name_or_path", "transformers_version")}
+  kind = "Token" if task_name == "tagging" else "Sequence"
   config.update({
-      "architectures": ["BertForTokenClassification" if task_name == "tagging" else
-                        "BertForSequenceClassification"], "model_type": "bert",
-      "vocab_size": backbone.vocabulary_size, "hidden_size": backbone.hidden_dim,
-      "num_hidden_layers": backbone.num_layers, "num_attention_heads": backbone.num_heads,
-      "intermediate_size": backbone.intermediate_dim,
-      "max_position_embeddings": backbone.max_sequence_length,
-      "type_vocab_size": backbone.num_segments, "hidden_act": "gelu",
-      "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
-      "classifier_dropout": dropout, "layer_norm_eps": 1e-12,
+      "architectures": [f"{family.hf_class}For{kind}Classification"],
       "id2label": {str(i): label for i, label in enumerate(labels)},
       "label2id": {label: i for i, label in enumerate(labels)},
       "problem_type": PROBLEM_TYPES[task_name],
   })
   if config["problem_type"] is None:
     del config["problem_type"]
-  config.pop("_name_or_path", None)
-  config.pop("transformers_version", None)
+  return config
+
+
+def hf_config(backbone, base_config, labels, dropout, task_name="classification"):
+  """BERT's, with the sizes of the backbone (which may differ from the base checkpoint's:
+  distillation students, random_init overrides) and the run's dropout."""
+  config = labelled_config(base_config, labels, task_name, families.FAMILIES["bert"])
+  config.update({
+      "model_type": "bert",
+      "vocab_size": backbone.vocabulary_size, "hidden_size": backbone.hidden_dim,
+      "num_hidden_layers": backbone.num_layers, "num_attention_heads": backbone.num_heads,
+      "intermediate_size": backbone.intermediate_dim,
+      "max_position_embeddings": backbone.max_sequence_length,
+      "type_vocab_size": backbone.num_segments,
+      "hidden_act": base_config.get("hidden_act", "gelu"),
+      "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
+      "classifier_dropout": dropout,
+      "layer_norm_eps": base_config.get("layer_norm_eps", 1e-12),
+  })
   return config
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
-
-
-def _problem(config, labels, task_name):
-  problem = {"id2label": {str(i): label for i, label in enumerate(labels)},
-             "label2id": {label: i for i, label in enumerate(labels)},
-             "problem_type": PROBLEM_TYPES[task_name]}
-  if problem["problem_type"] is None:
-    del problem["problem_type"]
-  return problem
 
 
 def _check_same_architecture(family, backbone, base):
@@ -249,11 +253,7 @@ def write_hf_checkpoint(path, model, config, labels):
     tensors = state_dict(backbone, model.get_layer("logits"), pooler=not tagging)
   else:
     _check_same_architecture(family, backbone, base)
-    hf = dict(base, **_problem(config, labels, config.task.name))
-    hf["architectures"] = [f"{family.hf_class}For"
-                           f"{'Token' if tagging else 'Sequence'}Classification"]
-    for key in ("_name_or_path", "transformers_version"):
-      hf.pop(key, None)
+    hf = labelled_config(base, labels, config.task.name, family)
     tensors = family_state_dict(family, backbone, model, base_dir, base, tagging)
   (path / "config.json").write_text(json.dumps(hf, indent=1) + "\n")
   save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
