@@ -190,13 +190,13 @@ def test_each_family_exports_to_transformers_with_the_same_logits(pair_run):
   family = families.FAMILIES[model_type]
   assert type(hf_model).__name__ == f"{family.hf_class}ForSequenceClassification"
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+  run = experiment.load_run(workdir, "best")
   texts = ["Café naïve résumé was long", "東京は日本の首都です 😍", "the film seemed long"]
   pairs = ["it is not long", "Le café est fermé.", "it is long"]
   batch = tokenizer(texts, pairs, padding=True, return_tensors="pt",
-                    return_token_type_ids=family.segment_inputs)
+                    return_token_type_ids="segment_ids" in peft.backbone(run.model).input)
   with torch.no_grad():
     theirs = hf_model(**batch).logits.numpy()
-  run = experiment.load_run(workdir, "best")
   features = run.task.encoder.pad(run.task.encoder(tf.constant(texts), tf.constant(pairs)))
   assert features["token_ids"].numpy().tolist() == batch["input_ids"].numpy().tolist()
   ours = run.model(features, training=False)

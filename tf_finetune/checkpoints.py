@@ -63,14 +63,10 @@ def read_hf_config(checkpoint_dir):
         f"{path}: model_type={model_type!r} is not supported ({note}); supported: "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
   family = families.FAMILIES[model_type]
-  if families.feedforward_activation(config, family)[0] is None:
+  if families.feedforward_activation(config, family) is None:
     raise CheckpointError(f"{path}: {family.activation_key}="
                           f"{config[family.activation_key]!r} is not supported (GELU only)")
   return config
-
-
-def family(checkpoint_dir):
-  return families.FAMILIES[read_hf_config(checkpoint_dir)["model_type"]]
 
 
 def max_tokens(checkpoint_dir):

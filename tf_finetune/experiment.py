@@ -14,6 +14,7 @@ from absl import logging
 
 from tf_finetune import atomic
 from tf_finetune import checkpoints
+from tf_finetune import families
 from tf_finetune import config as config_lib
 from tf_finetune import text_encoder
 from tf_finetune import tasks
@@ -153,7 +154,7 @@ def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
   backbone = checkpoints.load_backbone(checkpoint_dir, random_init=backbone_is_random,
                                        dropout=m.dropout, overrides=overrides)
   logging.info("Encoder: %s: model_type=%s (keras-hub %s%s); tokenizer: %s",
-               checkpoint_dir, checkpoints.family(checkpoint_dir).model_type,
+               checkpoint_dir, families.family_of(backbone).model_type,
                type(backbone).__name__, ", random weights" if m.random_init else "",
                encoder.spec.describe())
   task = tasks.get_task(config, label_vocabulary, encoder)

@@ -21,8 +21,7 @@ from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """model_type: config.json's. backbone_class: the keras-hub backbone. segment_inputs:
-  whether the backbone reads segment (token type) ids. pooler_activation: None where
+  """model_type: config.json's. backbone_class: the keras-hub backbone. pooler_activation: None where
   model.pooling=pooler is the backbone's pre-trained pooler (BERT's and ALBERT's tanh
   dense on [CLS]); else the activation of the dense layer the family's HF sequence
   classifier puts on the first token, which model.pooling=pooler adds newly initialized
@@ -33,7 +32,6 @@ class Family:
   the logits layer goes. activation_key: config.json's key of the feed-forward activation."""
   model_type: str
   backbone_class: type
-  segment_inputs: bool
   pooler_activation: str | None
   hf_class: str
   hf_prefix: str
@@ -43,15 +41,15 @@ class Family:
 
 
 FAMILIES = {f.model_type: f for f in [
-    Family("bert", keras_hub.models.BertBackbone, True, None, "Bert", "bert"),
-    Family("roberta", keras_hub.models.RobertaBackbone, False, "tanh", "Roberta", "roberta",
+    Family("bert", keras_hub.models.BertBackbone, None, "Bert", "bert"),
+    Family("roberta", keras_hub.models.RobertaBackbone, "tanh", "Roberta", "roberta",
            "classifier.dense", "classifier.out_proj"),
-    Family("xlm-roberta", keras_hub.models.XLMRobertaBackbone, False, "tanh", "XLMRoberta",
+    Family("xlm-roberta", keras_hub.models.XLMRobertaBackbone, "tanh", "XLMRoberta",
            "roberta", "classifier.dense", "classifier.out_proj"),
-    Family("distilbert", keras_hub.models.DistilBertBackbone, False, "relu", "DistilBert",
+    Family("distilbert", keras_hub.models.DistilBertBackbone, "relu", "DistilBert",
            "distilbert", "pre_classifier", activation_key="activation"),
-    Family("albert", keras_hub.models.AlbertBackbone, True, None, "Albert", "albert"),
-    Family("electra", keras_hub.models.ElectraBackbone, True, "gelu", "Electra", "electra",
+    Family("albert", keras_hub.models.AlbertBackbone, None, "Albert", "albert"),
+    Family("electra", keras_hub.models.ElectraBackbone, "gelu", "Electra", "electra",
            "classifier.dense", "classifier.out_proj"),
 ]}
 
@@ -98,14 +96,14 @@ def add_pooler(backbone, outputs):
 
 
 def feedforward_activation(hf_config, family):
-  """(keras activation, name) of the checkpoint's feed-forward layers, or None if not one
-  of the GELUs."""
+  """The keras activation of the checkpoint's feed-forward layers, or None if not one of
+  the GELUs."""
   name = hf_config.get(family.activation_key, "gelu")
   if name in _EXACT_GELU:
-    return keras.activations.gelu, name
+    return keras.activations.gelu
   if name in _TANH_GELU:
-    return (lambda x: keras.activations.gelu(x, approximate=True)), name
-  return None, name
+    return lambda x: keras.activations.gelu(x, approximate=True)
+  return None
 
 
 def match_checkpoint_numerics(backbone, hf_config, family):
@@ -113,7 +111,7 @@ def match_checkpoint_numerics(backbone, hf_config, family):
   approximation; RoBERTa, DistilBERT: exact) and one layer-norm epsilon (RoBERTa 1e-5,
   the others 1e-12), whichever the checkpoint was trained with: the checkpoint's own
   (config.json) bring BERT's last hidden state from ~3e-3 to ~1e-6 of transformers."""
-  activation = feedforward_activation(hf_config, family)[0]
+  activation = feedforward_activation(hf_config, family)
   epsilon = hf_config.get("layer_norm_eps")
   for layer in backbone._flatten_layers(include_self=False):
     if isinstance(layer, keras_hub.layers.TransformerEncoder):

@@ -154,16 +154,14 @@ def model_for(model_type, vocab_size):
     config = transformers.BertConfig(**tiny)
     model = transformers.BertForPreTraining(config)  # as the Hub's: with the pooler
     return model, model.bert
+  # RoBERTa's: two position rows reserved, one token type, <pad> = 1, epsilon 1e-5.
+  roberta_like = dict(tiny, max_position_embeddings=130, type_vocab_size=1, pad_token_id=1,
+                      layer_norm_eps=1e-5)
   if model_type == "roberta":
-    config = transformers.RobertaConfig(**dict(tiny, max_position_embeddings=130,
-                                               type_vocab_size=1, pad_token_id=1,
-                                               layer_norm_eps=1e-5))
-    model = transformers.RobertaForMaskedLM(config)
+    model = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**roberta_like))
     return model, model.roberta
   if model_type == "xlm-roberta":
-    config = transformers.XLMRobertaConfig(**dict(tiny, max_position_embeddings=130,
-                                                  type_vocab_size=1, pad_token_id=1,
-                                                  layer_norm_eps=1e-5))
+    config = transformers.XLMRobertaConfig(**roberta_like)
     # Saved from the bare encoder, as sentence-transformers' multilingual XLM-R models are
     # (weights named embeddings..., not roberta.embeddings...).
     model = transformers.XLMRobertaModel(config)
