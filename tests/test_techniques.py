@@ -1,5 +1,6 @@
-"""Techniques switched on from config: layer-wise learning-rate decay, label smoothing,
-early stopping (gradient accumulation: test_trainer.py; PEFT: test_peft.py)."""
+"""Techniques switched on from config: layer-wise learning-rate decay, the head's own
+learning rate, label smoothing, early stopping (gradient accumulation: test_trainer.py;
+PEFT: test_peft.py)."""
 import json
 
 import numpy as np
@@ -29,6 +30,31 @@ def test_layer_decay_scales_each_layers_first_step(sentiment_dir, tmp_path):
     if v.path in expected:
       moved = np.abs(v.numpy() - before[v.path]).max()
       np.testing.assert_allclose(moved, peak * expected[v.path], rtol=2e-3, err_msg=v.path)
+
+
+def test_head_learning_rate_scales_the_heads_first_step_only(sentiment_dir, tmp_path):
+  """train.head_learning_rate moves the classifier at its own rate; the encoder (BERT's
+  pooler included) keeps the learning rate and layer_decay's multipliers."""
+  peak = 1e-3
+  t = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=1, train__layer_decay=0.5,
+                                      train__head_learning_rate=20 * peak,
+                                      train__warmup_fraction=0.0, train__weight_decay=0.0,
+                                      train__max_grad_norm=0.0, train__learning_rate=peak,
+                                      train__adam_epsilon=1e-12),
+                          tmp_path / "run")
+  before = {v.path: v.numpy().copy() for v in t.model.trainable_variables}
+  t.train()
+  expected = {"token_embedding/embeddings": 0.5 ** 3,
+              "transformer_layer_1/feedforward_output_dense/kernel": 0.5,
+              "pooled_dense/kernel": 1.0, "logits/kernel": 20.0, "logits/bias": 20.0}
+  seen = set()
+  for v in t.model.trainable_variables:
+    for suffix, multiplier in expected.items():
+      if v.path.endswith(suffix):
+        seen.add(suffix)
+        moved = np.abs(v.numpy() - before[v.path]).max()
+        np.testing.assert_allclose(moved, peak * multiplier, rtol=2e-3, err_msg=v.path)
+  assert seen == set(expected)
 
 
 def test_label_smoothing_changes_the_training_loss_only(sentiment_dir):

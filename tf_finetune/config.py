@@ -149,6 +149,9 @@ def base_config():
   # < 1: layer-wise learning-rate decay; transformer layer i of L learns at
   # learning_rate * layer_decay ** (L - i), the embeddings at layer_decay ** (L + 1).
   c.train.layer_decay = 1.0
+  # > 0: the head's peak rate (every weight outside the encoder: the classifier, and the
+  # pooler of families whose HF head holds it); the encoder keeps learning_rate. 0: the same.
+  c.train.head_learning_rate = 0.0
   # > 0: stop when dev best_metric has not improved for this many evaluations in a row.
   c.train.early_stopping_patience = 0
   # A step whose loss or gradient norm is not finite is never applied; the run stops at the
@@ -335,6 +338,8 @@ def validate(config):
   _check(t.batch_size % t.grad_accum_steps == 0, "train.batch_size", t.batch_size,
          f"must be divisible by train.grad_accum_steps={t.grad_accum_steps}")
   _check(0 < t.layer_decay <= 1, "train.layer_decay", t.layer_decay, "must be in (0, 1]")
+  _check(t.head_learning_rate >= 0, "train.head_learning_rate", t.head_learning_rate,
+         "must be >= 0 (0: train.learning_rate)")
   _check(t.skip_nonfinite_steps >= 0, "train.skip_nonfinite_steps", t.skip_nonfinite_steps,
          "must be >= 0 (0: stop at the first non-finite step)")
   _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",

@@ -45,6 +45,8 @@ TABLE = benchlib.Sst2BudgetTable(ROWS, "rows")
 _DP_BATCH = flags.DEFINE_integer("dp_batch_size", 1024, "Private rows: expected batch size.")
 _CLIP = flags.DEFINE_float("l2_norm_clip", 1.0, "Private rows: per-example clip.")
 _LR = flags.DEFINE_float("learning_rate", 0.0, "Every chosen row's learning rate (0: its own).")
+_HEAD_LR = flags.DEFINE_float("head_learning_rate", -1.0,
+                              "Every chosen row's train.head_learning_rate (-1: its own).")
 _POOLING = flags.DEFINE_string("pooling", "mean", "model.pooling of every row.")
 
 
@@ -57,13 +59,16 @@ def run_one(name):
   ROWS[name] = dict(ROWS[name], **{"model.pooling": _POOLING.value})
   if _LR.value:
     ROWS[name] = dict(ROWS[name], **{"train.learning_rate": _LR.value})
+  if _HEAD_LR.value >= 0:
+    ROWS[name] = dict(ROWS[name], **{"train.head_learning_rate": _HEAD_LR.value})
   trainer, result = TABLE.train(name)
   if trainer.dp_sgd is not None:
     spent = trainer.privacy_plan.report(trainer.best["step"])
     result.update(epsilon=spent["epsilon"], delta=spent["delta"],
                   noise_multiplier=spent["noise_multiplier"])
   return dict(result, batch_size=trainer.global_batch_size,
-              learning_rate=trainer.config.train.learning_rate)
+              learning_rate=trainer.config.train.learning_rate,
+              head_learning_rate=trainer.config.train.head_learning_rate)
 
 
 def main(argv):
@@ -72,13 +77,15 @@ def main(argv):
     return
   print(TABLE.header() + f", private rows: expected batch {_DP_BATCH.value}, clip "
         f"{_CLIP.value:g}")
-  print("| row | batch | learning rate | dev accuracy | epsilon at best (delta) | noise multiplier | "
-        "examples/s | peak RSS MB |")
+  print("| row | batch | learning rate (head) | dev accuracy | epsilon at best (delta) | "
+        "noise multiplier | examples/s | peak RSS MB |")
   print("|---|---|---|---|---|---|---|---|")
   for name, r in TABLE.results(__file__):
     privacy = (f"{r['epsilon']:.2f} ({r['delta']:.2g})", f"{r['noise_multiplier']:.3f}") \
         if "epsilon" in r else ("non-private", "-")
-    print(f"| {name} | {r['batch_size']} | {r['learning_rate']:g} | {r['dev_accuracy']:.4f} (step {r['best_step']}/"
+    head = f" ({r['head_learning_rate']:g})" if r["head_learning_rate"] else ""
+    print(f"| {name} | {r['batch_size']} | {r['learning_rate']:g}{head} | "
+          f"{r['dev_accuracy']:.4f} (step {r['best_step']}/"
           f"{r['steps']}) | {privacy[0]} | {privacy[1]} | {r['examples_per_sec']:.1f} | "
           f"{r['peak_rss_mb']:.0f} |", flush=True)
 

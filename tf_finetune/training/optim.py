@@ -1,4 +1,5 @@
 """AdamW with BERT's conventions, and the warmup + linear decay schedule."""
+import math
 import re
 
 import keras
@@ -109,12 +110,25 @@ def layer_decay_multiplier(layer_decay, num_layers):
 NO_DECAY_NAMES = ("bias", "gamma", "beta")
 
 
-def build_optimizer(train_config, total_steps, trainable_variables, num_layers=0):
+def head_multiplier(ratio, encoder_paths):
+  """`ratio` for every variable outside the encoder (the head), 1 inside it."""
+  return lambda path: 1.0 if path in encoder_paths else ratio
+
+
+def build_optimizer(train_config, total_steps, trainable_variables, num_layers=0,
+                    encoder_variables=()):
   schedule = WarmupLinearDecay(train_config.learning_rate,
                                int(train_config.warmup_fraction * total_steps), total_steps)
-  multiplier = None
+  multipliers = []
   if train_config.layer_decay != 1.0:
-    multiplier = layer_decay_multiplier(train_config.layer_decay, num_layers)
+    multipliers.append(layer_decay_multiplier(train_config.layer_decay, num_layers))
+  if train_config.head_learning_rate:
+    multipliers.append(head_multiplier(
+        train_config.head_learning_rate / train_config.learning_rate,
+        {v.path for v in encoder_variables}))
+  multiplier = None
+  if multipliers:
+    multiplier = lambda path: math.prod(m(path) for m in multipliers)
   optimizer = FusedAdamW(
       learning_rate=schedule, weight_decay=train_config.weight_decay,
       epsilon=train_config.adam_epsilon, beta_1=0.9, beta_2=0.999, lr_multiplier=multiplier)

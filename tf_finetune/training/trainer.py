@@ -120,9 +120,10 @@ class Trainer:
     self.eval_every = t.eval_every or self.steps_per_epoch
     self.checkpoint_every = t.checkpoint_every or self.eval_every
     with self.strategy.scope():
+      encoder = peft.backbone(self.model)
       self.optimizer = optim.build_optimizer(
-          t, self.total_steps, self.model.trainable_variables,
-          num_layers=peft.backbone(self.model).num_layers)
+          t, self.total_steps, self.model.trainable_variables, num_layers=encoder.num_layers,
+          encoder_variables=encoder.variables)
     for name, split in self.splits.items():
       self.task.log_lengths(name, split)
     self.teacher = None
