@@ -4,6 +4,7 @@ PEFT: test_peft.py)."""
 import json
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
@@ -11,11 +12,16 @@ from tf_finetune import experiment
 from tf_finetune.training import trainer as trainer_lib
 
 
-def test_layer_decay_scales_each_layers_first_step(sentiment_dir, tmp_path):
+@pytest.mark.parametrize("head_multiplier", [None, 20.0])
+def test_layer_decay_and_head_learning_rate_scale_each_layers_first_step(
+    sentiment_dir, tmp_path, head_multiplier):
   """Adam's first step moves every weight by about the learning rate (|m / sqrt(v)| = 1),
-  so the largest move of each variable is the learning rate times its multiplier."""
+  so the largest move of each variable is the learning rate times its multiplier:
+  layer_decay's in the encoder (BERT's pooler included), train.head_learning_rate's in the
+  classifier."""
   peak = 1e-3
   t = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=1, train__layer_decay=0.5,
+                                      train__head_learning_rate=(head_multiplier or 0) * peak,
                                       train__warmup_fraction=0.0, train__weight_decay=0.0,
                                       train__max_grad_norm=0.0, train__learning_rate=peak,
                                       train__adam_epsilon=1e-12),
@@ -25,36 +31,13 @@ def test_layer_decay_scales_each_layers_first_step(sentiment_dir, tmp_path):
   expected = {"token_embedding/embeddings": 0.5 ** 3,
               "transformer_layer_0/self_attention_layer/query/kernel": 0.5 ** 2,
               "transformer_layer_1/feedforward_output_dense/kernel": 0.5,
-              "pooled_dense/kernel": 1.0, "logits/kernel": 1.0}
-  for v in t.model.trainable_variables:
-    if v.path in expected:
-      moved = np.abs(v.numpy() - before[v.path]).max()
-      np.testing.assert_allclose(moved, peak * expected[v.path], rtol=2e-3, err_msg=v.path)
-
-
-def test_head_learning_rate_scales_the_heads_first_step_only(sentiment_dir, tmp_path):
-  """train.head_learning_rate moves the classifier at its own rate; the encoder (BERT's
-  pooler included) keeps the learning rate and layer_decay's multipliers."""
-  peak = 1e-3
-  t = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=1, train__layer_decay=0.5,
-                                      train__head_learning_rate=20 * peak,
-                                      train__warmup_fraction=0.0, train__weight_decay=0.0,
-                                      train__max_grad_norm=0.0, train__learning_rate=peak,
-                                      train__adam_epsilon=1e-12),
-                          tmp_path / "run")
-  before = {v.path: v.numpy().copy() for v in t.model.trainable_variables}
-  t.train()
-  expected = {"token_embedding/embeddings": 0.5 ** 3,
-              "transformer_layer_1/feedforward_output_dense/kernel": 0.5,
-              "pooled_dense/kernel": 1.0, "logits/kernel": 20.0, "logits/bias": 20.0}
-  seen = set()
-  for v in t.model.trainable_variables:
-    for suffix, multiplier in expected.items():
-      if v.path.endswith(suffix):
-        seen.add(suffix)
-        moved = np.abs(v.numpy() - before[v.path]).max()
-        np.testing.assert_allclose(moved, peak * multiplier, rtol=2e-3, err_msg=v.path)
-  assert seen == set(expected)
+              "pooled_dense/kernel": 1.0, "logits/kernel": head_multiplier or 1.0,
+              "logits/bias": head_multiplier or 1.0}
+  moved = {v.path: np.abs(v.numpy() - before[v.path]).max()
+           for v in t.model.trainable_variables if v.path in expected}
+  assert set(moved) == set(expected)
+  for path, multiplier in expected.items():
+    np.testing.assert_allclose(moved[path], peak * multiplier, rtol=2e-3, err_msg=path)
 
 
 def test_label_smoothing_changes_the_training_loss_only(sentiment_dir):
