@@ -13,6 +13,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO, dev_logits, override, tiny_model_config, write_pair_tsv
+from tests.conftest import write_sentiment_tsv
+from tests.test_packing import assert_packed_equals_unpacked
 from tf_finetune import checkpoints
 from tf_finetune import config as config_lib
 from tf_finetune import experiment
@@ -297,6 +299,20 @@ def test_a_roberta_saved_from_the_bare_model_loads(tmp_path):
   for i, case in enumerate(reference["cases"]):
     np.testing.assert_allclose(_hidden_states(backbone, encoder, case), hidden[f"case_{i}"],
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["pooler", "mean"])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_each_family_packed_gives_the_unpacked_logits_and_gradients(tmp_path, model_type,
+                                                                    pooling):
+  """Packed rows through the family's own layers (RoBERTa's and DistilBERT's embeddings
+  without segments, ALBERT's projection and shared layers, the families' head dense)."""
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8, max_repeats=4)
+  config = _family_config(model_type, data__source="tsv", data__dir=str(data),
+                          data__train_file="train.tsv", data__dev_file="dev.tsv",
+                          data__text_column="sentence", data__max_seq_length=64,
+                          model__pooling=pooling)
+  assert_packed_equals_unpacked(config)
 
 
 def test_a_sequence_longer_than_the_checkpoints_positions_is_refused_before_training():

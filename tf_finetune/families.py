@@ -95,6 +95,45 @@ def add_pooler(backbone, outputs):
   return dict(outputs, pooled_output=dense(outputs["sequence_output"][:, 0, :]))
 
 
+def embed(backbone, token_ids, segment_ids, position_ids, training=None):
+  """The backbone's embedding stage with explicit position ids (packed rows restart them
+  per example), through its own layers as its constructor wires them: token + position
+  (+ segment where the family has one) embeddings, layer norm, dropout, and the projection
+  to the hidden size (ALBERT; ELECTRA where the sizes differ)."""
+  if hasattr(backbone, "segment_embedding"):  # BERT, ALBERT, ELECTRA
+    tokens = backbone.token_embedding(token_ids)
+    x = backbone.embeddings_add((
+        tokens, backbone.position_embedding(tokens, positions=position_ids),
+        backbone.segment_embedding(segment_ids)))
+  else:  # RoBERTa, XLM-R, DistilBERT: keras-hub's TokenAndPositionEmbedding
+    x = backbone.embeddings(token_ids, positions=position_ids)
+  x = backbone.embeddings_layer_norm(x)
+  x = backbone.embeddings_dropout(x, training=training)
+  if isinstance(backbone, keras_hub.models.AlbertBackbone) or (
+      isinstance(backbone, keras_hub.models.ElectraBackbone)
+      and backbone.embedding_dim != backbone.hidden_dim):
+    x = backbone.embeddings_projection(x)
+  return x
+
+
+def transformer_stack(backbone):
+  """The backbone's transformer layers in the order it calls them (ALBERT calls each
+  group's shared layers num_layers / num_groups times)."""
+  if isinstance(backbone, keras_hub.models.AlbertBackbone):
+    calls = backbone.num_layers // backbone.num_groups
+    return [layer for group in backbone.transformer_layers for _ in range(calls)
+            for layer in group]
+  return list(backbone.transformer_layers)
+
+
+def pooler(model, backbone):
+  """The dense layer model.pooling=pooler puts on the first token: the family's head
+  dense (add_pooler) where the model has one, else the backbone's pre-trained pooler."""
+  if family_of(backbone).pooler_activation is not None:
+    return model.get_layer(HEAD_DENSE)
+  return backbone.pooled_dense
+
+
 def feedforward_activation(hf_config, family):
   """The keras activation of the checkpoint's feed-forward layers, or None if not one of
   the GELUs."""

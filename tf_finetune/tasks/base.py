@@ -242,9 +242,6 @@ class Task(abc.ABC):
     """Why this task's training (or inference) does not pack ("" when it does)."""
     if not self.packs:
       return f"task.name={self.config.task.name!r} reads no packed rows"
-    if self.encoder is not None and self.encoder.spec.model_type != "bert":
-      return (f"model_type={self.encoder.spec.model_type!r} (packed rows run BERT's layers "
-              "one by one, tasks/packed.py)")
     return config_lib.packing_refusal(self.config, training)
 
   def forward(self, model, inputs):

@@ -1,11 +1,12 @@
 """The model's forward pass on packed rows (data/packing.py), through the model's own
 layers and weights: the backbone's embeddings with per-token position ids, its
 transformer layers with attention kept inside each example, then the head per example.
-keras-hub's BertBackbone takes no position ids or attention mask, so this calls its layers
-one by one, as its constructor wires them."""
+keras-hub's backbones take no position ids or attention mask, so this calls their layers
+one by one, as each family's constructor wires them (families.embed, transformer_stack)."""
 import keras_hub
 import tensorflow as tf
 
+from tf_finetune import families
 from tf_finetune.data import packing
 
 
@@ -15,15 +16,11 @@ def backbone_of(model):
 
 def sequence_output(model, batch, training):
   """[rows, length, hidden]: each token's last hidden state within its own example."""
-  bert = backbone_of(model)
-  tokens = bert.token_embedding(batch["token_ids"])
-  positions = bert.position_embedding(tokens, positions=batch["position_ids"])
-  segments = bert.segment_embedding(batch["segment_ids"])
-  x = bert.embeddings_add((tokens, positions, segments))
-  x = bert.embeddings_layer_norm(x)
-  x = bert.embeddings_dropout(x, training=training)
+  backbone = backbone_of(model)
+  x = families.embed(backbone, batch["token_ids"], batch["segment_ids"],
+                     batch["position_ids"], training=training)
   mask = packing.attention_mask(batch["example_ids"])
-  for layer in bert.transformer_layers:
+  for layer in families.transformer_stack(backbone):
     x = layer(x, attention_mask=mask, training=training)
   return x
 
@@ -39,6 +36,6 @@ def pooled_logits(model, batch, pooling, training):
   else:
     pooled = tf.gather_nd(x, tf.stack([batch["example_rows"], batch["example_starts"]], 1))
     if pooling == "pooler":
-      pooled = backbone_of(model).pooled_dense(pooled)
+      pooled = families.pooler(model, backbone_of(model))(pooled)
   pooled = model.get_layer("head_dropout")(pooled, training=training)
   return model.get_layer("logits")(pooled)
