@@ -10,7 +10,6 @@ distilled (alpha 0.5, temperature 2), one on the labels alone (alpha 0), the sam
 Prints dev accuracy, parameters and inference examples/s (dev set, batch 64, the Keras
 model in a tf.function; the best of 3 passes) for each.
 """
-import tempfile
 import time
 
 import benchlib
@@ -50,11 +49,11 @@ def main(argv):
 
   teacher = _TEACHER.value
   if not teacher:
-    teacher = tempfile.mkdtemp(prefix="bench_distill_teacher_")
+    teacher = benchlib.scratch_dir("bench_distill_teacher_")
     trainer_lib.Trainer(config(), teacher).train()
   rows = [("teacher (6 layers)", teacher)]
   for name, alpha in (("student, distilled", 0.5), ("student, labels only", 0.0)):
-    workdir = tempfile.mkdtemp(prefix="bench_distill_student_")
+    workdir = benchlib.scratch_dir("bench_distill_student_")
     trainer_lib.Trainer(config({"distill.teacher_workdir": teacher,
                                 "distill.student_layers": _LAYERS.value, "distill.alpha": alpha}),
                         workdir).train()

@@ -9,7 +9,6 @@ and runs the 872 dev sentences through every export and through
 tf_finetune.predict.Predictor over all of them (probabilities averaged). Prints each
 model's dev accuracy, their mean, and the ensemble's.
 """
-import tempfile
 
 import numpy as np
 import benchlib
@@ -32,7 +31,7 @@ def main(argv):
   for seed in _SEEDS.value:
     c = benchlib.sst2_budget({"data.split_seed": int(seed), "train.seed": int(seed)},
                              _MAX_TRAIN.value, _EPOCHS.value)
-    workdir = tempfile.mkdtemp(prefix=f"bench_ensemble_{seed}_")
+    workdir = benchlib.scratch_dir(f"bench_ensemble_{seed}_")
     trainer_lib.Trainer(c, workdir).train()
     exports.append(str(serving.export_saved_model(workdir)))
     if dev is None:

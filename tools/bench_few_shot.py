@@ -72,7 +72,7 @@ def num_labels(dataset):
 def run_tf(config):
   from tf_finetune.evaluation import evaluator
   from tf_finetune.training import trainer as trainer_lib
-  workdir = tempfile.mkdtemp(prefix="bench_few_shot_")
+  workdir = benchlib.scratch_dir("bench_few_shot_")
   start = time.time()
   trainer = trainer_lib.Trainer(config, workdir)
   trainer.train()

@@ -17,7 +17,6 @@ given apart) and train time, in float32 without packing, as README's table was m
 Each run is its own process; prints one line per run, then mean +- std per setting. Pick
 a setting by dev accuracy; test accuracy is the held-out figure.
 """
-import tempfile
 import time
 
 import benchlib
@@ -51,7 +50,7 @@ def run_one(setting, seed):
   steps = _STEPS.value or round(config.train.epochs * (articles // config.train.batch_size))
   config = benchlib.load_config("default", dict(overrides, **{
       "train.steps": steps, "train.eval_every": max(1, steps // 3)}))
-  workdir = tempfile.mkdtemp(prefix=f"bench_long_text_{setting}_{seed}_")
+  workdir = benchlib.scratch_dir(f"bench_long_text_{setting}_{seed}_")
   trainer = trainer_lib.Trainer(config, workdir)
   evaluations = []  # seconds of each dev evaluation inside train()
   evaluate_dev = trainer.evaluate_dev

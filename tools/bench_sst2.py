@@ -15,7 +15,6 @@ Prints per run dev accuracy of the final weights, train examples/s, real and pad
 wordpieces per second, wall time and peak RSS; then per side the mean, and last
 `speedup: X.XX (accuracy delta: +Y.YY points)`: `tf` against the faster Trainer side.
 """
-import tempfile
 import time
 
 import benchlib
@@ -47,7 +46,7 @@ def run_tf(side):
       "train.learning_rate": _LR.value, "train.adam_epsilon": 1e-8, "train.seed": _SEED.value,
       "train.eval_every": 10**9,  # one evaluation, at the end, as on the PyTorch side
       "train.log_every": 100}))
-  workdir = tempfile.mkdtemp(prefix="bench_sst2_tf_")
+  workdir = benchlib.scratch_dir("bench_sst2_tf_")
   start = time.time()
   t = trainer_lib.Trainer(c, workdir)
   setup = time.time() - start
@@ -99,7 +98,7 @@ def run_torch(side):
 
   train_data, dev_data = data(train), data(dev)
   args = transformers.TrainingArguments(
-      output_dir=tempfile.mkdtemp(prefix="bench_sst2_torch_"), num_train_epochs=_EPOCHS.value,
+      output_dir=benchlib.scratch_dir("bench_sst2_torch_"), num_train_epochs=_EPOCHS.value,
       per_device_train_batch_size=_BATCH.value, per_device_eval_batch_size=64,
       learning_rate=_LR.value, weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear",
       max_grad_norm=1.0, adam_epsilon=1e-8, train_sampling_strategy="group_by_length",

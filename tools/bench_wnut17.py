@@ -15,7 +15,6 @@ task.loss_average=token, HF's convention); --loss_average=sentence runs the tf s
 each sentence's mean first. Each side runs in its own process; prints dev entity F1 /
 precision / recall, training examples/s, wall time and peak RSS.
 """
-import tempfile
 import time
 
 import benchlib
@@ -46,7 +45,7 @@ def run_tf():
   from tf_finetune.training import trainer as trainer_lib
   c = _config()
   start = time.time()
-  t = trainer_lib.Trainer(c, tempfile.mkdtemp(prefix="bench_wnut17_tf_"))
+  t = trainer_lib.Trainer(c, benchlib.scratch_dir("bench_wnut17_tf_"))
   train_start = time.time()
   t.train()
   train_time = time.time() - train_start
@@ -90,7 +89,7 @@ def run_torch():
 
   train_data, dev_data = data(splits["train"]), data(splits["dev"])
   args = transformers.TrainingArguments(
-      output_dir=tempfile.mkdtemp(prefix="bench_wnut17_torch_"), num_train_epochs=c.train.epochs,
+      output_dir=benchlib.scratch_dir("bench_wnut17_torch_"), num_train_epochs=c.train.epochs,
       per_device_train_batch_size=c.train.batch_size, per_device_eval_batch_size=64,
       learning_rate=c.train.learning_rate, weight_decay=c.train.weight_decay,
       warmup_steps=c.train.warmup_fraction, lr_scheduler_type="linear",

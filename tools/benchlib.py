@@ -6,11 +6,14 @@ prints its result with `emit`, the parent reads it back with `run_side`. Tools r
 and tf_finetune comes from the installed package (`pip install -e .`); configs are loaded
 by path with tf_finetune.config.load, the one override idiom.
 """
+import atexit
 import json
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -20,6 +23,14 @@ _RESULT = "RESULT "
 def peak_rss_mb():
   """This process's peak resident memory, MB."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scratch_dir(prefix):
+  """A temporary run directory, removed when this process exits: a run with its
+  checkpoints is hundreds of MB, and a benchmark's sides leave nothing behind."""
+  path = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  return path
 
 
 def emit(result):
@@ -85,11 +96,10 @@ class Sst2BudgetTable:
 def train_sst2_budget(name, overrides, max_train_examples, epochs):
   """Trains one row of a budget table (sst2_budget plus overrides) in a fresh run directory;
   returns (the trainer, its config, training seconds, the common result fields)."""
-  import tempfile
   import time
   from tf_finetune.training import trainer as trainer_lib
   config = sst2_budget(overrides, max_train_examples, epochs)
-  trainer = trainer_lib.Trainer(config, tempfile.mkdtemp(prefix=f"bench_{name}_"))
+  trainer = trainer_lib.Trainer(config, scratch_dir(f"bench_{name}_"))
   start = time.time()
   trainer.train()
   seconds = time.time() - start
