@@ -64,6 +64,11 @@ _EXACT_GELU = ("gelu",)
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
+def backbone_of(model):
+  """The keras-hub encoder inside a task's model."""
+  return next(layer for layer in model.layers if isinstance(layer, keras_hub.models.Backbone))
+
+
 def family_of(backbone):
   """The Family of a keras-hub backbone instance (the most specific class matches:
   XLMRobertaBackbone is a RobertaBackbone)."""
@@ -109,9 +114,7 @@ def embed(backbone, token_ids, segment_ids, position_ids, training=None):
     x = backbone.embeddings(token_ids, positions=position_ids)
   x = backbone.embeddings_layer_norm(x)
   x = backbone.embeddings_dropout(x, training=training)
-  if isinstance(backbone, keras_hub.models.AlbertBackbone) or (
-      isinstance(backbone, keras_hub.models.ElectraBackbone)
-      and backbone.embedding_dim != backbone.hidden_dim):
+  if hasattr(backbone, "embeddings_projection"):  # built only where the sizes differ
     x = backbone.embeddings_projection(x)
   return x
 

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from tf_finetune import families
 from tf_finetune.errors import ConfigError, WorkdirError
 
 
@@ -68,8 +69,7 @@ def _add_adapters(bert, size):
 
 def backbone(model):
   """The keras-hub encoder inside a task's model."""
-  import keras_hub
-  return next(layer for layer in model.layers if isinstance(layer, keras_hub.models.Backbone))
+  return families.backbone_of(model)
 
 
 def apply(config, model):

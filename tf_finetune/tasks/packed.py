@@ -3,20 +3,15 @@ layers and weights: the backbone's embeddings with per-token position ids, its
 transformer layers with attention kept inside each example, then the head per example.
 keras-hub's backbones take no position ids or attention mask, so this calls their layers
 one by one, as each family's constructor wires them (families.embed, transformer_stack)."""
-import keras_hub
 import tensorflow as tf
 
 from tf_finetune import families
 from tf_finetune.data import packing
 
 
-def backbone_of(model):
-  return next(layer for layer in model.layers if isinstance(layer, keras_hub.models.Backbone))
-
-
 def sequence_output(model, batch, training):
   """[rows, length, hidden]: each token's last hidden state within its own example."""
-  backbone = backbone_of(model)
+  backbone = families.backbone_of(model)
   x = families.embed(backbone, batch["token_ids"], batch["segment_ids"],
                      batch["position_ids"], training=training)
   mask = packing.attention_mask(batch["example_ids"])
@@ -36,6 +31,6 @@ def pooled_logits(model, batch, pooling, training):
   else:
     pooled = tf.gather_nd(x, tf.stack([batch["example_rows"], batch["example_starts"]], 1))
     if pooling == "pooler":
-      pooled = families.pooler(model, backbone_of(model))(pooled)
+      pooled = families.pooler(model, families.backbone_of(model))(pooled)
   pooled = model.get_layer("head_dropout")(pooled, training=training)
   return model.get_layer("logits")(pooled)
