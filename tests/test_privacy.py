@@ -3,6 +3,7 @@ accountant."""
 import json
 
 import dp_accounting
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +12,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from tests.conftest import override, tiny_config, write_sentiment_tsv
 from tests.test_tagging import ner_config
 from tf_finetune import experiment
+from tf_finetune import families
 from tf_finetune import privacy
 from tf_finetune import train
 from tf_finetune.data import pipeline
@@ -70,6 +72,53 @@ def test_each_example_is_clipped_to_the_norm(setup, per_example):
     _, clipped = _sgd(clip, per_example).clipped_sum(model, model.trainable_variables,
                                                      losses_of, one)
     assert float(tf.linalg.global_norm(clipped)) == pytest.approx(clip, rel=1e-4)
+
+
+def _norm(gradients, keep):
+  return float(tf.linalg.global_norm([g for g, k in zip(gradients, keep) if k]))
+
+
+@pytest.mark.parametrize("per_example", ["while_loop", "vectorized"])
+def test_head_and_encoder_are_clipped_apart_within_the_norm(setup, per_example):
+  """privacy.head_l2_norm_clip: each group to its own clip, the whole within C; a group
+  under its clip is left as it is."""
+  _, _, _, model, batch, losses_of = setup
+  variables = model.trainable_variables
+  encoder_paths = {v.path for v in families.backbone_of(model).variables}
+  in_encoder = [v.path in encoder_paths for v in variables]
+  in_head = [not e for e in in_encoder]
+  assert any(in_encoder) and any(in_head)
+
+  def clipped(clip, head_clip, i):
+    plan = privacy.Plan(0.0, clip, 1e-5, 0.1, 12, 40, 4, head_clip)
+    one = {k: v[i:i + 1] for k, v in batch.items()}
+    return dp_sgd.DpSgd(plan, per_example, 0, encoder_paths).clipped_sum(
+        model, variables, losses_of, one)[1]
+  for i in range(4):
+    original = _single_gradients(model, losses_of, batch, i)
+    assert _norm(original, in_head) > 0.006 and _norm(original, in_encoder) > 0.008  # binds
+    both = clipped(0.01, 0.006, i)
+    assert _norm(both, in_head) == pytest.approx(0.006, rel=1e-4)
+    assert _norm(both, in_encoder) == pytest.approx(0.008, rel=1e-4)
+    assert float(tf.linalg.global_norm(both)) == pytest.approx(0.01, rel=1e-4)
+    head_only = clipped(1e6, 1e-4, i)
+    assert _norm(head_only, in_head) == pytest.approx(1e-4, rel=1e-4)
+    for g, expected, e in zip(head_only, original, in_encoder):
+      if e:
+        np.testing.assert_allclose(g.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_a_head_clip_needs_both_groups_and_a_smaller_norm(sentiment_dir):
+  with pytest.raises(ConfigError, match=r"privacy.head_l2_norm_clip=1.0: must be in \[0, "):
+    override(tiny_config(sentiment_dir), {"privacy__method": "dp_sgd",
+                                          "privacy__head_l2_norm_clip": 1.0})
+  with pytest.raises(ConfigError, match="applies to privacy.method='dp_sgd'"):
+    override(tiny_config(sentiment_dir), {"privacy__head_l2_norm_clip": 0.5})
+  plan = privacy.Plan(1.0, 1.0, 1e-5, 0.1, 12, 40, 4, 0.6)
+  assert plan.group_clips() == pytest.approx((0.6, 0.8))
+  head = keras.Variable(1.0, name="head")
+  with pytest.raises(ConfigError, match="the encoder has no trainable weight to clip apart"):
+    dp_sgd.DpSgd(plan, "while_loop", 0, encoder_paths=()).check_groups([head])
 
 
 def test_without_noise_and_clip_the_step_is_the_plain_step(setup):
@@ -146,7 +195,8 @@ def test_reported_epsilon_is_dp_accountings_own(tmp_path):
   data = write_sentiment_tsv(tmp_path / "data", n_train=120, n_dev=16)
   config = tiny_config(data, privacy__method="dp_sgd", privacy__noise_multiplier=1.3,
                        train__batch_size=8, train__steps=4, train__eval_every=2,
-                       train__grad_accum_steps=2, peft__method="lora")
+                       train__grad_accum_steps=2, peft__method="lora",
+                       privacy__head_l2_norm_clip=0.6)
   train.train_and_evaluate(config, tmp_path / "run")
   report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
   p = report["privacy"]
@@ -156,7 +206,9 @@ def test_reported_epsilon_is_dp_accountings_own(tmp_path):
   assert p["epsilon"] == pytest.approx(accountant.get_epsilon(1 / 240), rel=1e-9)
   assert (p["delta"], p["steps"], p["capacity"], p["sampling_rate"]) == (
       1 / 240, report["step"], 32, 8 / 120)
+  assert p["head_l2_norm_clip"] == 0.6  # clipping apart leaves the accounting as it was
   assert "differential privacy: epsilon" in (tmp_path / "run" / "eval" / "report.txt").read_text()
+  assert "clip 1 (head 0.6 apart)" in (tmp_path / "run" / "eval" / "report.txt").read_text()
 
 
 def test_target_epsilon_solves_for_the_noise(tmp_path):

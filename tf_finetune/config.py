@@ -201,6 +201,9 @@ def base_config():
   c.privacy.method = "none"  # none or dp_sgd
   c.privacy.noise_multiplier = 1.0
   c.privacy.l2_norm_clip = 1.0
+  # > 0: the head (every weight outside the encoder) clipped to this and the encoder to
+  # sqrt(l2_norm_clip^2 - head_l2_norm_clip^2), apart; the same noise and epsilon.
+  c.privacy.head_l2_norm_clip = 0.0
   c.privacy.delta = 0.0
   c.privacy.target_epsilon = 0.0
   # How per-example gradients are computed: a while_loop over the examples in the graph
@@ -448,6 +451,11 @@ def validate(config):
   _check(pr.method in ("none", "dp_sgd"), "privacy.method", pr.method, "must be none or dp_sgd")
   _check(pr.noise_multiplier >= 0, "privacy.noise_multiplier", pr.noise_multiplier, "must be >= 0")
   _check(pr.l2_norm_clip > 0, "privacy.l2_norm_clip", pr.l2_norm_clip, "must be > 0")
+  _check(0 <= pr.head_l2_norm_clip < pr.l2_norm_clip, "privacy.head_l2_norm_clip",
+         pr.head_l2_norm_clip, f"must be in [0, privacy.l2_norm_clip={pr.l2_norm_clip:g}) "
+         "(0: one clip for the whole gradient)")
+  _check(not pr.head_l2_norm_clip or pr.method == "dp_sgd", "privacy.head_l2_norm_clip",
+         pr.head_l2_norm_clip, "applies to privacy.method='dp_sgd'")
   _check(0 <= pr.delta < 1, "privacy.delta", pr.delta, "must be in [0, 1) (0: 1 / (2N))")
   _check(pr.target_epsilon >= 0, "privacy.target_epsilon", pr.target_epsilon,
          "must be >= 0 (0: use privacy.noise_multiplier)")

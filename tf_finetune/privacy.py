@@ -5,7 +5,8 @@ DP-SGD (Abadi et al. 2016) in the custom loop.
 Per optimizer step: a Poisson sample of the train split (data/pipeline.py
 poisson_train_dataset: each example in with probability q = train.batch_size / N, the
 sample cut to a random subset of `capacity` where it overflows), each sampled example's
-gradient clipped to L2 norm C = privacy.l2_norm_clip, the clipped gradients summed (over
+gradient clipped to L2 norm C = privacy.l2_norm_clip (or the head to
+privacy.head_l2_norm_clip and the encoder to the rest of C, training/dp_sgd.py), the clipped gradients summed (over
 micro-batches and replicas), Gaussian noise of standard deviation sigma * C added once, the
 sum divided by the expected batch size q N, then the optimizer step. Under mirrored and
 multi-worker strategies every replica draws the same noise from a stateless generator seeded
@@ -83,14 +84,30 @@ class Plan:
   capacity: int
   num_examples: int
   batch_size: int  # expected examples per step, q N
+  head_l2_norm_clip: float = 0.0  # 0: one clip for the whole gradient
+
+  def group_clips(self):
+    """(head, encoder) clips where the head is clipped apart, else None. Their squares sum
+    to C^2: an example's clipped gradient keeps norm <= C, the sensitivity the noise is for."""
+    if not self.head_l2_norm_clip:
+      return None
+    return (self.head_l2_norm_clip,
+            math.sqrt(self.l2_norm_clip ** 2 - self.head_l2_norm_clip ** 2))
 
   def report(self, steps):
     return {"epsilon": epsilon(self.noise_multiplier, self.sampling_rate, self.capacity,
                                self.num_examples, steps, self.delta),
             "delta": self.delta, "noise_multiplier": self.noise_multiplier,
-            "l2_norm_clip": self.l2_norm_clip, "steps": int(steps),
+            "l2_norm_clip": self.l2_norm_clip, "head_l2_norm_clip": self.head_l2_norm_clip,
+            "steps": int(steps),
             "sampling_rate": self.sampling_rate, "capacity": self.capacity,
             "num_examples": self.num_examples, "accountant": ACCOUNTANT}
+
+
+def clip_text(report):
+  """The clipping of a privacy report, as report.txt and the model card say it."""
+  head = report.get("head_l2_norm_clip")
+  return f"clip {report['l2_norm_clip']:g}" + (f" (head {head:g} apart)" if head else "")
 
 
 def plan(config, num_examples):
@@ -107,15 +124,18 @@ def plan(config, num_examples):
   if p.target_epsilon:
     sigma = calibrate_noise(p.target_epsilon, rate, rows, num_examples,
                             config_lib.total_steps(config, num_examples), delta)
-  return Plan(sigma, p.l2_norm_clip, delta, rate, rows, num_examples, batch_size)
+  return Plan(sigma, p.l2_norm_clip, delta, rate, rows, num_examples, batch_size,
+              p.head_l2_norm_clip)
 
 
 def log_plan(privacy_plan, total_steps, target_epsilon=0.0):
   p = privacy_plan
+  clips = p.group_clips()
   logging.info(
-      "Privacy: DP-SGD, noise multiplier %.4f%s, clip %.3g, Poisson sampling rate %.5f "
+      "Privacy: DP-SGD, noise multiplier %.4f%s, clip %.3g%s, Poisson sampling rate %.5f "
       "(expected %d of %d examples a step, at most %d), delta %.3g: epsilon %.3f after the "
       "planned %d steps (%s)", p.noise_multiplier,
       f" (solved for epsilon {target_epsilon:g})" if target_epsilon else "", p.l2_norm_clip,
+      f" (head {clips[0]:.3g}, encoder {clips[1]:.3g}, apart)" if clips else "",
       p.sampling_rate, p.batch_size, p.num_examples, p.capacity, p.delta,
       p.report(total_steps)["epsilon"], total_steps, ACCOUNTANT)

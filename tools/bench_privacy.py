@@ -44,6 +44,8 @@ ROWS = {
 TABLE = benchlib.Sst2BudgetTable(ROWS, "rows")
 _DP_BATCH = flags.DEFINE_integer("dp_batch_size", 1024, "Private rows: expected batch size.")
 _CLIP = flags.DEFINE_float("l2_norm_clip", 1.0, "Private rows: per-example clip.")
+_HEAD_CLIP = flags.DEFINE_float("head_l2_norm_clip", 0.0,
+                                "Private rows: privacy.head_l2_norm_clip (0: one clip).")
 _LR = flags.DEFINE_float("learning_rate", 0.0, "Every chosen row's learning rate (0: its own).")
 _HEAD_LR = flags.DEFINE_float("head_learning_rate", -1.0,
                               "Every chosen row's train.head_learning_rate (-1: its own).")
@@ -55,6 +57,7 @@ def run_one(name):
     steps = round(TABLE.epochs.value * (TABLE.max_train.value // _DP_BATCH.value))
     ROWS[name] = dict(ROWS[name], **{"train.batch_size": _DP_BATCH.value,
                                      "privacy.l2_norm_clip": _CLIP.value,
+                                     "privacy.head_l2_norm_clip": _HEAD_CLIP.value,
                                      "train.eval_every": max(1, steps // 3)})
   ROWS[name] = dict(ROWS[name], **{"model.pooling": _POOLING.value})
   if _LR.value:
@@ -65,7 +68,8 @@ def run_one(name):
   if trainer.dp_sgd is not None:
     spent = trainer.privacy_plan.report(trainer.best["step"])
     result.update(epsilon=spent["epsilon"], delta=spent["delta"],
-                  noise_multiplier=spent["noise_multiplier"])
+                  noise_multiplier=spent["noise_multiplier"], clip=spent["l2_norm_clip"],
+                  head_clip=spent["head_l2_norm_clip"])
   return dict(result, batch_size=trainer.global_batch_size,
               learning_rate=trainer.config.train.learning_rate,
               head_learning_rate=trainer.config.train.head_learning_rate)
@@ -77,14 +81,16 @@ def main(argv):
     return
   print(TABLE.header() + f", private rows: expected batch {_DP_BATCH.value}, clip "
         f"{_CLIP.value:g}")
-  print("| row | batch | learning rate (head) | dev accuracy | epsilon at best (delta) | "
-        "noise multiplier | examples/s | peak RSS MB |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| row | batch | learning rate (head) | clip (head) | dev accuracy | "
+        "epsilon at best (delta) | noise multiplier | examples/s | peak RSS MB |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for name, r in TABLE.results(__file__):
     privacy = (f"{r['epsilon']:.2f} ({r['delta']:.2g})", f"{r['noise_multiplier']:.3f}") \
         if "epsilon" in r else ("non-private", "-")
     head = f" ({r['head_learning_rate']:g})" if r["head_learning_rate"] else ""
-    print(f"| {name} | {r['batch_size']} | {r['learning_rate']:g}{head} | "
+    clip = "-" if "clip" not in r else f"{r['clip']:g}" + (
+        f" ({r['head_clip']:g})" if r["head_clip"] else "")
+    print(f"| {name} | {r['batch_size']} | {r['learning_rate']:g}{head} | {clip} | "
           f"{r['dev_accuracy']:.4f} (step {r['best_step']}/"
           f"{r['steps']}) | {privacy[0]} | {privacy[1]} | {r['examples_per_sec']:.1f} | "
           f"{r['peak_rss_mb']:.0f} |", flush=True)

@@ -7,6 +7,7 @@ import math
 
 from tf_finetune import atomic
 from tf_finetune import plots
+from tf_finetune import privacy
 from tf_finetune.data import sources
 from tf_finetune.tasks.metrics import metrics_line
 
@@ -21,7 +22,7 @@ def write_text_report(path, report):
     p = report["privacy"]
     lines += [f"differential privacy: epsilon {p['epsilon']:.3f} at delta {p['delta']:.3g} "
               f"after {p['steps']} steps of DP-SGD (noise multiplier "
-              f"{p['noise_multiplier']:.4f}, clip {p['l2_norm_clip']:g})", ""]
+              f"{p['noise_multiplier']:.4f}, {privacy.clip_text(p)})", ""]
   for split, r in report["splits"].items():
     lines.append(f"== {split}: {r['num_examples']} examples, {metrics_line(r)}")
     if "per_class" in r:

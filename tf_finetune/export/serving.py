@@ -17,6 +17,7 @@ from absl import logging
 from tf_finetune import atomic
 from tf_finetune import experiment
 from tf_finetune import peft
+from tf_finetune import privacy
 from tf_finetune.errors import WorkdirError
 from tf_finetune.tasks.metrics import metrics_line
 
@@ -149,8 +150,8 @@ def model_card(config, labels, step, checkpoint, report, signature_info):
       spent = "infinite (no noise)" if p["epsilon"] is None else f"{p['epsilon']:.3f}"
       lines.append(f"- differential privacy (DP-SGD, example level, fine-tuning data only): "
                    f"epsilon {spent} at delta {p['delta']:.3g} after {p['steps']} "
-                   f"steps (noise multiplier {p['noise_multiplier']:.4f}, clip "
-                   f"{p['l2_norm_clip']:g}, sampling rate {p['sampling_rate']:.5f}; "
+                   f"steps (noise multiplier {p['noise_multiplier']:.4f}, "
+                   f"{privacy.clip_text(p)}, sampling rate {p['sampling_rate']:.5f}; "
                    f"{p['accountant']})")
   else:
     lines.append("- not evaluated at this checkpoint (run `python -m tf_finetune.evaluate`)")

@@ -8,8 +8,17 @@ in memory, and adds the clipped gradient into the sums (a sparse word-embedding 
 its rows); vectorized computes every example's gradient at once with tape.jacobian (pfor),
 holding [batch, parameters]. On a 2-core CPU with all-MiniLM-L6-v2 the loop was the faster
 (tools/bench_privacy.py).
+
+Clipping: by default each example's whole gradient is clipped to C = privacy.l2_norm_clip.
+With privacy.head_l2_norm_clip = C_h > 0 the head (every weight outside the encoder) is
+clipped to C_h and the encoder to sqrt(C^2 - C_h^2), apart (per-layer clipping, McMahan et
+al. 2018, arXiv 1812.06210, section 3): the whole clipped gradient still has norm <= C, so
+the noise and the accounting are unchanged, while the head keeps its share when the encoder's
+gradient grows (it grows with the head's weights as the head learns).
 """
 import tensorflow as tf
+
+from tf_finetune.errors import ConfigError
 
 
 def _flat_norm_squared(gradient):
@@ -25,22 +34,45 @@ def _flat_norm_squared(gradient):
 class DpSgd:
   """Per-example clipped gradient sums and the noise of one step, for `variables`."""
 
-  def __init__(self, privacy_plan, per_example, seed):
+  def __init__(self, privacy_plan, per_example, seed, encoder_paths=frozenset()):
     self.plan = privacy_plan
     self.per_example = per_example
     self.seed = seed
+    self.encoder_paths = frozenset(encoder_paths)  # the encoder's clipping group
+
+  def check_groups(self, variables):
+    """Clipping the head apart needs trainable weights on both sides."""
+    if self.plan.group_clips() is None:
+      return
+    in_encoder = {v.path in self.encoder_paths for v in variables}
+    if in_encoder != {False, True}:
+      side = "encoder" if True not in in_encoder else "head"
+      raise ConfigError(f"config.privacy.head_l2_norm_clip={self.plan.head_l2_norm_clip:g}: "
+                        f"the {side} has no trainable weight to clip apart; set it to 0")
 
   def clipped_sum(self, model, variables, losses_of, batch):
     """(sum of the batch's per-example losses, [sum over the batch's examples of each one's
-    gradient clipped to l2_norm_clip] per variable, dense), counting rows whose
+    gradient clipped as the plan says] per variable, dense), counting rows whose
     `example_weight` is 1. losses_of(features, labels, training) -> per-example losses."""
     features = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
     if self.per_example == "vectorized":
       return self._vectorized(model, variables, losses_of, features, batch)
     return self._loop(model, variables, losses_of, features, batch)
 
-  def _factor(self, norm_squared):
-    return tf.minimum(1.0, self.plan.l2_norm_clip / (tf.sqrt(norm_squared) + 1e-12))
+  def _clip_factors(self, variables, norms_squared):
+    """Per variable, the factor that clips its example's (or examples') gradient: from the
+    norm over every variable, or over the variable's group (head or encoder) with the
+    group's own clip."""
+    group_clips = self.plan.group_clips()
+    if group_clips is None:
+      groups, clips = [0] * len(variables), [self.plan.l2_norm_clip]
+    else:
+      groups, clips = [int(v.path in self.encoder_paths) for v in variables], group_clips
+    factors = {}
+    for group in set(groups):
+      norm = tf.sqrt(tf.add_n([n for n, g in zip(norms_squared, groups) if g == group]))
+      factors[group] = tf.minimum(1.0, clips[group] / (norm + 1e-12))
+    return [factors[g] for g in groups]
 
   def _loop(self, model, variables, losses_of, features, batch):
     lengths = tf.reduce_sum(features["padding_mask"], axis=1)
@@ -52,9 +84,9 @@ class DpSgd:
         loss = tf.reduce_sum(losses_of(example, batch["label"][i:i + 1], True))
       grads = tape.gradient(loss, variables)
       parts = [_flat_norm_squared(g) for g in grads]
-      factor = self._factor(tf.add_n([n for n, _ in parts]))
+      factors = self._clip_factors(variables, [n for n, _ in parts])
       new_sums = []
-      for total, g, (_, rows_values) in zip(sums, grads, parts):
+      for total, g, (_, rows_values), factor in zip(sums, grads, parts, factors):
         if rows_values is None:
           new_sums.append(total + factor * g)
         else:
@@ -74,10 +106,11 @@ class DpSgd:
       losses = tf.cast(losses_of(features, batch["label"], True), tf.float32) * weight
     jacobians = tape.jacobian(losses, variables, experimental_use_pfor=True,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    norm_squared = tf.add_n([tf.reduce_sum(tf.square(tf.reshape(j, [tf.shape(j)[0], -1])), 1)
-                             for j in jacobians])
-    factor = self._factor(norm_squared) * weight
-    return tf.reduce_sum(losses), [tf.tensordot(factor, j, axes=1) for j in jacobians]
+    norms_squared = [tf.reduce_sum(tf.square(tf.reshape(j, [tf.shape(j)[0], -1])), 1)
+                     for j in jacobians]
+    factors = self._clip_factors(variables, norms_squared)
+    return tf.reduce_sum(losses), [tf.tensordot(f * weight, j, axes=1)
+                                   for f, j in zip(factors, jacobians)]
 
   def noised_mean(self, sums, step):
     """(sums + N(0, (sigma C)^2) per coordinate) / expected batch size. The noise comes from

@@ -139,12 +139,14 @@ class Trainer:
     if config.privacy.method == "dp_sgd":
       self.privacy_plan = privacy.plan(config, self.num_train_examples)
       privacy.log_plan(self.privacy_plan, self.total_steps, config.privacy.target_epsilon)
-      self.dp_sgd = dp_sgd.DpSgd(self.privacy_plan, config.privacy.per_example, t.seed)
+      self.dp_sgd = dp_sgd.DpSgd(self.privacy_plan, config.privacy.per_example, t.seed,
+                                 encoder_paths={v.path for v in encoder.variables})
       first = self.splits["train"].subset([0])
       example = next(iter(pipeline.eval_dataset(first, self.task.label_values(first), self.task,
                                                 batch_size=1)))
       self.private_variables = dp_sgd.connected_variables(
           self._losses_of, example, self.model.trainable_variables)
+      self.dp_sgd.check_groups(self.private_variables)
     # The best-checkpoint state and the evaluation counter are saved with the model, so a
     # resumed run restores them as of its checkpoint and counts a redone evaluation once.
     self.run_state = {
