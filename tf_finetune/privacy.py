@@ -6,11 +6,12 @@ Per optimizer step: a Poisson sample of the train split (data/pipeline.py
 poisson_train_dataset: each example in with probability q = train.batch_size / N, the
 sample cut to a random subset of `capacity` where it overflows), each sampled example's
 gradient clipped to L2 norm C = privacy.l2_norm_clip (or the head to
-privacy.head_l2_norm_clip and the encoder to the rest of C, training/dp_sgd.py), the clipped gradients summed (over
-micro-batches and replicas), Gaussian noise of standard deviation sigma * C added once, the
-sum divided by the expected batch size q N, then the optimizer step. Under mirrored and
-multi-worker strategies every replica draws the same noise from a stateless generator seeded
-by (train.seed, step), after the all-reduce, so the noise is added once, not once per replica.
+privacy.head_l2_norm_clip and the encoder to the rest of C, training/dp_sgd.py), the
+clipped gradients summed (over micro-batches and replicas), Gaussian noise of standard
+deviation sigma * C added once, the sum divided by the expected batch size q N, then the
+optimizer step. Under mirrored and multi-worker strategies every replica draws the same
+noise from a stateless generator seeded by (train.seed, step), after the all-reduce, so the
+noise is added once, not once per replica.
 
 Epsilon at delta comes from dp-accounting's PLD accountant composing `steps`
 TruncatedSubsampledGaussianDpEvents: the sampling the pipeline does, truncation included.
