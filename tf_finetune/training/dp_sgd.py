@@ -40,13 +40,19 @@ class DpSgd:
     self.seed = seed
     self.encoder_paths = frozenset(encoder_paths)  # the encoder's clipping group
 
+  def _groups(self, variables):
+    """(each variable's clipping group, each group's clip): one group, or the head (0) and
+    the encoder (1) apart."""
+    group_clips = self.plan.group_clips()
+    if group_clips is None:
+      return [0] * len(variables), [self.plan.l2_norm_clip]
+    return [int(v.path in self.encoder_paths) for v in variables], group_clips
+
   def check_groups(self, variables):
     """Clipping the head apart needs trainable weights on both sides."""
-    if self.plan.group_clips() is None:
-      return
-    in_encoder = {v.path in self.encoder_paths for v in variables}
-    if in_encoder != {False, True}:
-      side = "encoder" if True not in in_encoder else "head"
+    groups, clips = self._groups(variables)
+    if len(set(groups)) < len(clips):
+      side = "encoder" if 1 not in groups else "head"
       raise ConfigError(f"config.privacy.head_l2_norm_clip={self.plan.head_l2_norm_clip:g}: "
                         f"the {side} has no trainable weight to clip apart; set it to 0")
 
@@ -63,11 +69,7 @@ class DpSgd:
     """Per variable, the factor that clips its example's (or examples') gradient: from the
     norm over every variable, or over the variable's group (head or encoder) with the
     group's own clip."""
-    group_clips = self.plan.group_clips()
-    if group_clips is None:
-      groups, clips = [0] * len(variables), [self.plan.l2_norm_clip]
-    else:
-      groups, clips = [int(v.path in self.encoder_paths) for v in variables], group_clips
+    groups, clips = self._groups(variables)
     factors = {}
     for group in set(groups):
       norm = tf.sqrt(tf.add_n([n for n, g in zip(norms_squared, groups) if g == group]))

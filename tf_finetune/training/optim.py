@@ -116,7 +116,7 @@ def head_multiplier(ratio, encoder_paths):
 
 
 def build_optimizer(train_config, total_steps, trainable_variables, num_layers=0,
-                    encoder_variables=()):
+                    encoder_paths=frozenset()):
   schedule = WarmupLinearDecay(train_config.learning_rate,
                                int(train_config.warmup_fraction * total_steps), total_steps)
   multipliers = []
@@ -124,8 +124,7 @@ def build_optimizer(train_config, total_steps, trainable_variables, num_layers=0
     multipliers.append(layer_decay_multiplier(train_config.layer_decay, num_layers))
   if train_config.head_learning_rate:
     multipliers.append(head_multiplier(
-        train_config.head_learning_rate / train_config.learning_rate,
-        {v.path for v in encoder_variables}))
+        train_config.head_learning_rate / train_config.learning_rate, encoder_paths))
   multiplier = None
   if multipliers:
     multiplier = lambda path: math.prod(m(path) for m in multipliers)

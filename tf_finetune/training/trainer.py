@@ -121,9 +121,11 @@ class Trainer:
     self.checkpoint_every = t.checkpoint_every or self.eval_every
     with self.strategy.scope():
       encoder = peft.backbone(self.model)
+      # The head is every weight outside these (its own rate, and DP-SGD's own clip).
+      encoder_paths = frozenset(v.path for v in encoder.variables)
       self.optimizer = optim.build_optimizer(
           t, self.total_steps, self.model.trainable_variables, num_layers=encoder.num_layers,
-          encoder_variables=encoder.variables)
+          encoder_paths=encoder_paths)
     for name, split in self.splits.items():
       self.task.log_lengths(name, split)
     self.teacher = None
@@ -140,7 +142,7 @@ class Trainer:
       self.privacy_plan = privacy.plan(config, self.num_train_examples)
       privacy.log_plan(self.privacy_plan, self.total_steps, config.privacy.target_epsilon)
       self.dp_sgd = dp_sgd.DpSgd(self.privacy_plan, config.privacy.per_example, t.seed,
-                                 encoder_paths={v.path for v in encoder.variables})
+                                 encoder_paths=encoder_paths)
       first = self.splits["train"].subset([0])
       example = next(iter(pipeline.eval_dataset(first, self.task.label_values(first), self.task,
                                                 batch_size=1)))
