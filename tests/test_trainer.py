@@ -229,6 +229,54 @@ def test_run_directory_contract_under_each_strategy(sentiment_dir, tmp_path, str
   check_run_directory(run, last_step=4)
 
 
+@pytest.mark.parametrize("strategy,best_is_last", [("default", True), ("default", False),
+                                                   ("mirrored", False)])
+def test_report_after_training_reuses_the_trainers_model_and_equals_a_fresh_evaluation(
+    sentiment_dir, tmp_path, monkeypatch, best_is_last, strategy):
+  """train's report pass runs on the trainer's model (restored to the best checkpoint when a
+  later step ran), with the dev logits of the last evaluation when it was of the best, and
+  writes what `evaluate` writes for that checkpoint from a model built anew."""
+  from tf_finetune import experiment
+  from tf_finetune import train
+  from tf_finetune.evaluation import evaluator
+  evaluate_dev = trainer_lib.Trainer.evaluate_dev
+
+  def scripted_accuracy(trainer):  # the real evaluation; then dev accuracy rises or falls
+    accuracy = trainer.step / 10 if best_is_last else 1 - trainer.step / 10
+    return dict(evaluate_dev(trainer), accuracy=accuracy)
+  monkeypatch.setattr(trainer_lib.Trainer, "evaluate_dev", scripted_accuracy)
+  reused = {}
+  best_run = trainer_lib.Trainer.best_run
+
+  def recorded_best_run(trainer):
+    reused["run"], reused["known"] = best_run(trainer)
+    return reused["run"], reused["known"]
+  monkeypatch.setattr(trainer_lib.Trainer, "best_run", recorded_best_run)
+  load_run = experiment.load_run
+  monkeypatch.setattr(experiment, "load_run", lambda *a, **k: pytest.fail("model built again"))
+  run = tmp_path / "run"
+  t = train.train_and_evaluate(tiny_config(
+      sentiment_dir, train__steps=4, train__eval_every=2, data__test_file="train.tsv",
+      train__eval_splits="dev,test",
+      train__precision="float32", distribution__strategy=strategy,
+      distribution__num_cpu_devices=2), run)
+  assert reused["run"].model is t.model and reused["run"].step == (4 if best_is_last else 2)
+  assert list(reused["known"]) == (["dev"] if best_is_last else [])
+  written = {name: (run / "eval" / name).read_text()
+             for name in ("report.json", "report.txt", "predictions.tsv")}
+  monkeypatch.setattr(experiment, "load_run", load_run)
+  evaluator.evaluate_workdir(run)
+  for name, text in written.items():
+    assert (run / "eval" / name).read_text() == text, name
+
+
+def test_report_after_mixed_precision_training_builds_a_float32_model(sentiment_dir, tmp_path):
+  t = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=2, train__eval_every=2,
+                                      train__precision="mixed_bfloat16"), tmp_path / "run")
+  t.train()
+  assert t.best_run() == (None, {})
+
+
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_accumulated_micro_batches_give_the_big_batch_update(sentiment_dir, tmp_path, strategy):
   """k micro-batches of b, one update == one batch of k * b (dropout off, same data order)."""

@@ -10,7 +10,7 @@ from tf_finetune.evaluation import reports
 
 
 def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column="",
-                     positive_label=""):
+                     positive_label="", run=None, known_outputs=None):
   """Writes report.json, report.txt, predictions.tsv (and confusion_matrix*.png for
   classification); returns the report.
 
@@ -21,8 +21,10 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
   evaluated split into groups; report.json gets "slices" (fairness.slice_report per split),
   report.txt a table, and eval/slices_<split>.png a bar chart. positive_label: the label of
   selection rate / TPR / FPR (default: the second of two labels).
+  run: the run's model already at `checkpoint` (Trainer.best_run), not built again;
+  known_outputs: {split: (label values, logits)} that model has already computed.
   """
-  run = experiment.load_run(workdir, checkpoint)
+  run = run or experiment.load_run(workdir, checkpoint)
   wd, config, labels, task, model = run.workdir, run.config, run.labels, run.task, run.model
   path, step = run.checkpoint, run.step
   if slice_column:
@@ -43,7 +45,9 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
     return experiment.evaluate_split(task, model, data[name],
                                      batch_size=config.train.eval_batch_size)
 
-  outputs = {name: logits_of(name) for name in wanted}
+  known_outputs = known_outputs or {}
+  outputs = {name: known_outputs[name] if name in known_outputs else logits_of(name)
+             for name in wanted}
   calibration = None
   if task.needs_calibration:  # fitted on dev even when dev is not among the splits reported
     calibration = task.calibrate(*(outputs["dev"] if "dev" in outputs else logits_of("dev")))

@@ -186,6 +186,7 @@ class Trainer:
     self.train_label_values = self.task.label_values(self.splits["train"])
     self.task.prepare(self.train_label_values)
     self.dev_label_values = self.task.label_values(self.splits["dev"])
+    self._dev_logits = (None, None)  # (step, dev logits) of the last evaluate_dev
     if "test" in self.splits:  # unseen labels fail now, not after training.
       self.task.label_values(self.splits["test"])
     refusal = self.task.packing_refusal()
@@ -435,8 +436,30 @@ class Trainer:
         self.task, self.model, self.splits["dev"], label_values=self.dev_label_values,
         batch_size=self.config.train.eval_batch_size, static_shapes=self.static_shapes,
         strategy=self.strategy if on_replicas else None)
+    # The report pass after training reuses them when this state is the best (best_run);
+    # the replicas' forward pass may differ from a plain one in the last bits.
+    self._dev_logits = (self.step, None if on_replicas else logits)
     calibration = self.task.calibrate(self.dev_label_values, logits)
     return self.task.report(self.dev_label_values, logits, calibration)
+
+  def best_run(self):
+    """For the report pass after train(): the best checkpoint as an experiment.Run on this
+    trainer's model, so that it is not built and traced again, and {"dev": (label values,
+    logits)} when this process last evaluated that very state. (None, {}) where the report
+    must build its own model: a precision other than float32 (reports and exports are
+    float32) or a TPU or multi-worker strategy, whose variables a plain call does not read."""
+    if self.best is None or self.precision != "float32" or isinstance(
+        self.strategy, (tf.distribute.TPUStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+      return None, {}
+    evaluated_step, logits = self._dev_logits
+    if logits is not None and evaluated_step == self.step == self.best["step"]:
+      path, step = str(self.workdir.best / self.best["checkpoint"]), self.best["step"]
+      known = {"dev": (self.dev_label_values, logits)}
+    else:
+      path, step = experiment.restore_model(self.workdir, self.model, "best")
+      known = {}
+    return experiment.Run(self.workdir, self.config, self.labels, self.encoder, self.task,
+                          self.model, path, step), known
 
   def _maybe_update_best(self, report, step):
     metric = self.task.best_metric
