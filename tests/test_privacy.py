@@ -42,9 +42,9 @@ def _single_gradients(model, losses_of, batch, i):
   return [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
 
 
-def _sgd(clip, per_example, noise=0.0, batch_size=4):
+def _sgd(clip, per_example, noise=0.0, batch_size=4, token_labels=False):
   plan = privacy.Plan(noise, clip, 1e-5, 0.1, 12, 40, batch_size)
-  return dp_sgd.DpSgd(plan, per_example, seed=0)
+  return dp_sgd.DpSgd(plan, per_example, seed=0, token_labels=token_labels)
 
 
 @pytest.mark.parametrize("per_example", ["while_loop", "vectorized"])
@@ -234,6 +234,51 @@ def test_what_cannot_be_made_private_is_refused(sentiment_dir, keys, what):
     override(tiny_config(sentiment_dir), {"privacy__method": "dp_sgd", **keys})
 
 
-def test_tagging_is_refused():
-  with pytest.raises(ConfigError, match="cannot be made private with task.name='tagging'"):
-    ner_config(privacy__method="dp_sgd")
+@pytest.fixture(scope="module")
+def ner_setup():
+  config = ner_config(privacy__method="dp_sgd", model__dropout=0.0)
+  splits, labels = experiment.load_data(config)
+  task, model = experiment.build_model(config, labels)
+  values = task.label_values(splits["train"])
+  batch = next(iter(pipeline.eval_dataset(splits["train"], values, task, batch_size=6)))
+  lengths = batch["padding_mask"].numpy().sum(1)
+  assert len(set(lengths[:4])) > 1  # examples of several lengths: the loop cuts each one
+  batch = dict(batch, example_weight=tf.constant([1.0, 1, 1, 1, 0, 0]))
+  losses_of = lambda features, labels, training: task.training_losses(
+      labels, model(features, training=training))
+  return splits, task, model, batch, losses_of
+
+
+@pytest.mark.parametrize("per_example", ["while_loop", "vectorized"])
+def test_tagging_per_example_gradients_equal_single_example_gradients(ner_setup, per_example):
+  """A label per wordpiece is cut with its example's tokens; each sentence's loss (the sum
+  over its words, task.loss_average=token) is its own."""
+  _, _, model, batch, losses_of = ner_setup
+  loss, sums = _sgd(1e9, per_example, token_labels=True).clipped_sum(
+      model, model.trainable_variables, losses_of, batch)
+  singles = [_single_gradients(model, losses_of, batch, i) for i in range(4)]
+  for k, total in enumerate(sums):
+    np.testing.assert_allclose(total.numpy(), sum(s[k].numpy() for s in singles), atol=1e-5)
+  features = {k: batch[k][:4] for k in experiment.MODEL_INPUTS}
+  assert float(loss) == pytest.approx(
+      float(tf.reduce_sum(losses_of(features, batch["label"][:4], False))), rel=1e-5)
+
+
+def test_private_tagging_stream_cuts_labels_with_the_tokens(ner_setup):
+  splits, task, _, _, _ = ner_setup
+  values = task.label_values(splits["train"])
+  stream = pipeline.poisson_train_dataset(splits["train"], values, task, sampling_rate=0.5,
+                                          capacity=16, micro_batches=2, seed=0)
+  for b in stream.take(6).as_numpy_iterator():
+    assert b["label"].shape == b["token_ids"].shape
+    assert ((b["label"] >= 0) <= (b["padding_mask"] == 1)).all()  # labels only on tokens
+
+
+def test_private_tagging_trains_and_reports_its_epsilon(tmp_path):
+  config = ner_config(privacy__method="dp_sgd", privacy__noise_multiplier=1.0,
+                      train__steps=4, train__eval_every=2, train__batch_size=8)
+  trainer = train.train_and_evaluate(config, tmp_path / "run")
+  assert trainer.step == 4
+  report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+  assert report["privacy"]["steps"] == report["step"] and report["privacy"]["epsilon"] > 0
+  assert "entity_f1" in report["splits"]["dev"]

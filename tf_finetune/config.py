@@ -465,8 +465,6 @@ def validate(config):
     for condition, what in [
         (a.method != "none", "adversarial training (its perturbation reads the whole batch)"),
         (bool(ds.teacher_workdir), "distillation (the teacher would need its own guarantee)"),
-        (config.task.name == "tagging", "task.name='tagging' (not built yet: its loss is "
-         "averaged over the batch's words)"),
         (d.long_text == "windows", "data.long_text='windows' (a document would be several "
          "examples, so the guarantee would cover a window, not a document)"),
         (uses_static_shapes(config), "static shapes (TPU or data.static_shapes: the "

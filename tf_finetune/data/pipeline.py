@@ -143,7 +143,8 @@ def poisson_train_dataset(split, label_values, task, *, sampling_rate, capacity,
     batch = {}
     for key, value in everything.items():
       taken = tf.gather(value, chosen)
-      if key in ("token_ids", "segment_ids", "padding_mask"):
+      if key in ("token_ids", "segment_ids", "padding_mask") or (
+          key == "label" and task.token_labels):
         taken = taken[:, :width]
       pad = [[0, capacity - real]] + [[0, 0]] * (value.shape.rank - 1)
       fill = _padding_values(encoded, task)[key]

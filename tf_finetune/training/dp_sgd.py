@@ -34,11 +34,13 @@ def _flat_norm_squared(gradient):
 class DpSgd:
   """Per-example clipped gradient sums and the noise of one step, for `variables`."""
 
-  def __init__(self, privacy_plan, per_example, seed, encoder_paths=frozenset()):
+  def __init__(self, privacy_plan, per_example, seed, encoder_paths=frozenset(),
+               token_labels=False):
     self.plan = privacy_plan
     self.per_example = per_example
     self.seed = seed
     self.encoder_paths = frozenset(encoder_paths)  # the encoder's clipping group
+    self.token_labels = token_labels  # a label per wordpiece (tagging): cut like the tokens
 
   def _groups(self, variables):
     """(each variable's clipping group, each group's clip): one group, or the head (0) and
@@ -82,8 +84,11 @@ class DpSgd:
 
     def body(i, loss_sum, sums):
       example = {k: v[i:i + 1, :lengths[i]] for k, v in features.items()}
+      label = batch["label"][i:i + 1]
+      if self.token_labels:
+        label = label[:, :lengths[i]]
       with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(losses_of(example, batch["label"][i:i + 1], True))
+        loss = tf.reduce_sum(losses_of(example, label, True))
       grads = tape.gradient(loss, variables)
       parts = [_flat_norm_squared(g) for g in grads]
       factors = self._clip_factors(variables, [n for n, _ in parts])

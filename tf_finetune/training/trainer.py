@@ -142,7 +142,8 @@ class Trainer:
       self.privacy_plan = privacy.plan(config, self.num_train_examples)
       privacy.log_plan(self.privacy_plan, self.total_steps, config.privacy.target_epsilon)
       self.dp_sgd = dp_sgd.DpSgd(self.privacy_plan, config.privacy.per_example, t.seed,
-                                 encoder_paths=encoder_paths)
+                                 encoder_paths=encoder_paths,
+                                 token_labels=self.task.token_labels)
       first = self.splits["train"].subset([0])
       example = next(iter(pipeline.eval_dataset(first, self.task.label_values(first), self.task,
                                                 batch_size=1)))
