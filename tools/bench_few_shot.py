@@ -101,7 +101,7 @@ def run_setfit_torch(config):
   args = setfit.TrainingArguments(
       batch_size=BATCH, num_epochs=1, num_iterations=PAIRS_PER_EXAMPLE // 2,
       body_learning_rate=2e-5, max_length=config.data.max_seq_length, seed=config.train.seed,
-      report_to="none")
+      report_to="none", output_dir=benchlib.scratch_dir("bench_setfit_"))  # not ./checkpoints
   trainer = setfit.Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict(
       {"text": train.texts, "label": train.labels}))
   trainer.train()
