@@ -1,7 +1,8 @@
 """DP-SGD against non-private fine-tuning on SST-2 at one budget, as a table.
 
   python tools/bench_privacy.py                          # every row below
-  python tools/bench_privacy.py --rows=dp8_lora,dp3_lora,lora,full,dp8_full,dp3_full \
+  python tools/bench_privacy.py \
+      --rows=full,lora,head,dp8_full,dp3_full,dp8_lora,dp3_lora,dp8_head,dp3_head \
       --max_train_examples=16000 --epochs=1 --dp_batch_size=1024     # as README quotes it
 
 Budget (every row): all-MiniLM-L6-v2, a label-stratified sample of --max_train_examples of
