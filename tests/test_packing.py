@@ -144,6 +144,23 @@ def test_evaluation_packs_and_gives_the_unpacked_logits(tmp_path, long_text):
   np.testing.assert_allclose(packed, plain, atol=1e-5)
 
 
+def test_unpacked_evaluation_batches_by_length_and_answers_in_file_order(tmp_path):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=16, n_dev=40, max_repeats=6)
+  config = tiny_config(data, data__packing=False)
+  splits, labels = experiment.load_data(config)
+  task, model = experiment.build_model(config, labels)
+  dev, values = splits["dev"], task.label_values(splits["dev"])
+  assert task.packing_refusal(training=False)
+  padded = lambda split: sum(int(np.prod(b["token_ids"].shape)) for b in pipeline.eval_dataset(
+      split, task.label_values(split), task, batch_size=8))
+  assert padded(dev.subset(experiment._shortest_first(dev))) < padded(dev)
+  in_file_order = experiment.predict_logits(
+      model, pipeline.eval_dataset(dev, values, task, batch_size=8))
+  got_values, logits = experiment.evaluate_split(task, model, dev, batch_size=8)
+  np.testing.assert_array_equal(got_values, values)
+  np.testing.assert_allclose(logits, in_file_order, atol=1e-5)
+
+
 def test_tagging_packs_training_batches_with_the_same_loss_and_gradients():
   task, model, batch, packed = _model_and_batch(ner_config())
   assert int(tf.reduce_sum(tf.cast(packed["label"] >= 0, tf.int32))) == \

@@ -184,12 +184,12 @@ def predict_logits(model, dataset, strategy=None, task=None):
     if _PACKED_FORWARD.get(model, (None,))[0] is not task:
       _PACKED_FORWARD[model] = (task, tf.function(
           lambda batch: task.packed_logits(model, batch, training=False),
-          input_signature=[PACKED_INPUTS]))
+          input_signature=[PACKED_INPUTS], autograph=False))
     forward, inputs = _PACKED_FORWARD[model][1], PACKED_INPUTS
   else:
     if model not in _FORWARD:
       _FORWARD[model] = tf.function(
-          lambda features: model(features, training=False),
+          lambda features: model(features, training=False), autograph=False,
           input_signature=[{k: tf.TensorSpec([None, None], tf.int32) for k in MODEL_INPUTS}])
     forward, inputs = _FORWARD[model], MODEL_INPUTS
   return _concatenate([forward({k: b[k] for k in inputs}).numpy() for b in dataset])
@@ -315,10 +315,31 @@ def evaluate_split(task, model, split, *, batch_size, label_values=None, static_
   if label_values is None:
     label_values = task.label_values(split)
   packing = strategy is None and not task.packing_refusal(training=False)
-  dataset = pipeline.eval_dataset(split, label_values, task, batch_size=batch_size,
+  # Unpacked, each batch is padded to its longest example: batches of similar lengths
+  # pad less (SST-2 dev: half the wordpieces). Tagging keeps file order: its label values
+  # locate each word in the model's rows.
+  order = None if packing or task.token_labels else _shortest_first(split)
+  batched_split, batched_values = split, label_values
+  if order is not None:
+    batched_split, batched_values = split.subset(order), np.asarray(label_values)[order]
+  dataset = pipeline.eval_dataset(batched_split, batched_values, task, batch_size=batch_size,
                                   static_shapes=static_shapes, packing=packing)
-  logits = predict_logits(model, dataset, strategy, task if packing else None)
-  return label_values, task.example_logits(split, logits)
+  logits = task.example_logits(
+      batched_split, predict_logits(model, dataset, strategy, task if packing else None))
+  if order is not None:
+    in_file_order = np.empty_like(logits)
+    in_file_order[order] = logits
+    logits = in_file_order
+  return label_values, logits
+
+
+def _shortest_first(split):
+  """The split's example indices by length in characters (text and text pair), shortest
+  first: a tokenizer-free proxy for wordpieces."""
+  lengths = [len(text) for text in split.texts]
+  if split.text_pairs is not None:
+    lengths = [n + len(pair) for n, pair in zip(lengths, split.text_pairs)]
+  return np.argsort(lengths, kind="stable")
 
 
 def restore_model(workdir, model, which="best"):

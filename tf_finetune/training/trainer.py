@@ -416,7 +416,9 @@ class Trainer:
     return loss, norm, 1 - tf.cast(finite, tf.int32)
 
   def _build_train_step(self):
-    @tf.function
+    # No tensor-dependent Python control flow in the step (its loops are tf.while_loop or
+    # over Python values): autograph's conversion of it would only cost seconds per process.
+    @tf.function(autograph=False)
     def train_step(iterator):
       micro_batches = tuple(next(iterator) for _ in range(self.accum_steps))
       loss, norm, nonfinite = self.strategy.run(self.replica_step, args=micro_batches)
