@@ -315,9 +315,8 @@ def evaluate_split(task, model, split, *, batch_size, label_values=None, static_
   if label_values is None:
     label_values = task.label_values(split)
   packing = strategy is None and not task.packing_refusal(training=False)
-  # Unpacked, each batch is padded to its longest example: batches of similar lengths
-  # pad less (SST-2 dev: half the wordpieces). Tagging keeps file order: its label values
-  # locate each word in the model's rows.
+  # Unpacked, each batch is padded to its longest example, so batches of similar lengths
+  # pad less. Tagging keeps file order: its label values locate each word in the model's rows.
   order = None if packing or task.token_labels else _shortest_first(split)
   batched_split, batched_values = split, label_values
   if order is not None:
