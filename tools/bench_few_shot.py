@@ -3,6 +3,7 @@ and setfit itself (PyTorch), on the same samples, as a table.
 
   python tools/bench_few_shot.py                                  # everything below
   python tools/bench_few_shot.py --datasets=sst2 --shots=8 --samples=2 --sides=setfit,plain
+  python tools/bench_few_shot.py --datasets=emotion --shots=64 --first_sample=3 --samples=2
 
 Data: ../shared/data/emotion (6 labels, full 2,000-text val set as dev) and sst2 (full
 872-sentence dev set). For each K in --shots and each sample s (data.split_seed=s, also
@@ -41,7 +42,10 @@ BATCH = 16
 
 _DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Data sets.")
 _SHOTS = flags.DEFINE_list("shots", ["8", "64"], "Train texts per label.")
-_SAMPLES = flags.DEFINE_integer("samples", 5, "Samples (seeds 0..samples-1) per K.")
+_SAMPLES = flags.DEFINE_integer("samples", 5, "Samples per K: seeds first_sample.. on.")
+_FIRST_SAMPLE = flags.DEFINE_integer(
+    "first_sample", 0, "The first sample's seed: a cell too long for one sitting is run in "
+    "parts (--first_sample=3 --samples=2 runs samples 3 and 4).")
 _SIDES = flags.DEFINE_list("sides", list(SIDES), "Sides to run.")
 _RUN = flags.DEFINE_string("run", None, "Internal: DATASET:SIDE:K:SEED in this process.")
 
@@ -121,7 +125,8 @@ def main(argv):
   for dataset in _DATASETS.value:
     runs = [("zero_shot", 0, 0)] if "zero_shot" in _SIDES.value else []
     runs += [(side, int(shots), seed) for shots in _SHOTS.value
-             for seed in range(_SAMPLES.value) for side in _SIDES.value if side != "zero_shot"]
+             for seed in range(_FIRST_SAMPLE.value, _FIRST_SAMPLE.value + _SAMPLES.value)
+             for side in _SIDES.value if side != "zero_shot"]
     for side, shots, seed in runs:
       r = benchlib.run_side(__file__, [f"--run={dataset}:{side}:{shots}:{seed}", *argv[1:]])
       if "skipped" in r:
