@@ -1,9 +1,12 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tf_finetune import checkpoint_dirs
 from tf_finetune import checkpoints
 from tf_finetune.errors import CheckpointError
 
@@ -25,6 +28,21 @@ def test_minilm_matches_transformers_reference():
 def test_unknown_name_is_not_downloaded():
   with pytest.raises(CheckpointError, match="neither a local directory nor a known offline name"):
     checkpoints.resolve_checkpoint_dir("bert-base-uncased")
+
+
+def test_checkpoint_dirs_config_and_sources_import_no_tensorflow():
+  """Benchmarks' PyTorch sides find the checkpoint and draw the same sample through these
+  modules, and time no TensorFlow import (tools/bench_few_shot.py, tools/bench_sst2.py)."""
+  code = ("import sys\n"
+          "from tf_finetune import checkpoint_dirs, config\n"
+          "from tf_finetune.data import sources\n"
+          "print(checkpoint_dirs.resolve_checkpoint_dir(checkpoint_dirs.MINILM).is_dir(), sorted(\n"
+          "    m for m in ('tensorflow', 'keras', 'keras_hub', 'tensorflow_text', 'torch')\n"
+          "    if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, check=True)
+  assert result.stdout.split("\n")[-2] == "True []"
+  assert checkpoints.resolve_checkpoint_dir is checkpoint_dirs.resolve_checkpoint_dir
 
 
 def test_unsupported_model_type(tmp_path):

@@ -1,4 +1,6 @@
 import json
+import sys
+import unicodedata
 
 import pytest
 
@@ -235,6 +237,13 @@ def test_unusable_texts_stop_with_file_and_line_or_are_skipped_and_counted(
   assert len(splits["train"]) + len(splits["dev"]) == len(GOOD)
   assert f"left out 1 of {len(GOOD) + 1} examples (data.bad_text=skip)" in caplog.text
   assert f"first at {path}:5" in caplog.text
+
+
+def test_the_control_characters_refused_are_unicodes_category_cc_but_tab_and_line_breaks():
+  refused = {c for c in map(chr, range(sys.maxunicode + 1))
+             if sources.text_problem(f"a{c}b") is not None}
+  assert refused == {c for c in map(chr, range(sys.maxunicode + 1))
+                     if unicodedata.category(c) == "Cc" and c not in "\t\n\r"}
 
 
 def test_labels_spelled_as_different_numbers_are_refused(tmp_path):

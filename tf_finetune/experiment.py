@@ -78,26 +78,11 @@ def load_data(config, label_vocabulary=None, keep_columns=(), keep_in=None):
   """Reads the splits; infers the label vocabulary from train unless one is given.
   keep_columns: data columns kept beside the examples (`Split.columns`) of the splits named
   in keep_in (default: all); never model inputs."""
-  stratify = config.task.name in config_lib.SINGLE_LABEL  # scores and label sets cannot be
+  stratify = config.task.name in config_lib.SINGLE_LABEL  # scores and label sets are not
   splits = sources.load_splits(config.data, stratify=stratify,
                                allow_empty_label=config.task.name == "multilabel",
                                keep_columns=keep_columns, keep_in=keep_in)
-  limit = config.data.max_train_examples
-  if limit and limit < len(splits["train"]):
-    logging.warning("data.max_train_examples=%d: training on a %ssample of %d of %d train "
-                    "examples (data.split_seed=%d)", limit, "label-stratified " if stratify else "",
-                    limit, len(splits["train"]), config.data.split_seed)
-    rest, _ = sources.stratified_split(
-        splits["train"], [1 - limit / len(splits["train"])], config.data.split_seed, stratify)
-    splits["train"] = splits["train"].subset(rest)
-  per_class = config.data.examples_per_class
-  if per_class:
-    train = splits["train"]
-    splits["train"] = train.subset(sources.per_class_sample(train, per_class,
-                                                            config.data.split_seed))
-    logging.info("data.examples_per_class=%d: training on %d of %d train examples, %d of each "
-                 "label (data.split_seed=%d; the run directory's train_sample.tsv lists them)",
-                 per_class, len(splits["train"]), len(train), per_class, config.data.split_seed)
+  splits["train"] = sources.sample_train(splits["train"], config.data, stratify)
   if config.data.mask_pii:
     splits = {name: _mask_pii(split) for name, split in splits.items()}
   if label_vocabulary is None:

@@ -32,8 +32,8 @@ def train_and_evaluate(config, workdir, until_step=None):
     logging.info("Training done on this worker; the chief evaluates and writes %s/eval", workdir)
   elif until_step is None or trainer.step >= trainer.total_steps:
     run, known_outputs = trainer.best_run()
-    evaluator.print_summary(evaluator.evaluate_workdir(workdir, run=run,
-                                                       known_outputs=known_outputs))
+    evaluator.print_summary(evaluator.evaluate_workdir(
+        workdir, run=run, known_outputs=known_outputs, data=trainer.splits))
   return trainer
 
 

@@ -26,6 +26,7 @@ own process. all-MiniLM-L6-v2, float32 on both sides.
 """
 import json
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -89,19 +90,21 @@ def run_tf(config):
 
 
 def run_setfit_torch(config):
-  """setfit's Trainer on the texts tf_finetune drew, with the same arguments."""
+  """setfit's Trainer on the texts tf_finetune draws, with the same arguments. Its timed
+  work imports no TensorFlow: the sample comes from tf_finetune's TensorFlow-free data and
+  checkpoint modules (the same code the tf_finetune sides draw it with)."""
   start = time.time()
   try:
     import datasets
     import setfit
   except ImportError as e:
     return {"skipped": f"setfit does not import: {e}"}
-  from tf_finetune import checkpoints
-  from tf_finetune import experiment
-  splits, _ = experiment.load_data(config)
-  train, dev = splits["train"], splits["dev"]
+  from tf_finetune import checkpoint_dirs
+  from tf_finetune.data import sources
+  splits = sources.load_splits(config.data)
+  train, dev = sources.sample_train(splits["train"], config.data), splits["dev"]
   model = setfit.SetFitModel.from_pretrained(
-      str(checkpoints.resolve_checkpoint_dir(config.model.checkpoint)))
+      str(checkpoint_dirs.resolve_checkpoint_dir(config.model.checkpoint)))
   args = setfit.TrainingArguments(
       batch_size=BATCH, num_epochs=1, num_iterations=PAIRS_PER_EXAMPLE // 2,
       body_learning_rate=2e-5, max_length=config.data.max_seq_length, seed=config.train.seed,
@@ -111,7 +114,10 @@ def run_setfit_torch(config):
   trainer.train()
   predicted = model.predict(dev.texts, as_numpy=True)
   accuracy = float(np.mean(np.asarray(predicted).astype(str) == np.asarray(dev.labels)))
-  return {"dev_accuracy": accuracy, "seconds": time.time() - start}
+  seconds = time.time() - start
+  if "tensorflow" in sys.modules:
+    raise AssertionError("the PyTorch side imported TensorFlow in its timed work")
+  return {"dev_accuracy": accuracy, "seconds": seconds}
 
 
 def main(argv):

@@ -76,7 +76,7 @@ def run_torch(side):
   import numpy as np
   import torch
   import transformers
-  from tf_finetune import checkpoints
+  from tf_finetune import checkpoint_dirs  # TensorFlow-free, as config and sources are
   from tf_finetune import config as config_lib
   from tf_finetune.data import sources
   start = time.time()
@@ -86,7 +86,7 @@ def run_torch(side):
   train, dev = read("train.tsv"), read("dev.tsv")
   if _MAX_TRAIN.value:
     train = train.subset(range(_MAX_TRAIN.value))
-  directory = str(checkpoints.resolve_checkpoint_dir(checkpoints.MINILM))
+  directory = str(checkpoint_dirs.resolve_checkpoint_dir(checkpoint_dirs.MINILM))
   tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
   transformers.set_seed(_SEED.value)
   model = transformers.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2)

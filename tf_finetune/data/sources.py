@@ -12,7 +12,6 @@ import json
 import pathlib
 import re
 import sys
-import unicodedata
 
 import numpy as np
 from absl import logging
@@ -460,6 +459,27 @@ def per_class_sample(split, examples_per_class, seed):
   return sorted(chosen)
 
 
+def sample_train(train, data_config, stratify=True):
+  """The train split cut as the config asks: to data.max_train_examples (a sample,
+  label-stratified when `stratify`), then to data.examples_per_class of each label; both
+  drawn with data.split_seed and logged."""
+  limit = data_config.max_train_examples
+  if limit and limit < len(train):
+    logging.warning("data.max_train_examples=%d: training on a %ssample of %d of %d train "
+                    "examples (data.split_seed=%d)", limit, "label-stratified " if stratify else "",
+                    limit, len(train), data_config.split_seed)
+    rest, _ = stratified_split(train, [1 - limit / len(train)], data_config.split_seed, stratify)
+    train = train.subset(rest)
+  per_class = data_config.examples_per_class
+  if per_class:
+    sample = train.subset(per_class_sample(train, per_class, data_config.split_seed))
+    logging.info("data.examples_per_class=%d: training on %d of %d train examples, %d of each "
+                 "label (data.split_seed=%d; the run directory's train_sample.tsv lists them)",
+                 per_class, len(sample), len(train), per_class, data_config.split_seed)
+    train = sample
+  return train
+
+
 def tsv_field(value):
   r"""One line per row: backslash, tab and line breaks are written as \\, \t, \n, \r."""
   return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
@@ -486,11 +506,18 @@ def text_problem(text):
     return "is empty", "is empty"
   if not text.strip():
     return "is only whitespace", "is only whitespace"
-  for i, char in enumerate(text):
-    if char not in "\t\n\r" and unicodedata.category(char) == "Cc":
-      return ("holds a control character",
-              f"holds the control character U+{ord(char):04X} at character {i}")
+  found = _CONTROL_CHARACTER.search(text)
+  if found:
+    return ("holds a control character",
+            f"holds the control character U+{ord(found.group()):04X} at character "
+            f"{found.start()}")
   return None
+
+
+# Unicode's category Cc is exactly U+0000-U+001F and U+007F-U+009F (less tab and line
+# breaks here): one regex scan instead of a unicodedata lookup per character, which every
+# load pays for every text of the train file.
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def screen_texts(split, policy, columns=("text", "text pair")):

@@ -10,7 +10,7 @@ from tf_finetune.evaluation import reports
 
 
 def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column="",
-                     positive_label="", run=None, known_outputs=None):
+                     positive_label="", run=None, known_outputs=None, data=None):
   """Writes report.json, report.txt, predictions.tsv (and confusion_matrix*.png for
   classification); returns the report.
 
@@ -23,6 +23,8 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
   selection rate / TPR / FPR (default: the second of two labels).
   run: the run's model already at `checkpoint` (Trainer.best_run), not built again;
   known_outputs: {split: (label values, logits)} that model has already computed.
+  data: the run's splits as experiment.load_data gave them to the trainer, not read again
+  (ignored with slice_column, a column the trainer did not keep).
   """
   run = run or experiment.load_run(workdir, checkpoint)
   wd, config, labels, task, model = run.workdir, run.config, run.labels, run.task, run.model
@@ -32,9 +34,10 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
     fairness.check_positive_label(config.task.name, labels.labels, positive_label)
     positive_label = positive_label or fairness.default_positive_label(config.task.name,
                                                                        labels.labels)
-  data, _ = experiment.load_data(
-      config, labels, keep_columns=(slice_column,) if slice_column else (),
-      keep_in=set(splits or config.train.eval_splits.split(",")))
+  if data is None or slice_column:
+    data, _ = experiment.load_data(
+        config, labels, keep_columns=(slice_column,) if slice_column else (),
+        keep_in=set(splits or config.train.eval_splits.split(",")))
   wanted = splits or [s for s in config.train.eval_splits.split(",") if s in data]
   missing = [s for s in wanted if s not in data]
   if missing:
