@@ -234,8 +234,9 @@ def test_run_directory_contract_under_each_strategy(sentiment_dir, tmp_path, str
 def test_report_after_training_reuses_the_trainers_model_and_equals_a_fresh_evaluation(
     sentiment_dir, tmp_path, monkeypatch, best_is_last, strategy):
   """train's report pass runs on the trainer's model (restored to the best checkpoint when a
-  later step ran) and the splits it read, with the dev logits of the last evaluation when it was of the best, and
-  writes what `evaluate` writes for that checkpoint from a model built anew."""
+  later step ran) and the splits it read, with the dev logits of the last evaluation when it
+  was of the best, and writes what `evaluate` writes for that checkpoint from a model built
+  anew."""
   from tf_finetune import experiment
   from tf_finetune import train
   from tf_finetune.evaluation import evaluator

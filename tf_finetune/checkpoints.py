@@ -10,9 +10,7 @@ import pathlib
 
 from tf_finetune import atomic
 from tf_finetune import families
-from tf_finetune.checkpoint_dirs import KNOWN_CHECKPOINTS  # noqa: F401 (re-exported)
-from tf_finetune.checkpoint_dirs import MINILM  # noqa: F401 (re-exported)
-from tf_finetune.checkpoint_dirs import resolve_checkpoint_dir  # noqa: F401 (re-exported)
+from tf_finetune.checkpoint_dirs import MINILM, resolve_checkpoint_dir  # noqa: F401 (callers' names)
 from tf_finetune.errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = tuple(families.FAMILIES)
