@@ -35,23 +35,42 @@ def setfit_run(tmp_path_factory):
   return workdir
 
 
-def test_pairs_are_half_same_label_half_other_and_follow_the_seed():
+def _unordered(first, second):
+  return list(zip(np.minimum(first, second).tolist(), np.maximum(first, second).tolist()))
+
+
+def test_pairs_alternate_one_label_and_two_labels_and_follow_the_seed():
   labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
   first, second, similarity = setfit.contrastive_pairs(labels, 6, seed=0)
   assert len(first) == 6 * len(labels)
-  np.testing.assert_array_equal(first, np.repeat(np.arange(len(labels)), 6))
-  same = labels[first] == labels[second]
-  np.testing.assert_array_equal(same, similarity == 1.0)
-  for i in range(len(labels)):
-    assert same[first == i].sum() == 3  # three partners of its label, three of others
-  assert not np.any((first == second) & same)  # never paired with itself
+  np.testing.assert_array_equal(similarity, np.tile([1.0, 0.0], 3 * len(labels)))
+  np.testing.assert_array_equal(labels[first] == labels[second], similarity == 1.0)
   again = setfit.contrastive_pairs(labels, 6, seed=0)
   for a, b in zip((first, second, similarity), again):
     np.testing.assert_array_equal(a, b)
   assert not np.array_equal(setfit.contrastive_pairs(labels, 6, seed=1)[1], second)
-  # A label with one example pairs it with itself as its positive.
-  _, lone_second, lone_similarity = setfit.contrastive_pairs(np.array([0, 1, 1]), 2, seed=0)
-  assert lone_second[0] == 0 and lone_similarity[0] == 1.0
+
+
+def test_no_pair_repeats_while_its_kind_has_enough_and_a_short_kind_is_cycled_evenly():
+  labels = np.repeat(np.arange(3), 20)  # 630 pairs of one label, 1200 of two
+  first, second, similarity = setfit.contrastive_pairs(labels, 40, seed=3)
+  for kind in (1.0, 0.0):
+    pairs = _unordered(first[similarity == kind], second[similarity == kind])
+    if kind == 0.0:  # 1200 pairs of two labels wanted, 1200 exist: each once
+      assert len(set(pairs)) == len(pairs) == 1200
+    else:  # 1200 wanted, 630 exist (self-pairs included): all used, none a third time
+      counts = np.unique(pairs, axis=0, return_counts=True)[1]
+      assert len(counts) == 630 and counts.min() == 1 and counts.max() == 2
+      assert counts.sum() == 1200
+  # The order is random, not text by text: the first texts of the first 60 pairs vary.
+  assert len(set(first[:60].tolist())) > 20
+
+
+def test_a_label_with_one_example_pairs_it_with_itself():
+  first, second, similarity = setfit.contrastive_pairs(np.array([0, 1, 1]), 8, seed=0)
+  assert set(_unordered(first[similarity == 1.0], second[similarity == 1.0])) == {
+      (0, 0), (1, 1), (1, 2), (2, 2)}
+  assert set(_unordered(first[similarity == 0.0], second[similarity == 0.0])) == {(0, 1), (0, 2)}
 
 
 def test_the_contrastive_steps_lower_the_pair_loss_and_change_the_encoder(tmp_path):

@@ -73,7 +73,7 @@ def base_config():
   # {label: text}; logits are similarity_scale times the cosine similarity to each.
   c.task.label_descriptions = "This text is about {label}."
   c.task.similarity_scale = 20.0
-  # setfit: contrastive pairs per train example, half of its label and half of others
+  # setfit: contrastive pairs per train example, half of one label and half of two
   # (SetFit's num_iterations=20 makes 40).
   c.task.pairs_per_example = 40
 

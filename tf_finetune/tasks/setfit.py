@@ -1,9 +1,9 @@
 """Few-shot classification in SetFit's two stages (task.name=setfit; Tunstall et al. 2022,
 arXiv 2209.11055).
 
-Stage 1 fine-tunes the sentence encoder contrastively in the shared training loop: each
-train example is the first text of task.pairs_per_example pairs, half with a text of its own
-label (similarity 1), half with a text of another label (0), drawn once with train.seed; the
+Stage 1 fine-tunes the sentence encoder contrastively in the shared training loop on
+n * task.pairs_per_example pairs of the n train examples, half of one label (similarity 1),
+half of two labels (0), drawn once with train.seed as SetFit 1.x draws them; the
 loss is SetFit's CosineSimilarityLoss, the squared difference between the pair's cosine
 similarity and its target. Stage 2 fits a logistic regression (scikit-learn, SetFit's
 default head) on the encoder's embeddings of the train examples and writes it into the
@@ -22,23 +22,25 @@ from tf_finetune.tasks import sentence_embedding
 
 
 def contrastive_pairs(label_values, pairs_per_example, seed):
-  """(first, second, similarity) arrays: for each example in turn, pairs_per_example / 2
-  partners of its label (other examples where the label has any) and as many of other
-  labels, drawn with `seed`."""
+  """(first, second, similarity) arrays in SetFit 1.x's scheme: the unordered pairs of train
+  examples (an example with itself included) in one order drawn with `seed`, split into pairs
+  of one label (similarity 1) and of two labels (0); n * pairs_per_example / 2 of each kind,
+  taken in that order and cycled when a kind has fewer, alternating one of each. No pair
+  repeats while its kind has enough, and the order is already random."""
   labels = np.asarray(label_values)
-  rng = np.random.default_rng(seed)
-  half = pairs_per_example // 2
-  first, second, similarity = [], [], []
-  for i, label in enumerate(labels):
-    same = np.flatnonzero(labels == label)
-    if len(same) > 1:
-      same = same[same != i]
-    different = np.flatnonzero(labels != label)
-    first += [i] * (2 * half)
-    second += rng.choice(same, half).tolist() + rng.choice(different, half).tolist()
-    similarity += [1.0] * half + [0.0] * half
-  return (np.asarray(first, np.int64), np.asarray(second, np.int64),
-          np.asarray(similarity, np.float32))
+  count = len(labels) * (pairs_per_example // 2)
+  first, second = np.triu_indices(len(labels))
+  order = np.random.default_rng(seed).permutation(len(first))
+  first, second = first[order], second[order]
+  same = labels[first] == labels[second]
+  pairs = []
+  for kind in (same, ~same):
+    take = np.arange(count) % np.count_nonzero(kind)
+    pairs.append((first[kind][take], second[kind][take]))
+  (same_first, same_second), (other_first, other_second) = pairs
+  return (np.stack([same_first, other_first], 1).reshape(-1).astype(np.int64),
+          np.stack([same_second, other_second], 1).reshape(-1).astype(np.int64),
+          np.tile(np.array([1.0, 0.0], np.float32), count))
 
 
 class SetFitTask(classification.ClassificationTask):
