@@ -73,6 +73,12 @@ def test_a_label_with_one_example_pairs_it_with_itself():
   assert set(_unordered(first[similarity == 0.0], second[similarity == 0.0])) == {(0, 1), (0, 2)}
 
 
+def test_too_many_train_texts_to_draw_pairs_from_are_refused_with_the_keys_that_cap_them():
+  setfit.contrastive_pairs(np.arange(5792) % 2, 2, seed=0)  # 16,776,528 pairs: drawn
+  with pytest.raises(ValueError, match="5793 train texts .*data.examples_per_class"):
+    setfit.contrastive_pairs(np.arange(5793) % 2, 2, seed=0)
+
+
 def test_the_contrastive_steps_lower_the_pair_loss_and_change_the_encoder(tmp_path):
   data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8)
   trainer = trainer_lib.Trainer(_setfit_config(data, train__steps=30, train__eval_every=30,

@@ -21,6 +21,11 @@ from tf_finetune.tasks import classification
 from tf_finetune.tasks import sentence_embedding
 
 
+# All unordered pairs are laid out as index arrays (about 40 bytes a pair at the peak): past
+# this many (about 5,800 train texts) the draw would take gigabytes, so it is refused.
+MAX_UNORDERED_PAIRS = 2**24
+
+
 def contrastive_pairs(label_values, pairs_per_example, seed):
   """(first, second, similarity) arrays in SetFit 1.x's scheme: the unordered pairs of train
   examples (an example with itself included) in one order drawn with `seed`, split into pairs
@@ -28,6 +33,11 @@ def contrastive_pairs(label_values, pairs_per_example, seed):
   taken in that order and cycled when a kind has fewer, alternating one of each. No pair
   repeats while its kind has enough, and the order is already random."""
   labels = np.asarray(label_values)
+  if len(labels) * (len(labels) + 1) // 2 > MAX_UNORDERED_PAIRS:
+    raise ValueError(f"{len(labels)} train texts make {len(labels) * (len(labels) + 1) // 2} "
+                     f"unordered pairs, more than {MAX_UNORDERED_PAIRS} to draw from; SetFit is "
+                     "for few texts: cap them with data.examples_per_class or "
+                     "data.max_train_examples")
   count = len(labels) * (pairs_per_example // 2)
   first, second = np.triu_indices(len(labels))
   order = np.random.default_rng(seed).permutation(len(first))
@@ -67,8 +77,11 @@ class SetFitTask(classification.ClassificationTask):
     if len(set(np.asarray(label_values).tolist())) < 2:
       raise DataError(f"{split.source}: task.name='setfit' needs examples of at least two "
                       "labels to build pairs")
-    first, second, similarity = contrastive_pairs(
-        label_values, self.config.task.pairs_per_example, self.config.train.seed)
+    try:
+      first, second, similarity = contrastive_pairs(
+          label_values, self.config.task.pairs_per_example, self.config.train.seed)
+    except ValueError as e:
+      raise DataError(f"{split.source}: task.name='setfit': {e}") from None
     logging.info("SetFit pairs: %d train texts x task.pairs_per_example=%d = %d pairs, half "
                  "of the same label (train.seed=%d)", len(split),
                  self.config.task.pairs_per_example, len(first), self.config.train.seed)
