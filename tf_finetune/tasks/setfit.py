@@ -33,23 +33,19 @@ def contrastive_pairs(label_values, pairs_per_example, seed):
   taken in that order and cycled when a kind has fewer, alternating one of each. No pair
   repeats while its kind has enough, and the order is already random."""
   labels = np.asarray(label_values)
-  if len(labels) * (len(labels) + 1) // 2 > MAX_UNORDERED_PAIRS:
-    raise ValueError(f"{len(labels)} train texts make {len(labels) * (len(labels) + 1) // 2} "
-                     f"unordered pairs, more than {MAX_UNORDERED_PAIRS} to draw from; SetFit is "
-                     "for few texts: cap them with data.examples_per_class or "
-                     "data.max_train_examples")
+  pair_count = len(labels) * (len(labels) + 1) // 2
+  if pair_count > MAX_UNORDERED_PAIRS:
+    raise ValueError(f"{len(labels)} train texts make {pair_count} unordered pairs, more than "
+                     f"{MAX_UNORDERED_PAIRS} to draw from; SetFit is for few texts: cap them "
+                     "with data.examples_per_class or data.max_train_examples")
   count = len(labels) * (pairs_per_example // 2)
   first, second = np.triu_indices(len(labels))
-  order = np.random.default_rng(seed).permutation(len(first))
-  first, second = first[order], second[order]
-  same = labels[first] == labels[second]
-  pairs = []
-  for kind in (same, ~same):
-    take = np.arange(count) % np.count_nonzero(kind)
-    pairs.append((first[kind][take], second[kind][take]))
-  (same_first, same_second), (other_first, other_second) = pairs
-  return (np.stack([same_first, other_first], 1).reshape(-1).astype(np.int64),
-          np.stack([same_second, other_second], 1).reshape(-1).astype(np.int64),
+  order = np.random.default_rng(seed).permutation(pair_count)
+  same = labels[first[order]] == labels[second[order]]
+  same_label, two_labels = (order[np.flatnonzero(kind)[np.arange(count) % np.count_nonzero(kind)]]
+                            for kind in (same, ~same))
+  picked = np.stack([same_label, two_labels], 1).reshape(-1)
+  return (first[picked].astype(np.int64), second[picked].astype(np.int64),
           np.tile(np.array([1.0, 0.0], np.float32), count))
 
 
