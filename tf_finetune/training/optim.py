@@ -59,17 +59,19 @@ class FusedAdamW(keras.optimizers.AdamW):
   def _apply_weight_decay(self, variables):
     """Applied in update_step instead, with the variable's learning-rate multiplier."""
 
-  def update_step(self, gradient, variable, learning_rate):
+  def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+    """Keras's loop over the variables, under one tf.cond on update_condition: a cond per
+    variable costs about 3 s of tracing (MiniLM, 101 variables) at every first step."""
+    update_all = super()._distributed_tf_update_step
     if self.update_condition is None:
-      self._adamw_step(gradient, variable, learning_rate)
-      return
+      return update_all(distribution, grads_and_vars, learning_rate)
 
     def update():
-      self._adamw_step(gradient, variable, learning_rate)
+      update_all(distribution, grads_and_vars, learning_rate)
       return tf.constant(True)
     tf.cond(self.update_condition, update, lambda: tf.constant(False))
 
-  def _adamw_step(self, gradient, variable, learning_rate):
+  def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     m, v = self._momentums[index], self._velocities[index]
     dtype = variable.dtype
