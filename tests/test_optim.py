@@ -37,10 +37,16 @@ def test_warmup_then_linear_decay():
   np.testing.assert_allclose(values, [0.0, 0.5, 1.0, 0.5, 0.0, 0.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["default", "mirrored"])
-def test_update_condition_false_leaves_weights_and_moments_and_true_updates(strategy):
+@pytest.mark.parametrize("strategy,keras_calls_hook", [
+    ("default", True), ("mirrored", True), ("default", False), ("mirrored", False)])
+def test_update_condition_false_leaves_weights_and_moments_and_true_updates(
+    strategy, keras_calls_hook, monkeypatch):
   """The divergence guard's skip: one tf.cond around the whole update (a cond per variable
-  cost seconds of tracing); under a strategy it sits in the cross-replica update."""
+  cost seconds of tracing); under a strategy it sits in the cross-replica update. Should
+  Keras stop calling that hook, a cond per variable still guards."""
+  if not keras_calls_hook:
+    monkeypatch.setattr(optim.FusedAdamW, "_distributed_tf_update_step",
+                        keras.optimizers.AdamW._distributed_tf_update_step)
   strategy = tf.distribute.get_strategy() if strategy == "default" else \
       tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   rng = np.random.default_rng(0)
@@ -78,4 +84,4 @@ def test_update_condition_false_leaves_weights_and_moments_and_true_updates(stra
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
   conds = [op for op in step.get_concrete_function(tf.constant(True)).graph.get_operations()
            if op.type in ("If", "StatelessIf")]
-  assert len(conds) == 1
+  assert len(conds) == (1 if keras_calls_hook else len(variables) * strategy.num_replicas_in_sync)
