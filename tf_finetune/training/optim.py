@@ -68,25 +68,25 @@ class FusedAdamW(keras.optimizers.AdamW):
     if self.update_condition is None:
       return update_all(distribution, grads_and_vars, learning_rate)
 
-    def update():
+    def update_inside_condition():
       self._inside_condition = True
       try:
         update_all(distribution, grads_and_vars, learning_rate)
       finally:
         self._inside_condition = False
-      return tf.constant(True)
-    tf.cond(self.update_condition, update, lambda: tf.constant(False))
+    self._if_update_condition(update_inside_condition)
 
   def update_step(self, gradient, variable, learning_rate):
     if self.update_condition is None or self._inside_condition:
       self._adamw_step(gradient, variable, learning_rate)
-      return
+    else:  # only if Keras stops calling the hook above: the guard then holds per variable
+      self._if_update_condition(lambda: self._adamw_step(gradient, variable, learning_rate))
 
-    # Reached only if Keras stops calling the hook above: the guard then holds per variable.
-    def update():
-      self._adamw_step(gradient, variable, learning_rate)
+  def _if_update_condition(self, update):
+    def run_update():
+      update()
       return tf.constant(True)
-    tf.cond(self.update_condition, update, lambda: tf.constant(False))
+    tf.cond(self.update_condition, run_update, lambda: tf.constant(False))
 
   def _adamw_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
