@@ -68,6 +68,29 @@ def test_sst2_dev_parity_at_least_99_5_percent(minilm):
   assert len(texts) == 872 and agreement >= 0.995
 
 
+def test_encoding_is_traced_once_for_every_pipeline_and_equals_the_untraced_one(minilm):
+  spec, _ = minilm
+  encoder = text_encoder.TextEncoder(spec, 8)
+  texts, pairs = TRICKY[:8], TRICKY[4:]
+  def through_pipeline(with_pairs):
+    rows = tf.data.Dataset.from_tensor_slices((texts, pairs)).batch(3)
+    encoded = rows.map(lambda a, b: encoder(a, b if with_pairs else None, with_truncation=True))
+    return [{k: v.to_list() if hasattr(v, "to_list") else v.numpy().tolist()
+             for k, v in batch.items()} for batch in encoded]
+  for with_pairs in (False, True, False, True):
+    got = through_pipeline(with_pairs)
+    for i, batch in enumerate(got):
+      reference = encoder._encode(tf.constant(texts[3 * i:3 * i + 3]), tf.constant(
+          pairs[3 * i:3 * i + 3]) if with_pairs else None, with_truncation=True)
+      assert batch["token_ids"] == reference["token_ids"].to_list()
+      assert batch["segment_ids"] == reference["segment_ids"].to_list()
+      assert batch["truncated"] == reference["truncated"].numpy().tolist()
+  assert any(any(b["truncated"]) for b in got)  # max_seq_length 8 cuts some
+  assert sorted(encoder._encode_functions) == ["texts1_truncation1", "texts2_truncation1"]
+  for traced in encoder._encode_functions.values():
+    assert traced.experimental_get_tracing_count() == 1
+
+
 def test_padding_gives_mask_and_pad_ids(minilm):
   spec, _ = minilm
   encoder = text_encoder.TextEncoder(spec, 16)

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tests.conftest import check_run_directory, tiny_config, write_sentiment_tsv
 from tf_finetune import distribute
+from tf_finetune import experiment
 from tf_finetune.errors import WorkdirError
 from tf_finetune.training import trainer as trainer_lib
 
@@ -97,6 +98,21 @@ def test_run_directory_and_tensorboard_events(sentiment_dir, tmp_path):
   best = json.loads((run / "checkpoints" / "best.json").read_text())
   assert best["metric"] == "accuracy" and best["step"] in (3, 6)
   assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-6")
+  # The best copy holds the weights of its step's checkpoint, and no optimizer state.
+  best_copy = str(run / "checkpoints" / "best" / best["checkpoint"])
+  same_step = str(run / "checkpoints" / f"ckpt-{best['step']}")
+  assert not [n for n, _ in tf.train.list_variables(best_copy) if n.startswith("optimizer/")]
+  assert [n for n, _ in tf.train.list_variables(same_step) if n.startswith("optimizer/")]
+  model = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=6), run).model
+  weights = []
+  for path in ("best", same_step):
+    for variable in model.trainable_weights:
+      variable.assign(tf.zeros_like(variable))
+    experiment.restore_model(experiment.Workdir(run), model, path)
+    weights.append([v.numpy() for v in model.trainable_weights])
+  assert len(weights[0]) > 10 and all(np.any(w) for w in weights[0][:3])
+  for restored_best, restored_step in zip(*weights):
+    np.testing.assert_array_equal(restored_best, restored_step)
 
   def scalars(sub):
     acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / sub),

@@ -104,6 +104,7 @@ class TextEncoder(tf.Module):
     self.cls_id = spec.token_id(spec.cls_token)
     self.sep_id = spec.token_id(spec.sep_token)
     self.pad_id = spec.token_id(spec.pad_token)
+    self._encode_functions = {}  # kind of call -> __call__ traced for it
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
   def tokenize(self, texts):
@@ -133,7 +134,21 @@ class TextEncoder(tf.Module):
     return self.tokenize(words)
 
   def __call__(self, texts, text_pairs=None, with_truncation=False):
-    """With with_truncation, also `truncated` (bool [batch]): wordpieces were cut."""
+    """[batch] strings (and their pairs) -> ragged `token_ids` and `segment_ids` [batch,
+    (length)], `[CLS] text [SEP] (pair [SEP])` cut to max_seq_length. With with_truncation,
+    also `truncated` (bool [batch]): wordpieces were cut."""
+    texts = [texts] if text_pairs is None else [texts, text_pairs]
+    truncation = bool(with_truncation)
+    key = f"texts{len(texts)}_truncation{int(truncation)}"  # string keys: tf.Module tracks it
+    if key not in self._encode_functions:
+      # Traced once per kind of call, then called from every tf.data pipeline and serving
+      # graph: traced inside each of them, it cost about a second per pipeline.
+      self._encode_functions[key] = tf.function(
+          lambda *texts: self._encode(*texts, with_truncation=truncation),
+          input_signature=[tf.TensorSpec([None], tf.string)] * len(texts), autograph=False)
+    return self._encode_functions[key](*texts)
+
+  def _encode(self, texts, text_pairs=None, with_truncation=False):
     segments = [self.tokenize(texts)]
     if text_pairs is not None:
       segments.append(self.tokenize(text_pairs))

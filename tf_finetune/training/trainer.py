@@ -165,8 +165,11 @@ class Trainer:
         max_to_keep=t.keep_checkpoints)
     # Two kept: a new best is saved, then best.json is rewritten to name it, and only the
     # next new best deletes the one before; no kill leaves best.json naming a missing file.
+    # The weights only: evaluation and export read nothing else, and training resumes from
+    # checkpoints/ (the optimizer's moments would triple each copy).
     self.best_manager = tf.train.CheckpointManager(
-        self.checkpoint, self._side_effect_dir(self.workdir.best), max_to_keep=2)
+        experiment.new_checkpoint(self.model), self._side_effect_dir(self.workdir.best),
+        max_to_keep=2)
     # Every worker resumes from the chief's checkpoint, so a restarted worker rejoins in step.
     latest = experiment.latest_checkpoint(self.workdir)
     if latest:
