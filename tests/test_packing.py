@@ -8,6 +8,7 @@ from tests.test_tagging import ner_config
 from tf_finetune import experiment
 from tf_finetune.data import packing
 from tf_finetune.data import pipeline
+from tf_finetune.tasks import sentence_embedding
 from tf_finetune.training import trainer as trainer_lib
 
 
@@ -180,3 +181,32 @@ def test_tagging_packs_training_batches_with_the_same_loss_and_gradients():
   sentence = experiment.build_model(ner_config(task__loss_average="sentence"),
                                     task.label_vocabulary)[0]
   assert "loss_average='sentence'" in sentence.packing_refusal()
+
+
+@pytest.mark.parametrize("task_name", ["setfit", "zero_shot"])
+def test_sentence_embedding_tasks_evaluate_packed_as_unpacked(tmp_path, task_name):
+  """SetFit (training reads pairs) and zero-shot (no training) pack in evaluation and
+  serving only; their logits, and SetFit's head's embeddings, equal the unpacked ones."""
+  data = write_sentiment_tsv(tmp_path / "data", n_train=16, n_dev=24, max_repeats=6)
+  keys = {"task__name": task_name, "data__max_seq_length": 16}
+  if task_name == "zero_shot":
+    keys["task__label_descriptions"] = "This text is {label}."
+  packed_config, plain_config = tiny_config(data, **keys), tiny_config(
+      data, data__packing=False, **keys)
+  splits, labels = experiment.load_data(plain_config)
+  task, model = experiment.build_model(packed_config, labels)
+  plain_task = experiment.build_model(plain_config, labels, task.encoder)[0]
+  assert task.packing_refusal(training=True) and not task.packing_refusal(training=False)
+  head = model.get_layer("logits").kernel  # SetFit's is zeros until its head is fitted
+  head.assign(tf.random.stateless_normal(head.shape, seed=[1, 2]))
+  dev = splits["dev"]
+  rows = [sum(b["token_ids"].shape[0] for b in pipeline.eval_dataset(
+      dev, task.label_values(dev), task, batch_size=8, packing=packing)) for packing in (1, 0)]
+  assert rows[0] < rows[1]
+  models = [model, sentence_embedding.embedder(model)] if task_name == "setfit" else [model]
+  for evaluated in models:
+    _, packed = experiment.evaluate_split(task, evaluated, dev, batch_size=8)
+    _, plain = experiment.evaluate_split(plain_task, evaluated, dev, batch_size=8)
+    assert packed.shape == plain.shape and packed.shape[0] == len(dev)
+    assert np.abs(plain).max() > 1e-2
+    np.testing.assert_allclose(packed, plain, atol=1e-5)

@@ -20,17 +20,22 @@ def sequence_output(model, batch, training):
   return x
 
 
-def pooled_logits(model, batch, pooling, training):
-  """A pooled head's logits per example ([batch, outputs], the batch's example order):
-  the pooler or [CLS] vector at each example's first token, or the mean of its tokens."""
+def pooled_output(model, batch, pooling, training):
+  """Per example ([batch, hidden], the batch's example order): the pooler or [CLS] vector
+  at its first token, or the mean of its tokens."""
   x = sequence_output(model, batch, training)
   if pooling == "mean":
     example = tf.reshape(batch["example_ids"], [-1]) - 1  # padding: -1, dropped
-    pooled = tf.math.unsorted_segment_mean(tf.reshape(x, [-1, tf.shape(x)[-1]]), example,
-                                           tf.shape(batch["example_rows"])[0])
-  else:
-    pooled = tf.gather_nd(x, tf.stack([batch["example_rows"], batch["example_starts"]], 1))
-    if pooling == "pooler":
-      pooled = families.pooler(model, families.backbone_of(model))(pooled)
+    return tf.math.unsorted_segment_mean(tf.reshape(x, [-1, tf.shape(x)[-1]]), example,
+                                         tf.shape(batch["example_rows"])[0])
+  pooled = tf.gather_nd(x, tf.stack([batch["example_rows"], batch["example_starts"]], 1))
+  if pooling == "pooler":
+    pooled = families.pooler(model, families.backbone_of(model))(pooled)
+  return pooled
+
+
+def pooled_logits(model, batch, pooling, training):
+  """A pooled head's logits per example ([batch, outputs], the batch's example order)."""
+  pooled = pooled_output(model, batch, pooling, training)
   pooled = model.get_layer("head_dropout")(pooled, training=training)
   return model.get_layer("logits")(pooled)

@@ -7,6 +7,7 @@ from absl import logging
 
 from tf_finetune.tasks import base
 from tf_finetune.tasks import classification
+from tf_finetune.tasks import packed
 
 EMBEDDING_LAYER = "sentence_embedding"
 
@@ -33,3 +34,13 @@ def build_model(backbone, sentence_pooling, num_labels, *, normalize, use_bias, 
 def embedder(model):
   """The model up to its sentence embedding (the same layers and weights)."""
   return keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output)
+
+
+def packed_outputs(model, batch, pooling):
+  """The inference outputs of `model` (a model of build_model: its logits; or its embedder:
+  the embeddings) for a packed batch (data/packing.py), per example in the batch's order."""
+  embeddings = model.get_layer(EMBEDDING_LAYER)(
+      packed.pooled_output(model, batch, pooling, training=False))
+  if "logits" not in [layer.name for layer in model.layers]:  # the embedder
+    return embeddings
+  return model.get_layer("logits")(embeddings)

@@ -51,7 +51,7 @@ def contrastive_pairs(label_values, pairs_per_example, seed):
 
 class SetFitTask(classification.ClassificationTask):
 
-  packs = False
+  packs = True  # in evaluation and serving: training reads pairs of texts
   _embedder_of = (None, None)  # (model, its embedder)
 
   serving_doc = classification.ClassificationTask.serving_doc + (
@@ -61,6 +61,16 @@ class SetFitTask(classification.ClassificationTask):
     return sentence_embedding.build_model(
         backbone, self.sentence_pooling, len(self.label_vocabulary),
         normalize=None, use_bias=True, name="setfit")
+
+  def packing_refusal(self, training=True):
+    if training:
+      return "task.name='setfit' trains on pairs of texts, which are not packed"
+    return super().packing_refusal(training)
+
+  def packed_logits(self, model, batch, training):
+    if training:
+      raise ValueError("task.name='setfit' trains on pairs of texts, which are not packed")
+    return sentence_embedding.packed_outputs(model, batch, self.sentence_pooling[0])
 
   def train_rows(self, split):
     return len(split) * self.config.task.pairs_per_example
