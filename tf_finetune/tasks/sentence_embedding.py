@@ -36,11 +36,24 @@ def embedder(model):
   return keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output)
 
 
-def packed_outputs(model, batch, pooling):
-  """The inference outputs of `model` (a model of build_model: its logits; or its embedder:
-  the embeddings) for a packed batch (data/packing.py), per example in the batch's order."""
-  embeddings = model.get_layer(EMBEDDING_LAYER)(
-      packed.pooled_output(model, batch, pooling, training=False))
-  if "logits" not in [layer.name for layer in model.layers]:  # the embedder
-    return embeddings
-  return model.get_layer("logits")(embeddings)
+class PacksForInference:
+  """For a task on build_model's models whose training reads no packed rows (it reads
+  pairs, or does not train): evaluation and serving pack (data.packing) all the same."""
+
+  packs = True
+  why_training_does_not_pack = ""
+
+  def packing_refusal(self, training=True):
+    if training:
+      return self.why_training_does_not_pack
+    return super().packing_refusal(training)
+
+  def packed_logits(self, model, batch, training):
+    """`model`'s inference outputs for a packed batch (data/packing.py), per example in
+    the batch's order: a model of build_model's logits, or its embedder's embeddings."""
+    del training  # training reads no packed rows
+    embeddings = model.get_layer(EMBEDDING_LAYER)(
+        packed.pooled_output(model, batch, self.sentence_pooling[0], training=False))
+    if "logits" not in [layer.name for layer in model.layers]:  # the embedder
+      return embeddings
+    return model.get_layer("logits")(embeddings)

@@ -49,9 +49,9 @@ def contrastive_pairs(label_values, pairs_per_example, seed):
           np.tile(np.array([1.0, 0.0], np.float32), count))
 
 
-class SetFitTask(classification.ClassificationTask):
+class SetFitTask(sentence_embedding.PacksForInference, classification.ClassificationTask):
 
-  packs = True  # in evaluation and serving: training reads pairs of texts
+  why_training_does_not_pack = "task.name='setfit' trains on pairs of texts, which are not packed"
   _embedder_of = (None, None)  # (model, its embedder)
 
   serving_doc = classification.ClassificationTask.serving_doc + (
@@ -61,16 +61,6 @@ class SetFitTask(classification.ClassificationTask):
     return sentence_embedding.build_model(
         backbone, self.sentence_pooling, len(self.label_vocabulary),
         normalize=None, use_bias=True, name="setfit")
-
-  def packing_refusal(self, training=True):
-    if training:
-      return "task.name='setfit' trains on pairs of texts, which are not packed"
-    return super().packing_refusal(training)
-
-  def packed_logits(self, model, batch, training):
-    if training:
-      raise ValueError("task.name='setfit' trains on pairs of texts, which are not packed")
-    return sentence_embedding.packed_outputs(model, batch, self.sentence_pooling[0])
 
   def train_rows(self, split):
     return len(split) * self.config.task.pairs_per_example

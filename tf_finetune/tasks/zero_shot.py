@@ -18,10 +18,10 @@ from tf_finetune.tasks import classification
 from tf_finetune.tasks import sentence_embedding
 
 
-class ZeroShotTask(classification.ClassificationTask):
+class ZeroShotTask(sentence_embedding.PacksForInference, classification.ClassificationTask):
 
   trains = False
-  packs = True  # in evaluation and serving (it does not train)
+  why_training_does_not_pack = "task.name='zero_shot' does not train"
 
   serving_doc = classification.ClassificationTask.serving_doc + (
       "; `zero_shot` signature: `text` string [batch] and `label_text` string [labels] -> "
@@ -56,15 +56,6 @@ class ZeroShotTask(classification.ClassificationTask):
     model.get_layer("logits").kernel.assign(
         self.config.task.similarity_scale * tf.transpose(descriptions))
     return model
-
-  def packing_refusal(self, training=True):
-    if training:
-      return "task.name='zero_shot' does not train"
-    return super().packing_refusal(training)
-
-  def packed_logits(self, model, batch, training):
-    del training  # it does not train
-    return sentence_embedding.packed_outputs(model, batch, self.sentence_pooling[0])
 
   def embed(self, model, texts):
     """Unit-length sentence embeddings [texts, hidden] of raw strings, as the model reads
