@@ -185,8 +185,8 @@ def test_tagging_packs_training_batches_with_the_same_loss_and_gradients():
 
 @pytest.mark.parametrize("task_name", ["setfit", "zero_shot"])
 def test_sentence_embedding_tasks_evaluate_packed_as_unpacked(tmp_path, task_name):
-  """SetFit (training reads pairs) and zero-shot (no training) pack in evaluation and
-  serving only; their logits, and SetFit's head's embeddings, equal the unpacked ones."""
+  """SetFit and zero-shot (which does not train) pack in evaluation and serving; their
+  logits, and SetFit's head's embeddings, equal the unpacked ones."""
   data = write_sentiment_tsv(tmp_path / "data", n_train=16, n_dev=24, max_repeats=6)
   keys = {"task__name": task_name, "data__max_seq_length": 16}
   if task_name == "zero_shot":
@@ -196,7 +196,8 @@ def test_sentence_embedding_tasks_evaluate_packed_as_unpacked(tmp_path, task_nam
   splits, labels = experiment.load_data(plain_config)
   task, model = experiment.build_model(packed_config, labels)
   plain_task = experiment.build_model(plain_config, labels, task.encoder)[0]
-  assert task.packing_refusal(training=True) and not task.packing_refusal(training=False)
+  assert bool(task.packing_refusal(training=True)) == (task_name == "zero_shot")
+  assert not task.packing_refusal(training=False)
   head = model.get_layer("logits").kernel  # SetFit's is zeros until its head is fitted
   head.assign(tf.random.stateless_normal(head.shape, seed=[1, 2]))
   dev = splits["dev"]
@@ -210,3 +211,36 @@ def test_sentence_embedding_tasks_evaluate_packed_as_unpacked(tmp_path, task_nam
     assert packed.shape == plain.shape and packed.shape[0] == len(dev)
     assert np.abs(plain).max() > 1e-2
     np.testing.assert_allclose(packed, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_setfit_packs_both_texts_of_its_pairs_with_the_same_loss_and_gradients(tmp_path,
+                                                                               strategy):
+  """A batch of pairs packs its first and second texts into the same rows; each pair's
+  similarity and the loss gradients equal the unpacked batch's, and a packed run trains."""
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8, max_repeats=2)
+  config = tiny_config(data, task__name="setfit", task__pairs_per_example=4,
+                       data__examples_per_class=6, distribution__strategy=strategy,
+                       train__steps=2, train__eval_every=2)
+  trainer = trainer_lib.Trainer(config, tmp_path / "run")
+  task, model = trainer.task, trainer.model
+  assert trainer.packing
+  batch = next(iter(pipeline.train_dataset(trainer.splits["train"], trainer.train_label_values,
+                                           task, batch_size=16, seed=0, shuffle_buffer=48,
+                                           bucketing=False)))
+  packed = task.pack(batch)
+  texts = int(tf.reduce_sum(batch["padding_mask"]) + tf.reduce_sum(batch["padding_mask_b"]))
+  assert int(tf.reduce_sum(packed["padding_mask"])) == texts
+  assert packed["example_rows"].shape[0] == 32 and packed["token_ids"].shape[0] < 32
+  with tf.GradientTape(persistent=True) as tape:
+    plain = task.training_logits(model, batch, training=False)
+    by_rows = task.training_logits(model, packed, training=False)
+    plain_loss = tf.reduce_sum(task.training_losses(batch["label"], plain))
+    packed_loss = tf.reduce_sum(task.training_losses(packed["label"], by_rows))
+  assert plain.shape == [16] and np.ptp(plain.numpy()) > 1e-3
+  np.testing.assert_allclose(by_rows.numpy(), plain.numpy(), atol=1e-5)
+  _assert_same_gradients(tape, packed_loss, plain_loss, model)
+  before = [v.numpy() for v in model.trainable_variables]
+  trainer.train()
+  changed = [not np.allclose(a, b.numpy()) for a, b in zip(before, model.trainable_variables)]
+  assert np.mean(changed) > 0.85 and trainer.step == 2

@@ -8,7 +8,6 @@ tf.train.Checkpoint cannot save.
 """
 import tensorflow as tf
 
-from tf_finetune.data import packing as packing_lib
 
 TOKENIZE_BATCH = 256
 
@@ -102,10 +101,7 @@ def train_dataset(split, label_values, task, *, batch_size, seed, shuffle_buffer
   if static_shapes:  # bucket_by_sequence_length leaves the batch dimension unknown
     dataset = dataset.map(lambda batch: _with_batch_dimension(batch, batch_size))
   if packing:
-    dataset = dataset.map(
-        lambda batch: packing_lib.pack(batch, encoder.max_seq_length, encoder.pad_id,
-                                       task.token_labels),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(task.pack, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if skip_batches:
     dataset = dataset.skip(skip_batches)
   return dataset.prefetch(tf.data.AUTOTUNE)
@@ -185,6 +181,5 @@ def eval_dataset(split, label_values, task, *, batch_size, static_shapes=False, 
       return _with_batch_dimension(padded, batch_size)
     dataset = dataset.map(pad_to_static)
   if packing:
-    dataset = dataset.map(lambda batch: packing_lib.pack(batch, encoder.max_seq_length,
-                                                         encoder.pad_id, task.token_labels))
+    dataset = dataset.map(task.pack)
   return dataset.prefetch(tf.data.AUTOTUNE)

@@ -238,6 +238,11 @@ class Task(abc.ABC):
     the graph; else the strings."""
     return pii.mask(strings)[0] if self.config.data.mask_pii else strings
 
+  def pack(self, batch):
+    """A padded batch of encode_inputs' rows -> packed rows (data/packing.py)."""
+    return packing.pack(batch, self.encoder.max_seq_length, self.encoder.pad_id,
+                        self.token_labels)
+
   def packing_refusal(self, training=True):
     """Why this task's training (or inference) does not pack ("" when it does)."""
     if not self.packs:
@@ -249,5 +254,4 @@ class Task(abc.ABC):
     applies (as evaluation packs), else the model as it is."""
     if self.packing_refusal(training=False):
       return model(inputs, training=False)
-    packed = packing.pack(inputs, self.encoder.max_seq_length, self.encoder.pad_id)
-    return self.packed_logits(model, packed, training=False)
+    return self.packed_logits(model, self.pack(inputs), training=False)

@@ -36,24 +36,23 @@ def embedder(model):
   return keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output)
 
 
-class PacksForInference:
-  """For a task on build_model's models whose training reads no packed rows (it reads
-  pairs, or does not train): evaluation and serving pack (data.packing) all the same."""
+class PacksSentenceEmbeddings:
+  """Packing (data.packing) for a task on build_model's models: evaluation and serving
+  pack; training too unless why_training_does_not_pack says why not."""
 
   packs = True
   why_training_does_not_pack = ""
 
   def packing_refusal(self, training=True):
-    if training:
+    if training and self.why_training_does_not_pack:
       return self.why_training_does_not_pack
     return super().packing_refusal(training)
 
   def packed_logits(self, model, batch, training):
-    """`model`'s inference outputs for a packed batch (data/packing.py), per example in
-    the batch's order: a model of build_model's logits, or its embedder's embeddings."""
-    del training  # training reads no packed rows
+    """`model`'s outputs for a packed batch (data/packing.py), per example in the batch's
+    order: a model of build_model's logits, or its embedder's embeddings."""
     embeddings = model.get_layer(EMBEDDING_LAYER)(
-        packed.pooled_output(model, batch, self.sentence_pooling[0], training=False))
+        packed.pooled_output(model, batch, self.sentence_pooling[0], training=training))
     if "logits" not in [layer.name for layer in model.layers]:  # the embedder
       return embeddings
     return model.get_layer("logits")(embeddings)

@@ -5,7 +5,8 @@ Stage 1 fine-tunes the sentence encoder contrastively in the shared training loo
 n * task.pairs_per_example pairs of the n train examples, half of one label (similarity 1),
 half of two labels (0), drawn once with train.seed as SetFit 1.x draws them; the
 loss is SetFit's CosineSimilarityLoss, the squared difference between the pair's cosine
-similarity and its target. Stage 2 fits a logistic regression (scikit-learn, SetFit's
+similarity and its target; with data.packing, both texts of a batch's pairs are packed into
+the same rows. Stage 2 fits a logistic regression (scikit-learn, SetFit's
 default head) on the encoder's embeddings of the train examples and writes it into the
 model's Dense head. It is fitted again before every evaluation, so each dev figure, the best
 checkpoint and the export hold the head of their own encoder; the exported model is one
@@ -49,9 +50,8 @@ def contrastive_pairs(label_values, pairs_per_example, seed):
           np.tile(np.array([1.0, 0.0], np.float32), count))
 
 
-class SetFitTask(sentence_embedding.PacksForInference, classification.ClassificationTask):
+class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.ClassificationTask):
 
-  why_training_does_not_pack = "task.name='setfit' trains on pairs of texts, which are not packed"
   _embedder_of = (None, None)  # (model, its embedder)
 
   serving_doc = classification.ClassificationTask.serving_doc + (
@@ -92,22 +92,32 @@ class SetFitTask(sentence_embedding.PacksForInference, classification.Classifica
             "token_ids_b": second["token_ids"], "segment_ids_b": second["segment_ids"],
             "label": batch["label"]}
 
-  def training_logits(self, model, batch, training):
-    """A batch of pairs -> the cosine similarity of each pair's embeddings [batch]; both
-    texts go through the encoder as one batch."""
+  def pack(self, batch):
+    """A batch of pairs packs all its texts, the first texts then the second ones."""
     if "token_ids_b" not in batch:
-      return super().training_logits(model, batch, training)
+      return super().pack(batch)
+    return super().pack(dict(self._both_texts(batch), label=batch["label"]))
+
+  def _both_texts(self, batch):
+    """A batch of pairs -> the model inputs of its first texts, then of its second texts."""
     width = tf.maximum(tf.shape(batch["token_ids"])[1], tf.shape(batch["token_ids_b"])[1])
-    pad_id = self.encoder.pad_id
     both = {}
     for key in base.MODEL_INPUTS:
-      a, b = batch[key], batch[key + "_b"]
-      fill = pad_id if key == "token_ids" else 0
+      fill = self.encoder.pad_id if key == "token_ids" else 0
       pad = lambda x: tf.pad(x, [[0, 0], [0, width - tf.shape(x)[1]]], constant_values=fill)
-      both[key] = tf.concat([pad(a), pad(b)], axis=0)
-    embeddings = tf.math.l2_normalize(
-        tf.cast(self._embedder(model)(both, training=training), tf.float32), axis=-1)
-    first, second = tf.split(embeddings, 2, axis=0)
+      both[key] = tf.concat([pad(batch[key]), pad(batch[key + "_b"])], axis=0)
+    return both
+
+  def training_logits(self, model, batch, training):
+    """A batch of pairs, padded or packed (pack) -> the cosine similarity of each pair's
+    embeddings [batch]; both texts go through the encoder as one batch."""
+    embedder = self._embedder(model)
+    if "example_ids" in batch:
+      embeddings = self.packed_logits(embedder, batch, training=training)
+    else:
+      embeddings = embedder(self._both_texts(batch), training=training)
+    first, second = tf.split(tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1),
+                             2, axis=0)
     return tf.reduce_sum(first * second, axis=-1)
 
   def training_losses(self, labels, logits):

@@ -18,7 +18,7 @@ from tf_finetune.tasks import classification
 from tf_finetune.tasks import sentence_embedding
 
 
-class ZeroShotTask(sentence_embedding.PacksForInference, classification.ClassificationTask):
+class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.ClassificationTask):
 
   trains = False
   why_training_does_not_pack = "task.name='zero_shot' does not train"
