@@ -245,6 +245,8 @@ class Task(abc.ABC):
 
   def packing_refusal(self, training=True):
     """Why this task's training (or inference) does not pack ("" when it does)."""
+    if training and not self.trains:
+      return f"task.name={self.config.task.name!r} does not train"
     if not self.packs:
       return f"task.name={self.config.task.name!r} reads no packed rows"
     return config_lib.packing_refusal(self.config, training)

@@ -37,16 +37,9 @@ def embedder(model):
 
 
 class PacksSentenceEmbeddings:
-  """Packing (data.packing) for a task on build_model's models: evaluation and serving
-  pack; training too unless why_training_does_not_pack says why not."""
+  """Packing (data.packing) for a task on build_model's models."""
 
   packs = True
-  why_training_does_not_pack = ""
-
-  def packing_refusal(self, training=True):
-    if training and self.why_training_does_not_pack:
-      return self.why_training_does_not_pack
-    return super().packing_refusal(training)
 
   def packed_logits(self, model, batch, training):
     """`model`'s outputs for a packed batch (data/packing.py), per example in the batch's

@@ -121,10 +121,8 @@ class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.Clas
     return tf.reduce_sum(first * second, axis=-1)
 
   def training_losses(self, labels, logits):
-    """CosineSimilarityLoss on pairs; cross-entropy on labelled batches."""
-    if logits.shape.rank == 1:
-      return tf.square(logits - tf.cast(labels, tf.float32))
-    return super().training_losses(labels, logits)
+    """CosineSimilarityLoss: training batches are pairs (training_logits' similarities)."""
+    return tf.square(logits - tf.cast(labels, tf.float32))
 
   def fit_head(self, model, label_values, outputs_of):
     """Stage 2: a logistic regression on the train examples' embeddings, into "logits"."""

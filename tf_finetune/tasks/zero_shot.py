@@ -21,7 +21,6 @@ from tf_finetune.tasks import sentence_embedding
 class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.ClassificationTask):
 
   trains = False
-  why_training_does_not_pack = "task.name='zero_shot' does not train"
 
   serving_doc = classification.ClassificationTask.serving_doc + (
       "; `zero_shot` signature: `text` string [batch] and `label_text` string [labels] -> "
