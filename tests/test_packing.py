@@ -29,6 +29,22 @@ def test_first_fit_decreasing_places_every_example_once_within_a_row(seed):
   assert (again[0].numpy() == rows).all() and (again[1].numpy() == starts).all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_unpack_lays_packed_values_out_as_they_were_padded(seed):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(2, 17, size=int(rng.integers(1, 12)))
+  mask = (np.arange(lengths.max())[None, :] < lengths[:, None]).astype(np.int32)
+  ids = rng.integers(5, 100, size=mask.shape).astype(np.int32) * mask
+  batch = {"token_ids": tf.constant(ids), "segment_ids": tf.constant(mask * 0),
+           "padding_mask": tf.constant(mask), "label": tf.constant(ids)}
+  packed = packing.pack(batch, 16, 0, token_labels=True)
+  assert packed["token_ids"].shape[0] < len(lengths) or len(lengths) < 3
+  np.testing.assert_array_equal(packing.unpack(packed["token_ids"], packed).numpy(), ids)
+  per_token = tf.stack([packed["token_ids"], packed["label"]], -1)  # a trailing axis
+  np.testing.assert_array_equal(packing.unpack(per_token, packed).numpy(),
+                                np.stack([ids, np.where(mask > 0, ids, 0)], -1))
+
+
 def _model_and_batch(config):
   """The config's task and model, a shuffled training batch of 16, and that batch packed."""
   splits, labels = experiment.load_data(config)
@@ -143,6 +159,14 @@ def test_evaluation_packs_and_gives_the_unpacked_logits(tmp_path, long_text):
   _, plain = experiment.evaluate_split(plain_task, model, dev, batch_size=8)
   assert packed.shape == plain.shape == (len(dev), 2)
   np.testing.assert_allclose(packed, plain, atol=1e-5)
+  # Serving's forward (eager here): packed for a batch, the model as it is for one text.
+  packed_sizes, pack = [], task.pack
+  task.pack = lambda batch: packed_sizes.append(len(batch["token_ids"])) or pack(batch)
+  several = task.encoder.pad(task.encoder(tf.constant(dev.texts[:5])))
+  np.testing.assert_allclose(task.forward(model, several), model(several), atol=1e-5)
+  one = task.encoder.pad(task.encoder(tf.constant(dev.texts[:1])))
+  np.testing.assert_allclose(task.forward(model, one), model(one), atol=1e-5)
+  assert packed_sizes == [len(several["token_ids"])] and len(one["token_ids"]) == 1
 
 
 def test_unpacked_evaluation_batches_by_length_and_answers_in_file_order(tmp_path):
@@ -176,11 +200,41 @@ def test_tagging_packs_training_batches_with_the_same_loss_and_gradients():
     by_rows = token_loss(packed["label"], task.packed_logits(model, packed, training=False))
   np.testing.assert_allclose(by_rows.numpy(), plain.numpy(), rtol=1e-5)
   _assert_same_gradients(tape, by_rows, plain, model)
-  assert task.packing_refusal() == ""
-  assert "unpacked position" in task.packing_refusal(training=False)
+  assert task.packing_refusal() == "" and task.packing_refusal(training=False) == ""
   sentence = experiment.build_model(ner_config(task__loss_average="sentence"),
                                     task.label_vocabulary)[0]
   assert "loss_average='sentence'" in sentence.packing_refusal()
+
+
+@pytest.mark.parametrize("long_text,max_seq_length", [("truncate", 32), ("windows", 14)])
+def test_tagging_evaluates_and_serves_packed_as_unpacked(long_text, max_seq_length):
+  """Evaluation and serving pack tagging's sentences and read each word's logits back at
+  its unpacked row and position: the same logits, report and served entities."""
+  keys = {"data__max_seq_length": max_seq_length, "data__long_text": long_text}
+  packed_config, plain_config = ner_config(**keys), ner_config(data__packing=False, **keys)
+  splits, labels = experiment.load_data(plain_config)
+  task, model = experiment.build_model(packed_config, labels)
+  plain_task = experiment.build_model(plain_config, labels, task.encoder)[0]
+  assert task.packing_refusal(training=False) == "" and plain_task.packing_refusal(False)
+  head = model.get_layer("logits").kernel
+  head.assign(tf.random.stateless_normal(head.shape, seed=[3, 4]))
+  dev = splits["dev"]
+  rows = [sum(b["token_ids"].shape[0] for b in pipeline.eval_dataset(
+      dev, task.label_values(dev), task, batch_size=8, packing=packing)) for packing in (1, 0)]
+  # (a sentence's windows are full rows but for its last, so they rarely share a row)
+  assert rows[0] < rows[1] if long_text == "truncate" else rows[1] > len(dev)
+  values, packed = experiment.evaluate_split(task, model, dev, batch_size=8)
+  _, plain = experiment.evaluate_split(plain_task, model, dev, batch_size=8)
+  real = experiment._concatenate([b["padding_mask"].numpy()[..., None] for b in
+                                   pipeline.eval_dataset(dev, values, task, batch_size=8)])
+  assert packed.shape == plain.shape and np.abs(plain).max() > 1e-1
+  np.testing.assert_allclose(packed * real, plain * real, atol=1e-5)  # padding: unread
+  assert task.report(values, packed) == plain_task.report(values, plain)
+  texts = tf.constant([" ".join(words) for words in dev.tokens[:8]] + ["", "Kyoto"])
+  served, served_plain = task.serve_text(model, texts), plain_task.serve_text(model, texts)
+  for key in ("word_tag", "entity_type", "entity_start", "entity_end", "entity_count"):
+    np.testing.assert_array_equal(served[key].numpy(), served_plain[key].numpy(), key)
+  np.testing.assert_allclose(served["entity_score"], served_plain["entity_score"], atol=1e-5)
 
 
 @pytest.mark.parametrize("task_name", ["setfit", "zero_shot"])

@@ -204,8 +204,9 @@ def test_word_offsets_give_back_each_word():
 
 
 def test_every_word_an_entity_gives_back_its_surface():
-  """A stand-in model that tags every first wordpiece B-person: each word is an entity."""
-  config = ner_config()
+  """A stand-in model that tags every first wordpiece B-person: each word is an entity
+  (unpacked: packing calls the model's layers, which the stand-in has not)."""
+  config = ner_config(data__packing=False)
   task, _ = _task_and_splits(config)
   b_person = task.label_vocabulary.labels.index("B-person")
   model = lambda features, training: tf.one_hot(

@@ -161,14 +161,14 @@ def predict_logits(model, dataset, strategy=None, task=None):
   With a single-client strategy, the forward pass runs on its replicas (the dataset must
   have static shapes and an example_mask, as pipeline.eval_dataset(static_shapes=True)
   makes): this is how evaluation runs on a TPU. With `task`, the batches are packed
-  (pipeline.eval_dataset(packing=True)) and go through task.packed_logits.
+  (pipeline.eval_dataset(packing=True)) and go through task.inference_logits.
   """
   if strategy is not None:
     return _predict_logits_distributed(model, dataset, strategy)
   if task is not None:
     if _PACKED_FORWARD.get(model, (None,))[0] is not task:
       _PACKED_FORWARD[model] = (task, tf.function(
-          lambda batch: task.packed_logits(model, batch, training=False),
+          lambda batch: task.inference_logits(model, batch),
           input_signature=[PACKED_INPUTS], autograph=False))
     forward, inputs = _PACKED_FORWARD[model][1], PACKED_INPUTS
   else:

@@ -63,10 +63,29 @@ def pack(batch, max_seq_length, pad_id, token_labels=False):
   packed["padding_mask"] = tf.cast(packed["example_ids"] > 0, tf.int32)
   packed["position_ids"] = lay_out(tf.broadcast_to(
       tf.range(tf.shape(mask)[1], dtype=tf.int32)[None, :], tf.shape(mask)), 0)
-  if token_labels:
+  if token_labels and "label" in batch:  # (serving's batches have none)
     packed["label"] = lay_out(batch["label"], -1)
   packed["example_rows"], packed["example_starts"] = rows, starts
   return packed
+
+
+def unpack(values, batch):
+  """Per-token values of packed rows ([rows, row length, ...], as `batch`, which pack()
+  made, lays them out) -> the padded layout they had: [batch, longest example, ...], each
+  example's tokens from position 0, zeros beyond its length."""
+  example_ids = tf.reshape(batch["example_ids"], [-1])
+  num_examples = tf.shape(batch["example_rows"])[0]
+  lengths = tf.math.unsorted_segment_sum(tf.ones_like(example_ids), example_ids - 1,
+                                         num_examples)  # padding (id 0 -> -1) is dropped
+  longest = tf.reduce_max(tf.concat([lengths, [0]], 0))
+  position = tf.range(longest)[None, :]
+  inside = position < lengths[:, None]  # [batch, longest]
+  row = tf.broadcast_to(batch["example_rows"][:, None], tf.shape(inside))
+  column = tf.where(inside, batch["example_starts"][:, None] + position, 0)
+  gathered = tf.gather_nd(values, tf.stack([row, column], -1))
+  inside = tf.reshape(inside, tf.concat([tf.shape(inside), tf.ones(
+      [tf.rank(gathered) - 2], tf.int32)], 0))
+  return tf.where(inside, gathered, tf.zeros_like(gathered))
 
 
 def attention_mask(example_ids):

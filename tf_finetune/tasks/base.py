@@ -251,9 +251,18 @@ class Task(abc.ABC):
       return f"task.name={self.config.task.name!r} reads no packed rows"
     return config_lib.packing_refusal(self.config, training)
 
+  def inference_logits(self, model, packed_batch):
+    """Inference logits of a packed batch, laid out as the model gives them for the same
+    examples padded: per example, or (token_labels) per example and wordpiece."""
+    logits = self.packed_logits(model, packed_batch, training=False)
+    return packing.unpack(logits, packed_batch) if self.token_labels else logits
+
   def forward(self, model, inputs):
     """Inference logits of padded model inputs: through packed rows where data.packing
-    applies (as evaluation packs), else the model as it is."""
+    applies (as evaluation packs) and the batch holds more than one row, else the model as
+    it is (a single row has no padding to remove: packing it would only add work)."""
     if self.packing_refusal(training=False):
       return model(inputs, training=False)
-    return self.packed_logits(model, self.pack(inputs), training=False)
+    return tf.cond(tf.shape(inputs["token_ids"])[0] > 1,
+                   lambda: self.inference_logits(model, self.pack(inputs)),
+                   lambda: model(inputs, training=False))

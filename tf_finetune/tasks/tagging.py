@@ -78,10 +78,9 @@ class TaggingTask(base.Task):
 
   def packing_refusal(self, training=True):
     """Training packs with task.loss_average=token (a sum over words, wherever they sit);
-    evaluation and serving read words at their unpacked rows and positions."""
-    if not training:
-      return "tagging reads each word at its unpacked position"
-    if self.config.task.loss_average != "token":
+    evaluation and serving pack and read each word's logits back at its unpacked row and
+    position (inference_logits)."""
+    if training and self.config.task.loss_average != "token":
       return "task.loss_average='sentence' (a mean per sentence needs its sentence's row)"
     return super().packing_refusal(training)
 
@@ -226,7 +225,7 @@ class TaggingTask(base.Task):
     if self.config.data.mask_pii:  # as training data was masked (pii.mask_sentences)
       words, starts, ends, _ = pii.merge_words(texts, words, starts, ends)
     features = encoder.encode_words(words)
-    logits = tf.cast(model(encoder.pad(features), training=False), tf.float32)
+    logits = tf.cast(self.forward(model, encoder.pad(features)), tf.float32)
     positions = features["word_positions"]
     rows = tf.cast(positions.value_rowids(), tf.int32)  # the sentence of each word
     flat_positions = positions.flat_values
