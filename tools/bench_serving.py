@@ -35,6 +35,8 @@ _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch pipeline.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Turns of each process (TensorFlow, PyTorch).")
 _RUN = flags.DEFINE_enum("run", None, ["tf", "torch"], "Internal: one process's sides.")
 _TORCH_SIDE = "PyTorch pipeline (HF export)"
+_UNPACKED_SIDE = "SavedModel raw text, data.packing=False"
+_IDS_SIDE = "SavedModel token ids (unpacked)"
 
 
 def _latest(directory):
@@ -101,9 +103,8 @@ def run_tf(wd):
   sides = {
       f"SavedModel raw text (data.packing={config.data.packing})":
           (text_call(by_text), [[t] for t in ones], batches),
-      "SavedModel raw text, data.packing=False": (text_call(unpacked), [[t] for t in ones],
-                                                  batches),
-      "SavedModel token ids (unpacked)": (ids_call, ids_one, ids_batches)}
+      _UNPACKED_SIDE: (text_call(unpacked), [[t] for t in ones], batches),
+      _IDS_SIDE: (ids_call, ids_one, ids_batches)}
   single = _interleaved_seconds({k: (c, one) for k, (c, one, _) in sides.items()}, len(ones))
   batched = _interleaved_seconds({k: (c, many) for k, (c, _, many) in sides.items()},
                                  len(batches))
@@ -149,8 +150,7 @@ def main(argv):
       sides.update(result["sides"])
     rounds.append(sides)
   for round_number, sides in enumerate(rounds, 1):
-    served, ids = next(iter(sides.values())), sides["SavedModel token ids (unpacked)"]
-    unpacked = sides["SavedModel raw text, data.packing=False"]
+    served, ids, unpacked = next(iter(sides.values())), sides[_IDS_SIDE], sides[_UNPACKED_SIDE]
     line = (f"round {round_number}: raw text / token ids at batch 1 (p50) "
             f"{served['p50_ms'] / ids['p50_ms']:.2f}x; packing on / off: batch 1 (p50) "
             f"{served['p50_ms'] / unpacked['p50_ms']:.2f}x the latency, batch 32 "
