@@ -1,5 +1,9 @@
 import itertools
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -332,10 +336,45 @@ def test_accumulation_resumes_at_the_right_batch(sentiment_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flags,expected", [
+    ("fpu sse sse2 avx avx2 fma", False), ("fpu sse avx2 avx512f avx512_vnni", True),
+    ("fpu sse avx2 avx_vnni", True), ("fpu sse avx512f amx_tile amx_int8", True)])
+def test_tensorflow_alone_turns_onednn_on_only_on_cpus_with_its_flags(tmp_path, flags, expected):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+  assert distribute.tensorflow_onednn_default(str(cpuinfo)) == expected
+
+
+@pytest.mark.parametrize("user_setting", [None, "0", "1"])
+def test_onednn_kernels_are_our_default_on_x86_linux_and_the_users_setting_wins(user_setting):
+  if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+    pytest.skip("the default applies to x86-64 Linux only")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_ENABLE_ONEDNN_OPTS", "_TF_FINETUNE_ONEDNN")}
+  if user_setting is not None:
+    env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
+  probe = ("import json, tf_finetune, tensorflow; from tf_finetune import distribute; "
+           "print(json.dumps(distribute.onednn_kernels()))")
+  out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                       check=True).stdout
+  on, why = json.loads(out.strip().splitlines()[-1])
+  assert on == (user_setting != "0")
+  if user_setting is None:
+    assert "tf_finetune's default" in why and "TF_ENABLE_ONEDNN_OPTS=0" in why
+  else:
+    assert why == f"TF_ENABLE_ONEDNN_OPTS={user_setting} set before the start"
+  # A child process inherits our default as a default, and a setting as a setting.
+  probe_child = (f"import subprocess, sys; import tf_finetune; "
+                 f"subprocess.run([sys.executable, '-c', {probe!r}], check=True)")
+  out = subprocess.run([sys.executable, "-c", probe_child], env=env, capture_output=True,
+                       text=True, check=True).stdout
+  assert json.loads(out.strip().splitlines()[-1]) == [on, why]
+
+
+@pytest.mark.parametrize("flags,expected", [
     ("fpu sse avx512f avx512_bf16 amx_tile amx_bf16", "mixed_bfloat16"),
     ("fpu sse avx2 avx512f avx512_vnni", "float32")])
-def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(tmp_path, monkeypatch, flags,
-                                                              expected):
+def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(tmp_path, monkeypatch, caplog,
+                                                              flags, expected):
   if tf.config.list_physical_devices("GPU"):
     pytest.skip("a GPU decides, not the CPU flags")
   cpuinfo = tmp_path / "cpuinfo"
@@ -346,7 +385,11 @@ def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(tmp_path, monkeypa
   config = tiny_config(write_sentiment_tsv(tmp_path / "data"), train__precision="auto")
   assert distribute.resolved_precision(config) == (expected, f"train.precision=auto: {what}")
   import keras
-  t = trainer_lib.Trainer(config, tmp_path / "run")
+  with caplog.at_level("INFO", logger="absl"):
+    t = trainer_lib.Trainer(config, tmp_path / "run")
+  onednn, why = distribute.onednn_kernels()
+  assert f"Precision: {expected} (train.precision=auto: {what})" in caplog.text
+  assert f"oneDNN kernels: {'on' if onednn else 'off'} ({why})" in caplog.text
   backbone = [l for l in t.model.layers if l.name.startswith("bert_backbone")][0]
   assert backbone.dtype_policy.name == expected
   assert keras.config.dtype_policy().name == "float32"  # the process's policy is left alone

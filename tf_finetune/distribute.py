@@ -67,6 +67,40 @@ def _tpu_strategy(tpu):
 
 
 _CPU_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: bfloat16 matmul units
+# /proc/cpuinfo flags on which TensorFlow turns its oneDNN kernels on by itself on Linux
+# (tensorflow/core/util/port.cc, DefaultOneDnnPolicy).
+_TENSORFLOW_ONEDNN_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                            "amx_bf16")
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+  """The CPU's feature flags as /proc/cpuinfo lists them (none where it cannot be read)."""
+  try:
+    with open(cpuinfo) as f:
+      return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    return []
+
+
+def tensorflow_onednn_default(cpuinfo="/proc/cpuinfo"):
+  """Whether TensorFlow alone (a process that does not import tf_finetune, such as TF
+  Serving's) runs oneDNN kernels on this x86-64 Linux CPU."""
+  return any(flag in cpu_flags(cpuinfo) for flag in _TENSORFLOW_ONEDNN_FLAGS)
+
+
+def onednn_kernels():
+  """Whether TensorFlow runs its oneDNN kernels in this process, and what decided it."""
+  from tensorflow.python.util import _pywrap_util_port  # no public API tells it
+  import tf_finetune
+  on = bool(_pywrap_util_port.IsMklEnabled())
+  if tf_finetune.USER_ONEDNN is not None:
+    why = f"TF_ENABLE_ONEDNN_OPTS={tf_finetune.USER_ONEDNN} set before the start"
+  elif os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1":
+    why = ("tf_finetune's default on x86-64 Linux; TF_ENABLE_ONEDNN_OPTS=0 set before the "
+           "start turns them off")
+  else:
+    why = "TensorFlow's default on this platform"
+  return on, why
 
 
 def native_bfloat16(strategy_name, cpuinfo="/proc/cpuinfo"):
@@ -79,11 +113,7 @@ def native_bfloat16(strategy_name, cpuinfo="/proc/cpuinfo"):
   if gpus:
     capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
     return bool(capability and capability >= (8, 0)), f"GPU compute capability {capability}"
-  try:
-    with open(cpuinfo) as f:
-      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-  except OSError:
-    flags = []
+  flags = cpu_flags(cpuinfo)
   found = [flag for flag in _CPU_BFLOAT16_FLAGS if flag in flags]
   return bool(found), f"CPU flags {', '.join(found)}" if found else "a CPU without AMX or AVX512_BF16"
 

@@ -15,7 +15,11 @@ raw-text sides include tokenization in the graph. "data.packing=False" is the sa
 checkpoint saved (into a temporary directory) with the run's config but packing off: what
 the export's in-graph packing gains or costs. PyTorch: transformers' text-classification
 pipeline on the HF export of the same checkpoint (tokenization included), torch.no_grad.
+oneDNN: the TensorFlow process runs TensorFlow's oneDNN kernels as TensorFlow alone decides on
+this CPU (--onednn=tensorflow: what TF Serving, or any process that does not import
+tf_finetune, gets), or --onednn=on / off.
 """
+import os
 import tempfile
 import time
 
@@ -25,6 +29,7 @@ from absl import app
 from absl import flags
 
 import tf_finetune  # noqa: F401
+from tf_finetune import distribute
 from tf_finetune import experiment
 from tf_finetune import tasks
 from tf_finetune.export import serving
@@ -33,6 +38,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with exports.", r
 _REQUESTS = flags.DEFINE_integer("requests", 200, "Batch-1 calls per side.")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch pipeline.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Turns of each process (TensorFlow, PyTorch).")
+_ONEDNN = flags.DEFINE_enum(
+    "onednn", "tensorflow", ["tensorflow", "on", "off"], "TensorFlow's oneDNN kernels in the "
+    "TensorFlow process: as TensorFlow alone decides on this CPU (TF Serving's case), or on/off.")
 _RUN = flags.DEFINE_enum("run", None, ["tf", "torch"], "Internal: one process's sides.")
 _TORCH_SIDE = "PyTorch pipeline (HF export)"
 _UNPACKED_SIDE = "SavedModel raw text, data.packing=False"
@@ -109,7 +117,7 @@ def run_tf(wd):
   batched = _interleaved_seconds({k: (c, many) for k, (c, _, many) in sides.items()},
                                  len(batches))
   return {"export": str(export), "sides": _summary(single, batched, len(texts)),
-          "peak_rss_mb": benchlib.peak_rss_mb()}
+          "peak_rss_mb": benchlib.peak_rss_mb(), "onednn": distribute.onednn_kernels()[0]}
 
 
 def run_torch(wd):
@@ -135,15 +143,21 @@ def main(argv):
     return
   processes = ["tf"] + ([] if _NO_TORCH.value else ["torch"])
   args = [f"--workdir={_WORKDIR.value}", f"--requests={_REQUESTS.value}"]
+  onednn = (distribute.tensorflow_onednn_default() if _ONEDNN.value == "tensorflow"
+            else _ONEDNN.value == "on")
+  env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0"}
   print(f"{wd.root}: dev texts, batch 1: {_REQUESTS.value} calls per side; {_ROUNDS.value} "
-        f"rounds of {', '.join(processes)}, each in its own process", flush=True)
+        f"rounds of {', '.join(processes)}, each in its own process; TensorFlow's oneDNN "
+        f"kernels {'on' if onednn else 'off'} (--onednn={_ONEDNN.value})", flush=True)
   print(f"{'round':<6}{'side':<44}{'p50 ms':>9}{'p95 ms':>9}{'batch-32 ex/s':>15}"
         f"{'peak RSS MB':>13}", flush=True)
   rounds = []
   for round_number in range(1, _ROUNDS.value + 1):
     sides = {}
     for process in processes:
-      result = benchlib.run_side(__file__, [f"--run={process}", *args])
+      result = benchlib.run_side(__file__, [f"--run={process}", *args], env=env)
+      if result.get("onednn", onednn) != onednn:
+        raise SystemExit(f"the TensorFlow process ran oneDNN {result['onednn']}, not {onednn}")
       for side, r in result["sides"].items():
         print(f"{round_number:<6}{side:<44}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}"
               f"{r['examples_per_s']:>15.1f}{result['peak_rss_mb']:>13.0f}", flush=True)

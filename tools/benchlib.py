@@ -38,10 +38,12 @@ def emit(result):
   print(_RESULT + json.dumps(result), flush=True)
 
 
-def run_side(script, args):
-  """Runs `python script *args` in a fresh process (clean memory, its own threads) and
-  returns the dict it emitted; stops with the child's last output when it failed."""
-  proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+def run_side(script, args, env=None):
+  """Runs `python script *args` in a fresh process (clean memory, its own threads; env: its
+  environment, this one's by default) and returns the dict it emitted; stops with the
+  child's last output when it failed."""
+  proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                        env=env)
   lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
   if proc.returncode or not lines:
     print(proc.stderr[-4000:], file=sys.stderr)

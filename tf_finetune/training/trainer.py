@@ -89,6 +89,8 @@ class Trainer:
     keras.utils.set_random_seed(config.train.seed)
     self.precision, why = distribute.resolved_precision(config)
     logging.info("Precision: %s (%s)", self.precision, why)
+    onednn, why = distribute.onednn_kernels()
+    logging.info("oneDNN kernels: %s (%s)", "on" if onednn else "off", why)
     keras.mixed_precision.set_global_policy(self.precision)
     self.static_shapes = config_lib.uses_static_shapes(config)
 
