@@ -1,20 +1,24 @@
-"""Fine-tune all-MiniLM-L6-v2 on SST-2 with tf_finetune and with the HF PyTorch Trainer.
+"""Fine-tune all-MiniLM-L6-v2 on SST-2 (or emotion) with tf_finetune and with the HF PyTorch
+Trainer.
 
   pip install -e ".[torch]"     # torch 2.13.0 CPU build + accelerate, for the PyTorch side
   python tools/bench_sst2.py                            # full train set, interleaved
   python tools/bench_sst2.py --max_train_examples=2000 --rounds=1   # a quick look
+  python tools/bench_sst2.py --dataset=emotion          # the same on emotion (6 labels)
 
-Sides: `tf` is tf_finetune as a user gets it (configs/sst2.py's defaults: train.precision=auto,
-data.packing on); `tf_fp32_unpacked` is float32 with length buckets and no packing (what
-tf_finetune did before packing); `torch` and `torch_bf16` are the HF Trainer in float32 and
-with bf16=True, both with group_by_length. Same checkpoint, data (../shared/data/sst2),
-hyperparameters (1 epoch, batch 32, AdamW lr 5e-5, weight decay 0.01 off biases and
-LayerNorm, 10% linear warmup then linear decay, clip 1.0, max 64 wordpieces, dropout 0.1)
+Sides: `tf` is tf_finetune as a user gets it (configs/<dataset>.py's defaults:
+train.precision=auto, data.packing on, oneDNN kernels on x86-64); `tf_fp32_unpacked` is
+float32 with length buckets and no packing (what tf_finetune did before packing); `torch` and
+`torch_bf16` are the HF Trainer in float32 and with bf16=True, both with group_by_length.
+Same checkpoint, data (configs/<dataset>.py's files in ../shared/data, read the same way on
+both sides), hyperparameters (1 epoch, batch 32, AdamW lr 5e-5, weight decay 0.01 off biases
+and LayerNorm, 10% linear warmup then linear decay, clip 1.0, max 64 wordpieces, dropout 0.1)
 and number of examples seen. Each run is its own process; rounds alternate the sides.
 Prints per run dev accuracy of the final weights, train examples/s, real and padded
 wordpieces per second, wall time and peak RSS; then per side the mean, and last
 `speedup: X.XX (accuracy delta: +Y.YY points)`: `tf` against the faster Trainer side.
 """
+import pathlib
 import time
 
 import benchlib
@@ -35,12 +39,14 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _LR = flags.DEFINE_float("learning_rate", 5e-5, "Peak learning rate.")
 _MAX_LEN = flags.DEFINE_integer("max_seq_length", 64, "Wordpieces per example.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_DATASET = flags.DEFINE_enum("dataset", "sst2", ["sst2", "emotion"],
+                             "configs/<dataset>.py: its data, on both sides.")
 
 
 def run_tf(side):
   from tf_finetune.data import pipeline
   from tf_finetune.training import trainer as trainer_lib
-  c = benchlib.load_config("sst2", dict(TF_SIDES[side], **{
+  c = benchlib.load_config(_DATASET.value, dict(TF_SIDES[side], **{
       "data.max_seq_length": _MAX_LEN.value, "data.max_train_examples": _MAX_TRAIN.value,
       "train.epochs": _EPOCHS.value, "train.batch_size": _BATCH.value,
       "train.learning_rate": _LR.value, "train.adam_epsilon": 1e-8, "train.seed": _SEED.value,
@@ -77,24 +83,26 @@ def run_torch(side):
   import torch
   import transformers
   from tf_finetune import checkpoint_dirs  # TensorFlow-free, as config and sources are
-  from tf_finetune import config as config_lib
   from tf_finetune.data import sources
   start = time.time()
-  shared = config_lib.shared_data_dir()
-  read = lambda name: sources.read_delimited(shared / "sst2" / name, delimiter="\t",
-                                             text_column="sentence", label_column="label")
-  train, dev = read("train.tsv"), read("dev.tsv")
+  d = benchlib.load_config(_DATASET.value).data
+  read = lambda name: sources.read_delimited(
+      pathlib.Path(d.dir) / name, delimiter=d.delimiter or ("\t" if d.source == "tsv" else ","),
+      text_column=d.text_column, label_column=d.label_column)
+  train, dev = read(d.train_file), read(d.dev_file)
   if _MAX_TRAIN.value:
     train = train.subset(range(_MAX_TRAIN.value))
+  label_ids = {label: i for i, label in enumerate(sorted(set(train.labels) | set(dev.labels)))}
   directory = str(checkpoint_dirs.resolve_checkpoint_dir(checkpoint_dirs.MINILM))
   tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
   transformers.set_seed(_SEED.value)
-  model = transformers.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2)
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(
+      directory, num_labels=len(label_ids))
 
   def data(split):
     return benchlib.torch_dataset(
         tokenizer(split.texts, truncation=True, max_length=_MAX_LEN.value),
-        [int(x) for x in split.labels])
+        [label_ids[x] for x in split.labels])
 
   train_data, dev_data = data(train), data(dev)
   args = transformers.TrainingArguments(
@@ -135,7 +143,8 @@ def main(argv):
     return
   flag_args = [f"--max_train_examples={_MAX_TRAIN.value}", f"--epochs={_EPOCHS.value}",
                f"--batch_size={_BATCH.value}", f"--learning_rate={_LR.value}",
-               f"--max_seq_length={_MAX_LEN.value}", f"--seed={_SEED.value}", *argv[1:]]
+               f"--max_seq_length={_MAX_LEN.value}", f"--seed={_SEED.value}",
+               f"--dataset={_DATASET.value}", *argv[1:]]
   keys = ("dev_accuracy", "examples_per_sec", "real_tokens_per_sec", "padded_tokens_per_sec",
           "wall_s", "peak_rss_mb")
 
