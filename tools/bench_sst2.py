@@ -18,7 +18,6 @@ Prints per run dev accuracy of the final weights, train examples/s, real and pad
 wordpieces per second, wall time and peak RSS; then per side the mean, and last
 `speedup: X.XX (accuracy delta: +Y.YY points)`: `tf` against the faster Trainer side.
 """
-import pathlib
 import time
 
 import benchlib
@@ -85,11 +84,8 @@ def run_torch(side):
   from tf_finetune import checkpoint_dirs  # TensorFlow-free, as config and sources are
   from tf_finetune.data import sources
   start = time.time()
-  d = benchlib.load_config(_DATASET.value).data
-  read = lambda name: sources.read_delimited(
-      pathlib.Path(d.dir) / name, delimiter=d.delimiter or ("\t" if d.source == "tsv" else ","),
-      text_column=d.text_column, label_column=d.label_column)
-  train, dev = read(d.train_file), read(d.dev_file)
+  splits = sources.load_splits(benchlib.load_config(_DATASET.value).data)
+  train, dev = splits["train"], splits["dev"]
   if _MAX_TRAIN.value:
     train = train.subset(range(_MAX_TRAIN.value))
   label_ids = {label: i for i, label in enumerate(sorted(set(train.labels) | set(dev.labels)))}
