@@ -1,4 +1,6 @@
 """data.packing: a batch's examples laid end to end in rows compute what they compute alone."""
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -126,17 +128,31 @@ def test_attention_stays_inside_each_example(tmp_path):
   np.testing.assert_allclose(after[others], before[others], atol=1e-6)
 
 
+def test_fill_counts_measure_the_packed_rows_and_the_padding_packing_removed():
+  lengths = np.array([3, 5, 2])
+  mask = (np.arange(5)[None, :] < lengths[:, None]).astype(np.int32)
+  batch = {"token_ids": tf.constant(mask * 7), "segment_ids": tf.constant(mask * 0),
+           "padding_mask": tf.constant(mask), "label": tf.constant([0, 1, 0])}
+  packed = packing.pack(batch, 8, 0)  # 5 + 3 fill the first row, 2 the second
+  rows, slots, tokens, examples, unpacked_slots = packing.fill_counts(packed).numpy()
+  assert (rows, slots, tokens, examples, unpacked_slots) == (2, 16, 10, 3, 15)
+
+
 def test_a_packed_run_trains_and_says_how_full_its_rows_are(tmp_path, caplog):
   data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=8, max_repeats=4)
   with caplog.at_level("INFO", logger="absl"):
     t = trainer_lib.Trainer(tiny_config(data, train__steps=2), tmp_path / "run")
   assert t.packing
   before = [v.numpy() for v in t.model.trainable_variables]
-  t.train()
+  with caplog.at_level("INFO", logger="absl"):
+    t.train()
   changed = [not np.allclose(a, b.numpy()) for a, b in zip(before, t.model.trainable_variables)]
   assert np.mean(changed) > 0.95
   line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Packing: on"))
   assert "examples per row" in line and "padding" in line, line
+  # Read from the training stream: each step packed exactly its batch of examples.
+  per_step = float(re.search(r"([\d.]+) examples in", line).group(1))
+  assert per_step == t.global_batch_size, line
   off = trainer_lib.Trainer(tiny_config(data, data__packing=False), tmp_path / "off")
   assert not off.packing
   off.close()

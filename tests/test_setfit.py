@@ -123,6 +123,17 @@ def test_the_head_is_the_logistic_regression_of_the_train_embeddings(setfit_run)
       np.mean(probabilities.argmax(-1) == run.task.label_values(dev)))
 
 
+def test_the_head_fit_and_the_dev_evaluation_trace_one_forward_pass(tmp_path):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=24)
+  trainer = trainer_lib.Trainer(_setfit_config(data), tmp_path / "run")
+  report = trainer.evaluate_dev()  # embeds the train texts, fits the head, evaluates dev
+  assert 0 <= report["accuracy"] <= 1
+  embedder = trainer.task._embedder(trainer.model)
+  assert trainer.model not in experiment._PACKED_FORWARD
+  assert experiment._PACKED_FORWARD[embedder][1].experimental_get_tracing_count() == 1
+  trainer.close()
+
+
 def test_export_serves_raw_text_equal_to_evaluate(setfit_run):
   dev, _, logits, labels = dev_logits(setfit_run)
   export = serving.export_saved_model(setfit_run)

@@ -161,11 +161,14 @@ def predict_logits(model, dataset, strategy=None, task=None):
   With a single-client strategy, the forward pass runs on its replicas (the dataset must
   have static shapes and an example_mask, as pipeline.eval_dataset(static_shapes=True)
   makes): this is how evaluation runs on a TPU. With `task`, the batches are packed
-  (pipeline.eval_dataset(packing=True)) and go through task.inference_logits.
+  (pipeline.eval_dataset(packing=True)) and go through task.inference_logits of the model
+  task.traced_inference names, then through the layer it names, if any.
   """
   if strategy is not None:
     return _predict_logits_distributed(model, dataset, strategy)
+  head = None
   if task is not None:
+    model, head = task.traced_inference(model)
     if _PACKED_FORWARD.get(model, (None,))[0] is not task:
       _PACKED_FORWARD[model] = (task, tf.function(
           lambda batch: task.inference_logits(model, batch),
@@ -177,7 +180,8 @@ def predict_logits(model, dataset, strategy=None, task=None):
           lambda features: model(features, training=False), autograph=False,
           input_signature=[{k: tf.TensorSpec([None, None], tf.int32) for k in MODEL_INPUTS}])
     forward, inputs = _FORWARD[model], MODEL_INPUTS
-  return _concatenate([forward({k: b[k] for k in inputs}).numpy() for b in dataset])
+  outputs = _concatenate([forward({k: b[k] for k in inputs}).numpy() for b in dataset])
+  return outputs if head is None else head(outputs).numpy()
 
 
 def _concatenate(batches):

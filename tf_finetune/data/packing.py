@@ -73,10 +73,7 @@ def unpack(values, batch):
   """Per-token values of packed rows ([rows, row length, ...], as `batch`, which pack()
   made, lays them out) -> the padded layout they had: [batch, longest example, ...], each
   example's tokens from position 0, zeros beyond its length."""
-  example_ids = tf.reshape(batch["example_ids"], [-1])
-  num_examples = tf.shape(batch["example_rows"])[0]
-  lengths = tf.math.unsorted_segment_sum(tf.ones_like(example_ids), example_ids - 1,
-                                         num_examples)  # padding (id 0 -> -1) is dropped
+  lengths = _example_lengths(batch)
   longest = tf.reduce_max(tf.concat([lengths, [0]], 0))
   position = tf.range(longest)[None, :]
   inside = position < lengths[:, None]  # [batch, longest]
@@ -86,6 +83,24 @@ def unpack(values, batch):
   inside = tf.reshape(inside, tf.concat([tf.shape(inside), tf.ones(
       [tf.rank(gathered) - 2], tf.int32)], 0))
   return tf.where(inside, gathered, tf.zeros_like(gathered))
+
+
+def _example_lengths(batch):
+  """Tokens of each example of a packed batch (int32 [batch])."""
+  example_ids = tf.reshape(batch["example_ids"], [-1])
+  return tf.math.unsorted_segment_sum(tf.ones_like(example_ids), example_ids - 1,
+                                      tf.shape(batch["example_rows"])[0])  # padding: dropped
+
+
+def fill_counts(batch):
+  """How full a packed batch's rows are: float32 [rows, slots (rows x row length), real
+  tokens, examples, slots the batch would take padded to its longest example]."""
+  lengths = _example_lengths(batch)
+  rows, width = tf.unstack(tf.shape(batch["token_ids"]))
+  examples = tf.size(lengths)
+  return tf.cast(tf.stack([rows, rows * width, tf.reduce_sum(lengths), examples,
+                           examples * tf.reduce_max(tf.concat([lengths, [0]], 0))]),
+                 tf.float32)
 
 
 def attention_mask(example_ids):

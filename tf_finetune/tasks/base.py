@@ -251,6 +251,11 @@ class Task(abc.ABC):
       return f"task.name={self.config.task.name!r} reads no packed rows"
     return config_lib.packing_refusal(self.config, training)
 
+  def traced_inference(self, model):
+    """(the model evaluation's packed forward pass traces, the layer it then applies to
+    that forward pass's outputs, or None): `model` itself here."""
+    return model, None
+
   def inference_logits(self, model, packed_batch):
     """Inference logits of a packed batch, laid out as the model gives them for the same
     examples padded: per example, or (token_labels) per example and wordpiece."""

@@ -40,12 +40,31 @@ class PacksSentenceEmbeddings:
   """Packing (data.packing) for a task on build_model's models."""
 
   packs = True
+  _embedder_of = (None, None)  # (model, its embedder)
 
   def packed_logits(self, model, batch, training):
     """`model`'s outputs for a packed batch (data/packing.py), per example in the batch's
     order: a model of build_model's logits, or its embedder's embeddings."""
     embeddings = model.get_layer(EMBEDDING_LAYER)(
         packed.pooled_output(model, batch, self.sentence_pooling[0], training=training))
-    if "logits" not in [layer.name for layer in model.layers]:  # the embedder
+    if not _has_logits(model):  # the embedder
       return embeddings
     return model.get_layer("logits")(embeddings)
+
+  def traced_inference(self, model):
+    """Evaluation traces the embedder and applies the logits layer after it, so the
+    embeddings SetFit's head is fitted on and the dev logits come from one traced function."""
+    if not _has_logits(model):
+      return model, None
+    return self._embedder(model), model.get_layer("logits")
+
+  def _embedder(self, model):
+    """The model's embedder, built once per model (a new one would retrace the traced
+    forward pass evaluation keeps per model)."""
+    if self._embedder_of[0] is not model:
+      self._embedder_of = (model, embedder(model))
+    return self._embedder_of[1]
+
+
+def _has_logits(model):
+  return "logits" in [layer.name for layer in model.layers]

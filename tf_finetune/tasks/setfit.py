@@ -52,8 +52,6 @@ def contrastive_pairs(label_values, pairs_per_example, seed):
 
 class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.ClassificationTask):
 
-  _embedder_of = (None, None)  # (model, its embedder)
-
   serving_doc = classification.ClassificationTask.serving_doc + (
       " (a logistic regression on the contrastively tuned sentence embedding)")
 
@@ -140,10 +138,3 @@ class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.Clas
     layer.bias.assign(bias)
     logging.info("SetFit head: logistic regression on %d train embeddings, train accuracy "
                  "%.4f", len(embeddings), head.score(embeddings, label_values))
-
-  def _embedder(self, model):
-    """The model's embedder, built once per model (a new one would retrace the traced
-    forward pass evaluation keeps per model)."""
-    if self._embedder_of[0] is not model:
-      self._embedder_of = (model, sentence_embedding.embedder(model))
-    return self._embedder_of[1]

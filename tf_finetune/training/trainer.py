@@ -30,6 +30,7 @@ from tf_finetune import plots
 from tf_finetune import privacy
 from tf_finetune import workdir_lock
 from tf_finetune.data import augment
+from tf_finetune.data import packing
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import ConfigError, Interrupted, TrainingError, WorkdirError
@@ -197,9 +198,7 @@ class Trainer:
       self.task.label_values(self.splits["test"])
     refusal = self.task.packing_refusal()
     self.packing = not refusal
-    if self.packing:
-      self._log_packing()
-    else:
+    if not self.packing:
       logging.info("Packing: off: %s", refusal)
 
   @property
@@ -299,26 +298,6 @@ class Trainer:
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
         skip_batches=self.step * self.accum_steps, input_context=input_context,
         static_shapes=self.static_shapes, augmenter=self.augmenter, packing=self.packing)
-
-  def _log_packing(self, batches=20):
-    """How full the packed rows of the first training batches are, against padding each
-    batch to its longest example."""
-    d = self.config.data
-    stream = pipeline.train_dataset(
-        self.splits["train"], self.train_label_values, self.task,
-        batch_size=self.micro_batch_size, seed=self.config.train.seed,
-        shuffle_buffer=d.shuffle_buffer, bucketing=False, packing=True)
-    rows = tokens = slots = padded = examples = 0
-    seen = 0
-    for seen, batch in enumerate(stream.take(batches), 1):
-      num_rows, width = batch["token_ids"].shape
-      lengths = np.bincount(batch["example_ids"].numpy().ravel())[1:]
-      rows, slots, examples = rows + num_rows, slots + num_rows * width, examples + len(lengths)
-      tokens, padded = tokens + lengths.sum(), padded + len(lengths) * lengths.max()
-    logging.info("Packing: on (data.packing): %.1f examples in %.1f rows of up to %d per batch "
-                 "(%.1f examples per row); padding %.1f%% of the tokens (padded per batch "
-                 "without packing: %.1f%%)", examples / seen, rows / seen, d.max_seq_length,
-                 examples / rows, 100 * (1 - tokens / slots), 100 * (1 - tokens / padded))
 
   def _gradients(self, batch, denominator):
     """This replica's share of the loss and its gradients on one micro-batch; the summed
@@ -423,14 +402,33 @@ class Trainer:
   def _build_train_step(self):
     # No tensor-dependent Python control flow in the step (its loops are tf.while_loop or
     # over Python values): autograph's conversion of it would only cost seconds per process.
+    def replica_step_and_fill(*micro_batches):
+      fill = tf.add_n([packing.fill_counts(b) for b in micro_batches]) if self.packing \
+          else tf.zeros([5])
+      return (*self.replica_step(*micro_batches), fill)
+
     @tf.function(autograph=False)
     def train_step(iterator):
       micro_batches = tuple(next(iterator) for _ in range(self.accum_steps))
-      loss, norm, nonfinite = self.strategy.run(self.replica_step, args=micro_batches)
+      loss, norm, nonfinite, fill = self.strategy.run(replica_step_and_fill,
+                                                      args=micro_batches)
       return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
               self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None),
-              self.strategy.reduce(tf.distribute.ReduceOp.SUM, nonfinite, axis=None))
+              self.strategy.reduce(tf.distribute.ReduceOp.SUM, nonfinite, axis=None),
+              self.strategy.reduce(tf.distribute.ReduceOp.SUM, fill, axis=None))
     return train_step
+
+  def _log_packing(self, first_step, step, fill):
+    """How full the packed rows of steps first_step..step were (`fill`: the sum of their
+    packing.fill_counts over micro-batches and replicas), against padding each micro-batch
+    to its longest example."""
+    rows, slots, tokens, examples, unpacked_slots = fill
+    steps = step - first_step + 1
+    logging.info("Packing: on (data.packing), steps %d-%d: %.1f examples in %.1f rows of up "
+                 "to %d per step (%.1f examples per row); padding %.1f%% of the tokens (padded "
+                 "per batch without packing: %.1f%%)", first_step, step, examples / steps,
+                 rows / steps, self.config.data.max_seq_length, examples / rows,
+                 100 * (1 - tokens / slots), 100 * (1 - tokens / unpacked_slots))
 
   def evaluate_dev(self):
     train_outputs = lambda model: experiment.evaluate_split(
@@ -542,13 +540,14 @@ class Trainer:
       return
     trainable, total = peft.parameter_counts(self.model)
     logging.info("%s: %d train examples%s, global batch %d, %d steps (%.2f epochs), %d "
-                 "replicas, %s trainable of %s parameters (peft.method=%s), %s%s%s",
+                 "replicas, %s trainable of %s parameters (peft.method=%s), %s%s%s%s",
                  "resuming" if start_step else "starting", len(self.splits["train"]),
                  f" ({self.num_train_examples} windows)" if self.task.windowed else "",
                  self.global_batch_size, self.total_steps,
                  self.total_steps / self.steps_per_epoch, self.strategy.num_replicas_in_sync,
                  f"{trainable:,}", f"{total:,}", self.config.peft.method, self.precision,
                  ", static shapes" if self.static_shapes else "",
+                 ", examples packed into rows (data.packing)" if self.packing else "",
                  f", {self.accum_steps} accumulated micro-batches of {self.micro_batch_size}"
                  if self.accum_steps > 1 else "")
     if not self.is_chief:
@@ -559,9 +558,10 @@ class Trainer:
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
     train_step = self._build_train_step()
     window_loss, window_steps, window_start = 0.0, 0, time.time()
+    window_fill, fill_steps, packing_logged = np.zeros(5), 0, False
     run_start, steps_timed = time.time(), 0
     step = start_step
-    pending = []  # (step, loss, norm, nonfinite) of steps not read yet
+    pending = []  # (step, loss, norm, nonfinite, packing fill) of steps not read yet
     signals = _SignalCatcher(self.strategy)
     preemption = self._preemption_handler(lambda: step)
     try:
@@ -578,7 +578,8 @@ class Trainer:
         save = step % self.checkpoint_every == 0 or step == stop
         if not (log_step or evaluate or save or signals.received or preemption is not None):
           continue
-        for pending_step, loss, norm, nonfinite in pending:
+        for pending_step, loss, norm, nonfinite, fill in pending:
+          window_fill, fill_steps = window_fill + fill.numpy(), fill_steps + 1
           if not int(nonfinite):
             window_loss += float(loss)
             window_steps += 1
@@ -595,11 +596,18 @@ class Trainer:
                        "%.1f examples/s | ETA %s", step, self.total_steps,
                        window_loss / window_steps, lr, float(norm), steps_per_sec,
                        steps_per_sec * self.global_batch_size, _format_duration(eta))
-          self.writers.train_scalars(step, {
+          scalars = {
               "loss": window_loss / window_steps, "learning_rate": lr, "grad_norm": float(norm),
               "steps_per_sec": steps_per_sec,
-              "examples_per_sec": steps_per_sec * self.global_batch_size})
+              "examples_per_sec": steps_per_sec * self.global_batch_size}
+          if self.packing:
+            if not packing_logged:
+              self._log_packing(step - fill_steps + 1, step, window_fill)
+              packing_logged = True
+            scalars["padding_percent"] = 100 * (1 - window_fill[2] / window_fill[1])
+          self.writers.train_scalars(step, scalars)
           window_loss, window_steps, window_start = 0.0, 0, time.time()
+          window_fill, fill_steps = np.zeros(5), 0
         stopping = False
         if evaluate:
           self._evaluate(step)
