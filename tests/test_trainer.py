@@ -130,6 +130,8 @@ def test_run_directory_and_tensorboard_events(sentiment_dir, tmp_path):
     assert [s for s, _ in train[tag]] == [1, 2, 3, 4, 5, 6], tag
   assert all(np.isfinite(v) and v > 0 for _, v in train["loss"])
   assert train["learning_rate"][-1][1] == 0.0  # linear decay ends at zero
+  assert [s for s, _ in train["padding_percent"]] == [1, 2, 3, 4, 5, 6]  # packed by default
+  assert all(0 <= v < 100 for _, v in train["padding_percent"])
   dev = scalars("eval")
   assert [s for s, _ in dev["accuracy"]] == [3, 6]
   assert dev["best_accuracy"] == [(best["step"], best["value"])]
