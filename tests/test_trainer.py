@@ -57,14 +57,18 @@ def test_mirrored_two_replicas_equals_one_device(sentiment_dir, tmp_path):
   assert two.strategy.num_replicas_in_sync == 2
   for a, b in zip(_weights(one), _weights(two)):
     np.testing.assert_array_equal(a, b)
-  one_losses, two_losses = [], []
+  one_losses, two_losses, fills = [], [], []
   for t, losses in ((one, one_losses), (two, two_losses)):
     iterator = iter(t.strategy.distribute_datasets_from_function(t._dataset_fn))
     step = t._build_train_step()
     for _ in range(4):
-      loss, _, _ = step(iterator)
+      loss, _, _, fill = step(iterator)
       losses.append(float(loss))
+      fills.append(fill.numpy())
   np.testing.assert_allclose(one_losses, two_losses, atol=1e-5)
+  # Packing's counts are summed over the replicas: the same tokens and examples a step.
+  np.testing.assert_array_equal(np.array(fills[:4])[:, 2:4], np.array(fills[4:])[:, 2:4])
+  assert (np.array(fills)[:, 3] == one.global_batch_size).all()
   for a, b in zip(_weights(one), _weights(two)):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
