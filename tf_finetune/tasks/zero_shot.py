@@ -59,7 +59,7 @@ class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.Cl
   def embed(self, model, texts):
     """Unit-length sentence embeddings [texts, hidden] of raw strings, as the model reads
     them (with data.mask_pii, masked)."""
-    return self._embedded(sentence_embedding.embedder(model), texts)
+    return self._embedded(self._embedder(model), texts)
 
   def _embedded(self, embedder, texts):
     features = self.encoder.pad(self.encoder(self.masked(texts)))
@@ -67,7 +67,7 @@ class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.Cl
 
   def extra_signatures(self, model):
     """{"zero_shot": a tf.function of text [batch] and label_text [labels]}."""
-    embedder = sentence_embedding.embedder(model)
+    embedder = self._embedder(model)
     scale = self.config.task.similarity_scale
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),

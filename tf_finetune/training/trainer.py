@@ -403,19 +403,20 @@ class Trainer:
     # No tensor-dependent Python control flow in the step (its loops are tf.while_loop or
     # over Python values): autograph's conversion of it would only cost seconds per process.
     def replica_step_and_fill(*micro_batches):
-      fill = tf.add_n([packing.fill_counts(b) for b in micro_batches]) if self.packing \
-          else tf.zeros([5])
-      return (*self.replica_step(*micro_batches), fill)
+      return (*self.replica_step(*micro_batches),
+              tf.add_n([packing.fill_counts(b) for b in micro_batches]))
 
     @tf.function(autograph=False)
     def train_step(iterator):
       micro_batches = tuple(next(iterator) for _ in range(self.accum_steps))
-      loss, norm, nonfinite, fill = self.strategy.run(replica_step_and_fill,
-                                                      args=micro_batches)
+      # Unpacked runs (static shapes, TPU) count nothing and add no reduction to the step.
+      loss, norm, nonfinite, *fill = self.strategy.run(
+          replica_step_and_fill if self.packing else self.replica_step, args=micro_batches)
       return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
               self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None),
               self.strategy.reduce(tf.distribute.ReduceOp.SUM, nonfinite, axis=None),
-              self.strategy.reduce(tf.distribute.ReduceOp.SUM, fill, axis=None))
+              self.strategy.reduce(tf.distribute.ReduceOp.SUM, fill[0], axis=None) if fill
+              else tf.zeros([5]))
     return train_step
 
   def _log_packing(self, first_step, step, fill):
