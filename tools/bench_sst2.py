@@ -17,6 +17,11 @@ and number of examples seen. Each run is its own process; rounds alternate the s
 Prints per run dev accuracy of the final weights, train examples/s, real and padded
 wordpieces per second, wall time and peak RSS; then per side the mean, and last
 `speedup: X.XX (accuracy delta: +Y.YY points)`: `tf` against the faster Trainer side.
+
+Which Trainer side is faster is measured, not assumed: when both are asked for (the default),
+each first trains --trainer_probe_steps steps in its own process and only the faster one runs
+the rounds (on a CPU without bfloat16 units, bf16=True is several times slower than float32
+and a full epoch of it would take hours); --trainer_probe_steps=0 runs both in every round.
 """
 import time
 
@@ -40,6 +45,10 @@ _MAX_LEN = flags.DEFINE_integer("max_seq_length", 64, "Wordpieces per example.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 _DATASET = flags.DEFINE_enum("dataset", "sst2", ["sst2", "emotion"],
                              "configs/<dataset>.py: its data, on both sides.")
+_TRAINER_PROBE_STEPS = flags.DEFINE_integer(
+    "trainer_probe_steps", 40, "Steps each Trainer side trains to pick the faster one for "
+    "the rounds; 0: every Trainer side runs every round.")
+_PROBE = flags.DEFINE_integer("probe", 0, "Internal: train this many steps, report speed only.")
 
 
 def run_tf(side):
@@ -106,6 +115,7 @@ def run_torch(side):
       per_device_train_batch_size=_BATCH.value, per_device_eval_batch_size=64,
       learning_rate=_LR.value, weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear",
       max_grad_norm=1.0, adam_epsilon=1e-8, train_sampling_strategy="group_by_length",
+      max_steps=_PROBE.value or -1,
       seed=_SEED.value, bf16=TORCH_SIDES[side],
       save_strategy="no", eval_strategy="no", report_to=[], logging_steps=100, use_cpu=True)
   trainer = transformers.Trainer(
@@ -121,6 +131,8 @@ def run_torch(side):
   train_start = time.time()
   result = trainer.train()
   train_time = time.time() - train_start
+  if _PROBE.value:
+    return {"side": side, "examples_per_sec": result.global_step * _BATCH.value / train_time}
   # Trainer may reorder the eval set (length grouping); label_ids come back in its order.
   prediction = trainer.predict(dev_data)
   assert len(prediction.label_ids) == len(dev_data)
@@ -150,20 +162,31 @@ def main(argv):
             f"{r['padded_tokens_per_sec']:.0f} padded | wall {r['wall_s']:.0f}s | peak RSS "
             f"{r['peak_rss_mb']:.0f} MB")
 
+  sides = list(_SIDES.value)
+  torch_sides = [s for s in sides if s in TORCH_SIDES]
+  if len(torch_sides) > 1 and _TRAINER_PROBE_STEPS.value:
+    probe = f"--probe={_TRAINER_PROBE_STEPS.value}"
+    speeds = {s: benchlib.run_side(__file__, [f"--run={s}", probe, *flag_args])["examples_per_sec"]
+              for s in torch_sides}
+    fastest = max(torch_sides, key=speeds.get)
+    sides = [s for s in sides if s not in TORCH_SIDES or s == fastest]
+    print(f"Trainer probe ({_TRAINER_PROBE_STEPS.value} steps each, first step included): "
+          + ", ".join(f"{s} {v:.1f} train examples/s" for s, v in speeds.items())
+          + f": the rounds run {fastest}", flush=True)
   results = []
   for round_ in range(_ROUNDS.value):
-    for side in _SIDES.value:
+    for side in sides:
       result = benchlib.run_side(__file__, [f"--run={side}", *flag_args])
       results.append(result)
       extra = (f" ({result['precision']}, packing {'on' if result['packing'] else 'off'})"
                if side in TF_SIDES else "")
       print(line(f"round {round_ + 1} {side}{extra}", result), flush=True)
   means = {}
-  for side in _SIDES.value:
+  for side in sides:
     rs = [r for r in results if r["side"] == side]
     means[side] = {k: sum(r[k] for r in rs) / len(rs) for k in keys}
     print(line(f"mean {side}", means[side]))
-  torch_sides = [s for s in _SIDES.value if s in TORCH_SIDES]
+  torch_sides = [s for s in sides if s in TORCH_SIDES]
   if "tf" in means and torch_sides:
     fastest = max(torch_sides, key=lambda s: means[s]["examples_per_sec"])
     ours, theirs = means["tf"], means[fastest]
