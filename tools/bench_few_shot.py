@@ -10,7 +10,8 @@ Data: ../shared/data/emotion (6 labels, full 2,000-text val set as dev) and sst2
 train.seed=s), K train texts per label are drawn once (tf_finetune's per-label sample; the
 PyTorch side trains on the very same texts) and every side trains on them:
   setfit        task.name=setfit: 40 pairs per text (SetFit's num_iterations=20),
-                CosineSimilarityLoss, batch 16, lr 2e-5, one pass, then a logistic
+                CosineSimilarityLoss, batch 16, lr 2e-5, one pass, AdamW's epsilon 1e-8
+                (not the configs' 1e-6: setfit trains with the HF Trainer's), then a logistic
                 regression head (SetFit's defaults)
   plain         task.name=classification on the same texts for the same number of optimizer
                 steps and batch, lr 1e-4 (the configs' rate for this checkpoint), mean pooling
@@ -40,6 +41,7 @@ SIDES = ("setfit", "plain", "setfit_torch", "zero_shot")
 SST2_DESCRIPTIONS = {"0": "This review is negative.", "1": "This review is positive."}
 PAIRS_PER_EXAMPLE = 40
 BATCH = 16
+SETFIT_ADAM_EPSILON = 1e-8  # setfit's body optimizer: the HF Trainer's AdamW default
 
 _DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Data sets.")
 _SHOTS = flags.DEFINE_list("shots", ["8", "64"], "Train texts per label.")
@@ -69,7 +71,7 @@ def config_for(dataset, side, shots, seed):
                       "train.learning_rate": 1e-4})
   else:
     overrides.update({"task.name": "setfit", "task.pairs_per_example": PAIRS_PER_EXAMPLE,
-                      "train.learning_rate": 2e-5})
+                      "train.learning_rate": 2e-5, "train.adam_epsilon": SETFIT_ADAM_EPSILON})
   return benchlib.load_config(dataset, overrides)
 
 
