@@ -42,9 +42,11 @@ from absl import flags
 DATASETS = ("emotion", "sst2")
 SIDES = ("setfit", "plain", "setfit_torch", "zero_shot")
 SST2_DESCRIPTIONS = {"0": "This review is negative.", "1": "This review is positive."}
-PAIRS_PER_EXAMPLE = 40
-BATCH = 16
-SETFIT_ADAM_EPSILON = 1e-8  # setfit's body optimizer: the HF Trainer's AdamW default
+# The SetFit-style side runs configs/setfit.py's recipe on each data set and setfit is given
+# the same: pairs per text, batch, learning rate (and AdamW's epsilon, setfit's default).
+RECIPE = benchlib.load_config("setfit")
+PAIRS_PER_EXAMPLE = RECIPE.task.pairs_per_example
+BATCH = RECIPE.train.batch_size
 
 _DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Data sets.")
 _SHOTS = flags.DEFINE_list("shots", ["8", "64"], "Train texts per label.")
@@ -74,7 +76,8 @@ def config_for(dataset, side, shots, seed):
                       "train.learning_rate": 1e-4})
   else:
     overrides.update({"task.name": "setfit", "task.pairs_per_example": PAIRS_PER_EXAMPLE,
-                      "train.learning_rate": 2e-5, "train.adam_epsilon": SETFIT_ADAM_EPSILON})
+                      "train.learning_rate": RECIPE.train.learning_rate,
+                      "train.adam_epsilon": RECIPE.train.adam_epsilon})
   return benchlib.load_config(dataset, overrides)
 
 
@@ -112,7 +115,8 @@ def run_setfit_torch(config):
       str(checkpoint_dirs.resolve_checkpoint_dir(config.model.checkpoint)))
   args = setfit.TrainingArguments(
       batch_size=BATCH, num_epochs=1, num_iterations=PAIRS_PER_EXAMPLE // 2,
-      body_learning_rate=2e-5, max_length=config.data.max_seq_length, seed=config.train.seed,
+      body_learning_rate=RECIPE.train.learning_rate, max_length=config.data.max_seq_length,
+      seed=config.train.seed,
       report_to="none", output_dir=benchlib.scratch_dir("bench_setfit_"))  # not ./checkpoints
   trainer = setfit.Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict(
       {"text": train.texts, "label": train.labels}))

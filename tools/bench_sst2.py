@@ -122,9 +122,10 @@ def run_torch(side):
       model=model, args=args, train_dataset=train_data,
       data_collator=transformers.DataCollatorWithPadding(tokenizer))
   real = padded = 0
-  for batch in [] if _PROBE.value else trainer.get_train_dataloader():  # an epoch of length-
-    real += int(batch["attention_mask"].sum())  # grouped batches, drawn as training draws them
-    padded += int(batch["attention_mask"].numel())
+  if not _PROBE.value:  # the probe reports speed only
+    for batch in trainer.get_train_dataloader():  # an epoch of length-grouped batches, drawn
+      real += int(batch["attention_mask"].sum())  # as training draws them
+      padded += int(batch["attention_mask"].numel())
   real, padded = real * _EPOCHS.value, padded * _EPOCHS.value
   transformers.set_seed(_SEED.value)
   setup = time.time() - start
