@@ -3,6 +3,7 @@
   pip install -e ".[torch]"
   python tools/profile_step.py [--batch_size=32] [--lengths=16,32,64,128] [--steps=20]
   python tools/profile_step.py --precision=mixed_bfloat16      # torch side: bf16 autocast
+  python tools/profile_step.py --tf_jit_compile                 # TF side compiled by XLA
 
 all-MiniLM-L6-v2 with a 2-label head, dropout 0.1, on fixed random token ids (no input
 pipeline). For each sequence length, ms per call of: forward (training=True), forward +
@@ -26,6 +27,9 @@ _LENGTHS = flags.DEFINE_list("lengths", ["16", "32", "64", "128"], "Sequence len
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed calls per measurement.")
 _PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
                                "Compute precision of both sides.")
+_TF_JIT_COMPILE = flags.DEFINE_bool(
+    "tf_jit_compile", False, "TensorFlow side: compile forward, backward and the step with "
+    "XLA (tf.function(jit_compile=True)) instead of running TensorFlow's graph kernels.")
 
 # all-MiniLM-L6-v2
 LAYERS, HIDDEN, INTERMEDIATE = 6, 384, 1536
@@ -81,18 +85,19 @@ def run_tf():
   task, model = experiment.build_model(config, labels_lib.LabelVocabulary(["0", "1"]))
   optimizer = optim.build_optimizer(config.train, 1000, model.trainable_variables)
   variables = model.trainable_variables
+  compiled = tf.function(jit_compile=_TF_JIT_COMPILE.value)
 
-  @tf.function
+  @compiled
   def forward(features):
     return model(features, training=True)
 
-  @tf.function
+  @compiled
   def forward_backward(features, labels):
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(task.build_losses(labels, model(features, training=True)))
     return [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
 
-  @tf.function
+  @compiled
   def step(features, labels):
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(task.build_losses(labels, model(features, training=True)))
@@ -163,7 +168,8 @@ def main(argv):
            for side in ("tf", "torch")}
   peak = sides["tf"].pop("peak_gflops")
   compute = "bfloat16" if _PRECISION.value == "mixed_bfloat16" else "float32"
-  print(f"batch {_BATCH.value}, {_PRECISION.value}, median ms per call (torch threads: "
+  xla = ", TF side compiled by XLA" if _TF_JIT_COMPILE.value else ""
+  print(f"batch {_BATCH.value}, {_PRECISION.value}{xla}, median ms per call (torch threads: "
         f"{sides['torch'].pop('threads')}); matmul peak here: float32 "
         f"{peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s")
   print(f"{'length':>6} {'what':>17} {'tf':>9} {'torch':>9} {'tf/torch':>9}")
