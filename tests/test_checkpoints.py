@@ -8,6 +8,7 @@ import pytest
 from tests.conftest import REPO
 from tf_finetune import checkpoint_dirs
 from tf_finetune import checkpoints
+from tf_finetune import families
 from tf_finetune.errors import CheckpointError
 
 
@@ -56,7 +57,20 @@ def test_exact_gelu_is_installed_on_random_backbone():
   backbone = checkpoints.load_backbone(directory, random_init=True,
                                        overrides=dict(num_layers=2, hidden_dim=32, num_heads=2,
                                                       intermediate_dim=64))
-  import keras
   assert backbone.num_layers == 2
   for layer in backbone.transformer_layers:
-    assert layer._feedforward_intermediate_dense.activation is keras.activations.gelu
+    assert layer._feedforward_intermediate_dense.activation is families.exact_gelu
+
+
+def test_exact_gelu_equals_keras_exact_gelu_and_its_gradient():
+  """families.exact_gelu computes Keras's exact GELU through erf instead of erfc."""
+  import keras
+  import tensorflow as tf
+  x = tf.Variable(tf.linspace(-12.0, 12.0, 100_001))
+  with tf.GradientTape(persistent=True) as tape:
+    ours, keras_gelu = families.exact_gelu(x), keras.activations.gelu(x, approximate=False)
+  np.testing.assert_allclose(ours.numpy(), keras_gelu.numpy(), atol=2e-6)
+  np.testing.assert_allclose(tape.gradient(ours, x).numpy(),
+                             tape.gradient(keras_gelu, x).numpy(), atol=1e-6)
+  tanh = keras.activations.gelu(x, approximate=True)
+  assert np.abs(ours.numpy() - tanh.numpy()).max() > 1e-4

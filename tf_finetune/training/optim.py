@@ -95,8 +95,10 @@ class FusedAdamW(keras.optimizers.AdamW):
     step = tf.cast(self.iterations + 1, dtype)
     learning_rate = tf.cast(learning_rate, dtype) * self._multipliers[index]
     if self.weight_decay and self._decays[index]:
-      _tf_variable(variable).assign_sub(
-          _tf_variable(variable) * tf.cast(self.weight_decay, dtype) * learning_rate)
+      # var * (1 - wd * lr), assigned: one pass over the variable where assign_sub of
+      # var * wd * lr takes two (half the decay's time on MiniLM's 22.7 M weights).
+      _tf_variable(variable).assign(
+          _tf_variable(variable) * (1 - tf.cast(self.weight_decay, dtype) * learning_rate))
     tf.raw_ops.ResourceApplyAdam(
         var=_handle(variable), m=_handle(m), v=_handle(v),
         beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
