@@ -4,6 +4,7 @@
   python tools/profile_step.py [--batch_size=32] [--lengths=16,32,64,128] [--steps=20]
   python tools/profile_step.py --precision=mixed_bfloat16      # torch side: bf16 autocast
   python tools/profile_step.py --tf_jit_compile                 # TF side compiled by XLA
+  python tools/profile_step.py --tf_op_profile --lengths=64      # + TF's time per op type
 
 all-MiniLM-L6-v2 with a 2-label head, dropout 0.1, on fixed random token ids (no input
 pipeline). For each sequence length, ms per call of: forward (training=True), forward +
@@ -12,7 +13,13 @@ median of --steps calls; from them the backward and the optimizer's share. Also 
 step's achieved GFLOP/s (matmul FLOPs of forward and backward, counted from the
 architecture) against this machine's matmul peak measured in the same process (a
 2048 x 2048 matmul, float32 and bfloat16). Each side runs in its own process.
+With --tf_op_profile, the TensorFlow step also runs under TensorFlow's profiler and the
+busiest op types are listed, in the forward pass, the backward pass (ops under
+`gradient_tape/`) and the clip + optimizer: ms per step summed over TensorFlow's inter-op
+threads (two of them overlap, so the sum exceeds the step's wall time).
 """
+import pathlib
+import shutil
 import sys
 import time
 
@@ -30,6 +37,10 @@ _PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat
 _TF_JIT_COMPILE = flags.DEFINE_bool(
     "tf_jit_compile", False, "TensorFlow side: compile forward, backward and the step with "
     "XLA (tf.function(jit_compile=True)) instead of running TensorFlow's graph kernels.")
+_TF_OP_PROFILE = flags.DEFINE_bool(
+    "tf_op_profile", False, "TensorFlow side: also profile --steps steps and list the op "
+    "types that take the most time.")
+_TOP_OPS = 15
 
 # all-MiniLM-L6-v2
 LAYERS, HIDDEN, INTERMEDIATE = 6, 384, 1536
@@ -63,6 +74,37 @@ def _median_ms(fn):
     fn()
     times.append(time.perf_counter() - start)
   return 1000 * float(np.median(times))
+
+
+def op_times_ms(run_steps, steps):
+  """{(phase, op type): ms per step} of TensorFlow's profiler over run_steps(), which runs
+  `steps` train steps; phase: forward, backward (ops under gradient_tape/) or optimizer
+  (clip and AdamW). Reads the profiler's XSpace: the host plane's per-op events on the
+  `tf_Compute` lines (TensorFlow's executor threads)."""
+  import collections
+  import glob
+  import tempfile
+  import tensorflow as tf
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+  logdir = tempfile.mkdtemp(prefix="profile_step_")
+  tf.profiler.experimental.start(logdir)
+  run_steps()
+  tf.profiler.experimental.stop()
+  space = xplane_pb2.XSpace()
+  space.ParseFromString(pathlib.Path(
+      glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")[0]).read_bytes())
+  shutil.rmtree(logdir, ignore_errors=True)
+  times = collections.Counter()
+  for plane in (p for p in space.planes if p.name == "/host:CPU"):
+    for line in (l for l in plane.lines if l.name.startswith("tf_Compute")):
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name  # "scope/op_name:OpType"
+        if ":" not in name or name.startswith("ExecutorState") or "ParallelFor" in name:
+          continue  # the executor's own spans, which hold the ops
+        phase = ("backward" if name.startswith("gradient_tape") else
+                 "optimizer" if "adam" in name or "clip_by_global_norm" in name else "forward")
+        times[(phase, name.rsplit(":", 1)[1])] += event.duration_ps / 1e9 / steps
+  return times
 
 
 def _batch(length, seed=0):
@@ -118,6 +160,12 @@ def run_tf():
         "forward_backward": _median_ms(lambda: forward_backward(features, labels)[0].numpy()),
         "step": _median_ms(lambda: step(features, labels).numpy()),
     }
+    if _TF_OP_PROFILE.value:
+      def run_steps():
+        for _ in range(_STEPS.value):
+          step(features, labels).numpy()
+      ops = op_times_ms(run_steps, _STEPS.value)
+      results[length]["ops"] = [[phase, op, ms] for (phase, op), ms in ops.most_common()]
   return results
 
 
@@ -186,6 +234,14 @@ def main(argv):
       achieved = gflop / (ms["step"] / 1000)
       print(f"{length:>6} {side + ' GFLOP/s':>17} {achieved:9.0f} ({100 * achieved / peak[compute]:.0f}% "
             f"of the {compute} matmul peak; {gflop:.1f} GFLOP a step)")
+    if "ops" in tf_ms:
+      total = sum(ms for _, _, ms in tf_ms["ops"])
+      phases = {p: sum(ms for q, _, ms in tf_ms["ops"] if q == p)
+                for p in ("forward", "backward", "optimizer")}
+      print(f"{length:>6} tf ops, ms per step summed over threads: {total:.1f} (" +
+            ", ".join(f"{p} {ms:.1f}" for p, ms in phases.items()) + "); the busiest:")
+      for phase, op, ms in tf_ms["ops"][:_TOP_OPS]:
+        print(f"{'':>6} {phase:>17} {op:<28} {ms:7.1f} ms {100 * ms / total:5.1f}%")
 
 
 if __name__ == "__main__":
