@@ -14,8 +14,8 @@ step's achieved GFLOP/s (matmul FLOPs of forward and backward, counted from the
 architecture) against this machine's matmul peak measured in the same process (a
 2048 x 2048 matmul, float32 and bfloat16). Each side runs in its own process.
 With --tf_op_profile, the TensorFlow step also runs under TensorFlow's profiler and the
-busiest op types are listed, in the forward pass, the backward pass (ops under
-`gradient_tape/`) and the clip + optimizer: ms per step summed over TensorFlow's inter-op
+busiest op types are listed per phase (forward, backward, clip + optimizer; told apart by
+the name scopes the step's code opens): ms per step summed over TensorFlow's inter-op
 threads (two of them overlap, so the sum exceeds the step's wall time).
 """
 import pathlib
@@ -78,9 +78,10 @@ def _median_ms(fn):
 
 def op_times_ms(run_steps, steps):
   """{(phase, op type): ms per step} of TensorFlow's profiler over run_steps(), which runs
-  `steps` train steps; phase: forward, backward (ops under gradient_tape/) or optimizer
-  (clip and AdamW). Reads the profiler's XSpace: the host plane's per-op events on the
-  `tf_Compute` lines (TensorFlow's executor threads)."""
+  `steps` train steps; phase: backward (ops under gradient_tape/ or backward/), optimizer
+  (under optimizer/: clip and AdamW) or forward (the rest). Reads the profiler's XSpace:
+  the host plane's per-op events on the `tf_Compute` lines (TensorFlow's executor
+  threads)."""
   import collections
   import glob
   import tempfile
@@ -101,8 +102,8 @@ def op_times_ms(run_steps, steps):
         name = plane.event_metadata[event.metadata_id].name  # "scope/op_name:OpType"
         if ":" not in name or name.startswith("ExecutorState") or "ParallelFor" in name:
           continue  # the executor's own spans, which hold the ops
-        phase = ("backward" if name.startswith("gradient_tape") else
-                 "optimizer" if "adam" in name or "clip_by_global_norm" in name else "forward")
+        phase = ("backward" if name.startswith(("gradient_tape", "backward")) else
+                 "optimizer" if name.startswith("optimizer") else "forward")
         times[(phase, name.rsplit(":", 1)[1])] += event.duration_ps / 1e9 / steps
   return times
 
@@ -133,19 +134,23 @@ def run_tf():
   def forward(features):
     return model(features, training=True)
 
+  def loss_and_gradients(features, labels):
+    # Name scopes: the op profile tells the phases apart by them (op_times_ms).
+    with tf.GradientTape() as tape, tf.name_scope("forward"):
+      loss = tf.reduce_mean(task.build_losses(labels, model(features, training=True)))
+    with tf.name_scope("backward"):  # the embedding gradient densified
+      return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+
   @compiled
   def forward_backward(features, labels):
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(task.build_losses(labels, model(features, training=True)))
-    return [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+    return loss_and_gradients(features, labels)[1]
 
   @compiled
   def step(features, labels):
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(task.build_losses(labels, model(features, training=True)))
-    grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-    grads, _ = tf.clip_by_global_norm(grads, 1.0)
-    optimizer.apply(grads, variables)
+    loss, grads = loss_and_gradients(features, labels)
+    with tf.name_scope("optimizer"):
+      grads, _ = tf.clip_by_global_norm(grads, 1.0)
+      optimizer.apply(grads, variables)
     return loss
 
   results = {"peak_gflops": {"float32": matmul_peak_gflops(tf.float32),
