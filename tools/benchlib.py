@@ -124,3 +124,31 @@ def torch_dataset(encodings, labels):
     def __getitem__(self, i):
       return dict({k: v[i] for k, v in encodings.items()}, labels=labels[i])
   return Examples()
+
+
+def op_times_ms(run_steps, steps, phase_of):
+  """{(phase, op type): ms per step} of TensorFlow's profiler over run_steps(), which runs
+  `steps` train steps; phase_of(op name with its name scopes) -> the op's phase. Reads the
+  profiler's XSpace: the host plane's per-op events on the `tf_Compute` lines (TensorFlow's
+  executor threads, which overlap: the sum exceeds the steps' wall time)."""
+  import collections
+  import glob
+  import tensorflow as tf
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+  logdir = tempfile.mkdtemp(prefix="op_times_")
+  tf.profiler.experimental.start(logdir)
+  run_steps()
+  tf.profiler.experimental.stop()
+  space = xplane_pb2.XSpace()
+  space.ParseFromString(pathlib.Path(
+      glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")[0]).read_bytes())
+  shutil.rmtree(logdir, ignore_errors=True)
+  times = collections.Counter()
+  for plane in (p for p in space.planes if p.name == "/host:CPU"):
+    for line in (l for l in plane.lines if l.name.startswith("tf_Compute")):
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name  # "scope/op_name:OpType"
+        if ":" not in name or name.startswith("ExecutorState") or "ParallelFor" in name:
+          continue  # the executor's own spans, which hold the ops
+        times[(phase_of(name), name.rsplit(":", 1)[1])] += event.duration_ps / 1e9 / steps
+  return times

@@ -18,8 +18,6 @@ busiest op types are listed per phase (forward, backward, clip + optimizer; told
 the name scopes the step's code opens): ms per step summed over TensorFlow's inter-op
 threads (two of them overlap, so the sum exceeds the step's wall time).
 """
-import pathlib
-import shutil
 import sys
 import time
 
@@ -76,36 +74,11 @@ def _median_ms(fn):
   return 1000 * float(np.median(times))
 
 
-def op_times_ms(run_steps, steps):
-  """{(phase, op type): ms per step} of TensorFlow's profiler over run_steps(), which runs
-  `steps` train steps; phase: backward (ops under gradient_tape/ or backward/), optimizer
-  (under optimizer/: clip and AdamW) or forward (the rest). Reads the profiler's XSpace:
-  the host plane's per-op events on the `tf_Compute` lines (TensorFlow's executor
-  threads)."""
-  import collections
-  import glob
-  import tempfile
-  import tensorflow as tf
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2
-  logdir = tempfile.mkdtemp(prefix="profile_step_")
-  tf.profiler.experimental.start(logdir)
-  run_steps()
-  tf.profiler.experimental.stop()
-  space = xplane_pb2.XSpace()
-  space.ParseFromString(pathlib.Path(
-      glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")[0]).read_bytes())
-  shutil.rmtree(logdir, ignore_errors=True)
-  times = collections.Counter()
-  for plane in (p for p in space.planes if p.name == "/host:CPU"):
-    for line in (l for l in plane.lines if l.name.startswith("tf_Compute")):
-      for event in line.events:
-        name = plane.event_metadata[event.metadata_id].name  # "scope/op_name:OpType"
-        if ":" not in name or name.startswith("ExecutorState") or "ParallelFor" in name:
-          continue  # the executor's own spans, which hold the ops
-        phase = ("backward" if name.startswith(("gradient_tape", "backward")) else
-                 "optimizer" if name.startswith("optimizer") else "forward")
-        times[(phase, name.rsplit(":", 1)[1])] += event.duration_ps / 1e9 / steps
-  return times
+def _phase(op_name):
+  """forward, backward (ops under gradient_tape/ or backward/) or optimizer (under
+  optimizer/: clip and AdamW), by the name scopes the step's code opens."""
+  return ("backward" if op_name.startswith(("gradient_tape", "backward")) else
+          "optimizer" if op_name.startswith("optimizer") else "forward")
 
 
 def _batch(length, seed=0):
@@ -169,7 +142,7 @@ def run_tf():
       def run_steps():
         for _ in range(_STEPS.value):
           step(features, labels).numpy()
-      ops = op_times_ms(run_steps, _STEPS.value)
+      ops = benchlib.op_times_ms(run_steps, _STEPS.value, _phase)
       results[length]["ops"] = [[phase, op, ms] for (phase, op), ms in ops.most_common()]
   return results
 
