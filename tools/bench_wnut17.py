@@ -3,17 +3,21 @@
   pip install -e ".[torch]"     # torch 2.13.0 CPU build + accelerate, for the PyTorch side
   python tools/bench_wnut17.py                    # configs/wnut17.py's hyperparameters, both
   python tools/bench_wnut17.py --epochs=1 --sides=tf    # a quick look
+  python tools/bench_wnut17.py --sides=tf,torch,torch_bf16   # + HF with bf16=True
 
 Same checkpoint (all-MiniLM-L6-v2), data (../shared/data/wnut17 train/dev), tag set,
 alignment (a word's tag on its first wordpiece, other pieces ignored: HF's run_ner with
 label_all_tokens=False), hyperparameters (AdamW, weight decay 0.01 off biases and
-LayerNorm, 10% linear warmup then linear decay, clip 1.0, dropout 0.1, fp32, max 128
+LayerNorm, 10% linear warmup then linear decay, clip 1.0, dropout 0.1, max 128
 wordpieces) and metric: both sides' dev predictions go, per word, through the same
 tf_finetune.tasks.metrics.entity_report (seqeval strict IOB2, plus conlleval's F1). Both
 sides average the loss over the step's labelled words (tf_finetune's default
 task.loss_average=token, HF's convention); --loss_average=sentence runs the tf side with
 each sentence's mean first. Each side runs in its own process; prints dev entity F1 /
 precision / recall, training examples/s, wall time and peak RSS.
+Precision: the tf side runs what `train.precision=auto` picks (mixed_bfloat16 where the CPU
+computes bfloat16 natively, else float32; printed); `torch` is float32 and `torch_bf16` the
+Trainer's `bf16=True` (several times slower than float32 on a CPU without bfloat16 units).
 """
 import time
 
@@ -21,7 +25,9 @@ import benchlib
 from absl import app
 from absl import flags
 
-_RUN = flags.DEFINE_enum("run", None, ["tf", "torch"], "Internal: run one side in this process.")
+TORCH_SIDES = {"torch": False, "torch_bf16": True}  # side -> TrainingArguments.bf16
+_RUN = flags.DEFINE_enum("run", None, ["tf", *TORCH_SIDES],
+                         "Internal: run one side in this process.")
 _SIDES = flags.DEFINE_list("sides", ["tf", "torch"], "Sides to run.")
 _EPOCHS = flags.DEFINE_float("epochs", None, "Epochs (default: configs/wnut17.py's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
@@ -50,12 +56,12 @@ def run_tf():
   t.train()
   train_time = time.time() - train_start
   report = t.evaluate_dev()
-  return {"side": "tf", "report": report, "steps": t.total_steps,
+  return {"side": "tf", "precision": t.precision, "report": report, "steps": t.total_steps,
           "examples_per_sec": t.total_steps * c.train.batch_size / train_time,
           "wall_s": time.time() - start, "peak_rss_mb": benchlib.peak_rss_mb()}
 
 
-def run_torch():
+def run_torch(side):
   import torch
   import transformers
   from tf_finetune import checkpoints
@@ -95,7 +101,8 @@ def run_torch():
       warmup_steps=c.train.warmup_fraction, lr_scheduler_type="linear",
       max_grad_norm=c.train.max_grad_norm, adam_epsilon=1e-8,
       train_sampling_strategy="group_by_length", seed=_SEED.value, save_strategy="no",
-      eval_strategy="no", report_to=[], logging_steps=50, use_cpu=True)
+      eval_strategy="no", report_to=[], logging_steps=50, use_cpu=True,
+      bf16=TORCH_SIDES[side])
   trainer = transformers.Trainer(
       model=model, args=args, train_dataset=train_data,
       data_collator=transformers.DataCollatorForTokenClassification(tokenizer))
@@ -107,7 +114,7 @@ def run_torch():
   with torch.no_grad():
     for i in range(len(dev_data)):
       item = {k: torch.tensor([v]) for k, v in dev_data[i].items() if k != "labels"}
-      pieces = model(**item).logits[0].argmax(-1).numpy()
+      pieces = model(**item).logits[0].float().argmax(-1).numpy()
       first = {}
       for k, w in enumerate(dev_data.word_ids[i]):
         if w is not None:
@@ -116,7 +123,8 @@ def run_torch():
       predicted.append([tags[pieces[first[w]]] if w in first else "O" for w in range(words)])
   report = metrics.entity_report(splits["dev"].tags, predicted)
   steps = result.global_step
-  return {"side": "torch", "report": report, "steps": steps,
+  return {"side": side, "precision": "bf16" if TORCH_SIDES[side] else "float32",
+          "report": report, "steps": steps,
           "examples_per_sec": steps * c.train.batch_size / train_time,
           "wall_s": time.time() - start, "peak_rss_mb": benchlib.peak_rss_mb(),
           "torch_threads": torch.get_num_threads()}
@@ -124,7 +132,7 @@ def run_torch():
 
 def main(argv):
   if _RUN.value:
-    result = run_torch() if _RUN.value == "torch" else run_tf()
+    result = run_tf() if _RUN.value == "tf" else run_torch(_RUN.value)
     benchlib.emit(result)
     return
   flag_args = [f"--seed={_SEED.value}"] + ([f"--epochs={_EPOCHS.value}"] if _EPOCHS.value else [])
@@ -135,7 +143,7 @@ def main(argv):
   for side in _SIDES.value:
     result = benchlib.run_side(__file__, [f"--run={side}", *flag_args, *argv[1:]])
     r = result["report"]
-    print(f"{side:>5}: dev entity F1 {r['entity_f1']:.4f} (P {r['entity_precision']:.4f}, "
+    print(f"{side} ({result['precision']}): dev entity F1 {r['entity_f1']:.4f} (P {r['entity_precision']:.4f}, "
           f"R {r['entity_recall']:.4f}; conlleval F1 {r['entity_f1_conlleval']:.4f}) | "
           f"{result['examples_per_sec']:.1f} train examples/s | {result['steps']} steps | "
           f"wall {result['wall_s']:.0f}s | peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
