@@ -69,10 +69,11 @@ def main(argv):
   train_step = trainer._build_train_step()
 
   def preload():
-    """The pipeline's next `calls` batches, made now and held in memory: (a distributed
-    iterator that reads them from tf.data's in-memory cache, the batches)."""
+    """The pipeline's first `calls` batches (the same in every round), made now and held in
+    memory: (a distributed iterator that reads them from tf.data's in-memory cache, the
+    batches)."""
     dataset = trainer._dataset_fn(tf.distribute.InputContext()).take(calls).cache()
-    batches = list(dataset)  # fills the cache; the pipeline is deterministic per seed
+    batches = list(dataset)  # fills the cache
     return iter(strategy.experimental_distribute_dataset(dataset)), batches
 
   def loop(_):
@@ -108,8 +109,8 @@ def main(argv):
   median = {name: statistics.median(values) for name, values in results.items()}
   rows = statistics.mean(s[0] for s in shapes)
   print(f"{_DATASET.value}, {trainer.precision}, packing {'on' if trainer.packing else 'off'}; "
-        f"batches of {config.train.batch_size} examples in {rows:.1f} rows of up to "
-        f"{max(s[1] for s in shapes)} on average; median over {_ROUNDS.value} rounds of the "
+        f"batches of {config.train.batch_size} examples in {rows:.1f} rows on average, of up "
+        f"to {max(s[1] for s in shapes)} wordpieces; median over {_ROUNDS.value} rounds of the "
         f"per-round median ms of {_STEPS.value} calls (range over rounds):")
   for name in MEASUREMENTS:
     print(f"  {name:>16} {median[name]:7.1f}  ({min(results[name]):.1f}-"
