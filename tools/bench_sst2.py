@@ -30,7 +30,7 @@ from absl import app
 from absl import flags
 
 TF_SIDES = {"tf": {}, "tf_fp32_unpacked": {"train.precision": "float32", "data.packing": False}}
-TORCH_SIDES = {"torch": False, "torch_bf16": True}  # side -> TrainingArguments.bf16
+TORCH_SIDES = benchlib.TORCH_SIDES
 
 _RUN = flags.DEFINE_enum("run", None, [*TF_SIDES, *TORCH_SIDES],
                          "Internal: run one side in this process.")

@@ -25,7 +25,7 @@ import benchlib
 from absl import app
 from absl import flags
 
-TORCH_SIDES = {"torch": False, "torch_bf16": True}  # side -> TrainingArguments.bf16
+TORCH_SIDES = benchlib.TORCH_SIDES
 _RUN = flags.DEFINE_enum("run", None, ["tf", *TORCH_SIDES],
                          "Internal: run one side in this process.")
 _SIDES = flags.DEFINE_list("sides", ["tf", "torch"], "Sides to run.")
@@ -114,7 +114,7 @@ def run_torch(side):
   with torch.no_grad():
     for i in range(len(dev_data)):
       item = {k: torch.tensor([v]) for k, v in dev_data[i].items() if k != "labels"}
-      pieces = model(**item).logits[0].float().argmax(-1).numpy()
+      pieces = model(**item).logits[0].argmax(-1).numpy()
       first = {}
       for k, w in enumerate(dev_data.word_ids[i]):
         if w is not None:

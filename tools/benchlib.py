@@ -18,6 +18,8 @@ import tempfile
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 _RESULT = "RESULT "
+# The HF Trainer sides of the benchmarks: side -> TrainingArguments.bf16.
+TORCH_SIDES = {"torch": False, "torch_bf16": True}
 
 
 def peak_rss_mb():
