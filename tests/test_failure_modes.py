@@ -200,6 +200,40 @@ def test_leftovers_of_killed_processes_are_removed_at_the_next_start(sentiment_d
   assert not export.exists()
 
 
+def test_a_resume_on_changed_data_is_refused_naming_the_file_and_examples(tmp_path):
+  from tests.conftest import write_sentiment_tsv
+  data = write_sentiment_tsv(tmp_path / "data", n_train=2500)
+  run = tmp_path / "run"
+  config = tiny_config(data, train__steps=4)
+  trainer_lib.Trainer(config, run).train(until_step=2)
+  train_file = data / "train.tsv"
+  original = train_file.read_text()
+  lines = original.splitlines(keepends=True)
+  lines[1500] = "an edited sentence\t0\n"  # example 1500, line 1501
+  train_file.write_text("".join(lines))
+  with pytest.raises(WorkdirError) as e:
+    trainer_lib.Trainer(config, run)
+  assert str(e.value).startswith(f"{train_file}: the train data differ from those the run in "
+                                 f"{run} started on (2500 examples then, 2500 now; examples "
+                                 f"1001-2000, from {train_file}:1002, are the first that differ)")
+  train_file.write_text(original + "one more sentence\t1\n")
+  with pytest.raises(WorkdirError, match=r"2500 examples then, 2501 now; examples 2001-2501"):
+    trainer_lib.Trainer(config, run)
+  train_file.write_text(original)
+  (data / "dev.tsv").write_text((data / "dev.tsv").read_text().replace("\t1\n", "\t0\n", 1))
+  with pytest.raises(WorkdirError, match=r"dev.tsv: the dev data differ .* examples 1-16"):
+    trainer_lib.Trainer(config, run)
+  write_sentiment_tsv(data, n_train=2500)  # the data the run started on, written again
+  digest = (run / "data_digest.json").read_bytes()
+  (run / "data_digest.json").write_bytes(b"\xff" + digest)
+  with pytest.raises(WorkdirError, match=r"data_digest.json: cannot be read as JSON"):
+    trainer_lib.Trainer(config, run)
+  (run / "data_digest.json").write_bytes(digest)
+  resumed = trainer_lib.Trainer(config, run)
+  resumed.train()
+  assert resumed.step == 4
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   from tests.conftest import write_sentiment_tsv

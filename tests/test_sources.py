@@ -286,3 +286,22 @@ def test_a_text_with_a_unicode_line_separator_stays_one_row(tmp_path):
   data, _ = _tsv_config(tmp_path, GOOD + [("before\u2028after", 1)])
   splits = sources.load_splits(data)
   assert "before\u2028after" in splits["train"].texts + splits["dev"].texts
+
+
+def test_a_csv_row_after_a_multi_line_cell_is_named_by_the_line_it_starts_on(tmp_path):
+  path = tmp_path / "d.csv"
+  path.write_text('text,label\n"two\nlines",1\nnext,0\nbad,row,here\n')
+  with pytest.raises(DataError, match=r"d\.csv:5: expected 2 fields"):
+    sources.read_delimited(path, delimiter=",", text_column="text", label_column="label")
+  path.write_text('text,label\n"two\nlines",1\nnext,0\n')
+  split = sources.read_delimited(path, delimiter=",", text_column="text", label_column="label")
+  assert split.texts == ["two\nlines", "next"]
+  assert split.origins == [f"{path}:2", f"{path}:4"]
+
+
+def test_headerless_column_indices_must_not_be_negative(tmp_path):
+  path = tmp_path / "d.tsv"
+  path.write_text("a\t1\n")
+  with pytest.raises(DataError, match=r"d\.tsv: has_header=False needs column indices from 0 on, found -5"):
+    sources.read_delimited(path, delimiter="\t", text_column="-5", label_column="1",
+                           has_header=False)

@@ -5,6 +5,8 @@ model at a checkpoint (load_run) and one way to evaluate a split (evaluate_split
 Imports only the layers below it (config, checkpoints, text_encoder, peft, data, tasks).
 """
 import dataclasses
+import hashlib
+import json
 import pathlib
 import weakref
 
@@ -28,6 +30,7 @@ from tf_finetune.tasks import base as tasks_base
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
+DATA_DIGEST_FILE = "data_digest.json"
 
 
 class Workdir:
@@ -37,6 +40,7 @@ class Workdir:
     self.root = pathlib.Path(root).expanduser()
     self.config = self.root / CONFIG_FILE
     self.labels = self.root / LABELS_FILE
+    self.data_digest = self.root / DATA_DIGEST_FILE
     self.checkpoints = self.root / "checkpoints"
     self.best = self.checkpoints / "best"
     self.best_json = self.checkpoints / "best.json"
@@ -88,6 +92,78 @@ def load_data(config, label_vocabulary=None, keep_columns=(), keep_in=None):
   if label_vocabulary is None:
     label_vocabulary = tasks.build_vocabulary(config, splits["train"])
   return splits, label_vocabulary
+
+
+# Examples per digest chunk: a changed data set is located to within this many examples
+# (data_digest.json holds 16 hex digits per chunk: about 17 bytes per 1,000 examples).
+DIGEST_CHUNK = 1000
+DIGESTED_SPLITS = ("train", "dev")  # what a training run's steps and best checkpoint follow
+
+
+def data_digest(splits):
+  """{split: {"source", "examples", "chunks"}} of train and dev as training reads them (after
+  sampling, screening and PII masking): a SHA-256 prefix of each run of DIGEST_CHUNK examples'
+  text, text pair and label (words and tags), in order. Written by hand: no library
+  fingerprints a list of examples."""
+  digest = {}
+  for name in DIGESTED_SPLITS:
+    split = splits.get(name)
+    if split is None:
+      continue
+    chunks = []
+    for start in range(0, len(split), DIGEST_CHUNK):
+      chunk = hashlib.sha256()
+      for i in range(start, min(start + DIGEST_CHUNK, len(split))):
+        chunk.update(json.dumps(_digested_fields(split, i), ensure_ascii=False).encode() + b"\n")
+      chunks.append(chunk.hexdigest()[:16])
+    digest[name] = {"source": split.source, "examples": len(split), "chunks": chunks}
+  return digest
+
+
+def _digested_fields(split, i):
+  if isinstance(split, sources.TokenSplit):
+    return [split.tokens[i], split.tags[i]]
+  pair = split.text_pairs[i] if split.text_pairs is not None else None
+  return [split.texts[i], pair, split.labels[i]]
+
+
+def write_data_digest(workdir, splits):
+  atomic.write_text(workdir.data_digest, json.dumps(data_digest(splits), indent=1) + "\n")
+
+
+def check_data_digest(workdir, splits):
+  """A resumed run must read the data it started on: its steps index into them (the data
+  position is the step) and its schedule counts them. Refuses, naming the split's file and
+  the first examples that differ, when they changed."""
+  if not workdir.data_digest.is_file():  # runs made before the digest was kept
+    logging.warning("%s: no %s (a run from an earlier tf_finetune); resuming without checking "
+                    "that the data are those the run started on", workdir.root, DATA_DIGEST_FILE)
+    return
+  saved = atomic.read_json(workdir.data_digest, dict, "the digest of the run's train and dev data")
+  now = data_digest(splits)
+  for name, then in saved.items():
+    if not (isinstance(then, dict) and isinstance(then.get("examples"), int)
+            and isinstance(then.get("chunks"), list)):
+      raise WorkdirError(f"{workdir.data_digest}: no example count and chunk digests for "
+                         f"{name!r}; the file is damaged")
+    advice = (f"restore the data {workdir.root} started on, or train on these in a new "
+              "--workdir (python -m tf_finetune.evaluate scores a finished run on other data)")
+    if name not in now:
+      raise WorkdirError(f"the run in {workdir.root} was started with a {name} split of "
+                         f"{then['examples']} examples ({then.get('source')}); there is none "
+                         f"now: {advice}")
+    current = now[name]
+    if current["chunks"] == then["chunks"]:
+      continue
+    first = next((c for c, (a, b) in enumerate(zip(then["chunks"], current["chunks"])) if a != b),
+                 min(len(then["chunks"]), len(current["chunks"])))
+    start = first * DIGEST_CHUNK
+    where = (f"examples {start + 1}-{min(start + DIGEST_CHUNK, current['examples'])}, from "
+             f"{splits[name].origins[start]}, are the first that differ"
+             if start < current["examples"] else "the first examples are the same")
+    raise WorkdirError(f"{current['source']}: the {name} data differ from those the run in "
+                       f"{workdir.root} started on ({then['examples']} examples then, "
+                       f"{current['examples']} now; {where}): {advice}")
 
 
 def _mask_pii(split):

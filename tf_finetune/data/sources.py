@@ -96,7 +96,7 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
   # U+2028, U+0085, form feeds...).
   reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting,
                       strict=True)
-  rows = enumerate(reader, start=1)
+  rows = _rows_with_first_line(reader)
   if has_header:
     try:
       _, header = next(rows)
@@ -115,6 +115,11 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
       kept_i = [int(column) for column in keep_columns]
     except ValueError:
       raise DataError(f"{path}: has_header=False needs numeric column indices") from None
+    negative = [c for c in (text_column, label_column, text_pair_column, *keep_columns)
+                if c and int(c) < 0]
+    if negative:
+      raise DataError(f"{path}: has_header=False needs column indices from 0 on, found "
+                      f"{', '.join(negative)}")
     width = None
   texts, pairs, labels, origins = [], [], [], []
   kept = {column: [] for column in keep_columns}
@@ -144,6 +149,15 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
   if not texts:
     raise DataError(f"{path}: no examples")
   return Split(split_name, texts, labels, origins, pairs if pair_i is not None else None, kept)
+
+
+def _rows_with_first_line(reader):
+  """(line, row) for each row of a csv.reader, line being where the row starts in the file:
+  a quoted CSV cell may span lines, so rows and lines are counted apart."""
+  first_line = 1
+  for row in reader:
+    yield first_line, row
+    first_line = reader.line_num + 1
 
 
 def _lines(text):

@@ -97,6 +97,8 @@ class Trainer:
 
     labels = self.workdir.load_labels() if self.resuming else None
     self.splits, self.labels = experiment.load_data(config, labels)
+    if self.resuming:
+      experiment.check_data_digest(self.workdir, self.splits)
     self.encoder = experiment.build_encoder(config)
 
     t = config.train
@@ -241,6 +243,7 @@ class Trainer:
       return
     self.workdir.root.mkdir(parents=True, exist_ok=True)
     self.labels.save(self.workdir.labels)
+    experiment.write_data_digest(self.workdir, self.splits)
     if self.config.data.examples_per_class:
       train = self.splits["train"]
       sources.write_tsv(self.workdir.train_sample, ["origin", "label", "text"],
