@@ -219,6 +219,10 @@ def test_a_resume_on_changed_data_is_refused_naming_the_file_and_examples(tmp_pa
   train_file.write_text(original + "one more sentence\t1\n")
   with pytest.raises(WorkdirError, match=r"2500 examples then, 2501 now; examples 2001-2501"):
     trainer_lib.Trainer(config, run)
+  train_file.write_text("".join(original.splitlines(keepends=True)[:2001]))  # 2000 examples
+  with pytest.raises(WorkdirError, match=r"2500 examples then, 2000 now; the first 2000 are "
+                                         r"the same\)"):
+    trainer_lib.Trainer(config, run)
   train_file.write_text(original)
   (data / "dev.tsv").write_text((data / "dev.tsv").read_text().replace("\t1\n", "\t0\n", 1))
   with pytest.raises(WorkdirError, match=r"dev.tsv: the dev data differ .* examples 1-16"):

@@ -160,7 +160,7 @@ def check_data_digest(workdir, splits):
     start = first * DIGEST_CHUNK
     where = (f"examples {start + 1}-{min(start + DIGEST_CHUNK, current['examples'])}, from "
              f"{splits[name].origins[start]}, are the first that differ"
-             if start < current["examples"] else "the first examples are the same")
+             if start < current["examples"] else f"the first {current['examples']} are the same")
     raise WorkdirError(f"{current['source']}: the {name} data differ from those the run in "
                        f"{workdir.root} started on ({then['examples']} examples then, "
                        f"{current['examples']} now; {where}): {advice}")
