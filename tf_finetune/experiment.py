@@ -141,13 +141,13 @@ def check_data_digest(workdir, splits):
     return
   saved = atomic.read_json(workdir.data_digest, dict, "the digest of the run's train and dev data")
   now = data_digest(splits)
+  advice = (f"restore the data {workdir.root} started on, or train on these in a new "
+            "--workdir (python -m tf_finetune.evaluate scores a finished run on other data)")
   for name, then in saved.items():
     if not (isinstance(then, dict) and isinstance(then.get("examples"), int)
             and isinstance(then.get("chunks"), list)):
       raise WorkdirError(f"{workdir.data_digest}: no example count and chunk digests for "
                          f"{name!r}; the file is damaged")
-    advice = (f"restore the data {workdir.root} started on, or train on these in a new "
-              "--workdir (python -m tf_finetune.evaluate scores a finished run on other data)")
     if name not in now:
       raise WorkdirError(f"the run in {workdir.root} was started with a {name} split of "
                          f"{then['examples']} examples ({then.get('source')}); there is none "
@@ -158,9 +158,12 @@ def check_data_digest(workdir, splits):
     first = next((c for c, (a, b) in enumerate(zip(then["chunks"], current["chunks"])) if a != b),
                  min(len(then["chunks"]), len(current["chunks"])))
     start = first * DIGEST_CHUNK
-    where = (f"examples {start + 1}-{min(start + DIGEST_CHUNK, current['examples'])}, from "
-             f"{splits[name].origins[start]}, are the first that differ"
-             if start < current["examples"] else f"the first {current['examples']} are the same")
+    if start < current["examples"]:
+      end = min(start + DIGEST_CHUNK, current["examples"])
+      where = (f"examples {start + 1}-{end}, from {splits[name].origins[start]}, are the first "
+               "that differ")
+    else:  # the data were cut short
+      where = f"the first {current['examples']} are the same"
     raise WorkdirError(f"{current['source']}: the {name} data differ from those the run in "
                        f"{workdir.root} started on ({then['examples']} examples then, "
                        f"{current['examples']} now; {where}): {advice}")

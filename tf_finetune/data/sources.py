@@ -115,8 +115,9 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
       kept_i = [int(column) for column in keep_columns]
     except ValueError:
       raise DataError(f"{path}: has_header=False needs numeric column indices") from None
-    negative = [c for c in (text_column, label_column, text_pair_column, *keep_columns)
-                if c and int(c) < 0]
+    negative = [column for column, i in zip((text_column, label_column, text_pair_column,
+                                              *keep_columns), (text_i, label_i, pair_i, *kept_i))
+                if i is not None and i < 0]
     if negative:
       raise DataError(f"{path}: has_header=False needs column indices from 0 on, found "
                       f"{', '.join(negative)}")
