@@ -320,3 +320,62 @@ def test_a_sequence_longer_than_the_checkpoints_positions_is_refused_before_trai
   with pytest.raises(ConfigError, match=r"config.data.max_seq_length=256: .*roberta has "
                      r"position embeddings for 128 tokens"):
     experiment.build_model(config, None)
+
+
+def _damaged_copy(tmp_path, model_type, config_changes=None, tokenizer_pieces=0):
+  """A copy of a family's fixture with config.json fields changed, or pieces added to
+  tokenizer.json's vocabulary."""
+  import shutil
+  copy = tmp_path / model_type
+  shutil.copytree(FIXTURES / model_type, copy)
+  config = json.loads((copy / "config.json").read_text())
+  (copy / "config.json").write_text(json.dumps({**config, **(config_changes or {})}))
+  tokenizer = json.loads((copy / "tokenizer.json").read_text())
+  vocabulary = tokenizer["model"]["vocab"]
+  for i in range(tokenizer_pieces):
+    vocabulary[f"added{i}"] = len(vocabulary)
+  (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+  return copy
+
+
+@pytest.mark.parametrize("model_type, changes, message", [
+    ("bert", {"hidden_size": 48}, r"bert/model.safetensors: embeddings.word_embeddings.weight "
+     r"has shape \(580, 32\), but the model of \S+/bert/config.json \(hidden_size=48\) needs "
+     r"token_embedding/embeddings of shape \(580, 48\): config.json does not match"),
+    ("bert", {"intermediate_size": 96}, r"bert/model.safetensors: encoder.layer.0.intermediate"
+     r".dense.weight has shape \(64, 32\), but .* \(intermediate_size=96\) needs"),
+    ("bert", {"num_hidden_layers": 1}, r"bert/config.json: num_hidden_layers=1, but \S+/bert/"
+     r"model.safetensors holds 2 layers \(layer.0 to layer.1\): config.json does not match"),
+    ("bert", {"num_hidden_layers": 3}, r"num_hidden_layers=3, but .* holds 2 layers"),
+    ("distilbert", {"n_layers": 1}, r"distilbert/config.json: n_layers=1, but .* holds 2 layers"),
+    ("bert", {"hidden_size": "32"}, r"bert/config.json: hidden_size='32' must be a positive "
+     r"integer"),
+    ("bert", {"num_attention_heads": 0}, r"num_attention_heads=0 must be a positive integer"),
+])
+def test_a_config_json_that_does_not_match_the_weights_is_refused_naming_both(
+    tmp_path, model_type, changes, message):
+  """keras-hub printed a whole tensor for a shape it could not assign, and loaded a file of
+  more layers than config.json names with the extra layers silently left out."""
+  with pytest.raises(CheckpointError, match=message):
+    checkpoints.load_backbone(_damaged_copy(tmp_path, model_type, changes))
+
+
+def test_a_tokenizer_with_more_pieces_than_embedding_rows_is_refused(tmp_path):
+  """Ids past the embedding's end fail at the first batch holding one on a CPU, and read a
+  row of zeros on a GPU."""
+  config = _family_config("bert")
+  config.model.checkpoint = str(_damaged_copy(tmp_path, "bert", tokenizer_pieces=3))
+  with pytest.raises(CheckpointError, match=r"bert/tokenizer.json: the tokenizer has 583 "
+                     r"pieces, but the word embedding of \S+ has 580 rows .*: ids 580-582"):
+    experiment.build_model(config, ["negative", "positive"])
+
+
+def test_tensors_no_encoder_reads_are_named_and_the_encoders_all_read(caplog):
+  """As transformers' "Some weights of the model checkpoint were not used": the fixtures
+  were saved from XForMaskedLM (or the ELECTRA discriminator) with their heads."""
+  with caplog.at_level(logging.WARNING):
+    checkpoints.load_backbone(FIXTURES / "bert")
+  (warning,) = [r.getMessage() for r in caplog.records if "not part of the encoder" in
+                r.getMessage()]
+  assert "bert/model.safetensors: 7 tensors are not part of the encoder" in warning
+  assert "cls.predictions.bias" in warning and "encoder.layer" not in warning

@@ -14,6 +14,10 @@ from tf_finetune.checkpoint_dirs import MINILM, resolve_checkpoint_dir  # noqa: 
 from tf_finetune.errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = tuple(families.FAMILIES)
+# config.json's sizes of the supported families (DistilBERT: dim, n_layers, n_heads, hidden_dim).
+_SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "intermediate_size", "max_position_embeddings", "embedding_size",
+              "num_hidden_groups", "dim", "n_layers", "n_heads", "hidden_dim")
 
 
 def read_hf_config(checkpoint_dir):
@@ -27,6 +31,10 @@ def read_hf_config(checkpoint_dir):
     raise CheckpointError(
         f"{path}: model_type={model_type!r} is not supported ({note}); supported: "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+  for key in _SIZE_KEYS:
+    value = config.get(key)
+    if key in config and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+      raise CheckpointError(f"{path}: {key}={value!r} must be a positive integer")
   family = families.FAMILIES[model_type]
   if families.feedforward_activation(config, family) is None:
     raise CheckpointError(f"{path}: {family.activation_key}="
@@ -252,10 +260,27 @@ def load_backbone(checkpoint_dir, *, random_init=False, dropout=None, overrides=
       raise CheckpointError(f"{checkpoint_dir}: no model.safetensors")
     try:
       backbone = families.load_pretrained(family, checkpoint_dir, hf_config, **kwargs)
+    except CheckpointError:
+      raise
     except Exception as e:  # keras-hub raises many kinds; the user needs the directory named.
       raise CheckpointError(f"{checkpoint_dir}: keras-hub could not convert it: {e}") from e
   families.match_checkpoint_numerics(backbone, hf_config, family)
   return backbone
+
+
+def check_vocabulary_fits(spec, backbone, checkpoint_dir):
+  """A tokenizer with more pieces than the word embedding has rows gives ids past its end:
+  on a CPU an error at the first batch holding one, on a GPU a silent row of zeros."""
+  rows = getattr(backbone, "vocabulary_size", None) or backbone.vocab_size
+  if len(spec.vocabulary) > rows:
+    checkpoint_dir = pathlib.Path(checkpoint_dir)
+    tokenizer = next(checkpoint_dir / name for name in ("tokenizer.json", "vocab.txt")
+                     if (checkpoint_dir / name).is_file())
+    raise CheckpointError(
+        f"{tokenizer}: the tokenizer has {len(spec.vocabulary)} pieces, but the word "
+        f"embedding of {checkpoint_dir} has {rows} rows (config.json vocab_size): ids "
+        f"{rows}-{len(spec.vocabulary) - 1} would index past it; the tokenizer and the "
+        "weights do not belong together")
 
 
 _POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}

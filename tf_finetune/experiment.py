@@ -217,6 +217,7 @@ def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
   backbone_is_random = m.random_init or not pretrained or bool(student_layers)
   backbone = checkpoints.load_backbone(checkpoint_dir, random_init=backbone_is_random,
                                        dropout=m.dropout, overrides=overrides)
+  checkpoints.check_vocabulary_fits(encoder.spec, backbone, checkpoint_dir)
   logging.info("Encoder: %s: model_type=%s (keras-hub %s%s); tokenizer: %s",
                checkpoint_dir, families.family_of(backbone).model_type,
                type(backbone).__name__, ", random weights" if m.random_init else "",

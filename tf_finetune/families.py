@@ -9,6 +9,8 @@ disentangled attention is not ported here, so deberta-v2 is refused like any oth
 """
 import dataclasses
 import importlib
+import pathlib
+import re
 
 import keras
 import keras_hub
@@ -17,6 +19,8 @@ import safetensors
 from absl import logging
 from keras_hub.src.utils import preset_utils
 from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+
+from tf_finetune.errors import CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +201,8 @@ def load_pretrained(family, checkpoint_dir, hf_config, **kwargs):
   """The family's backbone with the checkpoint's weights, ported by keras-hub's converter
   (ELECTRA: _port_electra) through a CheckpointLoader."""
   backbone = family.backbone_class(**{**backbone_config(family, hf_config), **kwargs})
-  with CheckpointLoader(str(checkpoint_dir), family) as loader:
+  with CheckpointLoader(str(checkpoint_dir), family, hf_config) as loader:
+    loader.check_layer_count()
     if family.model_type == "electra":
       _port_electra(backbone, loader)
     else:
@@ -209,7 +214,11 @@ def load_pretrained(family, checkpoint_dir, hf_config, **kwargs):
       type_0 = loader.get_tensor("embeddings.token_type_embeddings.weight")[0]
       positions = backbone.embeddings.position_embedding.position_embeddings
       positions.assign(positions.numpy() + type_0)
+    loader.check_all_read()
   return backbone
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)layer\.(\d+)\.")
 
 
 class CheckpointLoader(SafetensorLoader):
@@ -217,36 +226,106 @@ class CheckpointLoader(SafetensorLoader):
   (RobertaModel's `embeddings...`, where keras-hub's RoBERTa converter asks for
   `roberta.embeddings...`) and for ones without a pooler (saved from XForMaskedLM, which
   keras-hub's ALBERT converter stops on): the pooler keeps its fresh weights, and the log
-  says so."""
+  says so. A config.json that does not describe the weights (a tensor of another shape,
+  one the file lacks, layers it would leave out) is refused naming the file, the tensor
+  and the config.json fields; keras-hub would print a whole tensor, or drop the layers."""
 
-  def __init__(self, preset, family):
+  def __init__(self, preset, family, hf_config=None):
     super().__init__(preset)
     self.family = family
+    self.hf_config = hf_config or {}
+    self.read = set()
+    self._names = None
 
   def get_prefixed_key(self, hf_weight_key, dict_like):
     own = self.family.hf_prefix + "."
-    if hf_weight_key.startswith(own) and hf_weight_key not in dict_like.keys():
-      if hf_weight_key[len(own):] in dict_like.keys():
-        return hf_weight_key[len(own):]
-    return super().get_prefixed_key(hf_weight_key, dict_like)
+    bare = hf_weight_key[len(own):] if hf_weight_key.startswith(own) else None
+    if bare and hf_weight_key not in dict_like.keys() and bare in dict_like.keys():
+      key = bare
+    else:
+      key = super().get_prefixed_key(hf_weight_key, dict_like)
+    self.read.add(key)
+    return key
 
   def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
-    if ".pooler." in f".{hf_weight_key}" and not self._holds(hf_weight_key):
-      logging.warning("%s holds no %s: the pooler starts from fresh weights (it matters "
-                      "only for model.pooling=pooler)", self.preset, hf_weight_key)
-      return
-    super().port_weight(keras_variable, hf_weight_key, hook_fn)
+    if not self._holds(hf_weight_key):
+      if ".pooler." in f".{hf_weight_key}":
+        logging.warning("%s holds no %s: the pooler starts from fresh weights (it matters "
+                        "only for model.pooling=pooler)", self.preset, hf_weight_key)
+        return
+      raise CheckpointError(f"{self._file()}: holds no {hf_weight_key}, which the model of "
+                            f"{self._config_file()} needs: config.json does not match the "
+                            "weights")
+    stored = self.get_tensor(hf_weight_key)
+    expected = tuple(keras_variable.shape)
+    try:
+      value = hook_fn(stored, list(expected)) if hook_fn else stored
+    except ValueError:  # the converter's reshape of a tensor of another size
+      value = None
+    if value is None or tuple(np.shape(value)) != expected:
+      differing = set(expected) - set(stored.shape)
+      fields = ", ".join(f"{k}={v}" for k, v in self.hf_config.items()
+                         if isinstance(v, int) and not isinstance(v, bool) and v in differing)
+      raise CheckpointError(
+          f"{self._file()}: {hf_weight_key} has shape {tuple(stored.shape)}, but the model "
+          f"of {self._config_file()}{f' ({fields})' if fields else ''} needs "
+          f"{keras_variable.path} of shape {expected}: config.json does not match the weights")
+    keras_variable.assign(value)
+
+  def check_layer_count(self):
+    """Before conversion: config.json's layer count against the layers the file holds
+    (`layer.N.` in their names; ALBERT's shared layers have none). keras-hub's converter
+    would leave the extra layers out silently, or stop on the first one missing."""
+    layers = self._layer_indices(self.names())
+    key = "n_layers" if self.family.model_type == "distilbert" else "num_hidden_layers"
+    if layers and self.hf_config.get(key) != len(layers):
+      raise CheckpointError(
+          f"{self._config_file()}: {key}={self.hf_config.get(key)}, but {self._file()} holds "
+          f"{len(layers)} layers (layer.{min(layers)} to layer.{max(layers)}): config.json "
+          "does not match the weights")
+
+  def check_all_read(self):
+    """After conversion: tensors no encoder read (a pretraining or task head) are named
+    in a warning, as transformers' "Some weights ... were not used"; a layer's tensor
+    left unread is refused (its layer would be incomplete)."""
+    unread = sorted(n for n in self.names() if n not in self.read
+                    and not n.endswith("position_ids"))  # a buffer, not a weight
+    if self._layer_indices(unread):
+      raise CheckpointError(f"{self._file()}: the encoder of {self._config_file()} does not "
+                            f"read {', '.join(unread[:3])}: config.json does not match the "
+                            "weights")
+    if unread:
+      logging.warning("%s: %d tensors are not part of the encoder and are not used (a "
+                      "pretraining or task head): %s", self._file(), len(unread),
+                      ", ".join(unread[:5]) + (f" and {len(unread) - 5} more"
+                                               if len(unread) > 5 else ""))
+
+  @staticmethod
+  def _layer_indices(names):
+    return {int(m.group(1)) for n in names for m in [_LAYER_INDEX.search(n)] if m}
+
+  def _config_file(self):
+    return pathlib.Path(self.preset) / "config.json"
+
+  def names(self):
+    if self._names is None:
+      if self.safetensor_config is not None:
+        self._names = list(self.safetensor_config["weight_map"])
+      else:
+        with safetensors.safe_open(self._file(), framework="np") as file:
+          self._names = list(file.keys())
+    return self._names
+
+  def _file(self):
+    if self.safetensor_config is not None:
+      return str(pathlib.Path(self.preset) / "model.safetensors.index.json")
+    return preset_utils.get_file(self.preset, "model.safetensors")
 
   def _holds(self, hf_weight_key):
-    if self.safetensor_config is not None:
-      names = list(self.safetensor_config["weight_map"])
-    else:
-      with safetensors.safe_open(preset_utils.get_file(self.preset, "model.safetensors"),
-                                 framework="np") as file:
-        names = list(file.keys())
     own = self.family.hf_prefix + "."
     bare = hf_weight_key[len(own):] if hf_weight_key.startswith(own) else hf_weight_key
-    return any(name in (hf_weight_key, bare) or name.endswith("." + bare) for name in names)
+    return any(name in (hf_weight_key, bare) or name.endswith("." + bare)
+               for name in self.names())
 
 
 def _port_electra(backbone, loader):
