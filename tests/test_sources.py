@@ -299,6 +299,43 @@ def test_a_csv_row_after_a_multi_line_cell_is_named_by_the_line_it_starts_on(tmp
   assert split.origins == [f"{path}:2", f"{path}:4"]
 
 
+@pytest.mark.parametrize("content, message", [
+    ('text,label\ngood,1\n"unclosed,0\nnext,1\nlast,0\n',
+     r"d\.csv:3: a quoted cell opened in the row on this line is not closed before the end"),
+    ('text,label\ngood,1\n"two\nlines"x,0\n', r"d\.csv:3: ',' expected after '\"' \(the row "
+     r"reaches line 4\)"),
+    ('"text,label\ngood,1\n', r"d\.csv:1: a quoted cell opened"),
+])
+def test_a_csv_row_that_does_not_parse_is_named_by_the_line_it_starts_on(tmp_path, content,
+                                                                         message):
+  """csv.reader reports where it stopped (the end of the file for an unclosed quote), not
+  where the row began; a broken header row was a traceback."""
+  path = tmp_path / "d.csv"
+  path.write_text(content)
+  with pytest.raises(DataError, match=message):
+    sources.read_delimited(path, delimiter=",", text_column="text", label_column="label")
+
+
+def test_a_header_naming_a_used_column_twice_is_refused(tmp_path):
+  path = tmp_path / "d.tsv"
+  path.write_text("text\tsource\ttext\tlabel\n a\tx\tb\t1\n")
+  with pytest.raises(DataError, match=r"d\.tsv:1: the header names 2 columns 'text' \(columns "
+                     r"1, 3\), so the text column is ambiguous"):
+    sources.read_delimited(path, delimiter="\t", text_column="text", label_column="label")
+  path.write_text("text\tsource\tsource\tlabel\na\tx\ty\t1\n")  # an unused name twice
+  assert sources.read_delimited(path, delimiter="\t", text_column="text",
+                                label_column="label").texts == ["a"]
+
+
+def test_a_jsonl_object_with_a_field_twice_is_refused(tmp_path):
+  path = tmp_path / "d.jsonl"
+  path.write_text('{"text": "a", "label": "1"}\n{"text": "b", "label": "0", "text": "c"}\n')
+  with pytest.raises(DataError, match=r"d\.jsonl:2: field 'text' appears more than once"):
+    sources.read_jsonl(path, text_column="text", label_column="label")
+  path.write_text('{"text": "a", "label": "1", "meta": {"k": 1, "k": 2}, "id": 1, "id": 2}\n')
+  assert sources.read_jsonl(path, text_column="text", label_column="label").texts == ["a"]
+
+
 def test_headerless_column_indices_must_not_be_negative(tmp_path):
   path = tmp_path / "d.tsv"
   path.write_text("a\t1\n")

@@ -75,6 +75,10 @@ def _decode(path, encoding="utf-8"):
 
 
 def _column_index(path, header, column, role):
+  if header.count(column) > 1:
+    places = ", ".join(str(i + 1) for i, name in enumerate(header) if name == column)
+    raise DataError(f"{path}:1: the header names {header.count(column)} columns {column!r} "
+                    f"(columns {places}), so the {role} column is ambiguous; name each once")
   if column in header:
     return header.index(column)
   raise DataError(f"{path}:1: no {role} column {column!r} in header {header}")
@@ -96,7 +100,7 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
   # U+2028, U+0085, form feeds...).
   reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting,
                       strict=True)
-  rows = _rows_with_first_line(reader)
+  rows = _rows_with_first_line(reader, path)
   if has_header:
     try:
       _, header = next(rows)
@@ -124,39 +128,48 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
     width = None
   texts, pairs, labels, origins = [], [], [], []
   kept = {column: [] for column in keep_columns}
-  try:
-    for line, row in rows:
-      if not row:
-        raise DataError(f"{path}:{line}: blank line")
-      if width is None:
-        width = len(row)
-      if len(row) != width:
-        raise DataError(f"{path}:{line}: expected {width} fields separated by "
-                        f"{delimiter!r}, found {len(row)}")
-      if max(i for i in (text_i, label_i, pair_i or 0, *kept_i)) >= len(row):
-        raise DataError(f"{path}:{line}: row has only {len(row)} fields")
-      label = row[label_i].strip()
-      if not label and not allow_empty_label:
-        raise DataError(f"{path}:{line}: empty label in column {label_column!r}")
-      texts.append(row[text_i])
-      labels.append(label)
-      if pair_i is not None:
-        pairs.append(row[pair_i])
-      for column, i in zip(keep_columns, kept_i):
-        kept[column].append(row[i].strip())
-      origins.append(f"{path}:{line}")
-  except csv.Error as e:
-    raise DataError(f"{path}:{reader.line_num}: {e}") from None
+  for line, row in rows:
+    if not row:
+      raise DataError(f"{path}:{line}: blank line")
+    if width is None:
+      width = len(row)
+    if len(row) != width:
+      raise DataError(f"{path}:{line}: expected {width} fields separated by "
+                      f"{delimiter!r}, found {len(row)}")
+    if max(i for i in (text_i, label_i, pair_i or 0, *kept_i)) >= len(row):
+      raise DataError(f"{path}:{line}: row has only {len(row)} fields")
+    label = row[label_i].strip()
+    if not label and not allow_empty_label:
+      raise DataError(f"{path}:{line}: empty label in column {label_column!r}")
+    texts.append(row[text_i])
+    labels.append(label)
+    if pair_i is not None:
+      pairs.append(row[pair_i])
+    for column, i in zip(keep_columns, kept_i):
+      kept[column].append(row[i].strip())
+    origins.append(f"{path}:{line}")
   if not texts:
     raise DataError(f"{path}: no examples")
   return Split(split_name, texts, labels, origins, pairs if pair_i is not None else None, kept)
 
 
-def _rows_with_first_line(reader):
+def _rows_with_first_line(reader, path):
   """(line, row) for each row of a csv.reader, line being where the row starts in the file:
-  a quoted CSV cell may span lines, so rows and lines are counted apart."""
+  a quoted CSV cell may span lines, so rows and lines are counted apart. A row the reader
+  cannot parse is named by the line it starts on."""
   first_line = 1
-  for row in reader:
+  rows = iter(reader)
+  while True:
+    try:
+      row = next(rows)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      if str(e) == "unexpected end of data":
+        raise DataError(f"{path}:{first_line}: a quoted cell opened in the row on this line "
+                        "is not closed before the end of the file") from None
+      where = f" (the row reaches line {reader.line_num})" if reader.line_num > first_line else ""
+      raise DataError(f"{path}:{first_line}: {e}{where}") from None
     yield first_line, row
     first_line = reader.line_num + 1
 
@@ -167,6 +180,16 @@ def _lines(text):
   if lines and lines[-1] == "":
     lines.pop()
   return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+class _JsonObject(dict):
+  """A JSON object that remembers the keys it was given more than once (a dict keeps the
+  last value of each silently)."""
+
+  def __init__(self, pairs):
+    super().__init__(pairs)
+    keys = [key for key, _ in pairs]
+    self.repeated = {key for key in keys if keys.count(key) > 1} if len(self) < len(keys) else set()
 
 
 def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train",
@@ -187,11 +210,15 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
       blank += 1
       continue
     try:
-      record = json.loads(raw)
+      record = json.loads(raw, object_pairs_hook=_JsonObject)
     except json.JSONDecodeError as e:
       raise DataError(f"{path}:{line}: invalid JSON: {e.msg} at column {e.colno}") from None
     if not isinstance(record, dict):
       raise DataError(f"{path}:{line}: expected a JSON object, found {type(record).__name__}")
+    for column in (text_column, label_column, text_pair_column, *keep_columns):
+      if column in record.repeated:
+        raise DataError(f"{path}:{line}: field {column!r} appears more than once in the object "
+                        "(a JSON reader keeps the last silently); write it once")
     for column in (text_column, label_column, text_pair_column, *keep_columns):
       if column and column not in record:
         raise DataError(f"{path}:{line}: missing field {column!r}")
