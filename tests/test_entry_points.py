@@ -63,6 +63,29 @@ def test_bad_config_fails_fast_with_one_line(tmp_path, flag, message):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    (None, "error: --config={path}: no such file"),
+    ("def get_config(:\n", "error: {path}:1: the config file does not parse: invalid syntax"),
+    ("x = 1\n", "error: {path}: defines no get_config()"),
+])
+def test_a_bad_config_file_fails_with_one_line_naming_it(tmp_path, content, message):
+  path = tmp_path / "my_config.py"
+  if content is not None:
+    path.write_text(content)
+  result = _run("tf_finetune.train", f"--config={path}", f"--workdir={tmp_path / 'w'}")
+  assert result.returncode == 1
+  assert message.format(path=path) in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_misspelt_config_key_names_the_key_it_resembles(tmp_path):
+  result = _run("tf_finetune.train", "--config=configs/smoke.py", "--config.train.stepz=3",
+                f"--workdir={tmp_path / 'w'}")
+  assert ("error: unknown config key among --config.train.stepz (did you mean steps instead "
+          "of stepz?)") in result.stderr
+
+
 @pytest.mark.slow
 def test_malformed_data_fails_with_file_and_line(tmp_path):
   data = tmp_path / "data"

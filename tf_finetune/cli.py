@@ -2,6 +2,7 @@
 import logging
 import os
 import pathlib
+import re
 import sys
 
 from absl import app
@@ -13,15 +14,44 @@ from tf_finetune.errors import Interrupted, UserError
 
 
 def parse_flags(argv):
-  """absl's parser, except that an unknown --config.KEY is one line, not a traceback."""
+  """absl's parser, except that an unknown --config.KEY, and a --config file that is missing,
+  does not parse or has no get_config(), are one line, not a traceback."""
+  config_file = _config_file(argv) if "config" in flags.FLAGS else None
+  if config_file and not pathlib.Path(config_file).is_file():
+    sys.exit(f"error: --config={config_file}: no such file (a config file such as "
+             "configs/default.py)")
   try:
     return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    bad = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    sys.exit(f"error: unknown config key among {', '.join(bad)} ({e}); "
-             "see configs/default.py and tf_finetune/config.py for the keys")
+  except SyntaxError as e:
+    sys.exit(f"error: {e.filename}:{e.lineno}: the config file does not parse: {e.msg}")
+  except AttributeError as e:
+    if "get_config" in str(e):
+      sys.exit(f"error: {config_file}: defines no get_config() (a config file returns its "
+               "ConfigDict from get_config(), as configs/default.py does)")
+    sys.exit(_unknown_config_key(argv, e))
+  except KeyError as e:
+    sys.exit(_unknown_config_key(argv, e))
   except flags.Error as e:
     sys.exit(f"error: {e}")
+
+
+def _config_file(argv):
+  """The path of --config=PATH[:ARGUMENT] or --config PATH, if given."""
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].split(":", 1)[0]
+  return None
+
+
+def _unknown_config_key(argv, e):
+  bad = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+  match = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', str(e))
+  detail = (f"did you mean {match.group(1)} instead of {match.group(2)}?" if match
+            else str(e.args[0] if e.args else e))
+  return (f"error: unknown config key among {', '.join(bad)} ({detail}); "
+          "see configs/default.py and tf_finetune/config.py for the keys")
 
 
 def import_tensorflow_quietly():
