@@ -172,6 +172,20 @@ def test_predict_says_when_input_is_empty_and_when_a_text_was_cut(exported):
   assert [r["truncated"] for r in records] == [False, True]
 
 
+def test_predict_on_a_run_directory_names_the_export_to_pass(run_dir, exported, tmp_path):
+  for wrong in (run_dir, exported.parent):
+    out = subprocess.run([sys.executable, "-m", "tf_finetune.predict", f"--model={wrong}",
+                          "good film"], capture_output=True, timeout=300, cwd=REPO)
+    assert out.returncode == 1 and out.stdout == b""
+    assert out.stderr.decode().strip().endswith(
+        f"; it holds the export {exported}: pass --model={exported}")
+  out = subprocess.run([sys.executable, "-m", "tf_finetune.predict", f"--model={tmp_path}",
+                        "good film"], capture_output=True, timeout=300, cwd=REPO)
+  assert out.stderr.decode().strip() == (f"error: {tmp_path}: cannot load a SavedModel "
+                                         f"(SavedModel file does not exist at: {tmp_path}/"
+                                         "{saved_model.pbtxt|saved_model.pb})")
+
+
 def test_hf_export_loads_in_transformers_with_same_logits(run_dir):
   torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
   import transformers

@@ -42,6 +42,18 @@ _ERRORS = flags.DEFINE_enum("errors", "strict", ["strict", "replace"],
                             "replace (U+FFFD, counted on stderr).")
 
 
+def _saved_model_hint(path):
+  """Where the export is when --model names a run directory or a model's base directory
+  (TF Serving's layout: BASE/<version>/saved_model.pb)."""
+  found = sorted(pathlib.Path(path).glob("*/saved_model.pb")) or sorted(
+      pathlib.Path(path).glob("export/*/*/saved_model.pb"))
+  found = [f.parent for f in found if f.parent.name.isdigit()]
+  if not found:
+    return ""
+  newest = max(found, key=lambda version: (version.parent, int(version.name)))
+  return f"; it holds the export {newest}: pass --model={newest}"
+
+
 class Predictor:
   """One exported model, or several averaged (an ensemble), on batches of raw texts."""
 
@@ -54,7 +66,8 @@ class Predictor:
       try:
         self.serves.append(tf.saved_model.load(path).signatures["serving_default"])
       except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {path}: cannot load a SavedModel ({str(e).splitlines()[0]})")
+        raise SystemExit(f"error: {path}: cannot load a SavedModel "
+                         f"({str(e).splitlines()[0]}){_saved_model_hint(path)}")
     self.has_pairs = "text_pair" in self.serves[0].structured_input_signature[1]
     self.labels = None
     if len(self.serves) > 1:
