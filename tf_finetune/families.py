@@ -235,7 +235,7 @@ class CheckpointLoader(SafetensorLoader):
     self.family = family
     self.hf_config = hf_config or {}
     self.read = set()
-    self._names = None
+    self._tensor_names = None
 
   def get_prefixed_key(self, hf_weight_key, dict_like):
     own = self.family.hf_prefix + "."
@@ -276,7 +276,7 @@ class CheckpointLoader(SafetensorLoader):
     """Before conversion: config.json's layer count against the layers the file holds
     (`layer.N.` in their names; ALBERT's shared layers have none). keras-hub's converter
     would leave the extra layers out silently, or stop on the first one missing."""
-    layers = self._layer_indices(self.names())
+    layers = self._layer_indices(self.tensor_names())
     key = "n_layers" if self.family.model_type == "distilbert" else "num_hidden_layers"
     if layers and self.hf_config.get(key) != len(layers):
       raise CheckpointError(
@@ -288,12 +288,12 @@ class CheckpointLoader(SafetensorLoader):
     """After conversion: tensors no encoder read (a pretraining or task head) are named
     in a warning, as transformers' "Some weights ... were not used"; a layer's tensor
     left unread is refused (its layer would be incomplete)."""
-    unread = sorted(n for n in self.names() if n not in self.read
+    unread = sorted(n for n in self.tensor_names() if n not in self.read
                     and not n.endswith("position_ids"))  # a buffer, not a weight
     if self._layer_indices(unread):
-      raise CheckpointError(f"{self._file()}: the encoder of {self._config_file()} does not "
-                            f"read {', '.join(unread[:3])}: config.json does not match the "
-                            "weights")
+      raise CheckpointError(f"{self._file()}: {', '.join(unread[:3])} would be left out by the "
+                            f"encoder {self._config_file()} describes: config.json does not "
+                            "match the weights")
     if unread:
       logging.warning("%s: %d tensors are not part of the encoder and are not used (a "
                       "pretraining or task head): %s", self._file(), len(unread),
@@ -307,14 +307,15 @@ class CheckpointLoader(SafetensorLoader):
   def _config_file(self):
     return pathlib.Path(self.preset) / "config.json"
 
-  def names(self):
-    if self._names is None:
+  def tensor_names(self):
+    """The names of every tensor in the checkpoint (read once)."""
+    if self._tensor_names is None:
       if self.safetensor_config is not None:
-        self._names = list(self.safetensor_config["weight_map"])
+        self._tensor_names = list(self.safetensor_config["weight_map"])
       else:
         with safetensors.safe_open(self._file(), framework="np") as file:
-          self._names = list(file.keys())
-    return self._names
+          self._tensor_names = list(file.keys())
+    return self._tensor_names
 
   def _file(self):
     if self.safetensor_config is not None:
@@ -325,7 +326,7 @@ class CheckpointLoader(SafetensorLoader):
     own = self.family.hf_prefix + "."
     bare = hf_weight_key[len(own):] if hf_weight_key.startswith(own) else hf_weight_key
     return any(name in (hf_weight_key, bare) or name.endswith("." + bare)
-               for name in self.names())
+               for name in self.tensor_names())
 
 
 def _port_electra(backbone, loader):

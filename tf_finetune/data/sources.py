@@ -188,8 +188,10 @@ class _JsonObject(dict):
 
   def __init__(self, pairs):
     super().__init__(pairs)
-    keys = [key for key, _ in pairs]
-    self.repeated = {key for key in keys if keys.count(key) > 1} if len(self) < len(keys) else set()
+    self.repeated = set()
+    if len(self) < len(pairs):
+      keys = [key for key, _ in pairs]
+      self.repeated = {key for key in keys if keys.count(key) > 1}
 
 
 def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train",
