@@ -149,6 +149,9 @@ def test_label_first_lines_trec_style(tmp_path):
   path.write_text("DESC:manner How ?\nLOC:other\n")
   with pytest.raises(DataError, match=r"trec.txt:2: expected a label, a space and a text"):
     sources.read_label_first(path)
+  path.write_text("DESC\tHow did serfdom develop ?\nNUM When ?\n")  # a tab was read as label
+  split = sources.read_label_first(path)
+  assert split.labels == ["DESC", "NUM"] and split.texts == ["How did serfdom develop ?", "When ?"]
 
 
 def test_jsonl_list_labels_are_joined(tmp_path):

@@ -255,8 +255,11 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
   return Split(split_name, texts, labels, origins, pairs if text_pair_column else None, kept)
 
 
+_LABEL_AND_TEXT = re.compile(r"([^ \t]*)([ \t]?)(.*)", re.DOTALL)
+
+
 def read_label_first(path, *, coarse_label_separator="", split_name="train", encoding="utf-8"):
-  """One example a line: the label, one space, the text (TREC's format; fastText's
+  """One example a line: the label, one space (or tab), the text (TREC's format; fastText's
   `__label__x text` too). With coarse_label_separator=":", "DESC:manner" becomes "DESC"."""
   path = pathlib.Path(path)
   if not path.is_file():
@@ -265,7 +268,7 @@ def read_label_first(path, *, coarse_label_separator="", split_name="train", enc
   for line, raw in enumerate(_lines(_decode(path, encoding)), start=1):
     if not raw.strip():
       raise DataError(f"{path}:{line}: blank line")
-    label, _, text = raw.partition(" ")
+    label, _, text = _LABEL_AND_TEXT.fullmatch(raw).groups("")
     if not label or not text.strip():
       raise DataError(f"{path}:{line}: expected a label, a space and a text, found {raw[:60]!r}")
     if coarse_label_separator:
