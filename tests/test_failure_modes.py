@@ -55,6 +55,51 @@ def test_a_nonfinite_step_stops_the_run_and_touches_no_checkpoint(sentiment_dir,
       assert path.read_bytes() == data, path
 
 
+def test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_the_rerun_resumes(
+    sentiment_dir, tmp_path, monkeypatch):
+  """TensorFlow raises ResourceExhaustedError from SaveV2 when the disk is full (seen on a
+  20 MB tmpfs); the checkpoint half written stays as ckpt-6_temp."""
+  run = tmp_path / "run"
+  config = tiny_config(sentiment_dir, train__steps=6, train__eval_every=3)
+  save = tf.train.CheckpointManager.save
+
+  def full_disk_at_step_6(manager, checkpoint_number=None, **kwargs):
+    if checkpoint_number == 6 and manager.directory.endswith("checkpoints"):
+      os.makedirs(os.path.join(manager.directory, "ckpt-6_temp"))
+      raise tf.errors.ResourceExhaustedError(
+          None, None, f"{manager.directory}/ckpt-6_temp/part-00000-of-00001.data-00000-of-"
+          "00001.tempstate1; No space left on device [Op:SaveV2]")
+    return save(manager, checkpoint_number=checkpoint_number, **kwargs)
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk_at_step_6)
+  with pytest.raises(WorkdirError) as e:
+    trainer_lib.Trainer(config, run).train()
+  assert str(e.value) == (
+      f"{run / 'checkpoints'}: could not save the checkpoint of step 6 (No space left on "
+      f"device); the last complete one is {run / 'checkpoints' / 'ckpt-3'}. Free space (or make "
+      "the directory writable) and run the same command: it resumes from there")
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+  trainer_lib.Trainer(config, run).train()
+  assert not (run / "checkpoints" / "ckpt-6_temp").exists()
+  assert experiment.load_run(run, "latest").step == 6
+
+
+def test_a_write_the_disk_refuses_is_one_line_from_any_entry_point(monkeypatch, capsys):
+  import errno
+  from tf_finetune import cli
+
+  def write_report(argv):
+    raise OSError(errno.ENOSPC, "No space left on device", "runs/x/eval/report.json")
+  with pytest.raises(SystemExit) as e:
+    cli.guard(write_report)([])
+  assert str(e.value.code) == ("error: runs/x/eval/report.json: No space left on device; free "
+                               "space (or make it writable) and run the same command again")
+
+  def other_error(argv):
+    raise OSError(errno.EIO, "Input/output error", "x")
+  with pytest.raises(OSError):  # not a storage refusal: the traceback stays
+    cli.guard(other_error)([])
+
+
 def test_skip_nonfinite_steps_skips_and_counts_them(sentiment_dir, tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
   run = tmp_path / "run"

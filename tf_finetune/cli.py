@@ -1,4 +1,5 @@
 """What the absl entry points share: flag parsing, one-line errors and a quiet console."""
+import errno
 import logging
 import os
 import pathlib
@@ -92,6 +93,11 @@ def guard(main):
       main(argv)
     except UserError as e:
       sys.exit(f"error: {e}")
+    except OSError as e:
+      if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        raise
+      sys.exit(f"error: {e.filename or 'a write'}: {e.strerror}; free space (or make it "
+               "writable) and run the same command again")
     except Interrupted as e:
       print(e, file=sys.stderr)
       sys.exit(e.exit_code)

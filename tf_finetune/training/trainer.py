@@ -482,7 +482,7 @@ class Trainer:
       self.best = {"step": step, "metric": metric, "value": value,
                    "checkpoint": f"ckpt-{step}", "evaluations_without_improvement": 0}
       self._save_best_state()
-      path = self.best_manager.save(checkpoint_number=step)
+      path = self._save_checkpoint(self.best_manager, step)
       self.best["checkpoint"] = path.rsplit("/", 1)[1]
       logging.info("New best dev %s %.4f at step %d", metric, value, step)
     elif self.best is not None:
@@ -617,12 +617,12 @@ class Trainer:
           self._evaluate(step)
           stopping = self._stops_early(step)
         if save or stopping:
-          self.manager.save(checkpoint_number=step)
+          self._save_checkpoint(self.manager, step)
           window_start = time.time()
         if stopping:
           break
         if signals.received and step < stop:
-          path = self.manager.save(checkpoint_number=step)
+          path = self._save_checkpoint(self.manager, step)
           raise Preempted(signals.received, step, path)
         if preemption is not None and step < stop:
           preemption.save_checkpoint_if_preempted(checkpoint_number=step)
@@ -635,6 +635,22 @@ class Trainer:
       signals.restore()
       self._close()
 
+  def _save_checkpoint(self, manager, step):
+    """manager.save, where a full, over-quota or read-only disk stops the run in one line
+    naming the checkpoint to resume from (the unfinished ckpt-N_temp is removed at the
+    next start)."""
+    try:
+      return manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+      reason = _storage_failure(e)
+      if reason is None:
+        raise
+      latest = self.manager.latest_checkpoint
+      raise WorkdirError(
+          f"{manager.directory}: could not save the checkpoint of step {step} ({reason}); "
+          f"the last complete one is {latest or 'none yet'}. Free space (or make the directory "
+          "writable) and run the same command: it resumes from there") from None
+
   def _keep_as_built(self):
     """A task that learns nothing (zero_shot): the model as built is checkpoint 0, evaluated
     on dev and kept as the best; a rerun finds it and does nothing."""
@@ -644,7 +660,7 @@ class Trainer:
                      "checkpoint", self.workdir.root, self.config.task.name)
         self.writers.start_session(self.config, self.task.metric_names, self.task.best_metric)
         self._evaluate(0)
-        self.manager.save(checkpoint_number=0)  # after: its run state names the best
+        self._save_checkpoint(self.manager, 0)  # after: its run state names the best
         self._end_session("success")
       else:
         logging.info("%s: already built and evaluated", self.workdir.root)
@@ -707,6 +723,16 @@ class Trainer:
     if self.lock is not None:
       self.lock.release()
       self.lock = None
+
+
+_STORAGE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                     "Permission denied")
+
+
+def _storage_failure(error):
+  """The reason, if `error` (TensorFlow's or the OS's) says storage refused a write."""
+  text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+  return next((reason for reason in _STORAGE_FAILURES if reason in text), None)
 
 
 class _SignalCatcher:
