@@ -94,6 +94,15 @@ def test_a_write_the_disk_refuses_is_one_line_from_any_entry_point(monkeypatch, 
   assert str(e.value.code) == ("error: runs/x/eval/report.json: No space left on device; free "
                                "space (or make it writable) and run the same command again")
 
+  def export_variables(argv):  # TensorFlow's error from MergeV2Checkpoints on a full disk
+    raise tf.errors.ResourceExhaustedError(
+        None, None, "{{function_node __wrapped__MergeV2Checkpoints}} runs/x/export/x/.tmp-2/"
+        "variables/variables.index; No space left on device [Op:MergeV2Checkpoints]")
+  with pytest.raises(SystemExit) as e:
+    cli.guard(export_variables)([])
+  assert str(e.value.code).startswith("error: runs/x/export/x/.tmp-2/variables/variables.index: "
+                                      "No space left on device; free space")
+
   def other_error(argv):
     raise OSError(errno.EIO, "Input/output error", "x")
   with pytest.raises(OSError):  # not a storage refusal: the traceback stays

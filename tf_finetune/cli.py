@@ -1,5 +1,4 @@
 """What the absl entry points share: flag parsing, one-line errors and a quiet console."""
-import errno
 import logging
 import os
 import pathlib
@@ -11,7 +10,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 import tf_finetune
-from tf_finetune.errors import Interrupted, UserError
+from tf_finetune.errors import Interrupted, UserError, storage_failure
 
 
 def parse_flags(argv):
@@ -85,25 +84,28 @@ def import_tensorflow_quietly():
 
 
 def guard(main):
-  """main where a UserError exits with `error: <message>` (status 1), a signal that stopped
-  training after a save with its one line (status 128 + signal), and Ctrl-C elsewhere with
-  `interrupted` (status 130): never a traceback."""
+  """main where a UserError, or a write the disk refused (full, over quota, read-only), exits
+  with `error: <message>` (status 1), a signal that stopped training after a save with its
+  one line (status 128 + signal), and Ctrl-C elsewhere with `interrupted` (status 130):
+  never a traceback."""
   def guarded(argv):
     try:
       main(argv)
     except UserError as e:
       sys.exit(f"error: {e}")
-    except OSError as e:
-      if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-        raise
-      sys.exit(f"error: {e.filename or 'a write'}: {e.strerror}; free space (or make it "
-               "writable) and run the same command again")
     except Interrupted as e:
       print(e, file=sys.stderr)
       sys.exit(e.exit_code)
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr)
       sys.exit(130)
+    except Exception as e:  # noqa: BLE001 (only a write the disk refused becomes one line)
+      failure = storage_failure(e)
+      if failure is None:
+        raise
+      path, reason = failure
+      sys.exit(f"error: {path or 'a write'}: {reason}; free space (or make it writable) and "
+               "run the same command again")
   return guarded
 
 

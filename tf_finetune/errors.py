@@ -31,3 +31,23 @@ class Interrupted(Exception):
   def __init__(self, message, exit_code):
     super().__init__(message)
     self.exit_code = exit_code
+
+
+_STORAGE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                     "Permission denied")
+
+
+def storage_failure(error):
+  """(file, reason) if `error`, the OS's or TensorFlow's (whose message reads
+  "{{function_node ...}} PATH; No space left on device [Op:SaveV2]"), says storage refused
+  a write; else None."""
+  if isinstance(error, OSError) and error.strerror:
+    text, path = error.strerror, error.filename
+  else:
+    text, path = str(error), None
+  reason = next((r for r in _STORAGE_FAILURES if r in text), None)
+  if reason is None:
+    return None
+  if path is None and "; " in text:
+    path = text.split("; ", 1)[0].rsplit("}} ", 1)[-1].strip() or None
+  return path, reason

@@ -34,6 +34,7 @@ from tf_finetune.data import packing
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import ConfigError, Interrupted, TrainingError, WorkdirError
+from tf_finetune.errors import storage_failure
 from tf_finetune.training import adversarial
 from tf_finetune.training import distill
 from tf_finetune.training import dp_sgd
@@ -642,9 +643,10 @@ class Trainer:
     try:
       return manager.save(checkpoint_number=step)
     except (tf.errors.OpError, OSError) as e:
-      reason = _storage_failure(e)
-      if reason is None:
+      failure = storage_failure(e)
+      if failure is None:
         raise
+      reason = failure[1]
       latest = self.manager.latest_checkpoint
       raise WorkdirError(
           f"{manager.directory}: could not save the checkpoint of step {step} ({reason}); "
@@ -723,16 +725,6 @@ class Trainer:
     if self.lock is not None:
       self.lock.release()
       self.lock = None
-
-
-_STORAGE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
-                     "Permission denied")
-
-
-def _storage_failure(error):
-  """The reason, if `error` (TensorFlow's or the OS's) says storage refused a write."""
-  text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-  return next((reason for reason in _STORAGE_FAILURES if reason in text), None)
 
 
 class _SignalCatcher:
