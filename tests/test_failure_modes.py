@@ -75,8 +75,8 @@ def test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_the_rerun_resumes(
     trainer_lib.Trainer(config, run).train()
   assert str(e.value) == (
       f"{run / 'checkpoints'}: could not save the checkpoint of step 6 (No space left on "
-      f"device); the last complete one is {run / 'checkpoints' / 'ckpt-3'}. Free space (or make "
-      "the directory writable) and run the same command: it resumes from there")
+      f"device); the last complete one is {run / 'checkpoints' / 'ckpt-3'}. Free space and run "
+      "the same command: it resumes from there")
   monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
   trainer_lib.Trainer(config, run).train()
   assert not (run / "checkpoints" / "ckpt-6_temp").exists()
@@ -92,7 +92,14 @@ def test_a_write_the_disk_refuses_is_one_line_from_any_entry_point(monkeypatch, 
   with pytest.raises(SystemExit) as e:
     cli.guard(write_report)([])
   assert str(e.value.code) == ("error: runs/x/eval/report.json: No space left on device; free "
-                               "space (or make it writable) and run the same command again")
+                               "space and run the same command again")
+
+  def read_only(argv):
+    raise OSError(errno.EROFS, "Read-only file system", "runs/x/eval/report.json")
+  with pytest.raises(SystemExit) as e:
+    cli.guard(read_only)([])
+  assert str(e.value.code).endswith("Read-only file system; use a writable directory and run "
+                                    "the same command again")
 
   def export_variables(argv):  # TensorFlow's error from MergeV2Checkpoints on a full disk
     raise tf.errors.ResourceExhaustedError(

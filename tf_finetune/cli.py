@@ -10,7 +10,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 import tf_finetune
-from tf_finetune.errors import Interrupted, UserError, storage_failure
+from tf_finetune.errors import STORAGE_FAILURES, Interrupted, UserError, storage_failure
 
 
 def parse_flags(argv):
@@ -84,7 +84,7 @@ def import_tensorflow_quietly():
 
 
 def guard(main):
-  """main where a UserError, or a write the disk refused (full, over quota, read-only), exits
+  """main where a UserError, or a file the disk refused (full, over quota, read-only), exits
   with `error: <message>` (status 1), a signal that stopped training after a save with its
   one line (status 128 + signal), and Ctrl-C elsewhere with `interrupted` (status 130):
   never a traceback."""
@@ -99,13 +99,13 @@ def guard(main):
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr)
       sys.exit(130)
-    except Exception as e:  # noqa: BLE001 (only a write the disk refused becomes one line)
+    except Exception as e:  # noqa: BLE001 (only a file the disk refused becomes one line)
       failure = storage_failure(e)
       if failure is None:
         raise
       path, reason = failure
-      sys.exit(f"error: {path or 'a write'}: {reason}; free space (or make it writable) and "
-               "run the same command again")
+      sys.exit(f"error: {path or 'a file'}: {reason}; {STORAGE_FAILURES[reason]} and run the "
+               "same command again")
   return guarded
 
 

@@ -33,19 +33,22 @@ class Interrupted(Exception):
     self.exit_code = exit_code
 
 
-_STORAGE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
-                     "Permission denied")
+# What the OS (or TensorFlow, quoting it) says when storage refuses a file, and what to do.
+STORAGE_FAILURES = {"No space left on device": "free space",
+                    "Disk quota exceeded": "free space within the quota",
+                    "Read-only file system": "use a writable directory",
+                    "Permission denied": "fix its permissions"}
 
 
 def storage_failure(error):
   """(file, reason) if `error`, the OS's or TensorFlow's (whose message reads
   "{{function_node ...}} PATH; No space left on device [Op:SaveV2]"), says storage refused
-  a write; else None."""
+  a file; else None."""
   if isinstance(error, OSError) and error.strerror:
     text, path = error.strerror, error.filename
   else:
     text, path = str(error), None
-  reason = next((r for r in _STORAGE_FAILURES if r in text), None)
+  reason = next((r for r in STORAGE_FAILURES if r in text), None)
   if reason is None:
     return None
   if path is None and "; " in text:

@@ -34,7 +34,7 @@ from tf_finetune.data import packing
 from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import ConfigError, Interrupted, TrainingError, WorkdirError
-from tf_finetune.errors import storage_failure
+from tf_finetune.errors import STORAGE_FAILURES, storage_failure
 from tf_finetune.training import adversarial
 from tf_finetune.training import distill
 from tf_finetune.training import dp_sgd
@@ -648,10 +648,11 @@ class Trainer:
         raise
       reason = failure[1]
       latest = self.manager.latest_checkpoint
+      advice = STORAGE_FAILURES[reason].capitalize()
       raise WorkdirError(
           f"{manager.directory}: could not save the checkpoint of step {step} ({reason}); "
-          f"the last complete one is {latest or 'none yet'}. Free space (or make the directory "
-          "writable) and run the same command: it resumes from there") from None
+          f"the last complete one is {latest or 'none yet'}. {advice} and run the same "
+          "command: it resumes from there") from None
 
   def _keep_as_built(self):
     """A task that learns nothing (zero_shot): the model as built is checkpoint 0, evaluated
