@@ -261,6 +261,37 @@ def test_leftovers_of_killed_processes_are_removed_at_the_next_start(sentiment_d
   assert not export.exists()
 
 
+def test_a_start_killed_before_config_json_is_started_anew_by_the_same_command(
+    sentiment_dir, tmp_path, caplog):
+  """data_digest.json and labels.json are written before config.json, which marks a run
+  directory; a kill between them left a directory the same command refused."""
+  import logging
+  config = tiny_config(sentiment_dir, train__steps=3, train__eval_every=3)
+  finished = tmp_path / "finished"
+  trainer_lib.Trainer(config, finished).train()
+  killed = tmp_path / "killed"
+  killed.mkdir()
+  for name in ("data_digest.json", "labels.json"):
+    shutil.copy(finished / name, killed / name)
+  with caplog.at_level(logging.WARNING):
+    trainer_lib.Trainer(config, killed).train()
+  assert any("removed data_digest.json, labels.json, written by a start that was stopped "
+             "before it wrote config.json" in r.getMessage() for r in caplog.records)
+  assert experiment.load_run(killed, "latest").step == 3
+  earlier = tmp_path / "earlier"  # killed while writing data_digest.json: its temporary file
+  earlier.mkdir()
+  (earlier / ".data_digest.json.tmp-999999999").write_text("{")
+  trainer_lib.Trainer(config, earlier).train()
+  assert experiment.load_run(earlier, "latest").step == 3
+  other = tmp_path / "other"  # a file of the user's beside them: not ours to remove
+  other.mkdir()
+  shutil.copy(finished / "data_digest.json", other / "data_digest.json")
+  (other / "notes.txt").write_text("mine")
+  with pytest.raises(WorkdirError, match="is not empty and holds no tf_finetune run"):
+    trainer_lib.Trainer(config, other).train()
+  assert (other / "notes.txt").is_file() and (other / "data_digest.json").is_file()
+
+
 def test_a_resume_on_changed_data_is_refused_naming_the_file_and_examples(tmp_path):
   from tests.conftest import write_sentiment_tsv
   data = write_sentiment_tsv(tmp_path / "data", n_train=2500)

@@ -232,19 +232,48 @@ class Trainer:
         raise WorkdirError(f"{wd.root} holds a run with another config ({diffs}); resume it "
                            "with the same config or choose a new --workdir")
       return True
+    if self.is_chief and wd.root.exists():
+      self._remove_unfinished_start()
     if self.is_chief and wd.root.exists() and any(
         p.name != workdir_lock.LOCK_FILE for p in wd.root.iterdir()):
       raise WorkdirError(f"{wd.root} is not empty and holds no tf_finetune run; "
                          "choose a new --workdir")
     return False
 
+  def _remove_unfinished_start(self):
+    """A start killed while it wrote its run files left data_digest.json (written first) and
+    maybe labels.json and the few-shot sample, or only a temporary file of the first, but
+    no config.json: a directory the same command would refuse as not a run. When it holds
+    those files and nothing else, they are removed and the run starts anew."""
+    wd = self.workdir
+    temporaries = set(atomic.stale_temporaries(wd.root))
+    run_files = {wd.data_digest, wd.labels, wd.train_sample}
+    entries = sorted(p for p in wd.root.iterdir() if p.name != workdir_lock.LOCK_FILE)
+    if not entries or any(p not in run_files | temporaries for p in entries):
+      return
+    if any(p in run_files for p in entries):  # ours only with our digest among them
+      if not wd.data_digest.is_file():
+        return
+      try:
+        digest = atomic.read_json(wd.data_digest, dict, "the digest of the run's data")
+      except WorkdirError:
+        return
+      if not all(isinstance(d, dict) and "chunks" in d for d in digest.values()):
+        return
+    for path in entries:
+      path.unlink()
+    logging.warning("%s: removed %s, written by a start that was stopped before it wrote "
+                    "config.json; starting anew", wd.root, ", ".join(p.name for p in entries))
+
   def _write_run_files(self):
-    """labels.json, then config.json (which marks a run directory), each written atomically."""
+    """data_digest.json (first: it marks a start in progress, see _remove_unfinished_start),
+    labels.json, the few-shot sample, then config.json (which marks a run directory), each
+    written atomically."""
     if not self.is_chief or self.resuming:
       return
     self.workdir.root.mkdir(parents=True, exist_ok=True)
-    self.labels.save(self.workdir.labels)
     experiment.write_data_digest(self.workdir, self.splits)
+    self.labels.save(self.workdir.labels)
     if self.config.data.examples_per_class:
       train = self.splits["train"]
       sources.write_tsv(self.workdir.train_sample, ["origin", "label", "text"],
