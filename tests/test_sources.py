@@ -339,6 +339,27 @@ def test_a_jsonl_object_with_a_field_twice_is_refused(tmp_path):
   assert sources.read_jsonl(path, text_column="text", label_column="label").texts == ["a"]
 
 
+def test_dev_and_test_examples_that_repeat_train_examples_are_counted_in_a_warning(tmp_path,
+                                                                                  caplog):
+  import logging
+  train = tmp_path / "train.tsv"
+  train.write_text("text\tpair\tlabel\na\tx\t1\nb\tx\t0\nc\tx\t1\n")
+  dev = tmp_path / "dev.tsv"
+  dev.write_text("text\tpair\tlabel\nd\tx\t1\nb\tx\t0\na\ty\t1\nc\tx\t0\n")
+  read = lambda path: sources.read_delimited(path, delimiter="\t", text_column="text",
+                                             text_pair_column="pair", label_column="label")
+  with caplog.at_level(logging.WARNING):
+    sources.warn_of_overlap_with_train({"train": read(train), "dev": read(dev)})
+  (warning,) = [r.getMessage() for r in caplog.records]
+  assert warning.startswith(  # a different pair (a, y) is not a repeat; a different label is
+      f"dev: 2 of 4 examples (50.0%) have the text of a train example (the first: {dev}:3 "
+      f"repeats {train}:3); dev metrics on them overstate")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    sources.warn_of_overlap_with_train({"train": read(train), "test": read(train).subset([])})
+  assert not caplog.records
+
+
 def test_headerless_column_indices_must_not_be_negative(tmp_path):
   path = tmp_path / "d.tsv"
   path.write_text("a\t1\n")

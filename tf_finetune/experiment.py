@@ -89,6 +89,7 @@ def load_data(config, label_vocabulary=None, keep_columns=(), keep_in=None):
   splits["train"] = sources.sample_train(splits["train"], config.data, stratify)
   if config.data.mask_pii:
     splits = {name: _mask_pii(split) for name, split in splits.items()}
+  sources.warn_of_overlap_with_train(splits)
   if label_vocabulary is None:
     label_vocabulary = tasks.build_vocabulary(config, splits["train"])
   return splits, label_vocabulary

@@ -506,6 +506,38 @@ def per_class_sample(split, examples_per_class, seed):
   return sorted(chosen)
 
 
+def warn_of_overlap_with_train(splits):
+  """Warns when dev or test examples have the text (and text pair; words for CoNLL) of a
+  train example: their metrics then overstate what the model does on text it has not seen.
+  Duplicates across splits are common (BBC News holds repeated articles, emotion a few
+  repeated tweets), and a dev file given as the train file makes every one of them so."""
+  train = splits.get("train")
+  if train is None:
+    return
+  first_in_train = {}
+  for i, key in enumerate(_example_keys(train)):
+    first_in_train.setdefault(key, i)
+  for name in ("dev", "test"):
+    split = splits.get(name)
+    if split is None:
+      continue
+    shared = [(i, first_in_train[key]) for i, key in enumerate(_example_keys(split))
+              if key in first_in_train]
+    if shared:
+      i, j = shared[0]
+      logging.warning("%s: %d of %d examples (%.1f%%) have the text of a train example (the "
+                      "first: %s repeats %s); %s metrics on them overstate what the model "
+                      "does on text it has not seen", name, len(shared), len(split),
+                      100 * len(shared) / len(split), split.origins[i], train.origins[j], name)
+
+
+def _example_keys(split):
+  if isinstance(split, TokenSplit):
+    return [tuple(words) for words in split.tokens]
+  pairs = split.text_pairs if split.text_pairs is not None else [None] * len(split)
+  return list(zip(split.texts, pairs))
+
+
 def sample_train(train, data_config, stratify=True):
   """The train split cut as the config asks: to data.max_train_examples (a sample,
   label-stratified when `stratify`), then to data.examples_per_class of each label; both
