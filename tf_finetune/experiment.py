@@ -132,6 +132,17 @@ def write_data_digest(workdir, splits):
   atomic.write_text(workdir.data_digest, json.dumps(data_digest(splits), indent=1) + "\n")
 
 
+def read_data_digest(workdir):
+  """data_digest.json as write_data_digest wrote it; WorkdirError if it is damaged."""
+  saved = atomic.read_json(workdir.data_digest, dict, "the digest of the run's train and dev data")
+  for name, then in saved.items():
+    if not (isinstance(then, dict) and isinstance(then.get("examples"), int)
+            and isinstance(then.get("chunks"), list)):
+      raise WorkdirError(f"{workdir.data_digest}: no example count and chunk digests for "
+                         f"{name!r}; the file is damaged")
+  return saved
+
+
 def check_data_digest(workdir, splits):
   """A resumed run must read the data it started on: its steps index into them (the data
   position is the step) and its schedule counts them. Refuses, naming the split's file and
@@ -140,15 +151,11 @@ def check_data_digest(workdir, splits):
     logging.warning("%s: no %s (a run from an earlier tf_finetune); resuming without checking "
                     "that the data are those the run started on", workdir.root, DATA_DIGEST_FILE)
     return
-  saved = atomic.read_json(workdir.data_digest, dict, "the digest of the run's train and dev data")
+  saved = read_data_digest(workdir)
   now = data_digest(splits)
   advice = (f"restore the data {workdir.root} started on, or train on these in a new "
             "--workdir (python -m tf_finetune.evaluate scores a finished run on other data)")
   for name, then in saved.items():
-    if not (isinstance(then, dict) and isinstance(then.get("examples"), int)
-            and isinstance(then.get("chunks"), list)):
-      raise WorkdirError(f"{workdir.data_digest}: no example count and chunk digests for "
-                         f"{name!r}; the file is damaged")
     if name not in now:
       raise WorkdirError(f"the run in {workdir.root} was started with a {name} split of "
                          f"{then['examples']} examples ({then.get('source')}); there is none "

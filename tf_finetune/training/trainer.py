@@ -234,10 +234,9 @@ class Trainer:
       return True
     if self.is_chief and wd.root.exists():
       self._remove_unfinished_start()
-    if self.is_chief and wd.root.exists() and any(
-        p.name != workdir_lock.LOCK_FILE for p in wd.root.iterdir()):
-      raise WorkdirError(f"{wd.root} is not empty and holds no tf_finetune run; "
-                         "choose a new --workdir")
+      if any(p.name != workdir_lock.LOCK_FILE for p in wd.root.iterdir()):
+        raise WorkdirError(f"{wd.root} is not empty and holds no tf_finetune run; "
+                           "choose a new --workdir")
     return False
 
   def _remove_unfinished_start(self):
@@ -252,13 +251,9 @@ class Trainer:
     if not entries or any(p not in run_files | temporaries for p in entries):
       return
     if any(p in run_files for p in entries):  # ours only with our digest among them
-      if not wd.data_digest.is_file():
-        return
       try:
-        digest = atomic.read_json(wd.data_digest, dict, "the digest of the run's data")
-      except WorkdirError:
-        return
-      if not all(isinstance(d, dict) and "chunks" in d for d in digest.values()):
+        experiment.read_data_digest(wd)
+      except (OSError, WorkdirError):  # missing, or not ours
         return
     for path in entries:
       path.unlink()
