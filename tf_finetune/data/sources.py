@@ -408,6 +408,8 @@ def bbc_news_dir():
 
 def read_bbc_news():
   """2,225 articles in 5 topic folders. The text is the whole file (title line first).
+  101 articles repeat an earlier one (the same words, case and spacing aside); the split
+  keeps each with its first (carve_splits).
 
   One article (sports/199.txt) is Windows-1252, not UTF-8 (a pound sign); it is decoded
   as such, which loses nothing.
@@ -488,6 +490,30 @@ def stratified_split(split, fractions, seed, stratify=True):
   return [sorted(rest)] + parts
 
 
+def carve_splits(split, fractions, seed, stratify=True, name=None):
+  """stratified_split over the distinct examples of `split`: an example that repeats an
+  earlier one (the same words, case and spacing aside) goes to the part of its first, so
+  no carved dev or test example repeats a train example and nothing is left out. Without
+  repeats the parts are stratified_split's own."""
+  keys = _example_keys(split)
+  first_of = {}
+  for i, key in enumerate(keys):
+    first_of.setdefault(key, i)
+  firsts = sorted(first_of.values())
+  if len(firsts) == len(split):
+    return stratified_split(split, fractions, seed, stratify)
+  parts = stratified_split(split.subset(firsts), fractions, seed, stratify)
+  part_of_first = {firsts[k]: p for p, part in enumerate(parts) for k in part}
+  carved = [[] for _ in parts]
+  for i, key in enumerate(keys):
+    carved[part_of_first[first_of[key]]].append(i)
+  logging.info("%s: %d of %d examples repeat an earlier one (the same words, case and spacing "
+               "aside); each is put in the split of its first, so no carved dev or test "
+               "example repeats a train example", name or split.source, len(split) - len(firsts),
+               len(split))
+  return carved
+
+
 def per_class_sample(split, examples_per_class, seed):
   """Indices of `examples_per_class` examples of each label, drawn with `seed` (the same
   draw for the same data and seed), in file order. A label with fewer examples stops with
@@ -532,10 +558,13 @@ def warn_of_overlap_with_train(splits):
 
 
 def _example_keys(split):
+  """What makes two examples the same: their words in order, case and spacing aside."""
   if isinstance(split, TokenSplit):
-    return [tuple(words) for words in split.tokens]
+    return [tuple(word.casefold() for word in words) for words in split.tokens]
+  def words(text):
+    return None if text is None else " ".join(text.split()).casefold()
   pairs = split.text_pairs if split.text_pairs is not None else [None] * len(split)
-  return list(zip(split.texts, pairs))
+  return [(words(text), words(pair)) for text, pair in zip(split.texts, pairs)]
 
 
 def sample_train(train, data_config, stratify=True):
@@ -693,8 +722,9 @@ def load_splits(data_config, stratify=True, allow_empty_label=False, keep_column
                     f"so no {keep_columns[0]!r} to keep")
   if source == "bbc_news":
     everything = screen_texts(read_bbc_news(), data_config.bad_text)
-    train, dev, test = stratified_split(
-        everything, [data_config.dev_fraction, data_config.test_fraction], data_config.split_seed)
+    train, dev, test = carve_splits(
+        everything, [data_config.dev_fraction, data_config.test_fraction], data_config.split_seed,
+        name="data.source=bbc_news")
     return {"train": everything.subset(train, "train"), "dev": everything.subset(dev, "dev"),
             "test": everything.subset(test, "test")}
   for name in ("train", "dev", "test"):
@@ -716,8 +746,8 @@ def load_splits(data_config, stratify=True, allow_empty_label=False, keep_column
   if stratify:  # single-label classification
     check_label_spellings(splits)
   if "dev" not in splits:
-    train, dev = stratified_split(splits["train"], [data_config.dev_fraction],
-                                  data_config.split_seed, stratify)
+    train, dev = carve_splits(splits["train"], [data_config.dev_fraction],
+                              data_config.split_seed, stratify)
     splits["dev"] = splits["train"].subset(dev, "dev")
     splits["train"] = splits["train"].subset(train, "train")
   return splits
