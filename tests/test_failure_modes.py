@@ -424,7 +424,16 @@ def test_the_entry_point_prints_one_error_line_for_a_damaged_run(finished_run, t
 def _train_command(workdir, *extra):
   return [sys.executable, "-m", "tf_finetune.train", "--config=configs/smoke.py",
           f"--workdir={workdir}", "--config.train.steps=300", "--config.train.eval_every=150",
-          "--config.train.log_every=1", *extra]
+          "--config.train.checkpoint_every=20", "--config.train.log_every=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+  whole = tmp_path_factory.mktemp("uninterrupted") / "whole"
+  done = subprocess.run(_train_command(whole), cwd=REPO, capture_output=True, text=True,
+                        timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return whole
 
 
 def _start(command):
@@ -446,13 +455,19 @@ def _wait_for(process, text, timeout=300):
   raise AssertionError(f"never saw {text!r}:\n{''.join(seen)[-3000:]}")
 
 
-@pytest.mark.slow
-def test_sigterm_saves_and_a_rerun_ends_with_the_uninterrupted_weights(tmp_path):
-  whole = tmp_path / "whole"
-  done = subprocess.run(_train_command(whole), cwd=REPO, capture_output=True, text=True,
-                        timeout=900)
-  assert done.returncode == 0, done.stderr[-3000:]
+def _assert_same_run(whole, cut):
+  for a, b in zip(_weights(experiment.load_run(whole, "latest").model),
+                  _weights(experiment.load_run(cut, "latest").model)):
+    np.testing.assert_array_equal(a, b)
+  for name in ("checkpoints/best.json", "eval/report.json"):
+    expected = (whole / name).read_text().replace(str(whole), str(cut))
+    assert json.loads((cut / name).read_text()) == json.loads(expected), name
 
+
+@pytest.mark.slow
+def test_sigterm_saves_and_a_rerun_ends_with_the_uninterrupted_weights(uninterrupted_run,
+                                                                        tmp_path):
+  whole = uninterrupted_run
   cut = tmp_path / "cut"
   first = _start(_train_command(cut))
   _wait_for(first, "step 40/300")
@@ -468,9 +483,25 @@ def test_sigterm_saves_and_a_rerun_ends_with_the_uninterrupted_weights(tmp_path)
                          timeout=900)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"Resuming from {cut / 'checkpoints' / f'ckpt-{saved_at}'}" in again.stderr
-  for a, b in zip(_weights(experiment.load_run(whole, "latest").model),
-                  _weights(experiment.load_run(cut, "latest").model)):
-    np.testing.assert_array_equal(a, b)
+  _assert_same_run(whole, cut)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_and_the_rerun_redoes_the_lost_steps_to_the_same_weights(
+    uninterrupted_run, tmp_path):
+  """No handler runs on SIGKILL (the OOM killer, a lost VM): the rerun resumes from the last
+  complete checkpoint and redoes the steps after it, with the same data and dropout."""
+  cut = tmp_path / "cut"
+  first = _start(_train_command(cut))
+  _wait_for(first, "step 70/300")
+  first.kill()
+  first.communicate(timeout=60)
+  again = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
+                         timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  resumed = [line for line in again.stderr.splitlines() if "Resuming from" in line]
+  assert resumed and int(resumed[0].rsplit(" of ", 1)[0].rsplit(" ", 1)[1]) >= 60, resumed
+  _assert_same_run(uninterrupted_run, cut)
 
 
 @pytest.mark.slow

