@@ -9,6 +9,8 @@ import dataclasses
 import json
 import pathlib
 
+from keras_hub.src.utils.preset_utils import SAFETENSOR_CONFIG_FILE, SAFETENSOR_FILE
+
 from tf_finetune import atomic
 from tf_finetune import families
 from tf_finetune.checkpoint_dirs import MINILM, resolve_checkpoint_dir  # noqa: F401 (callers' names)
@@ -43,21 +45,18 @@ def read_hf_config(checkpoint_dir):
   return config
 
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-
-
 def weight_files(checkpoint_dir):
   """The safetensors files that hold a checkpoint's weights: the shards
   model.safetensors.index.json names (transformers' save_pretrained shards a model past its
   max_shard_size; keras-hub's loader reads the index first, so this does too), or
   model.safetensors. Refused in one line when they are not all there."""
   directory = pathlib.Path(checkpoint_dir)
-  index = directory / SAFETENSORS_INDEX
+  index = directory / SAFETENSOR_CONFIG_FILE
   if not index.is_file():
-    if not (directory / "model.safetensors").is_file():
-      raise CheckpointError(f"{directory}: no model.safetensors (nor {SAFETENSORS_INDEX} "
+    if not (directory / SAFETENSOR_FILE).is_file():
+      raise CheckpointError(f"{directory}: no {SAFETENSOR_FILE} (nor {SAFETENSOR_CONFIG_FILE} "
                             "naming its shards)")
-    return [directory / "model.safetensors"]
+    return [directory / SAFETENSOR_FILE]
   weight_map = atomic.read_json(index, dict, "a safetensors index", CheckpointError).get(
       "weight_map")
   if not isinstance(weight_map, dict) or not weight_map or not all(

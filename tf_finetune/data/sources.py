@@ -496,10 +496,8 @@ def carve_splits(split, fractions, seed, stratify=True, name=None):
   no carved dev or test example repeats a train example and nothing is left out. Without
   repeats the parts are stratified_split's own."""
   keys = _example_keys(split)
-  first_of = {}
-  for i, key in enumerate(keys):
-    first_of.setdefault(key, i)
-  firsts = sorted(first_of.values())
+  first_of = _first_index_by_key(keys)
+  firsts = list(first_of.values())  # in file order: each key entered at its first index
   if len(firsts) == len(split):
     return stratified_split(split, fractions, seed, stratify)
   parts = stratified_split(split.subset(firsts), fractions, seed, stratify)
@@ -540,9 +538,7 @@ def warn_of_overlap_with_train(splits):
   train = splits.get("train")
   if train is None:
     return
-  first_in_train = {}
-  for i, key in enumerate(_example_keys(train)):
-    first_in_train.setdefault(key, i)
+  first_in_train = _first_index_by_key(_example_keys(train))
   for name in ("dev", "test"):
     split = splits.get(name)
     if split is None:
@@ -555,6 +551,13 @@ def warn_of_overlap_with_train(splits):
                       "first: %s repeats %s); %s metrics on them overstate what the model "
                       "does on text it has not seen", name, len(shared), len(split),
                       100 * len(shared) / len(split), split.origins[i], train.origins[j], name)
+
+
+def _first_index_by_key(keys):
+  first = {}
+  for i, key in enumerate(keys):
+    first.setdefault(key, i)
+  return first
 
 
 def _example_keys(split):
