@@ -86,7 +86,7 @@ def test_readers_keep_the_slice_column_and_name_the_line_of_a_bad_one(tmp_path):
                                  label_column="label", keep_columns=("group",))
   assert split.columns == {"group": ["a", "b"]}
   assert split.subset([1]).columns == {"group": ["b"]}
-  with pytest.raises(DataError, match=r"d\.tsv:1: no kept column 'dialect'"):
+  with pytest.raises(DataError, match=r"d\.tsv:1: no column 'dialect'"):
     sources.read_delimited(path, delimiter="\t", text_column="sentence", label_column="label",
                            keep_columns=("dialect",))
   path = tmp_path / "d.jsonl"
@@ -181,7 +181,7 @@ def test_evaluate_reports_groups_that_differ_by_construction(group_run):
 
 def test_evaluate_refuses_a_column_the_data_does_not_have_and_a_label_it_does_not_know(
     group_run):
-  with pytest.raises(DataError, match=r"dev\.tsv:1: no kept column 'dialect'"):
+  with pytest.raises(DataError, match=r"dev\.tsv:1: no column 'dialect'"):
     evaluator.evaluate_workdir(group_run, slice_column="dialect")
   with pytest.raises(ConfigError, match=r"--positive_label='yes' is not one of this run's "
                                         r"labels \(0, 1\)"):

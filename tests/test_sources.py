@@ -135,6 +135,12 @@ def test_a_carved_dev_split_takes_no_copy_of_a_train_example(tmp_path):
   lines_of = lambda split: {int(o.rsplit(":", 1)[1]) for o in split.origins}
   assert lines_of(plain["dev"]) == {n for n in lines_of(splits["dev"]) if n <= 41}
   assert words(plain["dev"]) == words(splits["dev"])
+  # A label whose examples are copies of one text has one distinct example: too few.
+  (tmp_path / "train.tsv").write_text("\n".join(lines + ["same\trare", "Same\trare"]) + "\n")
+  with pytest.raises(DataError, match=r"train.tsv:42: label 'rare' has 2 examples in .*train.tsv, "
+                     r"all the same text \(.*train.tsv:42, .*train.tsv:43; 1 such label\(s\): "
+                     r"\['rare'\]\): one distinct example, too few to carve"):
+    sources.load_splits(c.data)
 
 
 def test_tfds_local_dataset_by_name(tmp_path):

@@ -74,14 +74,17 @@ def _decode(path, encoding="utf-8"):
     raise DataError(f"data.encoding={encoding!r}: unknown encoding") from None
 
 
-def _column_index(path, header, column, role):
+def _column_index(path, header, column, role=""):
+  """role: what the column is read as ("text", "label", "text-pair"), or "" for a column
+  kept beside the examples (evaluate's --slice_column)."""
+  role = f"{role} " if role else ""
   if header.count(column) > 1:
     places = ", ".join(str(i + 1) for i, name in enumerate(header) if name == column)
     raise DataError(f"{path}:1: the header names {header.count(column)} columns {column!r} "
-                    f"(columns {places}), so the {role} column is ambiguous; name each once")
+                    f"(columns {places}), so the {role}column is ambiguous; name each once")
   if column in header:
     return header.index(column)
-  raise DataError(f"{path}:1: no {role} column {column!r} in header {header}")
+  raise DataError(f"{path}:1: no {role}column {column!r} in header {header}")
 
 
 def read_delimited(path, *, delimiter, text_column, label_column, text_pair_column="",
@@ -111,7 +114,7 @@ def read_delimited(path, *, delimiter, text_column, label_column, text_pair_colu
     text_i = _column_index(path, header, text_column, "text")
     label_i = _column_index(path, header, label_column, "label")
     pair_i = _column_index(path, header, text_pair_column, "text-pair") if text_pair_column else None
-    kept_i = [_column_index(path, header, column, "kept") for column in keep_columns]
+    kept_i = [_column_index(path, header, column) for column in keep_columns]
   else:
     try:
       text_i, label_i = int(text_column), int(label_column)
@@ -500,6 +503,18 @@ def carve_splits(split, fractions, seed, stratify=True, name=None):
   firsts = list(first_of.values())  # in file order: each key entered at its first index
   if len(firsts) == len(split):
     return stratified_split(split, fractions, seed, stratify)
+  if stratify:
+    distinct = collections.Counter(split.labels[i] for i in firsts)
+    copied = sorted(label for label, n in collections.Counter(split.labels).items()
+                    if n >= 2 and distinct[label] < 2)
+    if copied:
+      lines = [split.origins[i] for i, label in enumerate(split.labels) if label == copied[0]]
+      raise DataError(
+          f"{lines[0]}: label {copied[0]!r} has {len(lines)} examples in {split.source}, all "
+          f"the same text ({', '.join(lines[:4])}{', ...' if len(lines) > 4 else ''}; "
+          f"{len(copied)} such label(s): {copied[:5]}): one distinct example, too few to carve "
+          "a label-stratified dev split without a copy of a train example in it; give a dev "
+          "file (data.dev_file) or more examples of it")
   parts = stratified_split(split.subset(firsts), fractions, seed, stratify)
   part_of_first = {firsts[k]: p for p, part in enumerate(parts) for k in part}
   carved = [[] for _ in parts]
