@@ -2,6 +2,7 @@
 directory, crashes between an evaluation and a checkpoint, leftovers (README "Failure modes")."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from tests.conftest import REPO, tiny_config
 from tf_finetune import experiment
 from tf_finetune.errors import ConfigError, TrainingError, UserError, WorkdirError
 from tf_finetune.evaluation import evaluator
+from tf_finetune.training import summaries
 from tf_finetune.training import trainer as trainer_lib
 
 
@@ -292,6 +294,97 @@ def test_a_start_killed_before_config_json_is_started_anew_by_the_same_command(
   assert (other / "notes.txt").is_file() and (other / "data_digest.json").is_file()
 
 
+def _tensorboard_scalars(run):
+  """The run's TensorBoard scalars, but for the speed, which differs from run to run; and
+  the number of HParams sessions started."""
+  from tensorboard.backend.event_processing import event_accumulator
+  found = {key: values for key, values in summaries.read_scalars(run / "tensorboard").items()
+           if key[1] not in ("steps_per_sec", "examples_per_sec")}
+  root = event_accumulator.EventAccumulator(str(run / "tensorboard"),
+                                            size_guidance={"tensors": 0})
+  root.Reload()
+  found["", "sessions started"] = len(root.Tensors("_hparams_/session_start_info"))
+  return found
+
+
+def test_a_resumed_run_removes_the_summaries_a_killed_process_wrote_after_its_checkpoint(
+    sentiment_dir, tmp_path, caplog):
+  """A process killed after checkpoint 4 had written the summaries of steps 5-8 (and a last
+  record cut short); the run resumed from 4 writes them again, so each step would appear
+  twice to TensorBoard's Python loader. A start killed before its first checkpoint: the
+  run starts anew, and so does its TensorBoard."""
+  import logging
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=4)
+  whole = tmp_path / "whole"
+  trainer_lib.Trainer(config, whole).train()
+  run = tmp_path / "run"
+  trainer_lib.Trainer(config, run).train(until_step=4)
+  shutil.copytree(run / "checkpoints", tmp_path / "at_4")
+  trainer_lib.Trainer(config, run).train(until_step=8)
+  shutil.rmtree(run / "checkpoints")  # as if killed before checkpoint 8 was complete
+  shutil.copytree(tmp_path / "at_4", run / "checkpoints")
+  from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+  length = (48).to_bytes(8, "little")  # a record's length and checksum, then 2 of its 48 bytes
+  with sorted((run / "tensorboard" / "train").glob("events.out.tfevents.*"))[-1].open("ab") as f:
+    f.write(length + pywrap_tensorflow.masked_crc32c(length).to_bytes(4, "little") + b"\x09\0")
+  assert [s for s, _ in _tensorboard_scalars(run)["train", "loss"]] == list(range(1, 9))
+  with caplog.at_level(logging.WARNING):
+    trainer_lib.Trainer(config, run).train()
+  assert any(re.search(r"removed \d+ TensorBoard events of steps 5-8 and 1 records cut short "
+                       r"from 2 event files, written by a process that was stopped after "
+                       r"ckpt-4, the checkpoint this run resumes from", r.getMessage())
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  assert _tensorboard_scalars(run) == _tensorboard_scalars(whole)
+  assert _tensorboard_scalars(run)["", "sessions started"] == 1
+
+  anew = tmp_path / "anew"
+  trainer_lib.Trainer(config, anew).train(until_step=2)
+  shutil.rmtree(anew / "checkpoints")  # as if killed before its first checkpoint
+  trainer_lib.Trainer(config, anew).train()
+  assert _tensorboard_scalars(anew) == _tensorboard_scalars(whole)
+
+  damaged = tmp_path / "damaged"  # a record garbled mid-file is no kill's: the file is kept
+  trainer_lib.Trainer(config, damaged).train(until_step=4)
+  shutil.rmtree(tmp_path / "at_4")
+  shutil.copytree(damaged / "checkpoints", tmp_path / "at_4")
+  trainer_lib.Trainer(config, damaged).train(until_step=8)
+  shutil.rmtree(damaged / "checkpoints")
+  shutil.copytree(tmp_path / "at_4", damaged / "checkpoints")
+  events = sorted((damaged / "tensorboard" / "train").glob("events.out.tfevents.*"))[0]
+  data = bytearray(events.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  events.write_bytes(bytes(data))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    trainer_lib.Trainer(config, damaged).close()
+  assert events.read_bytes() == bytes(data)
+  assert any(f"{events}: the record at byte" in r.getMessage() and "is damaged, not cut short "
+             "by a kill; the file is left as it is" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_killed_after_its_last_checkpoint_ends_its_tensorboard_session_at_the_rerun(
+    sentiment_dir, tmp_path):
+  """The HParams session's end and best_<metric> are written after the last checkpoint; a
+  kill between them left a finished run whose session never ended."""
+  from tensorboard.backend.event_processing import event_accumulator
+  config = tiny_config(sentiment_dir, train__steps=6)
+  whole = tmp_path / "whole"
+  trainer_lib.Trainer(config, whole).train()
+  run = tmp_path / "run"
+  killed = trainer_lib.Trainer(config, run)
+  killed._end_session = lambda status: None
+  killed.train()
+  assert not summaries.session_ended(run / "tensorboard")
+  for _ in range(2):  # the second rerun finds the session ended and writes nothing
+    trainer_lib.Trainer(config, run).train()
+    assert summaries.session_ended(run / "tensorboard")
+    assert _tensorboard_scalars(run) == _tensorboard_scalars(whole)
+    root = event_accumulator.EventAccumulator(str(run / "tensorboard"),
+                                              size_guidance={"tensors": 0})
+    root.Reload()
+    assert len(root.Tensors("_hparams_/session_end_info")) == 1
+
+
 def test_a_resume_on_changed_data_is_refused_naming_the_file_and_examples(tmp_path):
   from tests.conftest import write_sentiment_tsv
   data = write_sentiment_tsv(tmp_path / "data", n_train=2500)
@@ -462,6 +555,7 @@ def _assert_same_run(whole, cut):
   for name in ("checkpoints/best.json", "eval/report.json"):
     expected = (whole / name).read_text().replace(str(whole), str(cut))
     assert json.loads((cut / name).read_text()) == json.loads(expected), name
+  assert _tensorboard_scalars(cut) == _tensorboard_scalars(whole)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from tests.conftest import check_run_directory, tiny_config, write_sentiment_tsv
 from tf_finetune import distribute
 from tf_finetune import experiment
 from tf_finetune.errors import WorkdirError
+from tf_finetune.training import summaries
 from tf_finetune.training import trainer as trainer_lib
 
 
@@ -98,7 +99,6 @@ def test_workdir_is_never_overwritten(sentiment_dir, tmp_path):
 
 
 def test_run_directory_and_tensorboard_events(sentiment_dir, tmp_path):
-  from tensorboard.backend.event_processing import event_accumulator
   run = tmp_path / "run"
   trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=6), run).train()
   assert json.loads((run / "labels.json").read_text()) == ["0", "1"]
@@ -123,12 +123,8 @@ def test_run_directory_and_tensorboard_events(sentiment_dir, tmp_path):
     np.testing.assert_array_equal(restored_best, restored_step)
 
   def scalars(sub):
-    acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / sub),
-                                             size_guidance={"tensors": 0})
-    acc.Reload()
-    return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-            for tag in acc.Tags()["tensors"]
-            if not tag.startswith("_hparams_") and tag != "confusion_matrix"}
+    return {tag: values for (writer, tag), values in
+            summaries.read_scalars(run / "tensorboard").items() if writer == sub}
   train = scalars("train")
   for tag in ("loss", "learning_rate", "grad_norm", "examples_per_sec"):
     assert [s for s, _ in train[tag]] == [1, 2, 3, 4, 5, 6], tag

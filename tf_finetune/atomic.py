@@ -1,5 +1,6 @@
 """Run files written whole or not at all (a reader: another worker, TF Serving, a resumed
 run, never sees half of one), and read back with one error naming a damaged one."""
+import contextlib
 import json
 import os
 import pathlib
@@ -10,16 +11,24 @@ from tf_finetune.errors import WorkdirError
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
 
 
-def write_bytes(path, data):
-  """Writes `data` to a temporary file beside `path`, then renames it into place."""
+@contextlib.contextmanager
+def replacing(path):
+  """Yields a temporary path beside `path` to write; renames it into place when the block
+  ends without an error, else removes it (as a later start removes a killed writer's)."""
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   try:
-    tmp.write_bytes(data)
+    yield tmp
     tmp.replace(path)
   finally:
     if tmp.exists():
       tmp.unlink()
+
+
+def write_bytes(path, data):
+  """Writes `data` to a temporary file beside `path`, then renames it into place."""
+  with replacing(path) as tmp:
+    tmp.write_bytes(data)
 
 
 def write_text(path, text):

@@ -1,6 +1,7 @@
 """kill -9 a training run at random moments, rerun the same command until it ends, and
-check that it ends as an uninterrupted run does: the same weights (bit for bit), best.json
-and eval/report.json.
+check that it ends as an uninterrupted run does: the same weights (bit for bit), best.json,
+eval/report.json and TensorBoard scalars (each logged step once, with the same values; the
+speed aside).
 
   python tools/check_kill_resume.py                                  # configs/smoke.py
   python tools/check_kill_resume.py --rounds=4 --kills=2 -- \
@@ -14,6 +15,7 @@ where each kill landed (the rerun's "Resuming from" line), then the largest weig
 difference and whether the run files match, per round; exits 1 if any round differs.
 """
 import json
+import logging
 import pathlib
 import random
 import subprocess
@@ -32,6 +34,7 @@ DEFAULT_ARGS = ["--config=configs/smoke.py", "--config.train.steps=600",
                 "--config.train.eval_every=50", "--config.train.checkpoint_every=20",
                 "--config.train.log_every=10"]
 RUN_FILES = ("checkpoints/best.json", "eval/report.json")
+SPEED_TAGS = ("steps_per_sec", "examples_per_sec")
 
 
 def _train(workdir, args, timeout=None):
@@ -48,17 +51,31 @@ def _train(workdir, args, timeout=None):
 
 
 def _resumed_from(output):
-  return [line.split("Resuming from ", 1)[1].split(" at step")[0].rsplit("/", 1)[-1]
-          for line in output.splitlines() if "Resuming from " in line]
+  """"from ckpt-N" if the start resumed, with the TensorBoard events it removed."""
+  found = []
+  for line in output.splitlines():
+    if "Resuming from " in line:
+      checkpoint = line.split("Resuming from ", 1)[1].split(" at step")[0].rsplit("/", 1)[-1]
+      found.append(f"from {checkpoint}")
+    elif "TensorBoard events of steps" in line:
+      removed = line.split(": removed ", 1)[1].split(" from ")[0]
+      found.append(f"{found.pop() if found else 'anew'} (removed {removed})")
+  return found
 
 
 def _run_files(workdir):
-  return {name: json.loads((workdir / name).read_text().replace(str(workdir), "WORKDIR"))
-          if (workdir / name).is_file() else None for name in RUN_FILES}
+  from tf_finetune.training import summaries
+  files = {name: json.loads((workdir / name).read_text().replace(str(workdir), "WORKDIR"))
+           if (workdir / name).is_file() else None for name in RUN_FILES}
+  files["tensorboard"] = {key: values for key, values in
+                          summaries.read_scalars(workdir / "tensorboard").items()
+                          if key[1] not in SPEED_TAGS}
+  return files
 
 
 def main(argv):
   args = argv[1:] or DEFAULT_ARGS
+  logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its loader's per-file lines
   from tf_finetune import experiment
   root = pathlib.Path(benchlib.scratch_dir("check_kill_resume_"))
   start = time.time()
@@ -78,12 +95,12 @@ def main(argv):
     for _ in range(_KILLS.value):
       seconds = rng.uniform(5, 0.95 * whole_seconds)
       code, output = _train(workdir, args, timeout=seconds)
-      story += [f"from {c}" for c in _resumed_from(output)]
+      story += _resumed_from(output)
       story.append(f"killed at {seconds:.1f} s" if code == "killed" else f"ended ({code})")
       if code != "killed":
         break
     code, output = _train(workdir, args)
-    story += [f"from {c}" for c in _resumed_from(output)] + [f"rerun ended ({code})"]
+    story += _resumed_from(output) + [f"rerun ended ({code})"]
     if code != 0:
       print(f"round {round_}: {', '.join(story)}:\n{output[-3000:]}")
       differing += 1
@@ -92,10 +109,10 @@ def main(argv):
     gap = max(float(np.max(np.abs(a - b))) if a.size else 0.0
               for a, b in zip(expected_weights, weights))
     files = _run_files(workdir)
-    same = {name: files[name] == expected_files[name] for name in RUN_FILES}
+    same = {name: files[name] == expected_files[name] for name in files}
     differing += gap > 0 or not all(same.values())
     print(f"round {round_}: {', '.join(story)}; largest weight difference {gap:.3g}; "
-          + "; ".join(f"{name} {'same' if same[name] else 'DIFFERENT'}" for name in RUN_FILES),
+          + "; ".join(f"{name} {'same' if same[name] else 'DIFFERENT'}" for name in same),
           flush=True)
   print(f"{_ROUNDS.value - differing} of {_ROUNDS.value} killed runs ended as the uninterrupted one")
   sys.exit(1 if differing else 0)

@@ -10,11 +10,18 @@ import json
 import pathlib
 
 import tensorflow as tf
+from absl import logging
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow  # TFRecord's checksum
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import summary as hparams_summary
 
+from tf_finetune import atomic
 from tf_finetune import config as config_lib
+
+_RECORD_FRAMING = 16  # a TFRecord's length (8 bytes) and two CRC-32C checksums (4 each)
 
 
 class Writers:
@@ -73,3 +80,103 @@ class Writers:
   def close(self):
     for writer in (self.session, self.train, self.eval):
       writer.close()
+
+
+def read_scalars(root):
+  """{(writer, tag): [(step, value), ...]} of a run's TensorBoard directory (writer: "train",
+  "eval" or "" for the root), as TensorBoard's Python loader reads them."""
+  from tensorboard.backend.event_processing import event_accumulator
+  found = {}
+  for writer in ("", "train", "eval"):
+    events = event_accumulator.EventAccumulator(str(pathlib.Path(root) / writer),
+                                                size_guidance={"tensors": 0})
+    events.Reload()
+    for tag in events.Tags()["tensors"]:
+      values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+      if all(v.ndim == 0 and v.dtype.kind == "f" for _, v in values):
+        found[writer, tag] = [(step, float(v)) for step, v in values]
+  return found
+
+
+def _events(path):
+  """(record, Event) of an event file, in order; DataLossError at a damaged or cut record."""
+  for record in tf.data.TFRecordDataset(str(path)):
+    record = record.numpy()
+    yield record, event_pb2.Event.FromString(record)
+
+
+def session_ended(root):
+  """Does the run's TensorBoard directory hold the end of its HParams session?"""
+  for path in sorted(pathlib.Path(root).glob("events.out.tfevents.*")):
+    try:
+      if any(value.tag == hparams_metadata.SESSION_END_INFO_TAG
+             for _, event in _events(path) for value in event.summary.value):
+        return True
+    except tf.errors.DataLossError:
+      continue
+  return False
+
+
+def _cut_short(path, offset):
+  """Is what follows the last whole record (at `offset`) the start of one a kill cut short:
+  its length, whose checksum holds, runs past the end of the file?"""
+  with path.open("rb") as f:
+    f.seek(offset)
+    header = f.read(12)
+  if len(header) < 12:
+    return True
+  length = int.from_bytes(header[:8], "little")
+  return (int.from_bytes(header[8:], "little") == pywrap_tensorflow.masked_crc32c(header[:8])
+          and offset + _RECORD_FRAMING + length > path.stat().st_size)
+
+
+def drop_events_after(root, step, checkpoint):
+  """Removes from the event files under `root` the events of steps after `step` (every event
+  for step None, when no checkpoint is restored): what a process stopped without a handler
+  (kill -9, the OOM killer, a lost VM) wrote after its last checkpoint, for steps the
+  resumed run redoes. Left in place, TensorBoard's Python loader (--load_fast=false), tbparse
+  and anything else reading the files would show both runs at those steps. A record cut
+  short by the kill goes too. Each file changed is rewritten whole, then renamed into place.
+
+  Hand-written: TensorBoard purges such events only on a SessionLog.START event, which
+  TF2's summary writers do not write (the Rust loader keeps the later value of a step)."""
+  root = pathlib.Path(root)
+  steps, cut_short, files = [], 0, 0
+  for path in sorted(root.rglob("events.out.tfevents.*")) if root.is_dir() else []:
+    kept, dropped, offset = [], [], 0
+    try:
+      for record, event in _events(path):
+        offset += _RECORD_FRAMING + len(record)
+        if event.HasField("file_version") or (step is not None and event.step <= step):
+          kept.append(record)
+        else:
+          dropped.append(event.step)
+    except tf.errors.DataLossError:
+      if not _cut_short(path, offset):
+        logging.warning("%s: the record at byte %d is damaged, not cut short by a kill; the "
+                        "file is left as it is (TensorBoard reads it up to that record)",
+                        path, offset)
+        continue
+      cut_short += 1
+    else:
+      if not dropped:
+        continue
+    steps, files = steps + dropped, files + 1
+    if step is None:  # only the file_version event is left
+      path.unlink()
+      continue
+    with atomic.replacing(path) as tmp:
+      with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for record in kept:
+          writer.write(record)
+  if files:
+    what = [f"{len(steps)} TensorBoard events of steps {min(steps)}-{max(steps)}"] \
+        if steps else []
+    what += [f"{cut_short} records cut short"] if cut_short else []
+    logging.warning(
+        "%s: removed %s from %d event file%s, written by a process that was stopped %s",
+        root, " and ".join(what), files, "s" if files > 1 else "",
+        f"after {pathlib.Path(checkpoint).name}, the checkpoint this run resumes from; this "
+        "run does those steps again" if step is not None else
+        "before it saved a checkpoint; this run starts anew")
+  return len(steps)

@@ -188,6 +188,9 @@ class Trainer:
       experiment.restore_checkpoint(checkpoint, latest, self.workdir, resuming=True)
       logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
     self.best = self._load_best()
+    if self.is_chief:
+      summaries.drop_events_after(self.workdir.tensorboard, self.step if latest else None,
+                                  latest)
     self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
     self.augmenter = None
     if config.data.augment == "eda":
@@ -565,6 +568,8 @@ class Trainer:
     if start_step >= self.total_steps or (self.best or {}).get("stopped_early_at_step"):
       logging.info("%s: training already finished at step %d%s", self.workdir.root, start_step,
                    " (stopped early)" if start_step < self.total_steps else "")
+      if self.is_chief and not summaries.session_ended(self.workdir.tensorboard):
+        self._end_session("success")  # killed after its last checkpoint, before this
       self._close()
       return
     trainable, total = peft.parameter_counts(self.model)
