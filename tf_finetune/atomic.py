@@ -12,11 +12,12 @@ _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
 
 
 @contextlib.contextmanager
-def replacing(path):
+def replacing(path, stem=None):
   """Yields a temporary path beside `path` to write; renames it into place when the block
-  ends without an error, else removes it (as a later start removes a killed writer's)."""
+  ends without an error, else removes it (as a later start removes a killed writer's).
+  The temporary file is `.STEM.tmp-PID`, STEM `path`'s name unless given."""
   path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp = path.with_name(f".{stem or path.name}.tmp-{os.getpid()}")
   try:
     yield tmp
     tmp.replace(path)

@@ -174,7 +174,8 @@ def drop_events_after(root, step, checkpoint):
     if step is None:  # only the file_version event is left
       path.unlink()
       continue
-    with atomic.replacing(path) as tmp:
+    # TensorBoard reads any file with "tfevents" in its name: the copy's name has none.
+    with atomic.replacing(path, stem="rewritten-events") as tmp:
       with tf.io.TFRecordWriter(str(tmp)) as writer:
         for record in kept:
           writer.write(record)
