@@ -11,8 +11,9 @@ Each round starts the command in a fresh workdir and kills it (SIGKILL: no handl
 as with the OOM killer or a lost VM) after a random time in [5 s, 95% of the uninterrupted
 run's time], up to --kills times, then reruns it to the end. Arguments after `--` go to
 tf_finetune.train (default: configs/smoke.py, 600 steps, a checkpoint every 20). Prints
-where each kill landed (the rerun's "Resuming from" line), then the largest weight
-difference and whether the run files match, per round; exits 1 if any round differs.
+where each kill landed (the rerun's "Resuming from" line, and the TensorBoard events of
+the killed process it removed), then the largest weight difference and whether the run
+files match, per round; exits 1 if any round differs.
 """
 import json
 import logging
