@@ -143,8 +143,8 @@ def drop_events_after(root, step, checkpoint):
   """Removes from the event files under `root` the events of steps after `step` (every event
   for step None, when no checkpoint is restored): what a process stopped without a handler
   (kill -9, the OOM killer, a lost VM) wrote after its last checkpoint, for steps the
-  resumed run redoes. Left in place, TensorBoard's Python loader (--load_fast=false), tbparse
-  and anything else reading the files would show both runs at those steps. A record cut
+  resumed run redoes. Left in place, TensorBoard's Python loader (--load_fast=false) and
+  scripts reading the files with its EventAccumulator would show both runs at those steps. A record cut
   short by the kill goes too. Each file changed is rewritten whole, then renamed into place.
 
   Hand-written: TensorBoard purges such events only on a SessionLog.START event, which
