@@ -139,13 +139,14 @@ def _cut_short(path, offset):
           and offset + _RECORD_FRAMING + length > path.stat().st_size)
 
 
-def drop_events_after(root, step, checkpoint):
+def drop_events_after(root, step):
   """Removes from the event files under `root` the events of steps after `step` (every event
   for step None, when no checkpoint is restored): what a process stopped without a handler
   (kill -9, the OOM killer, a lost VM) wrote after its last checkpoint, for steps the
-  resumed run redoes. Left in place, TensorBoard's Python loader (--load_fast=false) and
-  scripts reading the files with its EventAccumulator would show both runs at those steps. A record cut
-  short by the kill goes too. Each file changed is rewritten whole, then renamed into place.
+  resumed run redoes (checkpoints are numbered by their step). Left in place, TensorBoard's
+  Python loader (--load_fast=false) and scripts reading the files with its EventAccumulator
+  would show both runs at those steps. A record cut short by the kill goes too. Each file
+  changed is rewritten whole, then renamed into place.
 
   Hand-written: TensorBoard purges such events only on a SessionLog.START event, which
   TF2's summary writers do not write (the Rust loader keeps the later value of a step)."""
@@ -186,7 +187,7 @@ def drop_events_after(root, step, checkpoint):
     logging.warning(
         "%s: removed %s from %d event file%s, written by a process that was stopped %s",
         root, " and ".join(what), files, "s" if files > 1 else "",
-        f"after {pathlib.Path(checkpoint).name}, the checkpoint this run resumes from; this "
+        f"after ckpt-{step}, the checkpoint this run resumes from; this "
         "run does those steps again" if step is not None else
         "before it saved a checkpoint; this run starts anew")
   return len(steps)

@@ -189,8 +189,7 @@ class Trainer:
       logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
     self.best = self._load_best()
     if self.is_chief:
-      summaries.drop_events_after(self.workdir.tensorboard, self.step if latest else None,
-                                  latest)
+      summaries.drop_events_after(self.workdir.tensorboard, self.step if latest else None)
     self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
     self.augmenter = None
     if config.data.augment == "eda":
