@@ -57,6 +57,20 @@ def test_a_nonfinite_step_stops_the_run_and_touches_no_checkpoint(sentiment_dir,
       assert path.read_bytes() == data, path
 
 
+def test_a_diverged_run_rerun_ends_its_tensorboard_session_once(sentiment_dir, tmp_path):
+  """A diverged run ends its HParams session as a failure; the rerun resumes from its last
+  checkpoint and ends the session itself (here diverging again), so one end is left."""
+  config = tiny_config(sentiment_dir, train__steps=6, train__eval_every=3)
+  run = tmp_path / "run"
+  for _ in range(2):
+    t = trainer_lib.Trainer(config, run)
+    _poison_step(t, [3])
+    with pytest.raises(TrainingError, match=r"training diverged at step 4"):
+      t.train()
+    assert _tensorboard_scalars(run)["", "sessions ended"] == 1
+    assert _tensorboard_scalars(run)["", "sessions started"] == 1
+
+
 def test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_the_rerun_resumes(
     sentiment_dir, tmp_path, monkeypatch):
   """TensorFlow raises ResourceExhaustedError from SaveV2 when the disk is full (seen on a
@@ -296,7 +310,7 @@ def test_a_start_killed_before_config_json_is_started_anew_by_the_same_command(
 
 def _tensorboard_scalars(run):
   """The run's TensorBoard scalars, but for the speed, which differs from run to run; and
-  the number of HParams sessions started."""
+  the number of HParams sessions started and ended."""
   from tensorboard.backend.event_processing import event_accumulator
   found = {key: values for key, values in summaries.read_scalars(run / "tensorboard").items()
            if key[1] not in ("steps_per_sec", "examples_per_sec")}
@@ -304,6 +318,7 @@ def _tensorboard_scalars(run):
                                             size_guidance={"tensors": 0})
   root.Reload()
   found["", "sessions started"] = len(root.Tensors("_hparams_/session_start_info"))
+  found["", "sessions ended"] = len(root.Tensors("_hparams_/session_end_info"))
   return found
 
 
@@ -331,8 +346,8 @@ def test_a_resumed_run_removes_the_summaries_a_killed_process_wrote_after_its_ch
   with caplog.at_level(logging.WARNING):
     trainer_lib.Trainer(config, run).train()
   assert any(re.search(r"removed \d+ TensorBoard events of steps 5-8 and 1 records cut short "
-                       r"from 2 event files, written by a process that was stopped after "
-                       r"ckpt-4, the checkpoint this run resumes from", r.getMessage())
+                       r"from 2 event files, written after ckpt-4, the checkpoint this run "
+                       r"resumes from", r.getMessage())
              for r in caplog.records), [r.getMessage() for r in caplog.records]
   assert _tensorboard_scalars(run) == _tensorboard_scalars(whole)
   assert _tensorboard_scalars(run)["", "sessions started"] == 1
@@ -457,9 +472,6 @@ DAMAGE = {
     "garbled latest checkpoint data": (
         lambda run: _garble(next(run.glob("checkpoints/ckpt-6.data-*"))), "latest",
         "checkpoints/ckpt-6"),
-    "garbled checkpoint state file": (
-        lambda run: (run / "checkpoints" / "checkpoint").write_bytes(b"\x00\xffmodel_checkpoint"),
-        "latest", "checkpoints/checkpoint"),
     "truncated config.json": (lambda run: _truncate(run / "config.json"), "best", "config.json"),
     "config.json not an object": (
         lambda run: (run / "config.json").write_text("[1, 2]"), "best", "config.json"),
@@ -492,14 +504,136 @@ def test_a_damaged_run_directory_gives_one_error_naming_the_file(finished_run, t
     assert "--checkpoint=latest" in message
 
 
-def test_a_damaged_latest_checkpoint_stops_a_resume_with_what_to_do(finished_run, tmp_path):
+def _flip_a_bit(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  path.write_bytes(bytes(data))
+
+
+CHECKPOINT_DAMAGE = {
+    "truncated data": lambda ckpt: _truncate(next(ckpt.parent.glob(ckpt.name + ".data-*"))),
+    "a bit flipped in the data": lambda ckpt: _flip_a_bit(
+        next(ckpt.parent.glob(ckpt.name + ".data-*"))),
+    "a bit flipped in the index": lambda ckpt: _flip_a_bit(ckpt.with_suffix(".index")),
+    "data file missing": lambda ckpt: next(ckpt.parent.glob(ckpt.name + ".data-*")).unlink(),
+    "files deleted by hand": lambda ckpt: [p.unlink() for p in ckpt.parent.glob(
+        ckpt.name + ".*")],
+}
+
+
+def _checkpoint_names(run):
+  state = tf.train.get_checkpoint_state(str(run / "checkpoints"))
+  return [os.path.basename(p) for p in state.all_model_checkpoint_paths]
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_as_an_uninterrupted_one(
+    sentiment_dir, tmp_path, caplog):
+  """The newest checkpoint cut short, garbled, missing a file or deleted: the resume
+  restores the one before, sets the damaged files aside, rewrites TensorFlow's state file
+  and redoes the steps, ending with the uninterrupted run's weights, best.json and
+  TensorBoard scalars (deleting the files by hand had made the run start anew at step 0)."""
+  import logging
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=4)
+  whole = tmp_path / "whole"
+  trainer_lib.Trainer(config, whole).train()
+  for case, damage in CHECKPOINT_DAMAGE.items():
+    run = tmp_path / case.replace(" ", "_")
+    trainer_lib.Trainer(config, run).train(until_step=8)
+    newest = run / "checkpoints" / "ckpt-8"
+    files = {p.name: p.read_bytes() for p in run.glob("checkpoints/ckpt-8.*")}
+    damage(newest)
+    damaged = {p.name: p.read_bytes() for p in run.glob("checkpoints/ckpt-8.*")}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      resumed = trainer_lib.Trainer(config, run)
+    assert resumed.step == 4, case
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"Resuming from {run / 'checkpoints' / 'ckpt-4'} at step 4 of 12" in messages, case
+    if damaged:
+      assert any(m.startswith(f"{newest}: damaged (") for m in messages), (case, messages)
+      assert f"{run / 'checkpoints' / 'ckpt-4'}: the newest intact checkpoint, resumed from: " \
+          "1 newer one(s) could not be read whole (ckpt-8); the steps after it are done " \
+          "again" in messages, case
+      assert {p.name: p.read_bytes() for p in run.glob("checkpoints/damaged/*")} == damaged
+      assert damaged != files
+    assert _checkpoint_names(run) == ["ckpt-4"], case
+    resumed.train()
+    for a, b in zip(_weights(experiment.load_run(whole, "latest").model),
+                    _weights(experiment.load_run(run, "latest").model)):
+      np.testing.assert_array_equal(a, b)
+    assert json.loads((run / "checkpoints" / "best.json").read_text()) == json.loads(
+        (whole / "checkpoints" / "best.json").read_text())
+    assert _tensorboard_scalars(run) == _tensorboard_scalars(whole), case
+    assert _checkpoint_names(run) == _checkpoint_names(whole) == ["ckpt-8", "ckpt-12"]
+
+  # A finished run whose last checkpoint is damaged: its HParams session had ended and its
+  # best_<metric> was written; the redone steps end it once more, so both go at the resume.
+  finished = tmp_path / "finished"
+  trainer_lib.Trainer(config, finished).train()
+  _truncate(next(finished.glob("checkpoints/ckpt-12.data-*")))
+  resumed = trainer_lib.Trainer(config, finished)
+  assert resumed.step == 8
+  resumed.train()
+  for a, b in zip(_weights(experiment.load_run(whole, "latest").model),
+                  _weights(experiment.load_run(finished, "latest").model)):
+    np.testing.assert_array_equal(a, b)
+  assert _tensorboard_scalars(finished) == _tensorboard_scalars(whole)
+
+
+def test_a_lost_or_garbled_state_file_resumes_from_the_newest_checkpoint_on_disk(
+    sentiment_dir, tmp_path):
+  """TensorFlow's `checkpoint` file lost (a start anew at step 0 before) or garbled (an
+  error before): the checkpoints' own files say which is newest; the file is rewritten."""
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=4)
+  for state in (None, b"\x00\xffmodel_checkpoint"):
+    run = tmp_path / ("lost" if state is None else "garbled")
+    trainer_lib.Trainer(config, run).train(until_step=8)
+    if state is None:
+      (run / "checkpoints" / "checkpoint").unlink()
+    else:
+      (run / "checkpoints" / "checkpoint").write_bytes(state)
+      assert experiment.load_run(run, "latest").step == 8
+    resumed = trainer_lib.Trainer(config, run)
+    assert resumed.step == 8
+    assert _checkpoint_names(run) == ["ckpt-4", "ckpt-8"]
+    resumed.train()
+    assert _checkpoint_names(run) == ["ckpt-8", "ckpt-12"]
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_or_gone_is_refused_not_started_anew(
+    sentiment_dir, tmp_path):
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=4)
   run = tmp_path / "run"
-  shutil.copytree(finished_run, run)
-  _truncate(next(run.glob("checkpoints/ckpt-6.data-*")))
-  config = experiment.Workdir(run).load_config()
-  config.train.steps = 8
-  with pytest.raises(WorkdirError, match=r"ckpt-6: cannot be restored .*delete that checkpoint"):
-    trainer_lib.Trainer(experiment.Workdir(run).load_config(), run)
+  trainer_lib.Trainer(config, run).train(until_step=8)
+  before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+  for step in (4, 8):
+    _truncate(next(run.glob(f"checkpoints/ckpt-{step}.data-*")))
+  damaged = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+  with pytest.raises(WorkdirError, match=r"checkpoints: every checkpoint is damaged \(ckpt-8: "
+                     r"Read less bytes than requested; ckpt-4: .*\); the run cannot resume"):
+    trainer_lib.Trainer(config, run)
+  assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} \
+      == damaged  # nothing moved, no TensorBoard event removed
+  assert set(damaged) == set(before)
+
+  for path in run.glob("checkpoints/ckpt-*"):
+    path.unlink()
+  with pytest.raises(WorkdirError, match=r"the state file `checkpoint` names ckpt-4, ckpt-8, "
+                     r"but no checkpoint's files are here"):
+    trainer_lib.Trainer(config, run)
+
+
+def test_an_intact_checkpoint_of_another_model_stops_a_resume_rather_than_skipped(
+    sentiment_dir, tmp_path):
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=4)
+  run = tmp_path / "run"
+  trainer_lib.Trainer(config, run).train(until_step=4)
+  other = run / "checkpoints" / "ckpt-10"
+  tf.train.Checkpoint(model=tf.train.Checkpoint(v=tf.Variable(1.0))).write(str(other))
+  with pytest.raises(WorkdirError, match=r"ckpt-10: cannot be restored .*its files read "
+                     r"whole, so it was written for another model"):
+    trainer_lib.Trainer(config, run)
+  assert other.with_suffix(".index").is_file()
 
 
 def test_the_entry_point_prints_one_error_line_for_a_damaged_run(finished_run, tmp_path):

@@ -7,7 +7,9 @@ Imports only the layers below it (config, checkpoints, text_encoder, peft, data,
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
+import re
 import weakref
 
 import numpy as np
@@ -317,27 +319,44 @@ def new_checkpoint(model, optimizer=None, **more):
   return tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states, **more)
 
 
+_CHECKPOINT_INDEX = re.compile(r"ckpt-(\d+)\.index")
+
+
+def training_checkpoints(workdir):
+  """The training checkpoints in WORKDIR/checkpoints, newest first: each ckpt-N.index, by N.
+
+  The files are the record, not TensorFlow's `checkpoint` state file: that is written after
+  a checkpoint's files (a kill between the two leaves it one save behind), and it can be
+  lost or damaged on its own."""
+  if not workdir.checkpoints.is_dir():
+    return []
+  found = [int(match.group(1)) for match in map(_CHECKPOINT_INDEX.fullmatch,
+                                                 os.listdir(workdir.checkpoints)) if match]
+  return [str(workdir.checkpoints / f"ckpt-{step}") for step in sorted(found, reverse=True)]
+
+
 def latest_checkpoint(workdir):
-  """The newest checkpoint in WORKDIR/checkpoints per its `checkpoint` state file, or None."""
-  try:
-    return tf.train.latest_checkpoint(str(workdir.checkpoints))
-  except (tf.errors.OpError, ValueError) as e:  # a garbled state file fails to parse
-    raise WorkdirError(f"{workdir.checkpoints / 'checkpoint'}: cannot be read ({_first_line(e)}); "
-                       "the file is damaged; delete it and TensorFlow finds no checkpoint, or "
-                       "rewrite it to name a ckpt-N that exists") from None
+  """The newest training checkpoint in WORKDIR/checkpoints, or None."""
+  found = training_checkpoints(workdir)
+  return found[0] if found else None
 
 
-def _first_line(error):
+def first_line(error):
+  """An error's first line, at most 300 characters: for one-line messages."""
   return (getattr(error, "message", None) or str(error)).strip().splitlines()[0][:300]
 
 
 def restore_checkpoint(checkpoint, path, workdir, resuming=False):
   """Restores `path` into `checkpoint`, or one WorkdirError naming the file and what to do."""
-  advice = ("delete that checkpoint's files (ckpt-N.index and ckpt-N.data-*) to resume from "
-            "the one before" if resuming else
-            "use --checkpoint=latest, --checkpoint=best, or another checkpoint path")
+  choices = "use --checkpoint=latest, --checkpoint=best, or another checkpoint path"
   if not tf.io.gfile.exists(f"{path}.index"):
-    raise WorkdirError(f"{path}: no such checkpoint ({path}.index is missing); {advice}")
+    raise WorkdirError(f"{path}: no such checkpoint ({path}.index is missing); {choices}")
+  # A resume meets only intact checkpoints here (training/resume.py sets damaged ones aside).
+  advice = ("its files read whole, so it was written for another model (another run's "
+            "checkpoint, or another tf_finetune version's): move its files (ckpt-N.index, "
+            "ckpt-N.data-*) out of the directory to resume from the one before, or train in a "
+            "new --workdir" if resuming else "the checkpoint or run directory is damaged; "
+            f"{choices}")
   try:
     status = checkpoint.restore(path)
     if resuming:
@@ -349,8 +368,8 @@ def restore_checkpoint(checkpoint, path, workdir, resuming=False):
     if "shape" in str(e).lower() and workdir.labels.is_file():
       labels = (f"; {workdir.labels} may not match the checkpoint's head (the weights have "
                 "another shape)")
-    raise WorkdirError(f"{path}: cannot be restored ({_first_line(e)}){labels}; the checkpoint "
-                       f"or run directory is damaged; {advice}") from None
+    raise WorkdirError(f"{path}: cannot be restored ({first_line(e)}){labels}; {advice}") \
+        from None
 
 
 @dataclasses.dataclass

@@ -6,10 +6,14 @@ speed aside).
   python tools/check_kill_resume.py                                  # configs/smoke.py
   python tools/check_kill_resume.py --rounds=4 --kills=2 -- \
       --config=configs/smoke_ner.py --config.train.steps=400 --config.train.eval_every=50
+  python tools/check_kill_resume.py --damage    # and damage a checkpoint after each kill
 
 Each round starts the command in a fresh workdir and kills it (SIGKILL: no handler runs,
 as with the OOM killer or a lost VM) after a random time in [5 s, 95% of the uninterrupted
-run's time], up to --kills times, then reruns it to the end. Arguments after `--` go to
+run's time], up to --kills times, then reruns it to the end. With --damage, after each
+kill the newest checkpoint is damaged as a disk or a person might (a file cut short, a bit
+flipped, its data file or all its files deleted; or TensorFlow's state file deleted), one
+way drawn at random, when there is an older checkpoint to resume from. Arguments after `--` go to
 tf_finetune.train (default: configs/smoke.py, 600 steps, a checkpoint every 20). Prints
 where each kill landed (the rerun's "Resuming from" line, and the TensorBoard events of
 the killed process it removed), then the largest weight difference and whether the run
@@ -31,6 +35,7 @@ from absl import flags
 _ROUNDS = flags.DEFINE_integer("rounds", 6, "Killed runs to compare.")
 _KILLS = flags.DEFINE_integer("kills", 2, "Kills per round (fewer when the run ends first).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill times.")
+_DAMAGE = flags.DEFINE_bool("damage", False, "After each kill, damage the newest checkpoint.")
 DEFAULT_ARGS = ["--config=configs/smoke.py", "--config.train.steps=600",
                 "--config.train.eval_every=50", "--config.train.checkpoint_every=20",
                 "--config.train.log_every=10"]
@@ -51,11 +56,46 @@ def _train(workdir, args, timeout=None):
     return "killed", process.communicate()[0]
 
 
+def _flip_a_bit(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  path.write_bytes(bytes(data))
+
+
+def _cut_short(path):
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    "cut short": lambda index, data: _cut_short(data),
+    "a bit flipped": lambda index, data: _flip_a_bit(data),
+    "a bit flipped in its index": lambda index, data: _flip_a_bit(index),
+    "its data deleted": lambda index, data: data.unlink(),
+    "its files deleted": lambda index, data: (index.unlink(), data.unlink()),
+    "the state file deleted": lambda index, data: (index.parent / "checkpoint").unlink(),
+}
+
+
+def _damage_newest(workdir, rng):
+  """Damages the newest checkpoint one way drawn from DAMAGE, when an older one exists."""
+  from tf_finetune import experiment
+  found = experiment.training_checkpoints(experiment.Workdir(workdir))
+  if len(found) < 2:
+    return "no older checkpoint: not damaged"
+  how = rng.choice(sorted(DAMAGE))
+  index = pathlib.Path(found[0] + ".index")
+  data = next(index.parent.glob(index.stem + ".data-*"))
+  DAMAGE[how](index, data)
+  return f"{index.stem} damaged: {how}"
+
+
 def _resumed_from(output):
   """"from ckpt-N" if the start resumed, with the TensorBoard events it removed."""
   found = []
   for line in output.splitlines():
-    if "Resuming from " in line:
+    if ": damaged (" in line:
+      found.append(line.split(": damaged (", 1)[0].rsplit("/", 1)[-1] + " found damaged")
+    elif "Resuming from " in line:
       checkpoint = line.split("Resuming from ", 1)[1].split(" at step")[0].rsplit("/", 1)[-1]
       found.append(f"from {checkpoint}")
     elif "TensorBoard events of steps" in line:
@@ -100,6 +140,8 @@ def main(argv):
       story.append(f"killed at {seconds:.1f} s" if code == "killed" else f"ended ({code})")
       if code != "killed":
         break
+      if _DAMAGE.value:
+        story.append(_damage_newest(workdir, rng))
     code, output = _train(workdir, args)
     story += _resumed_from(output) + [f"rerun ended ({code})"]
     if code != 0:

@@ -139,28 +139,37 @@ def _cut_short(path, offset):
           and offset + _RECORD_FRAMING + length > path.stat().st_size)
 
 
-def drop_events_after(root, step):
+def drop_events_after(root, step, *, reopen_session=False):
   """Removes from the event files under `root` the events of steps after `step` (every event
   for step None, when no checkpoint is restored): what a process stopped without a handler
   (kill -9, the OOM killer, a lost VM) wrote after its last checkpoint, for steps the
   resumed run redoes (checkpoints are numbered by their step). Left in place, TensorBoard's
   Python loader (--load_fast=false) and scripts reading the files with its EventAccumulator
-  would show both runs at those steps. A record cut short by the kill goes too. Each file
+  would show both runs at those steps. A record cut short by the kill goes too. With
+  `reopen_session` (a run that ended, resumed to train on: from an older checkpoint when
+  its last was damaged, or after it diverged), the end of its HParams session and its
+  best_<metric> values go too: the resumed run writes them at its own end. Each file
   changed is rewritten whole, then renamed into place.
 
   Hand-written: TensorBoard purges such events only on a SessionLog.START event, which
   TF2's summary writers do not write (the Rust loader keeps the later value of a step)."""
   root = pathlib.Path(root)
-  steps, cut_short, files = [], 0, 0
+  steps, ends, cut_short, files = [], 0, 0, 0
   for path in sorted(root.rglob("events.out.tfevents.*")) if root.is_dir() else []:
-    kept, dropped, offset = [], [], 0
+    kept, dropped, offset = [], 0, 0
     try:
       for record, event in _events(path):
         offset += _RECORD_FRAMING + len(record)
-        if event.HasField("file_version") or (step is not None and event.step <= step):
+        if event.HasField("file_version"):
           kept.append(record)
+        elif step is None or event.step > step:
+          steps.append(event.step)
+          dropped += 1
+        elif reopen_session and _ends_session(event, path.parent == root / "eval"):
+          ends += 1
+          dropped += 1
         else:
-          dropped.append(event.step)
+          kept.append(record)
     except tf.errors.DataLossError:
       if not _cut_short(path, offset):
         logging.warning("%s: the record at byte %d is damaged, not cut short by a kill; the "
@@ -171,7 +180,7 @@ def drop_events_after(root, step):
     else:
       if not dropped:
         continue
-    steps, files = steps + dropped, files + 1
+    files += 1
     if step is None:  # only the file_version event is left
       path.unlink()
       continue
@@ -183,11 +192,19 @@ def drop_events_after(root, step):
   if files:
     what = [f"{len(steps)} TensorBoard events of steps {min(steps)}-{max(steps)}"] \
         if steps else []
+    what += [f"{ends} events that ended its HParams session (its end, best_<metric>)"] \
+        if ends else []
     what += [f"{cut_short} records cut short"] if cut_short else []
     logging.warning(
-        "%s: removed %s from %d event file%s, written by a process that was stopped %s",
-        root, " and ".join(what), files, "s" if files > 1 else "",
-        f"after ckpt-{step}, the checkpoint this run resumes from; this "
-        "run does those steps again" if step is not None else
-        "before it saved a checkpoint; this run starts anew")
-  return len(steps)
+        "%s: removed %s from %d event file%s, written %s", root, " and ".join(what), files,
+        "s" if files > 1 else "",
+        f"after ckpt-{step}, the checkpoint this run resumes from; this run does those steps "
+        "again" if step is not None else
+        "by a process that was stopped before it saved a checkpoint; this run starts anew")
+  return len(steps) + ends
+
+
+def _ends_session(event, in_eval):
+  """Is the event one that Writers.end_session wrote?"""
+  return any(value.tag == hparams_metadata.SESSION_END_INFO_TAG or
+             (in_eval and value.tag.startswith("best_")) for value in event.summary.value)

@@ -39,6 +39,7 @@ from tf_finetune.training import adversarial
 from tf_finetune.training import distill
 from tf_finetune.training import dp_sgd
 from tf_finetune.training import optim
+from tf_finetune.training import resume
 from tf_finetune.training import summaries
 
 # Keys a resumed run may change; any other difference would make the resumed run a
@@ -138,7 +139,7 @@ class Trainer:
     if config.distill.teacher_workdir:
       with self.strategy.scope():
         self.teacher = distill.load_teacher(config, self.labels)
-      if not tf.train.latest_checkpoint(str(self.workdir.checkpoints)):
+      if not experiment.latest_checkpoint(self.workdir):
         distill.initialize_student(config, self.model, self.teacher)
     self.adversarial = None
     if config.adversarial.method != "none":
@@ -166,6 +167,11 @@ class Trainer:
             ("stopped_early_at_step", -1, tf.int64), ("nonfinite_steps", 0, tf.int64))}
     self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer,
                                                 run_state=self.run_state)
+    # Every worker resumes from the chief's checkpoint, so a restarted worker rejoins in step.
+    latest = resume.restore_newest_intact(self.workdir, self._restore, repair=self.is_chief)
+    if latest:
+      logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
+    # Made after the resume, which may rewrite the state file they read.
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self._side_effect_dir(self.workdir.checkpoints),
         max_to_keep=t.keep_checkpoints)
@@ -176,20 +182,10 @@ class Trainer:
     self.best_manager = tf.train.CheckpointManager(
         experiment.new_checkpoint(self.model), self._side_effect_dir(self.workdir.best),
         max_to_keep=2)
-    # Every worker resumes from the chief's checkpoint, so a restarted worker rejoins in step.
-    latest = experiment.latest_checkpoint(self.workdir)
-    if latest:
-      try:  # runs made before run_state was kept in the checkpoint resume without it
-        has_state = any(n.startswith("run_state/") for n, _ in tf.train.list_variables(latest))
-      except (tf.errors.OpError, ValueError):
-        has_state = True  # restore_checkpoint says what is wrong with the checkpoint
-      checkpoint = self.checkpoint if has_state else experiment.new_checkpoint(
-          self.model, self.optimizer)
-      experiment.restore_checkpoint(checkpoint, latest, self.workdir, resuming=True)
-      logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
     self.best = self._load_best()
     if self.is_chief:
-      summaries.drop_events_after(self.workdir.tensorboard, self.step if latest else None)
+      summaries.drop_events_after(self.workdir.tensorboard, self.step if latest else None,
+                                  reopen_session=not self._finished())
     self.writers = summaries.Writers(self._side_effect_dir(self.workdir.tensorboard))
     self.augmenter = None
     if config.data.augment == "eda":
@@ -205,6 +201,21 @@ class Trainer:
     self.packing = not refusal
     if not self.packing:
       logging.info("Packing: off: %s", refusal)
+
+  def _restore(self, path):
+    try:  # runs made before run_state was kept in the checkpoint resume without it
+      has_state = any(n.startswith("run_state/") for n, _ in tf.train.list_variables(path))
+    except (tf.errors.OpError, ValueError):
+      has_state = True  # restore_checkpoint says what is wrong with the checkpoint
+    checkpoint = self.checkpoint if has_state else experiment.new_checkpoint(
+        self.model, self.optimizer)
+    experiment.restore_checkpoint(checkpoint, path, self.workdir, resuming=True)
+
+  def _finished(self):
+    """Has the run trained to its end (train.steps, or stopped early), or does it train
+    nothing?"""
+    return not self.task.trains or self.step >= self.total_steps or bool(
+        (self.best or {}).get("stopped_early_at_step"))
 
   @property
   def step(self):
@@ -564,7 +575,7 @@ class Trainer:
       return
     stop = min(self.total_steps, until_step or self.total_steps)
     start_step = self.step
-    if start_step >= self.total_steps or (self.best or {}).get("stopped_early_at_step"):
+    if self._finished():
       logging.info("%s: training already finished at step %d%s", self.workdir.root, start_step,
                    " (stopped early)" if start_step < self.total_steps else "")
       if self.is_chief and not summaries.session_ended(self.workdir.tensorboard):
