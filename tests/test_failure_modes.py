@@ -317,8 +317,10 @@ def _tensorboard_scalars(run):
   root = event_accumulator.EventAccumulator(str(run / "tensorboard"),
                                             size_guidance={"tensors": 0})
   root.Reload()
-  found["", "sessions started"] = len(root.Tensors("_hparams_/session_start_info"))
-  found["", "sessions ended"] = len(root.Tensors("_hparams_/session_end_info"))
+  for what in ("start", "end"):
+    tag = f"_hparams_/session_{what}_info"
+    found["", f"sessions {what}ed"] = len(root.Tensors(tag)) if tag in root.Tags()[
+        "tensors"] else 0
   return found
 
 
