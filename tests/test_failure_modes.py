@@ -504,6 +504,9 @@ def test_a_damaged_run_directory_gives_one_error_naming_the_file(finished_run, t
   assert "\n" not in message
   if checkpoint == "best" and "checkpoint" in named:
     assert "--checkpoint=latest" in message
+  if checkpoint == "latest":
+    assert message.endswith(f"use --checkpoint=best or the checkpoint before it, "
+                            f"--checkpoint={run / 'checkpoints' / 'ckpt-3'}"), message
 
 
 def _flip_a_bit(path):

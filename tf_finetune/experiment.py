@@ -346,9 +346,10 @@ def first_line(error):
   return (getattr(error, "message", None) or str(error)).strip().splitlines()[0][:300]
 
 
-def restore_checkpoint(checkpoint, path, workdir, resuming=False):
-  """Restores `path` into `checkpoint`, or one WorkdirError naming the file and what to do."""
-  choices = "use --checkpoint=latest, --checkpoint=best, or another checkpoint path"
+def restore_checkpoint(checkpoint, path, workdir, resuming=False, choices=None):
+  """Restores `path` into `checkpoint`, or one WorkdirError naming the file and what to do
+  (`choices`: the other checkpoints to use, as the error names them)."""
+  choices = choices or "use --checkpoint=latest, --checkpoint=best, or another checkpoint path"
   if not tf.io.gfile.exists(f"{path}.index"):
     raise WorkdirError(f"{path}: no such checkpoint ({path}.index is missing); {choices}")
   # A resume meets only intact checkpoints here (training/resume.py sets damaged ones aside).
@@ -439,6 +440,7 @@ def _shortest_first(split):
 
 def restore_model(workdir, model, which="best"):
   """Restores model weights from `best`, `latest` or a checkpoint path; returns its step."""
+  choices = None  # restore_checkpoint's advice
   if which == "best":
     if not workdir.best_json.is_file():
       raise WorkdirError(f"{workdir.root}: no best checkpoint yet (checkpoints/best.json); use "
@@ -453,9 +455,12 @@ def restore_model(workdir, model, which="best"):
     if path is None:
       raise WorkdirError(f"{workdir.root}: no checkpoint in {workdir.checkpoints}")
     step = _checkpoint_step(path)
+    older = training_checkpoints(workdir)[1:]
+    choices = "use --checkpoint=best" + (
+        f" or the checkpoint before it, --checkpoint={older[0]}" if older else "")
   else:
     path, step = which, _checkpoint_step(which)
-  restore_checkpoint(new_checkpoint(model), path, workdir)
+  restore_checkpoint(new_checkpoint(model), path, workdir, choices=choices)
   return path, step
 
 
