@@ -585,6 +585,28 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_as_an_uninter
   assert _tensorboard_scalars(finished) == _tensorboard_scalars(whole)
 
 
+def test_a_worker_that_is_not_the_chief_falls_back_the_same_way_and_moves_nothing(
+    sentiment_dir, tmp_path):
+  """Every worker resumes from the same checkpoint; only the chief moves files and rewrites
+  the state file (the others read the chief's workdir)."""
+  from tf_finetune.training import resume
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=4)
+  run = tmp_path / "run"
+  trainer_lib.Trainer(config, run).train(until_step=8)
+  _truncate(next(run.glob("checkpoints/ckpt-8.data-*")))
+  files = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+  workdir = experiment.Workdir(run)
+  model = experiment.load_run(run, "best").model
+  restored = resume.restore_newest_intact(
+      workdir, lambda path: experiment.restore_checkpoint(
+          experiment.new_checkpoint(model), path, workdir), repair=False)
+  assert restored == str(run / "checkpoints" / "ckpt-4")
+  assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == files
+  for a, b in zip(_weights(model), _weights(experiment.load_run(
+      run, str(run / "checkpoints" / "ckpt-4")).model)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_a_lost_or_garbled_state_file_resumes_from_the_newest_checkpoint_on_disk(
     sentiment_dir, tmp_path):
   """TensorFlow's `checkpoint` file lost (a start anew at step 0 before) or garbled (an
