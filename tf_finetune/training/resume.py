@@ -84,8 +84,8 @@ def _state_file_names(workdir):
   except (tf.errors.OpError, ValueError):
     state = None
   if state is None:
-    logging.warning("%s: cannot be read; the checkpoints found beside it are used, and it is "
-                    "rewritten", state_file)
+    logging.warning("%s: cannot be read; the checkpoints found beside it are used",
+                    state_file)
     return []
   return [pathlib.Path(p).name for p in state.all_model_checkpoint_paths] or [
       pathlib.Path(state.model_checkpoint_path).name]
