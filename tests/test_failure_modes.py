@@ -549,7 +549,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_as_an_uninter
     damage(newest)
     damaged = {p.name: p.read_bytes() for p in run.glob("checkpoints/ckpt-8.*")}
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
       resumed = trainer_lib.Trainer(config, run)
     assert resumed.step == 4, case
     messages = [r.getMessage() for r in caplog.records]

@@ -72,7 +72,8 @@ DAMAGE = {
     "a bit flipped in its index": lambda index, data: _flip_a_bit(index),
     "its data deleted": lambda index, data: data.unlink(),
     "its files deleted": lambda index, data: (index.unlink(), data.unlink()),
-    "the state file deleted": lambda index, data: (index.parent / "checkpoint").unlink(),
+    "the state file deleted": lambda index, data: (index.parent / "checkpoint").unlink(
+        missing_ok=True),
 }
 
 
