@@ -451,13 +451,12 @@ def restore_model(workdir, model, which="best"):
       raise WorkdirError(f"{workdir.best_json}: names {best['checkpoint']}, which is not in "
                          f"{workdir.best}; use --checkpoint=latest or a checkpoint path")
   elif which == "latest":
-    path = latest_checkpoint(workdir)
-    if path is None:
+    found = training_checkpoints(workdir)
+    if not found:
       raise WorkdirError(f"{workdir.root}: no checkpoint in {workdir.checkpoints}")
-    step = _checkpoint_step(path)
-    older = training_checkpoints(workdir)[1:]
+    path, step = found[0], _checkpoint_step(found[0])
     choices = "use --checkpoint=best" + (
-        f" or the checkpoint before it, --checkpoint={older[0]}" if older else "")
+        f" or the checkpoint before it, --checkpoint={found[1]}" if len(found) > 1 else "")
   else:
     path, step = which, _checkpoint_step(which)
   restore_checkpoint(new_checkpoint(model), path, workdir, choices=choices)

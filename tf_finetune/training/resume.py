@@ -26,11 +26,13 @@ def restore_newest_intact(workdir, restore, *, repair):
   model (another run's) stops the resume, as does a run whose checkpoints are all damaged,
   or gone while the state file still names them: a run is never started anew over its
   steps."""
-  state_names = _state_file_names(workdir)
+  state = _read_state(workdir)
   found = experiment.training_checkpoints(workdir)
-  if not found and state_names:
+  if not found and state is not None:
+    named = [pathlib.Path(p).name for p in state.all_model_checkpoint_paths] or [
+        pathlib.Path(state.model_checkpoint_path).name]
     raise WorkdirError(
-        f"{workdir.checkpoints}: the state file `checkpoint` names {', '.join(state_names)}, "
+        f"{workdir.checkpoints}: the state file `checkpoint` names {', '.join(named)}, "
         "but no checkpoint's files are here; restore them to resume, or move "
         f"{workdir.checkpoints} away to start this run anew")
   damaged = []
@@ -51,7 +53,7 @@ def restore_newest_intact(workdir, restore, *, repair):
                       len(damaged), ", ".join(pathlib.Path(p).name for p, _ in damaged))
     if repair:
       _set_aside(workdir, [p for p, _ in damaged])
-      _rewrite_state_file(workdir, found[len(damaged):])
+      _rewrite_state_file(workdir, state, found[len(damaged):])
     return path
   if not found:
     return None
@@ -73,12 +75,12 @@ def _unreadable(path):
   return None
 
 
-def _state_file_names(workdir):
-  """The checkpoint names TensorFlow's state file lists (none when it is missing or cannot
-  be read: the files on disk are used either way)."""
+def _read_state(workdir):
+  """TensorFlow's state file, or None when it is missing or cannot be read (the files on
+  disk are used either way)."""
   state_file = workdir.checkpoints / "checkpoint"
   if not state_file.is_file():
-    return []
+    return None
   try:
     state = tf.train.get_checkpoint_state(str(workdir.checkpoints))
   except (tf.errors.OpError, ValueError):
@@ -86,9 +88,7 @@ def _state_file_names(workdir):
   if state is None:
     logging.warning("%s: cannot be read; the checkpoints found beside it are used",
                     state_file)
-    return []
-  return [pathlib.Path(p).name for p in state.all_model_checkpoint_paths] or [
-      pathlib.Path(state.model_checkpoint_path).name]
+  return state
 
 
 def _set_aside(workdir, damaged):
@@ -108,15 +108,12 @@ def _set_aside(workdir, damaged):
   logging.warning("Moved %s to %s", ", ".join(f.name for f in files), target)
 
 
-def _rewrite_state_file(workdir, intact):
-  """TensorFlow's state file naming `intact` (newest first), when it names anything else:
-  its CheckpointManager reads it to know which checkpoints to delete as new ones come.
-  Their times are kept from the old file where it had them, else the index files'."""
+def _rewrite_state_file(workdir, state, intact):
+  """TensorFlow's state file naming `intact` (newest first), when `state` (as read, or None)
+  names anything else: its CheckpointManager reads it to know which checkpoints to delete
+  as new ones come. Their times are kept from the old file where it had them, else the
+  index files'."""
   names = [pathlib.Path(p).name for p in reversed(intact)]
-  try:
-    state = tf.train.get_checkpoint_state(str(workdir.checkpoints))
-  except (tf.errors.OpError, ValueError):
-    state = None
   if state is not None and [pathlib.Path(p).name for p in state.all_model_checkpoint_paths] \
       == names and pathlib.Path(state.model_checkpoint_path).name == names[-1]:
     return
