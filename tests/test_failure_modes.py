@@ -256,6 +256,44 @@ def test_early_stopping_is_exact_after_a_crash_between_evaluation_and_checkpoint
   assert rerun.step == 10
 
 
+def test_a_crash_after_the_first_evaluation_before_a_checkpoint_holding_a_best_counts_once(
+    sentiment_dir, tmp_path):
+  """Checkpoint 2 holds no best yet; the evaluation of step 3 wrote best.json, then the
+  process died. The run resumes at 2 with no best (best.json is of a step it redoes), so
+  its early stopping comes at the uninterrupted run's step, not an evaluation sooner."""
+  def flat_dev_metrics(trainer):  # the first evaluation stays the best
+    trainer.evaluate_dev = lambda: {"accuracy": 0.5, "macro_f1": 0.5, "loss": 0.5,
+                                    "num_examples": 16}
+    return trainer
+  config = tiny_config(sentiment_dir, train__steps=30, train__eval_every=3,
+                       train__checkpoint_every=2, train__early_stopping_patience=3)
+  whole = flat_dev_metrics(trainer_lib.Trainer(config, tmp_path / "whole"))
+  whole.train()
+  assert whole.best["stopped_early_at_step"] == 12 and whole.best["step"] == 3
+
+  class Crash(Exception):
+    pass
+  t = flat_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
+  evaluate = t._evaluate
+  def crashing(step):
+    report = evaluate(step)
+    if step == 3:
+      raise Crash()
+    return report
+  t._evaluate = crashing
+  with pytest.raises(Crash):
+    t.train()
+  t._close()
+  assert json.loads((tmp_path / "crashed" / "checkpoints" / "best.json").read_text())[
+      "step"] == 3
+  resumed = flat_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
+  assert resumed.step == 2 and resumed.best is None
+  resumed.train()
+  assert resumed.step == 12
+  assert (tmp_path / "crashed" / "checkpoints" / "best.json").read_text() == (
+      tmp_path / "whole" / "checkpoints" / "best.json").read_text()
+
+
 def test_leftovers_of_killed_processes_are_removed_at_the_next_start(sentiment_dir, tmp_path):
   run = tmp_path / "run"
   config = tiny_config(sentiment_dir, train__steps=4)

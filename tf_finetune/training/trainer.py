@@ -70,6 +70,7 @@ class Trainer:
     self.workdir = experiment.Workdir(workdir)
     self.strategy = distribute.get_strategy(config.distribution)
     self.is_chief = distribute.is_chief(self.strategy)
+    self._restored_without_run_state = False
     # Other workers write their (collective) saves and summaries here; nobody reads them.
     self._scratch = None if self.is_chief else tempfile.mkdtemp(prefix="tf_finetune_worker_")
     self.lock = workdir_lock.WorkdirLock(self.workdir.root).acquire() if self.is_chief else None
@@ -210,6 +211,7 @@ class Trainer:
     checkpoint = self.checkpoint if has_state else experiment.new_checkpoint(
         self.model, self.optimizer)
     experiment.restore_checkpoint(checkpoint, path, self.workdir, resuming=True)
+    self._restored_without_run_state = not has_state
 
   def _finished(self):
     """Has the run trained to its end (train.steps, or stopped early), or does it train
@@ -303,7 +305,8 @@ class Trainer:
 
   def _load_best(self):
     """The best checkpoint's state as of the restored training checkpoint (run_state); runs
-    made before it was kept there: checkpoints/best.json."""
+    made before it was kept there: checkpoints/best.json. A checkpoint with run_state but no
+    best yet has none: best.json may be of an evaluation after it, which this run redoes."""
     state = {k: v.numpy().item() for k, v in self.run_state.items()}
     if state["best_step"] >= 0:
       best = {"step": state["best_step"], "metric": self.task.best_metric,
@@ -312,7 +315,7 @@ class Trainer:
       if state["stopped_early_at_step"] >= 0:
         best["stopped_early_at_step"] = state["stopped_early_at_step"]
       return best
-    if self.step and self.workdir.best_json.is_file():
+    if self._restored_without_run_state and self.workdir.best_json.is_file():
       return experiment.read_best(self.workdir)
     return None
 
