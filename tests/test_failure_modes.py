@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, tiny_config, write_sentiment_tsv
 from tf_finetune import experiment
 from tf_finetune.errors import ConfigError, TrainingError, UserError, WorkdirError
 from tf_finetune.evaluation import evaluator
@@ -69,6 +69,147 @@ def test_a_diverged_run_rerun_ends_its_tensorboard_session_once(sentiment_dir, t
       t.train()
     assert _tensorboard_scalars(run)["", "sessions ended"] == 1
     assert _tensorboard_scalars(run)["", "sessions started"] == 1
+
+
+def _poisoned_sentiment(directory):
+  """The sentiment data with a "#" in one train text: _poison_text makes each batch that
+  holds it non-finite, as a bad example can (the step's position does not matter)."""
+  data = write_sentiment_tsv(directory)
+  lines = (data / "train.tsv").read_text().splitlines()
+  lines[5] = lines[5].replace("\t", " #\t")
+  (data / "train.tsv").write_text("\n".join(lines) + "\n")
+  return data
+
+
+def _poison_text(trainer):
+  token = int(trainer.encoder.tokenizer.token_to_id("#"))
+  clean = trainer.task.training_logits
+
+  def logits(model, batch, training):
+    out = clean(model, batch, training)
+    return tf.where(tf.reduce_any(tf.equal(batch["token_ids"], token)), np.nan, out)
+  trainer.task.training_logits = logits
+  return trainer
+
+
+def _counts(trainer):
+  return {k: int(trainer.run_state[k].numpy())
+          for k in ("divergence_rollbacks", "batches_left_out", "nonfinite_steps")}
+
+
+def test_a_diverged_run_goes_back_to_its_last_checkpoint_and_leaves_out_the_batches_since(
+    tmp_path, caplog):
+  """train.divergence_rollbacks: each batch holding the bad example diverges; the run goes
+  back to its newest checkpoint (ckpt-0, saved first, before the first one), leaves out the
+  batches since and ends at train.steps, each step once in TensorBoard. Killed after a
+  rollback, before the next checkpoint, the rerun redoes the rollback and ends the same."""
+  import logging
+  data = _poisoned_sentiment(tmp_path / "data")
+  config = tiny_config(data, train__steps=12, train__eval_every=4, train__checkpoint_every=2,
+                       train__divergence_rollbacks=3)
+  whole = _poison_text(trainer_lib.Trainer(config, tmp_path / "whole"))
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    whole.train()
+  went_back = [re.search(r"Went back to .*ckpt-(\d+) \(step (\d+)\) and left out the data "
+                         r"of steps? ((\d+)-)?(\d+), the batches it had trained on since",
+                         r.getMessage()) for r in caplog.records]
+  went_back = [(int(m[1]), int(m[2]), int(m[4] or m[5]), int(m[5])) for m in went_back if m]
+  assert whole.step == 12 and len(went_back) == 3, went_back
+  assert went_back[0][:2] == (0, 0)  # the first divergence comes before ckpt-2
+  for checkpoint, step, first, last in went_back:
+    assert checkpoint == step and first == step + 1 and last >= first
+  assert _counts(whole) == {"divergence_rollbacks": 3, "nonfinite_steps": 0,
+                            "batches_left_out": sum(g[3] - g[1] for g in went_back)}
+  assert all(np.isfinite(w).all() for w in _weights(whole.model))
+  scalars = _tensorboard_scalars(tmp_path / "whole")
+  assert [s for s, _ in scalars["train", "loss"]] == list(range(1, 13))
+  assert ("train", "nonfinite_steps") not in scalars  # of undone steps
+  assert scalars["", "sessions started"] == scalars["", "sessions ended"] == 1
+
+  class Crash(Exception):
+    pass
+  crashed = _poison_text(trainer_lib.Trainer(config, tmp_path / "crashed"))
+  save = crashed._save_checkpoint
+  def save_unless_rolled_back_twice(manager, step):  # dies at the first save after
+    if int(crashed.run_state["divergence_rollbacks"].numpy()) >= 2:
+      raise Crash()
+    return save(manager, step)
+  crashed._save_checkpoint = save_unless_rolled_back_twice
+  with pytest.raises(Crash):
+    crashed.train()
+  crashed._close()
+  resumed = _poison_text(trainer_lib.Trainer(config, tmp_path / "crashed"))
+  assert _counts(resumed)["divergence_rollbacks"] == 1
+  resumed.train()
+  assert _counts(resumed) == _counts(whole)
+  for a, b in zip(_weights(whole.model), _weights(resumed.model)):
+    np.testing.assert_array_equal(a, b)
+  assert _tensorboard_scalars(tmp_path / "crashed") == scalars
+  for name in ("best.json", "checkpoint"):
+    assert (tmp_path / "crashed" / "checkpoints" / name).read_text().split("timestamp")[0] == \
+        (tmp_path / "whole" / "checkpoints" / name).read_text().split("timestamp")[0]
+
+
+def test_a_diverged_run_rerun_with_more_rollbacks_goes_on_as_if_set_from_the_start(tmp_path):
+  """A run out of rollbacks stops in one line naming train.divergence_rollbacks; rerun with
+  a larger one (a change a resume accepts, recorded in config.json) it resumes from its
+  last checkpoint and ends as the run that had the larger value from the start."""
+  data = _poisoned_sentiment(tmp_path / "data")
+  config = tiny_config(data, train__steps=12, train__eval_every=4, train__checkpoint_every=2,
+                       train__divergence_rollbacks=3)
+  whole = _poison_text(trainer_lib.Trainer(config, tmp_path / "whole"))
+  whole.train()
+  run = tmp_path / "run"
+  one = tiny_config(data, train__steps=12, train__eval_every=4, train__checkpoint_every=2,
+                    train__divergence_rollbacks=1)
+  with pytest.raises(TrainingError, match=r"training diverged at step \d+: loss nan .* "
+                     r"already gone back to a checkpoint as often as "
+                     r"train.divergence_rollbacks=1 allows"):
+    _poison_text(trainer_lib.Trainer(one, run)).train()
+  rerun = _poison_text(trainer_lib.Trainer(config, run))
+  assert rerun.step > 0 and _counts(rerun)["divergence_rollbacks"] == 1
+  rerun.train()
+  assert _counts(rerun) == _counts(whole)
+  for a, b in zip(_weights(whole.model), _weights(rerun.model)):
+    np.testing.assert_array_equal(a, b)
+  assert _tensorboard_scalars(run) == _tensorboard_scalars(tmp_path / "whole")
+  assert json.loads((run / "config.json").read_text())["train"]["divergence_rollbacks"] == 3
+  with pytest.raises(TrainingError, match=r"or rerun the same command with "
+                     r"--config.train.divergence_rollbacks=2: it resumes from the last"):
+    _poison_text(trainer_lib.Trainer(tiny_config(data), tmp_path / "none")).train()
+
+
+def test_divergence_rollbacks_are_refused_with_dp_sgd_and_below_zero():
+  from tf_finetune import config as config_lib
+  with pytest.raises(ConfigError, match=r"train.divergence_rollbacks=-1.*must be >= 0"):
+    config_lib.load(REPO / "configs" / "smoke.py", {"train.divergence_rollbacks": -1})
+  with pytest.raises(ConfigError, match=r"privacy.method='dp_sgd'.*cannot be made private "
+                     r"with train.divergence_rollbacks"):
+    config_lib.load(REPO / "configs" / "smoke.py", {"train.divergence_rollbacks": 1,
+                                                    "privacy.method": "dp_sgd"})
+
+
+def test_a_checkpoint_without_the_newer_run_state_resumes(sentiment_dir, tmp_path):
+  """A run made before the rollback counts were kept in its checkpoints resumes with them
+  at zero, and its best state from the checkpoint."""
+  config = tiny_config(sentiment_dir, train__steps=6, train__eval_every=2)
+  run = tmp_path / "run"
+  t = trainer_lib.Trainer(config, run)
+  t.train(until_step=4)
+  old_state = {k: v for k, v in t.run_state.items()
+               if k not in ("divergence_rollbacks", "batches_left_out")}
+  for path in (run / "checkpoints").glob("ckpt-4.*"):
+    path.unlink()
+  old = experiment.new_checkpoint(t.model, t.optimizer, run_state=old_state)
+  old.save_counter.assign(2)  # as CheckpointManager had counted
+  old.write(str(run / "checkpoints" / "ckpt-4"))
+  names = [n for n, _ in tf.train.list_variables(str(run / "checkpoints" / "ckpt-4"))]
+  assert not [n for n in names if "batches_left_out" in n]
+  resumed = trainer_lib.Trainer(config, run)
+  assert resumed.step == 4 and resumed.best == t.best
+  assert _counts(resumed)["batches_left_out"] == 0
+  resumed.train()
+  assert resumed.step == 6
 
 
 def test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_the_rerun_resumes(

@@ -157,6 +157,10 @@ def base_config():
   # A step whose loss or gradient norm is not finite is never applied; the run stops at the
   # first one, or, with N > 0, skips up to N of them (counted in the log and TensorBoard).
   c.train.skip_nonfinite_steps = 0
+  # > 0: a run that diverges anyway (a non-finite step past skip_nonfinite_steps) goes back
+  # to its last checkpoint and leaves out the batches it had trained on since, up to N times
+  # (PaLM's remedy for loss spikes); 0: it stops. With N > 0 a run saves ckpt-0 first.
+  c.train.divergence_rollbacks = 0
   c.train.adam_epsilon = 1e-6
   # auto: mixed_bfloat16 where the machine computes bfloat16 natively (TPU, GPU of compute
   # capability 8.0+, CPU with AMX or AVX512_BF16; distribute.native_bfloat16), else float32.
@@ -345,6 +349,8 @@ def validate(config):
          "must be >= 0 (0: train.learning_rate)")
   _check(t.skip_nonfinite_steps >= 0, "train.skip_nonfinite_steps", t.skip_nonfinite_steps,
          "must be >= 0 (0: stop at the first non-finite step)")
+  _check(t.divergence_rollbacks >= 0, "train.divergence_rollbacks", t.divergence_rollbacks,
+         "must be >= 0 (0: stop when the run diverges)")
   _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
          t.early_stopping_patience, "must be >= 0 (0: off)")
   _check(0 <= config.task.label_smoothing < 1, "task.label_smoothing",
@@ -468,7 +474,10 @@ def validate(config):
         (d.long_text == "windows", "data.long_text='windows' (a document would be several "
          "examples, so the guarantee would cover a window, not a document)"),
         (uses_static_shapes(config), "static shapes (TPU or data.static_shapes: the "
-         "per-example loop reads each example at its own length)")]:
+         "per-example loop reads each example at its own length)"),
+        (t.divergence_rollbacks > 0, "train.divergence_rollbacks (the steps a rollback undoes "
+         "saw the data too, and whether to roll back depends on it: the accounting would "
+         "miss them)")]:
       _check(not condition, "privacy.method", pr.method, f"cannot be made private with {what}")
   p = config.peft
   _check(p.freeze_layers >= 0, "peft.freeze_layers", p.freeze_layers, "must be >= 0")

@@ -139,7 +139,7 @@ def _cut_short(path, offset):
           and offset + _RECORD_FRAMING + length > path.stat().st_size)
 
 
-def drop_events_after(root, step, *, reopen_session=False):
+def drop_events_after(root, step, *, reopen_session=False, why=None):
   """Removes from the event files under `root` the events of steps after `step` (every event
   for step None, when no checkpoint is restored): what a process stopped without a handler
   (kill -9, the OOM killer, a lost VM) wrote after its last checkpoint, for steps the
@@ -149,7 +149,8 @@ def drop_events_after(root, step, *, reopen_session=False):
   `reopen_session` (a run that ended, resumed to train on: from an older checkpoint when
   its last was damaged, or after it diverged), the end of its HParams session and its
   best_<metric> values go too: the resumed run writes them at its own end. Each file
-  changed is rewritten whole, then renamed into place.
+  changed is rewritten whole, then renamed into place. `why` replaces the log's "after ckpt-N,
+  the checkpoint this run resumes from".
 
   Hand-written: TensorBoard purges such events only on a SessionLog.START event, which
   TF2's summary writers do not write (the Rust loader keeps the later value of a step)."""
@@ -198,8 +199,8 @@ def drop_events_after(root, step, *, reopen_session=False):
     logging.warning(
         "%s: removed %s from %d event file%s, written %s", root, " and ".join(what), files,
         "s" if files > 1 else "",
-        f"after ckpt-{step}, the checkpoint this run resumes from; this run does those steps "
-        "again" if step is not None else
+        f"{why or f'after ckpt-{step}, the checkpoint this run resumes from'}; this run does "
+        "those steps again" if step is not None else
         "by a process that was stopped before it saved a checkpoint; this run starts anew")
   return len(steps) + ends
 

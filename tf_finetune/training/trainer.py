@@ -44,7 +44,8 @@ from tf_finetune.training import summaries
 
 # Keys a resumed run may change; any other difference would make the resumed run a
 # different experiment than the checkpoint's.
-RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_size"}
+RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_size",
+                     "train.skip_nonfinite_steps", "train.divergence_rollbacks"}
 
 
 class Preempted(Interrupted):
@@ -71,6 +72,7 @@ class Trainer:
     self.strategy = distribute.get_strategy(config.distribution)
     self.is_chief = distribute.is_chief(self.strategy)
     self._restored_without_run_state = False
+    self._resumed_with = []  # the RESUMABLE_CHANGES of a resumed run, "key: old -> new"
     # Other workers write their (collective) saves and summaries here; nobody reads them.
     self._scratch = None if self.is_chief else tempfile.mkdtemp(prefix="tf_finetune_worker_")
     self.lock = workdir_lock.WorkdirLock(self.workdir.root).acquire() if self.is_chief else None
@@ -165,17 +167,18 @@ class Trainer:
         for name, value, dtype in (
             ("best_value", float("nan"), tf.float64), ("best_step", -1, tf.int64),
             ("evaluations_without_improvement", 0, tf.int64),
-            ("stopped_early_at_step", -1, tf.int64), ("nonfinite_steps", 0, tf.int64))}
+            ("stopped_early_at_step", -1, tf.int64), ("nonfinite_steps", 0, tf.int64),
+            # train.divergence_rollbacks: rollbacks so far, and the global batches they left
+            # out (the data stream is at step + batches_left_out).
+            ("divergence_rollbacks", 0, tf.int64), ("batches_left_out", 0, tf.int64))}
     self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer,
                                                 run_state=self.run_state)
     # Every worker resumes from the chief's checkpoint, so a restarted worker rejoins in step.
     latest = resume.restore_newest_intact(self.workdir, self._restore, repair=self.is_chief)
+    self.resumed_from = latest
     if latest:
       logging.info("Resuming from %s at step %d of %d", latest, self.step, self.total_steps)
-    # Made after the resume, which may rewrite the state file they read.
-    self.manager = tf.train.CheckpointManager(
-        self.checkpoint, self._side_effect_dir(self.workdir.checkpoints),
-        max_to_keep=t.keep_checkpoints)
+    self.manager = self._new_manager()  # after the resume, which may rewrite its state file
     # Two kept: a new best is saved, then best.json is rewritten to name it, and only the
     # next new best deletes the one before; no kill leaves best.json naming a missing file.
     # The weights only: evaluation and export read nothing else, and training resumes from
@@ -203,15 +206,25 @@ class Trainer:
     if not self.packing:
       logging.info("Packing: off: %s", refusal)
 
+  def _new_manager(self):
+    return tf.train.CheckpointManager(
+        self.checkpoint, self._side_effect_dir(self.workdir.checkpoints),
+        max_to_keep=self.config.train.keep_checkpoints)
+
   def _restore(self, path):
-    try:  # runs made before run_state was kept in the checkpoint resume without it
-      has_state = any(n.startswith("run_state/") for n, _ in tf.train.list_variables(path))
+    """Restores a training checkpoint; those of runs made before run_state (or a part of it)
+    was kept in the checkpoint restore what they hold, the rest keeps its start value."""
+    try:
+      saved = {n.split("/")[1] for n, _ in tf.train.list_variables(path)
+               if n.startswith("run_state/")}
     except (tf.errors.OpError, ValueError):
-      has_state = True  # restore_checkpoint says what is wrong with the checkpoint
-    checkpoint = self.checkpoint if has_state else experiment.new_checkpoint(
-        self.model, self.optimizer)
+      saved = set(self.run_state)  # restore_checkpoint says what is wrong with the checkpoint
+    kept = {k: v for k, v in self.run_state.items() if k in saved}
+    checkpoint = self.checkpoint if len(kept) == len(self.run_state) else \
+        experiment.new_checkpoint(self.model, self.optimizer, **(
+            {"run_state": kept} if kept else {}))
     experiment.restore_checkpoint(checkpoint, path, self.workdir, resuming=True)
-    self._restored_without_run_state = not has_state
+    self._restored_without_run_state = "best_step" not in saved
 
   def _finished(self):
     """Has the run trained to its end (train.steps, or stopped early), or does it train
@@ -246,6 +259,8 @@ class Trainer:
         diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
         raise WorkdirError(f"{wd.root} holds a run with another config ({diffs}); resume it "
                            "with the same config or choose a new --workdir")
+      self._resumed_with = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(
+          RESUMABLE_CHANGES) if a.get(k) != b.get(k)]
       return True
     if self.is_chief and wd.root.exists():
       self._remove_unfinished_start()
@@ -279,7 +294,12 @@ class Trainer:
     """data_digest.json (first: it marks a start in progress, see _remove_unfinished_start),
     labels.json, the few-shot sample, then config.json (which marks a run directory), each
     written atomically."""
-    if not self.is_chief or self.resuming:
+    if not self.is_chief:
+      return
+    if self.resuming:
+      if self._resumed_with:  # config.json holds the settings in force
+        logging.info("%s: resuming with %s", self.workdir.config, ", ".join(self._resumed_with))
+        atomic.write_text(self.workdir.config, self.config.to_json(indent=1) + "\n")
       return
     self.workdir.root.mkdir(parents=True, exist_ok=True)
     experiment.write_data_digest(self.workdir, self.splits)
@@ -314,6 +334,15 @@ class Trainer:
               "evaluations_without_improvement": state["evaluations_without_improvement"]}
       if state["stopped_early_at_step"] >= 0:
         best["stopped_early_at_step"] = state["stopped_early_at_step"]
+      if not (self.workdir.best / f"{best['checkpoint']}.index").is_file():
+        # Two new bests after the checkpoint (of steps now undone) replaced it in best/.
+        logging.warning("%s: the best checkpoint as of step %d, %s, is gone (replaced by later "
+                        "bests of steps this run does again); the best is chosen anew from "
+                        "the next evaluation", self.workdir.best, self.step, best["checkpoint"])
+        for name, value in (("best_value", float("nan")), ("best_step", -1),
+                            ("evaluations_without_improvement", 0)):
+          self.run_state[name].assign(value)
+        return None
       return best
     if self._restored_without_run_state and self.workdir.best_json.is_file():
       return experiment.read_best(self.workdir)
@@ -336,11 +365,12 @@ class Trainer:
           capacity=self.privacy_plan.capacity // pipelines,
           micro_batches=self.accum_steps * input_context.num_replicas_in_sync // pipelines,
           seed=t.seed, start_step=self.step, input_context=input_context)
+    data_step = self.step + int(self.run_state["batches_left_out"].numpy())
     return pipeline.train_dataset(
         self.splits["train"], self.train_label_values, self.task,
         batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
-        skip_batches=self.step * self.accum_steps, input_context=input_context,
+        skip_batches=data_step * self.accum_steps, input_context=input_context,
         static_shapes=self.static_shapes, augmenter=self.augmenter, packing=self.packing)
 
   def _gradients(self, batch, denominator):
@@ -600,8 +630,10 @@ class Trainer:
     if not self.is_chief:
       logging.info("This worker is not the chief: its checkpoints and summaries go to %s and "
                    "are deleted at the end; the chief writes %s", self._scratch, self.workdir.root)
-    if start_step == 0:
+    if not self.resumed_from:
       self.writers.start_session(self.config, self.task.metric_names, self.task.best_metric)
+      if self.config.train.divergence_rollbacks:
+        self._save_checkpoint(self.manager, 0)  # what a divergence before ckpt-N goes back to
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
     train_step = self._build_train_step()
     window_loss, window_steps, window_start = 0.0, 0, time.time()
@@ -625,14 +657,22 @@ class Trainer:
         save = step % self.checkpoint_every == 0 or step == stop
         if not (log_step or evaluate or save or signals.received or preemption is not None):
           continue
+        diverged_at = None
         for pending_step, loss, norm, nonfinite, fill in pending:
           window_fill, fill_steps = window_fill + fill.numpy(), fill_steps + 1
           if not int(nonfinite):
             window_loss += float(loss)
             window_steps += 1
-          else:
-            self._nonfinite_step(pending_step, float(loss), float(norm))
+          elif self._nonfinite_step(pending_step, float(loss), float(norm)):
+            diverged_at = pending_step
+            break
         pending.clear()
+        if diverged_at is not None:
+          step = self._roll_back(diverged_at)
+          iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
+          window_loss, window_steps, window_start = 0.0, 0, time.time()
+          window_fill, fill_steps = np.zeros(5), 0
+          continue
         if window_steps and log_step:
           elapsed = time.time() - window_start
           steps_per_sec = window_steps / elapsed
@@ -647,6 +687,11 @@ class Trainer:
               "loss": window_loss / window_steps, "learning_rate": lr, "grad_norm": float(norm),
               "steps_per_sec": steps_per_sec,
               "examples_per_sec": steps_per_sec * self.global_batch_size}
+          left_out = int(self.run_state["batches_left_out"].numpy())
+          if left_out:
+            scalars["batches_left_out"] = left_out
+            scalars["divergence_rollbacks"] = int(
+                self.run_state["divergence_rollbacks"].numpy())
           if self.packing:
             if not packing_logged:
               self._log_packing(step - fill_steps + 1, step, window_fill)
@@ -729,23 +774,77 @@ class Trainer:
   def _nonfinite_step(self, step, loss, norm):
     """A step whose loss or gradient norm was not finite: it was not applied (the weights
     and optimizer moments are as before it). Skips it while train.skip_nonfinite_steps
-    allows, else stops the run."""
-    allowed = self.config.train.skip_nonfinite_steps
+    allows; else True while train.divergence_rollbacks allows a rollback (_roll_back), else
+    stops the run."""
+    t = self.config.train
     self.run_state["nonfinite_steps"].assign_add(1)
     count = int(self.run_state["nonfinite_steps"].numpy())
     self.writers.train_scalars(step, {"nonfinite_steps": count})
     what = f"loss {loss} and gradient norm {norm}"
-    if count <= allowed:
+    if count <= t.skip_nonfinite_steps:
       logging.warning("step %d: %s; the step was skipped (%d of train.skip_nonfinite_steps=%d)",
-                      step, what, count, allowed)
-      return
+                      step, what, count, t.skip_nonfinite_steps)
+      return False
+    rollbacks = int(self.run_state["divergence_rollbacks"].numpy())
+    if rollbacks < t.divergence_rollbacks:
+      logging.warning("step %d: %s", step, what)
+      return True
     latest = self.manager.latest_checkpoint
+    if t.divergence_rollbacks:
+      advice = ("It had already gone back to a checkpoint as often as "
+                f"train.divergence_rollbacks={t.divergence_rollbacks} allows. Lower "
+                "train.learning_rate or keep train.max_grad_norm > 0 (in a new --workdir), or "
+                "rerun the same command with a larger train.divergence_rollbacks")
+    else:
+      advice = ("Lower train.learning_rate or keep train.max_grad_norm > 0 (in a new "
+                "--workdir), or rerun the same command with "
+                "--config.train.divergence_rollbacks=2: it resumes from the last checkpoint "
+                "and, should it diverge again, goes back to it and leaves out the batches it "
+                "trained on since")
     raise TrainingError(
         f"training diverged at step {step}: {what}. The step was not applied and nothing was "
         f"saved after it: the last checkpoint is {latest or 'none'}"
-        f"{', the best ' + self.best['checkpoint'] if self.best else ''}. Lower "
-        "train.learning_rate, keep train.max_grad_norm > 0, or allow a few bad steps with "
-        "train.skip_nonfinite_steps")
+        f"{', the best ' + self.best['checkpoint'] if self.best else ''}. {advice}")
+
+  def _roll_back(self, diverged_step):
+    """train.divergence_rollbacks: restores the newest intact training checkpoint and moves
+    the data stream past the batches of the steps from it to `diverged_step`; returns the
+    step restored. The two counts are set after the restore (which brings back the
+    checkpoint's), so the next checkpoint holds them; a run killed before that resumes from
+    the same checkpoint, diverges at the same step and goes back the same way. The
+    TensorBoard events of the undone steps are removed, as at a resume.
+
+    Hand-written: no library on this stack rolls a training loop back (PaLM, Chowdhery et
+    al. 2022, section 5.1, did it by hand: restart about 100 steps before a spike and skip
+    some 200-500 batches)."""
+    state = self.run_state
+    rollbacks = int(state["divergence_rollbacks"].numpy()) + 1
+    left_out = int(state["batches_left_out"].numpy())
+    path = resume.restore_newest_intact(self.workdir, self._restore, repair=self.is_chief)
+    if path is None:
+      raise TrainingError(f"training diverged at step {diverged_step}, and "
+                          f"{self.workdir.checkpoints} holds no checkpoint to go back to")
+    step = self.step
+    left_out += diverged_step - step
+    state["divergence_rollbacks"].assign(rollbacks)
+    state["batches_left_out"].assign(left_out)
+    self.manager = self._new_manager()  # the restore may have set a damaged checkpoint aside
+    self.best = self._load_best()
+    self._write_best()
+    self._dev_logits = (None, None)
+    if self.is_chief:  # the files are rewritten: the writers' files are closed first
+      self.writers.close()
+      summaries.drop_events_after(
+          self.workdir.tensorboard, step,
+          why=f"after {pathlib.Path(path).name}, the checkpoint this run went back to")
+      self.writers = summaries.Writers(self.workdir.tensorboard)
+    undone = f"step {diverged_step}" if diverged_step == step + 1 else \
+        f"steps {step + 1}-{diverged_step}"
+    logging.warning(
+        "Went back to %s (step %d) and left out the data of %s, the batches it had trained on "
+        "since (rollback %d of train.divergence_rollbacks=%d; %d batches left out in all)",
+        path, step, undone, rollbacks, self.config.train.divergence_rollbacks, left_out)
+    return step
 
   def _end_session(self, status):
     if self.is_chief:
