@@ -7,13 +7,18 @@ speed aside).
   python tools/check_kill_resume.py --rounds=4 --kills=2 -- \
       --config=configs/smoke_ner.py --config.train.steps=400 --config.train.eval_every=50
   python tools/check_kill_resume.py --damage    # and damage a checkpoint after each kill
+  python tools/check_kill_resume.py --diverge   # a run that diverges and goes back
 
 Each round starts the command in a fresh workdir and kills it (SIGKILL: no handler runs,
 as with the OOM killer or a lost VM) after a random time in [5 s, 95% of the uninterrupted
 run's time], up to --kills times, then reruns it to the end. With --damage, after each
 kill the newest checkpoint is damaged as a disk or a person might (a file cut short, a bit
 flipped, its data file or all its files deleted; or TensorFlow's state file deleted), one
-way drawn at random, when there is an older checkpoint to resume from. Arguments after `--` go to
+way drawn at random, when there is an older checkpoint to resume from. With --diverge, the
+run is a regression on ../shared/data/tiny/sst2 whose train labels hold one 1e30 (its squared
+error is infinite in float32), so each batch holding that example diverges and the run goes
+back to its last checkpoint (train.divergence_rollbacks; a checkpoint every 4 steps, 200
+steps): kills land around rollbacks. Arguments after `--` go to
 tf_finetune.train (default: configs/smoke.py, 600 steps, a checkpoint every 20). Prints
 where each kill landed (the rerun's "Resuming from" line, and the TensorBoard events of
 the killed process it removed), then the largest weight difference and whether the run
@@ -36,6 +41,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 6, "Killed runs to compare.")
 _KILLS = flags.DEFINE_integer("kills", 2, "Kills per round (fewer when the run ends first).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill times.")
 _DAMAGE = flags.DEFINE_bool("damage", False, "After each kill, damage the newest checkpoint.")
+_DIVERGE = flags.DEFINE_bool("diverge", False, "Train on data with an example whose loss is "
+                             "infinite, going back to the last checkpoint at each divergence.")
 DEFAULT_ARGS = ["--config=configs/smoke.py", "--config.train.steps=600",
                 "--config.train.eval_every=50", "--config.train.checkpoint_every=20",
                 "--config.train.log_every=10"]
@@ -90,6 +97,29 @@ def _damage_newest(workdir, rng):
   return f"{index.stem} damaged: {how}"
 
 
+def _diverging_args(root):
+  """A regression on the tiny SST-2 cut whose 10th train label is 1e30: its squared error
+  overflows float32, so every step whose batch holds it is non-finite."""
+  from tf_finetune import config as config_lib
+  shared = config_lib.shared_data_dir()
+  if shared is None or not (shared / "tiny" / "sst2_train.tsv").is_file():
+    sys.exit("--diverge reads ../shared/data/tiny/sst2_{train,dev}.tsv, absent here")
+  data = root / "diverging_data"
+  data.mkdir()
+  for name in ("train", "dev"):
+    lines = (shared / "tiny" / f"sst2_{name}.tsv").read_text().splitlines()
+    if name == "train":
+      text, _ = lines[10].rsplit("\t", 1)
+      lines[10] = f"{text}\t1e30"
+    (data / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+  return ["--config=configs/smoke.py", "--config.task.name=regression",
+          "--config.data.source=tsv", f"--config.data.dir={data}",
+          "--config.data.train_file=train.tsv", "--config.data.dev_file=dev.tsv",
+          "--config.data.text_column=sentence", "--config.train.steps=200",
+          "--config.train.eval_every=50", "--config.train.checkpoint_every=4",
+          "--config.train.log_every=10", "--config.train.divergence_rollbacks=1000"]
+
+
 def _resumed_from(output):
   """"from ckpt-N" if the start resumed, with the TensorBoard events it removed."""
   found = []
@@ -99,10 +129,13 @@ def _resumed_from(output):
     elif "Resuming from " in line:
       checkpoint = line.split("Resuming from ", 1)[1].split(" at step")[0].rsplit("/", 1)[-1]
       found.append(f"from {checkpoint}")
+    elif "TensorBoard events of steps" in line and "went back to" in line:
+      continue  # a rollback's own removal, counted below
     elif "TensorBoard events of steps" in line:
       removed = line.split(": removed ", 1)[1].split(" from ")[0]
       found.append(f"{found.pop() if found else 'anew'} (removed {removed})")
-  return found
+  rollbacks = sum("Went back to " in line for line in output.splitlines())
+  return found + ([f"went back {rollbacks} times"] if rollbacks else [])
 
 
 def _run_files(workdir):
@@ -116,16 +149,17 @@ def _run_files(workdir):
 
 
 def main(argv):
-  args = argv[1:] or DEFAULT_ARGS
   logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its loader's per-file lines
   from tf_finetune import experiment
   root = pathlib.Path(benchlib.scratch_dir("check_kill_resume_"))
+  args = argv[1:] or (_diverging_args(root) if _DIVERGE.value else DEFAULT_ARGS)
   start = time.time()
   code, output = _train(root / "whole", args)
   whole_seconds = time.time() - start
   if code != 0:
     sys.exit(f"the uninterrupted run failed:\n{output[-3000:]}")
-  print(f"uninterrupted: {whole_seconds:.0f} s", flush=True)
+  print(f"uninterrupted: {whole_seconds:.0f} s{', ' if _DIVERGE.value else ''}"
+        f"{', '.join(_resumed_from(output))}", flush=True)
   expected_weights = [np.asarray(v) for v in
                       experiment.load_run(root / "whole", "latest").model.weights]
   expected_files = _run_files(root / "whole")
