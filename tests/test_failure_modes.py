@@ -435,6 +435,42 @@ def test_a_crash_after_the_first_evaluation_before_a_checkpoint_holding_a_best_c
       tmp_path / "whole" / "checkpoints" / "best.json").read_text()
 
 
+def test_a_resume_whose_best_checkpoint_was_replaced_by_later_bests_chooses_the_best_anew(
+    sentiment_dir, tmp_path, caplog):
+  """best/ keeps two checkpoints: bests at steps 5, 6 and 7 replaced checkpoint 4's best
+  before the process died. The run resumed from ckpt-4 cannot name ckpt-4 as its best (a
+  rollback writes best.json at once): it says so and chooses the best from its next
+  evaluation on, ending as the uninterrupted run."""
+  import logging
+  config = tiny_config(sentiment_dir, train__steps=8, train__eval_every=1,
+                       train__checkpoint_every=4)
+  whole = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "whole"))
+  whole.train()
+
+  class Crash(Exception):
+    pass
+  t = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
+  evaluate = t._evaluate
+  def crashing(step):
+    report = evaluate(step)
+    if step == 7:
+      raise Crash()
+    return report
+  t._evaluate = crashing
+  with pytest.raises(Crash):
+    t.train()
+  t._close()
+  assert not (tmp_path / "crashed" / "checkpoints" / "best" / "ckpt-4.index").exists()
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    resumed = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
+  assert resumed.step == 4 and resumed.best is None
+  assert any("the best checkpoint as of step 4, ckpt-4, is gone" in r.getMessage()
+             for r in caplog.records)
+  resumed.train()
+  assert (tmp_path / "crashed" / "checkpoints" / "best.json").read_text() == (
+      tmp_path / "whole" / "checkpoints" / "best.json").read_text()
+
+
 def test_leftovers_of_killed_processes_are_removed_at_the_next_start(sentiment_dir, tmp_path):
   run = tmp_path / "run"
   config = tiny_config(sentiment_dir, train__steps=4)

@@ -74,6 +74,23 @@ def test_mirrored_two_replicas_equals_one_device(sentiment_dir, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_a_resumed_mirrored_run_takes_up_the_batches_where_it_stopped(sentiment_dir, tmp_path):
+  """Two local replicas read one input pipeline, two batches a step: a resume at step 4
+  skips 8 of them, and the run ends with the uninterrupted run's weights bit for bit (it
+  skipped 4 before, half the data it had trained on)."""
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=4,
+                       distribution__strategy="mirrored", distribution__num_cpu_devices=2)
+  whole = trainer_lib.Trainer(config, tmp_path / "whole")
+  assert whole.strategy.num_replicas_in_sync == 2
+  whole.train()
+  trainer_lib.Trainer(config, tmp_path / "cut").train(until_step=4)
+  resumed = trainer_lib.Trainer(config, tmp_path / "cut")
+  assert resumed.step == 4
+  resumed.train()
+  for a, b in zip(_weights(whole), _weights(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_mirrored_runs_of_differently_shaped_models_share_a_process(sentiment_dir, tmp_path):
   """A notebook may train one model, then another, under mirrored: the second run's
   reductions must not collide with the first's (collective ops keep process-global keys)."""

@@ -1,7 +1,8 @@
 """The training loop: a tf.function GradientTape step under any tf.distribute strategy.
 
 What a run survives (README "Failure modes"): a non-finite loss or gradient norm stops it
-within the step (the step is not applied; train.skip_nonfinite_steps may skip a few);
+within the step (the step is not applied; train.skip_nonfinite_steps may skip a few, and
+train.divergence_rollbacks go back to the last checkpoint and leave out the data since);
 SIGTERM and Ctrl-C save a checkpoint at the next step boundary; a second trainer on the
 same workdir is refused (workdir_lock); the best-checkpoint state and the early-stopping
 counter live in the training checkpoint, so a resumed run counts every evaluation once.
@@ -366,11 +367,14 @@ class Trainer:
           micro_batches=self.accum_steps * input_context.num_replicas_in_sync // pipelines,
           seed=t.seed, start_step=self.step, input_context=input_context)
     data_step = self.step + int(self.run_state["batches_left_out"].numpy())
+    # Each step takes one batch per replica this pipeline feeds (two local GPUs: two).
+    per_step = self.accum_steps * (input_context.num_replicas_in_sync //
+                                   input_context.num_input_pipelines)
     return pipeline.train_dataset(
         self.splits["train"], self.train_label_values, self.task,
         batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
-        skip_batches=data_step * self.accum_steps, input_context=input_context,
+        skip_batches=data_step * per_step, input_context=input_context,
         static_shapes=self.static_shapes, augmenter=self.augmenter, packing=self.packing)
 
   def _gradients(self, batch, denominator):
@@ -828,7 +832,8 @@ class Trainer:
     left_out += diverged_step - step
     state["divergence_rollbacks"].assign(rollbacks)
     state["batches_left_out"].assign(left_out)
-    self.manager = self._new_manager()  # the restore may have set a damaged checkpoint aside
+    if pathlib.Path(path).name != pathlib.Path(self.manager.latest_checkpoint or "").name:
+      self.manager = self._new_manager()  # newer ones were damaged and set aside
     self.best = self._load_best()
     self._write_best()
     self._dev_logits = (None, None)
