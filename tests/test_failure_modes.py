@@ -360,6 +360,23 @@ def _scripted_dev_metrics(trainer):
   return trainer
 
 
+def _train_until_a_crash_after_evaluating(trainer, crash_step):
+  """Trains until the process dies right after the evaluation of `crash_step`."""
+  class Crash(Exception):
+    pass
+  evaluate = trainer._evaluate
+
+  def crashing(step):
+    report = evaluate(step)
+    if step == crash_step:
+      raise Crash()
+    return report
+  trainer._evaluate = crashing
+  with pytest.raises(Crash):
+    trainer.train()
+  trainer._close()
+
+
 def test_early_stopping_is_exact_after_a_crash_between_evaluation_and_checkpoint(
     sentiment_dir, tmp_path):
   config = tiny_config(sentiment_dir, train__steps=30, train__eval_every=1,
@@ -368,19 +385,9 @@ def test_early_stopping_is_exact_after_a_crash_between_evaluation_and_checkpoint
   whole.train()
   assert whole.best["stopped_early_at_step"] == 10 and whole.best["step"] == 7
 
-  class Crash(Exception):
-    pass
-  t = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
-  evaluate = t._evaluate
-  def crashing(step):  # dies after the evaluation of step 9, before a checkpoint (at 12)
-    report = evaluate(step)
-    if step == 9:
-      raise Crash()
-    return report
-  t._evaluate = crashing
-  with pytest.raises(Crash):
-    t.train()
-  t._close()
+  # dies after the evaluation of step 9, before a checkpoint (at 12)
+  _train_until_a_crash_after_evaluating(
+      _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed")), 9)
   # best.json already counts the evaluations of steps 8 and 9 without improvement...
   assert json.loads((tmp_path / "crashed" / "checkpoints" / "best.json").read_text())[
       "evaluations_without_improvement"] == 2
@@ -412,19 +419,8 @@ def test_a_crash_after_the_first_evaluation_before_a_checkpoint_holding_a_best_c
   whole.train()
   assert whole.best["stopped_early_at_step"] == 12 and whole.best["step"] == 3
 
-  class Crash(Exception):
-    pass
-  t = flat_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
-  evaluate = t._evaluate
-  def crashing(step):
-    report = evaluate(step)
-    if step == 3:
-      raise Crash()
-    return report
-  t._evaluate = crashing
-  with pytest.raises(Crash):
-    t.train()
-  t._close()
+  _train_until_a_crash_after_evaluating(
+      flat_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed")), 3)
   assert json.loads((tmp_path / "crashed" / "checkpoints" / "best.json").read_text())[
       "step"] == 3
   resumed = flat_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
@@ -447,19 +443,8 @@ def test_a_resume_whose_best_checkpoint_was_replaced_by_later_bests_chooses_the_
   whole = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "whole"))
   whole.train()
 
-  class Crash(Exception):
-    pass
-  t = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))
-  evaluate = t._evaluate
-  def crashing(step):
-    report = evaluate(step)
-    if step == 7:
-      raise Crash()
-    return report
-  t._evaluate = crashing
-  with pytest.raises(Crash):
-    t.train()
-  t._close()
+  _train_until_a_crash_after_evaluating(
+      _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed")), 7)
   assert not (tmp_path / "crashed" / "checkpoints" / "best" / "ckpt-4.index").exists()
   with caplog.at_level(logging.WARNING, logger="absl"):
     resumed = _scripted_dev_metrics(trainer_lib.Trainer(config, tmp_path / "crashed"))

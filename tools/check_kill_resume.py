@@ -135,7 +135,8 @@ def _resumed_from(output):
       removed = line.split(": removed ", 1)[1].split(" from ")[0]
       found.append(f"{found.pop() if found else 'anew'} (removed {removed})")
   rollbacks = sum("Went back to " in line for line in output.splitlines())
-  return found + ([f"went back {rollbacks} times"] if rollbacks else [])
+  return found + ([f"went back {rollbacks} time{'s' if rollbacks > 1 else ''}"]
+                  if rollbacks else [])
 
 
 def _run_files(workdir):
