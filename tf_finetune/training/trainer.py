@@ -818,9 +818,9 @@ class Trainer:
     the same checkpoint, diverges at the same step and goes back the same way. The
     TensorBoard events of the undone steps are removed, as at a resume.
 
-    Hand-written: no library on this stack rolls a training loop back (PaLM, Chowdhery et
-    al. 2022, section 5.1, did it by hand: restart about 100 steps before a spike and skip
-    some 200-500 batches)."""
+    Hand-written: no library on this stack rolls a training loop back (PaLM's training,
+    Chowdhery et al. 2022, did it by hand at loss spikes: restart about 100 steps before the
+    spike and skip some 200-500 batches)."""
     state = self.run_state
     rollbacks = int(state["divergence_rollbacks"].numpy()) + 1
     left_out = int(state["batches_left_out"].numpy())
