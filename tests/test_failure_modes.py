@@ -179,6 +179,19 @@ def test_a_diverged_run_rerun_with_more_rollbacks_goes_on_as_if_set_from_the_sta
     _poison_text(trainer_lib.Trainer(tiny_config(data), tmp_path / "none")).train()
 
 
+def test_a_run_resumed_from_its_ckpt_0_starts_its_tensorboard_session_once(sentiment_dir,
+                                                                           tmp_path):
+  config = tiny_config(sentiment_dir, train__steps=6, train__eval_every=1,
+                       train__checkpoint_every=4, train__divergence_rollbacks=1)
+  trainer_lib.Trainer(config, tmp_path / "whole").train()
+  _train_until_a_crash_after_evaluating(trainer_lib.Trainer(config, tmp_path / "run"), 1)
+  resumed = trainer_lib.Trainer(config, tmp_path / "run")
+  assert resumed.step == 0 and resumed.resumed_from.endswith("ckpt-0")
+  resumed.train()
+  assert _tensorboard_scalars(tmp_path / "run") == _tensorboard_scalars(tmp_path / "whole")
+  assert _tensorboard_scalars(tmp_path / "run")["", "sessions started"] == 1
+
+
 def test_divergence_rollbacks_are_refused_with_dp_sgd_and_below_zero():
   from tf_finetune import config as config_lib
   with pytest.raises(ConfigError, match=r"train.divergence_rollbacks=-1.*must be >= 0"):
