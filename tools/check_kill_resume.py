@@ -149,6 +149,22 @@ def _run_files(workdir):
   return files
 
 
+def _scalar_differences(expected, found):
+  """Where two runs' TensorBoard scalars differ: per tag, the steps only one has, and the
+  first step whose values differ."""
+  said = []
+  for key in sorted(set(expected) | set(found)):
+    a, b = dict(expected.get(key, [])), dict(found.get(key, []))
+    counts = (len(expected.get(key, [])), len(found.get(key, [])))
+    only = sorted(set(a) ^ set(b))
+    differ = [step for step in sorted(set(a) & set(b)) if a[step] != b[step]]
+    if only or differ or counts[0] != counts[1]:
+      said.append(f"{'/'.join(key)}: {counts[0]} against {counts[1]} points"
+                  + (f", steps in one only {only[:5]}" if only else "")
+                  + (f", values differ from step {differ[0]}" if differ else ""))
+  return "; ".join(said)
+
+
 def main(argv):
   logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its loader's per-file lines
   from tf_finetune import experiment
@@ -193,6 +209,8 @@ def main(argv):
     print(f"round {round_}: {', '.join(story)}; largest weight difference {gap:.3g}; "
           + "; ".join(f"{name} {'same' if same[name] else 'DIFFERENT'}" for name in same),
           flush=True)
+    if not same["tensorboard"]:
+      print("  " + _scalar_differences(expected_files["tensorboard"], files["tensorboard"]))
   print(f"{_ROUNDS.value - differing} of {_ROUNDS.value} killed runs ended as the uninterrupted one")
   sys.exit(1 if differing else 0)
 
