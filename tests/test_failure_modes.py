@@ -203,14 +203,15 @@ def test_divergence_rollbacks_are_refused_with_dp_sgd_and_below_zero():
 
 
 def test_a_checkpoint_without_the_newer_run_state_resumes(sentiment_dir, tmp_path):
-  """A run made before the rollback counts were kept in its checkpoints resumes with them
-  at zero, and its best state from the checkpoint."""
+  """A run made before the rollback counts and the log window were kept in its checkpoints
+  resumes with them at zero, and its best state from the checkpoint."""
   config = tiny_config(sentiment_dir, train__steps=6, train__eval_every=2)
   run = tmp_path / "run"
   t = trainer_lib.Trainer(config, run)
   t.train(until_step=4)
   old_state = {k: v for k, v in t.run_state.items()
-               if k not in ("divergence_rollbacks", "batches_left_out")}
+               if k in ("best_value", "best_step", "evaluations_without_improvement",
+                        "stopped_early_at_step", "nonfinite_steps")}
   for path in (run / "checkpoints").glob("ckpt-4.*"):
     path.unlink()
   old = experiment.new_checkpoint(t.model, t.optimizer, run_state=old_state)
@@ -415,6 +416,23 @@ def test_early_stopping_is_exact_after_a_crash_between_evaluation_and_checkpoint
   rerun = trainer_lib.Trainer(config, tmp_path / "crashed")
   rerun.train()  # stays stopped
   assert rerun.step == 10
+
+
+def test_a_run_resumed_between_two_logged_steps_logs_what_an_uninterrupted_run_logs(
+    sentiment_dir, tmp_path):
+  """Logged every 3 steps, checkpoints every 4: the run resumed from ckpt-4 logs at step 6
+  the mean loss and padding of steps 4-6, as the uninterrupted run does (the steps before
+  the checkpoint are in it), not of steps 5-6."""
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=6,
+                       train__checkpoint_every=4, train__log_every=3)
+  trainer_lib.Trainer(config, tmp_path / "whole").train()
+  _train_until_a_crash_after_evaluating(trainer_lib.Trainer(config, tmp_path / "run"), 6)
+  resumed = trainer_lib.Trainer(config, tmp_path / "run")
+  assert resumed.step == 4
+  resumed.train()
+  scalars = _tensorboard_scalars(tmp_path / "run")
+  assert [s for s, _ in scalars["train", "loss"]] == [3, 6, 9, 12]
+  assert scalars == _tensorboard_scalars(tmp_path / "whole")
 
 
 def test_a_crash_after_the_first_evaluation_before_a_checkpoint_holding_a_best_counts_once(

@@ -171,7 +171,11 @@ class Trainer:
             ("stopped_early_at_step", -1, tf.int64), ("nonfinite_steps", 0, tf.int64),
             # train.divergence_rollbacks: rollbacks so far, and the global batches they left
             # out (the data stream is at step + batches_left_out).
-            ("divergence_rollbacks", 0, tf.int64), ("batches_left_out", 0, tf.int64))}
+            ("divergence_rollbacks", 0, tf.int64), ("batches_left_out", 0, tf.int64),
+            # What the next logged step averages (_add_to_window), so that a run resumed
+            # between two logged steps logs what an uninterrupted run logs.
+            ("window_loss", 0.0, tf.float64), ("window_steps", 0, tf.int64),
+            ("window_fill", np.zeros(5), tf.float64), ("window_fill_steps", 0, tf.int64))}
     self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer,
                                                 run_state=self.run_state)
     # Every worker resumes from the chief's checkpoint, so a restarted worker rejoins in step.
@@ -328,7 +332,7 @@ class Trainer:
     """The best checkpoint's state as of the restored training checkpoint (run_state); runs
     made before it was kept there: checkpoints/best.json. A checkpoint with run_state but no
     best yet has none: best.json may be of an evaluation after it, which this run redoes."""
-    state = {k: v.numpy().item() for k, v in self.run_state.items()}
+    state = {k: v.numpy().item() for k, v in self.run_state.items() if v.shape.rank == 0}
     if state["best_step"] >= 0:
       best = {"step": state["best_step"], "metric": self.task.best_metric,
               "value": state["best_value"], "checkpoint": f"ckpt-{state['best_step']}",
@@ -640,8 +644,7 @@ class Trainer:
         self._save_checkpoint(self.manager, 0)  # what a divergence before ckpt-N goes back to
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
     train_step = self._build_train_step()
-    window_loss, window_steps, window_start = 0.0, 0, time.time()
-    window_fill, fill_steps, packing_logged = np.zeros(5), 0, False
+    window_start, timed_in_window, packing_logged = time.time(), 0, False
     run_start, steps_timed = time.time(), 0
     step = start_step
     pending = []  # (step, loss, norm, nonfinite, packing fill) of steps not read yet
@@ -663,32 +666,32 @@ class Trainer:
           continue
         diverged_at = None
         for pending_step, loss, norm, nonfinite, fill in pending:
-          window_fill, fill_steps = window_fill + fill.numpy(), fill_steps + 1
-          if not int(nonfinite):
-            window_loss += float(loss)
-            window_steps += 1
-          elif self._nonfinite_step(pending_step, float(loss), float(norm)):
+          finite = not int(nonfinite)
+          self._add_to_window(float(loss) if finite else None, fill.numpy())
+          timed_in_window += finite
+          if not finite and self._nonfinite_step(pending_step, float(loss), float(norm)):
             diverged_at = pending_step
             break
         pending.clear()
         if diverged_at is not None:
-          step = self._roll_back(diverged_at)
+          step = self._roll_back(diverged_at)  # the window too goes back to the checkpoint's
           iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
-          window_loss, window_steps, window_start = 0.0, 0, time.time()
-          window_fill, fill_steps = np.zeros(5), 0
+          window_start, timed_in_window = time.time(), 0
           continue
+        window_steps = int(self.run_state["window_steps"].numpy())
         if window_steps and log_step:
+          mean_loss, window_fill, fill_steps = self._take_window()
           elapsed = time.time() - window_start
-          steps_per_sec = window_steps / elapsed
-          steps_timed += window_steps
+          steps_per_sec = timed_in_window / elapsed
+          steps_timed += timed_in_window
           eta = (self.total_steps - step) / max(steps_timed / (time.time() - run_start), 1e-9)
           lr = float(self.optimizer.learning_rate)
           logging.info("step %d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.2f steps/s | "
-                       "%.1f examples/s | ETA %s", step, self.total_steps,
-                       window_loss / window_steps, lr, float(norm), steps_per_sec,
-                       steps_per_sec * self.global_batch_size, _format_duration(eta))
+                       "%.1f examples/s | ETA %s", step, self.total_steps, mean_loss, lr,
+                       float(norm), steps_per_sec, steps_per_sec * self.global_batch_size,
+                       _format_duration(eta))
           scalars = {
-              "loss": window_loss / window_steps, "learning_rate": lr, "grad_norm": float(norm),
+              "loss": mean_loss, "learning_rate": lr, "grad_norm": float(norm),
               "steps_per_sec": steps_per_sec,
               "examples_per_sec": steps_per_sec * self.global_batch_size}
           left_out = int(self.run_state["batches_left_out"].numpy())
@@ -702,14 +705,15 @@ class Trainer:
               packing_logged = True
             scalars["padding_percent"] = 100 * (1 - window_fill[2] / window_fill[1])
           self.writers.train_scalars(step, scalars)
-          window_loss, window_steps, window_start = 0.0, 0, time.time()
-          window_fill, fill_steps = np.zeros(5), 0
+          window_start, timed_in_window = time.time(), 0
         stopping = False
         if evaluate:
           self._evaluate(step)
           stopping = self._stops_early(step)
         if save or stopping:
           self._save_checkpoint(self.manager, step)
+          # The speed leaves the save out: the steps before it are counted in the ETA now.
+          steps_timed, timed_in_window = steps_timed + timed_in_window, 0
           window_start = time.time()
         if stopping:
           break
@@ -726,6 +730,24 @@ class Trainer:
     finally:
       signals.restore()
       self._close()
+
+  def _add_to_window(self, loss, fill):
+    """A step read: its packing fill, and its loss unless it was not finite."""
+    w = self.run_state
+    w["window_fill"].assign_add(fill)
+    w["window_fill_steps"].assign_add(1)
+    if loss is not None:
+      w["window_loss"].assign_add(loss)
+      w["window_steps"].assign_add(1)
+
+  def _take_window(self):
+    """(mean loss, packing fill, steps read) since the last logged step; empties it."""
+    w = self.run_state
+    taken = (float(w["window_loss"].numpy()) / int(w["window_steps"].numpy()),
+             w["window_fill"].numpy(), int(w["window_fill_steps"].numpy()))
+    for name in ("window_loss", "window_steps", "window_fill", "window_fill_steps"):
+      w[name].assign(tf.zeros_like(w[name]))
+    return taken
 
   def _save_checkpoint(self, manager, step):
     """manager.save, where a full, over-quota or read-only disk stops the run in one line
