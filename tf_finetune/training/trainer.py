@@ -668,7 +668,7 @@ class Trainer:
         for pending_step, loss, norm, nonfinite, fill in pending:
           finite = not int(nonfinite)
           self._add_to_window(float(loss) if finite else None, fill.numpy())
-          timed_in_window += finite
+          timed_in_window += 1  # a step not applied took its time too
           if not finite and self._nonfinite_step(pending_step, float(loss), float(norm)):
             diverged_at = pending_step
             break
