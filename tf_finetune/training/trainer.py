@@ -172,7 +172,7 @@ class Trainer:
             # train.divergence_rollbacks: rollbacks so far, and the global batches they left
             # out (the data stream is at step + batches_left_out).
             ("divergence_rollbacks", 0, tf.int64), ("batches_left_out", 0, tf.int64),
-            # What the next logged step averages (_add_to_window), so that a run resumed
+            # What the next logged step averages (_LogWindow.keep), so that a run resumed
             # between two logged steps logs what an uninterrupted run logs.
             ("window_loss", 0.0, tf.float64), ("window_steps", 0, tf.int64),
             ("window_fill", np.zeros(5), tf.float64), ("window_fill_steps", 0, tf.int64))}
@@ -644,6 +644,7 @@ class Trainer:
         self._save_checkpoint(self.manager, 0)  # what a divergence before ckpt-N goes back to
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
     train_step = self._build_train_step()
+    window = _LogWindow(self.run_state)
     window_start, timed_in_window, packing_logged = time.time(), 0, False
     run_start, steps_timed = time.time(), 0
     step = start_step
@@ -667,20 +668,20 @@ class Trainer:
         diverged_at = None
         for pending_step, loss, norm, nonfinite, fill in pending:
           finite = not int(nonfinite)
-          self._add_to_window(float(loss) if finite else None, fill.numpy())
+          window.add(float(loss) if finite else None, fill.numpy())
           timed_in_window += 1  # a step not applied took its time too
           if not finite and self._nonfinite_step(pending_step, float(loss), float(norm)):
             diverged_at = pending_step
             break
         pending.clear()
         if diverged_at is not None:
-          step = self._roll_back(diverged_at)  # the window too goes back to the checkpoint's
+          step = self._roll_back(diverged_at)
+          window.load()  # the checkpoint's
           iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
           window_start, timed_in_window = time.time(), 0
           continue
-        window_steps = int(self.run_state["window_steps"].numpy())
-        if window_steps and log_step:
-          mean_loss, window_fill, fill_steps = self._take_window()
+        if window.steps and log_step:
+          mean_loss, window_fill, fill_steps = window.take()
           elapsed = time.time() - window_start
           steps_per_sec = timed_in_window / elapsed
           steps_timed += timed_in_window
@@ -706,6 +707,7 @@ class Trainer:
             scalars["padding_percent"] = 100 * (1 - window_fill[2] / window_fill[1])
           self.writers.train_scalars(step, scalars)
           window_start, timed_in_window = time.time(), 0
+        window.keep()  # before any save below
         stopping = False
         if evaluate:
           self._evaluate(step)
@@ -730,24 +732,6 @@ class Trainer:
     finally:
       signals.restore()
       self._close()
-
-  def _add_to_window(self, loss, fill):
-    """A step read: its packing fill, and its loss unless it was not finite."""
-    w = self.run_state
-    w["window_fill"].assign_add(fill)
-    w["window_fill_steps"].assign_add(1)
-    if loss is not None:
-      w["window_loss"].assign_add(loss)
-      w["window_steps"].assign_add(1)
-
-  def _take_window(self):
-    """(mean loss, packing fill, steps read) since the last logged step; empties it."""
-    w = self.run_state
-    taken = (float(w["window_loss"].numpy()) / int(w["window_steps"].numpy()),
-             w["window_fill"].numpy(), int(w["window_fill_steps"].numpy()))
-    for name in ("window_loss", "window_steps", "window_fill", "window_fill_steps"):
-      w[name].assign(tf.zeros_like(w[name]))
-    return taken
 
   def _save_checkpoint(self, manager, step):
     """manager.save, where a full, over-quota or read-only disk stops the run in one line
@@ -894,6 +878,44 @@ class Trainer:
     if self.lock is not None:
       self.lock.release()
       self.lock = None
+
+
+class _LogWindow:
+  """What the next logged step averages: the losses of the applied steps and the packing
+  fill of every step read since the last logged step. Summed here, on the host, and put in
+  the run state (kept in the training checkpoint) only before a save may come, so a run
+  resumed between two logged steps logs what an uninterrupted run logs."""
+
+  def __init__(self, run_state):
+    self._state = run_state
+    self.load()
+
+  def load(self):
+    """As of the restored checkpoint (empty at a start)."""
+    state = self._state
+    self.loss = float(state["window_loss"].numpy())
+    self.steps = int(state["window_steps"].numpy())
+    self.fill = state["window_fill"].numpy()
+    self.fill_steps = int(state["window_fill_steps"].numpy())
+
+  def add(self, loss, fill):
+    """A step read: its packing fill, and its loss unless it was not applied (None)."""
+    self.fill, self.fill_steps = self.fill + fill, self.fill_steps + 1
+    if loss is not None:
+      self.loss, self.steps = self.loss + loss, self.steps + 1
+
+  def take(self):
+    """(mean loss, packing fill, steps read) since the last logged step; empties it."""
+    taken = (self.loss / self.steps, self.fill, self.fill_steps)
+    self.loss, self.steps, self.fill, self.fill_steps = 0.0, 0, np.zeros(5), 0
+    return taken
+
+  def keep(self):
+    state = self._state
+    state["window_loss"].assign(self.loss)
+    state["window_steps"].assign(self.steps)
+    state["window_fill"].assign(self.fill)
+    state["window_fill_steps"].assign(self.fill_steps)
 
 
 class _SignalCatcher:
