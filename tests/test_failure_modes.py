@@ -1010,3 +1010,84 @@ def test_a_second_trainer_is_refused_and_a_killed_trainers_lock_taken_over(tmp_p
   assert f"pid {first.pid}" in again.stderr
   assert again.returncode == 1 and "holds a run with another config" in again.stderr
   assert not (run / ".lock").exists()
+
+
+def _scores_with_a_bad_label(directory, bad_line):
+  """Regression data (sentence, score) whose train.tsv line `bad_line` (the header is line
+  1) scores 1e30: its squared error is infinite in float32, a divergence the data causes."""
+  directory.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  words = "good bad fine dull great awful nice poor".split()
+  for name, n in (("train.tsv", 48), ("dev.tsv", 8)):
+    rows = [(" ".join(rng.choice(words, size=int(rng.integers(1, 12)))),
+             f"{rng.uniform(0, 5):.3f}") for _ in range(n)]
+    if name == "train.tsv":
+      rows[bad_line - 2] = (rows[bad_line - 2][0], "1e30")
+    (directory / name).write_text("sentence\tscore\n" + "".join(f"{t}\t{s}\n" for t, s in rows))
+  return directory
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"data__packing": False, "train__grad_accum_steps": 2},
+    {"data__long_text": "windows", "data__max_seq_length": 8},
+    {"distribution__strategy": "mirrored", "distribution__num_cpu_devices": 2}])
+def test_a_diverged_step_names_the_train_example_whose_loss_is_not_finite(tmp_path, overrides):
+  """A real data-caused divergence: the step that reads the bad line stops the run, and the
+  message names that line, and only it, by file and line (packed, accumulated, windowed,
+  two replicas each reading half of the step's batch)."""
+  data = _scores_with_a_bad_label(tmp_path / "data", bad_line=11)
+  config = tiny_config(data, task__name="regression", data__label_column="score",
+                       train__steps=12, train__eval_every=12, **overrides)
+  t = trainer_lib.Trainer(config, tmp_path / "run")
+  with pytest.raises(TrainingError) as e:
+    t.train()
+  message = str(e.value)
+  assert re.search(r"training diverged at step [1-6]: loss inf", message), message
+  step_examples = 8 if "data__long_text" not in overrides else r"\d+"
+  assert re.search(rf"recomputed, the loss is not finite on 1 of the step's {step_examples} "
+                   rf"train examples: {re.escape(str(data / 'train.tsv'))}:11 \(loss inf\); "
+                   "fix or remove them", message), message
+
+
+def test_a_step_diverged_by_the_optimization_names_no_example(sentiment_dir, tmp_path):
+  """Every example's recomputed loss finite: the message says no one example explains it."""
+  t = trainer_lib.Trainer(tiny_config(sentiment_dir, train__steps=4), tmp_path / "run")
+  _poison_step(t, [1])
+  with pytest.raises(TrainingError) as e:
+    t.train()
+  assert re.search(r"training diverged at step 2: loss nan and gradient norm \S+; recomputed "
+                   r"without dropout on the weights at hand, each of the step's 8 train "
+                   r"examples has a finite loss \(the largest: .*train.tsv:\d+ \(\d.*\): no "
+                   "one example's loss explains it", str(e.value)), str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["setfit", "tagging"])
+def test_a_packed_setfit_or_tagging_step_names_its_examples_by_their_own_losses(tmp_path, kind):
+  """A step's examples are named by file:line (a setfit pair by its two lines), and the
+  losses recomputed on its packed batch are those of the same examples unpacked."""
+  from tests import test_tagging
+  from tf_finetune.training import nonfinite
+  if kind == "setfit":
+    config = tiny_config(write_sentiment_tsv(tmp_path / "data"), task__name="setfit",
+                         task__pairs_per_example=4, data__examples_per_class=6,
+                         train__steps=2, data__bucketing=False)
+    origin = r"train.tsv:\d+ with .*train.tsv:\d+"
+  else:
+    config = test_tagging.ner_config(task__loss_average="token", train__steps=2,
+                                     data__bucketing=False)
+    origin = r"ner_train.conll:\d+"
+  t = trainer_lib.Trainer(config, tmp_path / "run")
+  t.train(until_step=1)
+  packed = list(t._train_batches(t._input_context, 0, example_index=True))
+  assert len(packed) == 1 and "example_ids" in packed[0]
+  t.packing = False
+  padded = list(t._train_batches(t._input_context, 0, example_index=True))
+  np.testing.assert_array_equal(packed[0]["example_index"], padded[0]["example_index"])
+  np.testing.assert_allclose(nonfinite.per_example_losses(t.task, t.model, packed[0]),
+                             nonfinite.per_example_losses(t.task, t.model, padded[0]),
+                             rtol=1e-5)
+  t.packing = True
+  message = t._examples_of(1)
+  assert re.fullmatch(rf"recomputed without dropout on the weights at hand, each of the "
+                      rf"step's \d+ train examples has a finite loss \(the largest: .*{origin} "
+                      rf"\(\d[^)]*\)\): no one example's loss explains it; .*", message), message

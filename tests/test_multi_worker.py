@@ -1,6 +1,7 @@
 """MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,8 +17,22 @@ TIMEOUT_SECONDS = 300
 
 
 def _run_two_workers(config, workdir, out_dir, until_step=None):
+  """Runs both workers to their end; returns [(info, stderr, weights)] for worker 0 (the
+  chief) and worker 1."""
+  results = []
+  for index, (returncode, stdout, stderr) in enumerate(
+      _two_workers(config, workdir, out_dir, until_step)):
+    assert returncode == 0, f"worker {index}:\n{stderr[-4000:]}"
+    info = json.loads(stdout.strip().splitlines()[-1])
+    with np.load(out_dir / f"weights_{index}.npz") as npz:
+      weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    results.append((info, stderr, weights))
+  return results
+
+
+def _two_workers(config, workdir, out_dir, until_step=None):
   """Starts both workers, waits for both (bounded), kills whatever is left; returns
-  [(returncode, stdout, stderr, weights)] for worker 0 (the chief) and worker 1."""
+  [(returncode, stdout, stderr)] for worker 0 (the chief) and worker 1."""
   out_dir.mkdir(parents=True, exist_ok=True)
   config_path = out_dir / "config.json"
   config_path.write_text(config.to_json())
@@ -38,14 +53,7 @@ def _run_two_workers(config, workdir, out_dir, until_step=None):
       if p.poll() is None:
         p.kill()
         p.wait()
-  results = []
-  for index, (p, (stdout, stderr)) in enumerate(zip(processes, outputs)):
-    assert p.returncode == 0, f"worker {index}:\n{stderr[-4000:]}"
-    info = json.loads(stdout.strip().splitlines()[-1])
-    with np.load(out_dir / f"weights_{index}.npz") as npz:
-      weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
-    results.append((info, stderr, weights))
-  return results
+  return [(p.returncode, stdout, stderr) for p, (stdout, stderr) in zip(processes, outputs)]
 
 
 @pytest.mark.slow
@@ -143,3 +151,56 @@ def test_sigterm_to_one_worker_saves_on_both_and_a_restart_ends_with_the_same_we
     assert f"Resuming from {saved}" in log and info["step"] == 200
     for a, b in zip(whole_weights, weights):
       np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_step_diverged_by_one_example_is_named_by_the_worker_that_read_it(tmp_path):
+  """Each worker names the examples of its own share of the diverged step: the one whose
+  shard holds the bad line names it; the other says its share is finite, and points to
+  the other workers' logs rather than concluding that no example caused it."""
+  from tests.test_failure_modes import _scores_with_a_bad_label
+  data = _scores_with_a_bad_label(tmp_path / "data", bad_line=11)
+  config = tiny_config(data, task__name="regression", data__label_column="score",
+                       distribution__strategy="multi_worker", train__steps=12,
+                       train__eval_every=12)
+  results = _two_workers(config, tmp_path / "run", tmp_path / "out")
+  steps = set()
+  named = []
+  for index, (returncode, _, stderr) in enumerate(results):
+    assert returncode != 0, f"worker {index} did not stop"
+    match = re.search(r"training diverged at step (\d+): loss inf and gradient norm inf; "
+                      r"recomputed(.*)\. The step was not applied", stderr)
+    assert match, f"worker {index}:\n{stderr[-4000:]}"
+    steps.add(match[1])
+    share = f"worker {index}'s \\(input pipeline {index + 1} of 2\\) share of the step's 4"
+    if re.search(rf", the loss is not finite on 1 of {share} train examples: "
+                 rf"{re.escape(str(data / 'train.tsv'))}:11 \(loss inf\); fix or remove them",
+                 match[2]):
+      named.append(index)
+    else:
+      assert re.fullmatch(rf" without dropout on the weights at hand, each of {share} train "
+                          r"examples has a finite loss \(the largest: .*\); the other "
+                          r"workers' logs say the same of their shares", match[2]), match[2]
+  assert len(steps) == 1 and len(named) == 1, (steps, named)
+
+
+@pytest.mark.slow
+def test_two_workers_go_back_to_a_checkpoint_together_when_a_step_diverges(tmp_path):
+  """train.divergence_rollbacks under multi_worker, ckpt-0 included (saved before the
+  preemption handler adds its variable to the checkpoint): both workers go back to the same
+  checkpoints, leave out the same steps, and end at train.steps with the same weights."""
+  from tests.test_failure_modes import _scores_with_a_bad_label
+  data = _scores_with_a_bad_label(tmp_path / "data", bad_line=11)
+  config = tiny_config(data, task__name="regression", data__label_column="score",
+                       distribution__strategy="multi_worker", train__steps=24,
+                       train__eval_every=12, train__checkpoint_every=4,
+                       train__divergence_rollbacks=10)
+  (chief, chief_log, chief_weights), (worker, worker_log, worker_weights) = _run_two_workers(
+      config, tmp_path / "run", tmp_path / "out")
+  went_back = [re.findall(r"Went back to \S+/(ckpt-\d+) \(step \d+\) and left out the data of "
+                          r"steps? [\d-]+", log) for log in (chief_log, worker_log)]
+  assert went_back[0] == went_back[1] and "ckpt-0" in went_back[0][0], went_back
+  assert chief["step"] == worker["step"] == 24
+  for a, b in zip(chief_weights, worker_weights):
+    np.testing.assert_array_equal(a, b)
+    assert np.isfinite(a).all()

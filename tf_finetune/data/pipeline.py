@@ -6,14 +6,21 @@ of (data, seed), so a resumed run skips exactly the batches it had consumed; thi
 the data position survives a restart even under strategies whose distributed iterators
 tf.train.Checkpoint cannot save.
 """
+import numpy as np
 import tensorflow as tf
 
 
 TOKENIZE_BATCH = 256
 
 
-def _raw_dataset(task, split, label_values, training=False):
+def _raw_dataset(task, split, label_values, training=False, example_index=False):
+  """example_index: each row also carries its index among the rows (int64 "example_index",
+  which task.train_row_examples maps back to the split's examples)."""
   rows = (task.train_input_tensors if training else task.input_tensors)(split, label_values)
+  if example_index:
+    column = next(iter(rows.values()))
+    count = int(column.nrows()) if isinstance(column, tf.RaggedTensor) else len(column)
+    rows = dict(rows, example_index=np.arange(count, dtype=np.int64))
   return tf.data.Dataset.from_tensor_slices(rows)
 
 
@@ -68,14 +75,17 @@ def _with_batch_dimension(batch, batch_size):
 
 def train_dataset(split, label_values, task, *, batch_size, seed, shuffle_buffer,
                   bucketing, skip_batches=0, input_context=None, static_shapes=False,
-                  augmenter=None, packing=False):
+                  augmenter=None, packing=False, example_index=False):
   """An endless, deterministic stream of padded training batches of `batch_size`.
 
   With an augmenter (data/augment.py), the raw texts are cached instead and every example
   is augmented, then tokenized, each time it comes round. With packing, each batch's
-  examples are laid end to end in rows of max_seq_length (data/packing.py)."""
+  examples are laid end to end in rows of max_seq_length (data/packing.py). With
+  example_index, the same batches also say which rows they hold ("example_index" [batch];
+  a window's is its text's), for naming the examples of a step."""
   encoder = task.encoder
-  dataset = _raw_dataset(task, split, label_values, training=True)
+  dataset = _raw_dataset(task, split, label_values, training=True,
+                         example_index=example_index)
   if input_context and input_context.num_input_pipelines > 1:
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   dataset = dataset.cache() if augmenter else tokenize(dataset, task).cache()

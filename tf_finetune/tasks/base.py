@@ -13,6 +13,15 @@ from tf_finetune.data import pii
 MODEL_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
 
+def with_example_index(features, batch, document=None):
+  """encode_inputs' features, with the rows' "example_index" where the batch has one (a
+  window's: its text's, through `document`)."""
+  if "example_index" in batch:
+    index = batch["example_index"]
+    features["example_index"] = index if document is None else tf.gather(index, document)
+  return features
+
+
 class Task(abc.ABC):
   """A task owns its label vocabulary, head, loss, decoding, report and serving outputs.
 
@@ -113,11 +122,16 @@ class Task(abc.ABC):
     if self.windowed:
       features = self.encoder.windows(batch["text"])
       label = tf.gather(batch["label"], features["document"])
-      return {"token_ids": features["token_ids"], "segment_ids": features["segment_ids"],
-              "label": label}
+      return with_example_index(
+          {"token_ids": features["token_ids"], "segment_ids": features["segment_ids"],
+           "label": label}, batch, features["document"])
     features = self.encoder(batch["text"], batch.get("text_pair"))
     features["label"] = batch["label"]
-    return features
+    return with_example_index(features, batch)
+
+  def train_row_examples(self, row):
+    """The train examples (indices into the split) of one row of train_input_tensors."""
+    return [int(row)]
 
   @property
   def windowed(self):

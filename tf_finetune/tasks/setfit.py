@@ -79,22 +79,29 @@ class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.Clas
     logging.info("SetFit pairs: %d train texts x task.pairs_per_example=%d = %d pairs, half "
                  "of the same label (train.seed=%d)", len(split),
                  self.config.task.pairs_per_example, len(first), self.config.train.seed)
+    self._pairs = first, second
     texts = np.asarray(split.texts, dtype=object)
     return {"text": texts[first], "text_b": texts[second], "label": similarity}
+
+  def train_row_examples(self, row):
+    """A pair's two train examples."""
+    return [int(self._pairs[0][row]), int(self._pairs[1][row])]
 
   def encode_inputs(self, batch):
     if "text_b" not in batch:
       return super().encode_inputs(batch)
     first, second = self.encoder(batch["text"]), self.encoder(batch["text_b"])
-    return {"token_ids": first["token_ids"], "segment_ids": first["segment_ids"],
-            "token_ids_b": second["token_ids"], "segment_ids_b": second["segment_ids"],
-            "label": batch["label"]}
+    return base.with_example_index(
+        {"token_ids": first["token_ids"], "segment_ids": first["segment_ids"],
+         "token_ids_b": second["token_ids"], "segment_ids_b": second["segment_ids"],
+         "label": batch["label"]}, batch)
 
   def pack(self, batch):
     """A batch of pairs packs all its texts, the first texts then the second ones."""
     if "token_ids_b" not in batch:
       return super().pack(batch)
-    return super().pack(dict(self._both_texts(batch), label=batch["label"]))
+    pairs = {k: batch[k] for k in ("label", "example_index") if k in batch}
+    return super().pack(dict(self._both_texts(batch), **pairs))
 
   def _both_texts(self, batch):
     """A batch of pairs -> the model inputs of its first texts, then of its second texts."""

@@ -113,8 +113,9 @@ class TaggingTask(base.Task):
     features = self.encoder.encode_words(batch["words"])
     label = _piece_labels(features["token_ids"], features["word_rows"],
                           features["word_positions"], batch["word_labels"])
-    return {"token_ids": features["token_ids"], "segment_ids": features["segment_ids"],
-            "label": label}
+    return base.with_example_index(
+        {"token_ids": features["token_ids"], "segment_ids": features["segment_ids"],
+         "label": label}, batch, features.get("document"))
 
   def example_logits(self, split, logits):
     """Unchanged: WordTags locate each word in the model's rows, windows or not."""

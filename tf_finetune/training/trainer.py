@@ -39,6 +39,7 @@ from tf_finetune.errors import STORAGE_FAILURES, storage_failure
 from tf_finetune.training import adversarial
 from tf_finetune.training import distill
 from tf_finetune.training import dp_sgd
+from tf_finetune.training import nonfinite
 from tf_finetune.training import optim
 from tf_finetune.training import resume
 from tf_finetune.training import summaries
@@ -225,9 +226,10 @@ class Trainer:
     except (tf.errors.OpError, ValueError):
       saved = set(self.run_state)  # restore_checkpoint says what is wrong with the checkpoint
     kept = {k: v for k, v in self.run_state.items() if k in saved}
-    checkpoint = self.checkpoint if len(kept) == len(self.run_state) else \
-        experiment.new_checkpoint(self.model, self.optimizer, **(
-            {"run_state": kept} if kept else {}))
+    # Not self.checkpoint: under multi_worker, PreemptionCheckpointHandler adds its own
+    # variable to it, which a checkpoint saved before (ckpt-0, a rollback's target) lacks.
+    checkpoint = experiment.new_checkpoint(self.model, self.optimizer, **(
+        {"run_state": kept} if kept else {}))
     experiment.restore_checkpoint(checkpoint, path, self.workdir, resuming=True)
     self._restored_without_run_state = "best_step" not in saved
 
@@ -361,7 +363,7 @@ class Trainer:
     self.run_state["stopped_early_at_step"].assign(b.get("stopped_early_at_step", -1))
 
   def _dataset_fn(self, input_context):
-    t, d = self.config.train, self.config.data
+    t = self.config.train
     if self.dp_sgd is not None:
       pipelines = input_context.num_input_pipelines
       return pipeline.poisson_train_dataset(
@@ -370,8 +372,14 @@ class Trainer:
           capacity=self.privacy_plan.capacity // pipelines,
           micro_batches=self.accum_steps * input_context.num_replicas_in_sync // pipelines,
           seed=t.seed, start_step=self.step, input_context=input_context)
+    self._input_context = input_context
     data_step = self.step + int(self.run_state["batches_left_out"].numpy())
-    # Each step takes one batch per replica this pipeline feeds (two local GPUs: two).
+    return self._train_batches(input_context, data_step)
+
+  def _train_batches(self, input_context, data_step, example_index=False):
+    """This input pipeline's batches from those of step data_step + 1 of the data stream on
+    (each step takes one batch per replica the pipeline feeds: two local GPUs, two)."""
+    t, d = self.config.train, self.config.data
     per_step = self.accum_steps * (input_context.num_replicas_in_sync //
                                    input_context.num_input_pipelines)
     return pipeline.train_dataset(
@@ -379,7 +387,25 @@ class Trainer:
         batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
         skip_batches=data_step * per_step, input_context=input_context,
-        static_shapes=self.static_shapes, augmenter=self.augmenter, packing=self.packing)
+        static_shapes=self.static_shapes, augmenter=self.augmenter, packing=self.packing,
+        example_index=example_index).take(per_step if example_index else -1)
+
+  def _examples_of(self, step):
+    """What nonfinite.describe says of the train examples of `step` (this worker's share of
+    them under multi_worker), or why they cannot be named."""
+    if self.dp_sgd is not None:  # its sample is drawn per step, not read from a stream
+      return "the examples of a DP-SGD step are not named"
+    context = self._input_context
+    data_step = step - 1 + int(self.run_state["batches_left_out"].numpy())
+    logging.info("Reading the data stream to step %d's batches to name its examples", step)
+    try:
+      with self.strategy.scope():
+        return nonfinite.describe(
+            self.task, self.model, list(self._train_batches(context, data_step, True)),
+            self.splits["train"], worker=None if context.num_input_pipelines == 1 else
+            (context.input_pipeline_id, context.num_input_pipelines))
+    except Exception as e:  # pylint: disable=broad-except; the divergence is still reported
+      return f"its examples could not be named ({type(e).__name__}: {e})"
 
   def _gradients(self, batch, denominator):
     """This replica's share of the loss and its gradients on one micro-batch; the summed
@@ -790,7 +816,7 @@ class Trainer:
     self.run_state["nonfinite_steps"].assign_add(1)
     count = int(self.run_state["nonfinite_steps"].numpy())
     self.writers.train_scalars(step, {"nonfinite_steps": count})
-    what = f"loss {loss} and gradient norm {norm}"
+    what = f"loss {loss} and gradient norm {norm}; {self._examples_of(step)}"
     if count <= t.skip_nonfinite_steps:
       logging.warning("step %d: %s; the step was skipped (%d of train.skip_nonfinite_steps=%d)",
                       step, what, count, t.skip_nonfinite_steps)
