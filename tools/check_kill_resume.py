@@ -18,7 +18,8 @@ way drawn at random, when there is an older checkpoint to resume from. With --di
 run is a regression on ../shared/data/tiny/sst2 whose train labels hold one 1e30 (its squared
 error is infinite in float32), so each batch holding that example diverges and the run goes
 back to its last checkpoint (train.divergence_rollbacks; a checkpoint every 4 steps, 200
-steps): kills land around rollbacks. Arguments after `--` go to
+steps): kills land around rollbacks, and the uninterrupted run's message at each divergence
+must name that line (train.tsv:11) alone. Arguments after `--` go to
 tf_finetune.train (default: configs/smoke.py, 600 steps, a checkpoint every 20). Prints
 where each kill landed (the rerun's "Resuming from" line, and the TensorBoard events of
 the killed process it removed), then the largest weight difference and whether the run
@@ -28,6 +29,7 @@ import json
 import logging
 import pathlib
 import random
+import re
 import subprocess
 import sys
 import time
@@ -120,6 +122,18 @@ def _diverging_args(root):
           "--config.train.log_every=10", "--config.train.divergence_rollbacks=1000"]
 
 
+def _check_named(output):
+  """--diverge: each divergence's message names the 1e30 line, train.tsv:11, alone. Prints
+  how many did; True if any did not."""
+  said = [line for line in output.splitlines()
+          if re.search(r"step \d+: loss \S+ and gradient norm", line)]
+  named = [line for line in said if re.search(
+      r"recomputed, the loss is not finite on 1 of the step's \d+ train examples: "
+      r"\S*/train\.tsv:11 \(loss inf\)", line)]
+  print(f"divergences naming train.tsv:11 alone: {len(named)} of {len(said)}", flush=True)
+  return len(named) != len(said) or not said
+
+
 def _resumed_from(output):
   """"from ckpt-N" if the start resumed, with the TensorBoard events it removed."""
   found = []
@@ -177,6 +191,7 @@ def main(argv):
     sys.exit(f"the uninterrupted run failed:\n{output[-3000:]}")
   print(f"uninterrupted: {whole_seconds:.0f} s{', ' if _DIVERGE.value else ''}"
         f"{', '.join(_resumed_from(output))}", flush=True)
+  misnamed = _DIVERGE.value and not argv[1:] and _check_named(output)
   expected_weights = [np.asarray(v) for v in
                       experiment.load_run(root / "whole", "latest").model.weights]
   expected_files = _run_files(root / "whole")
@@ -212,7 +227,7 @@ def main(argv):
     if not same["tensorboard"]:
       print("  " + _scalar_differences(expected_files["tensorboard"], files["tensorboard"]))
   print(f"{_ROUNDS.value - differing} of {_ROUNDS.value} killed runs ended as the uninterrupted one")
-  sys.exit(1 if differing else 0)
+  sys.exit(1 if differing or misnamed else 0)
 
 
 if __name__ == "__main__":
