@@ -1030,11 +1030,12 @@ def _scores_with_a_bad_label(directory, bad_line):
 @pytest.mark.parametrize("overrides", [
     {}, {"data__packing": False, "train__grad_accum_steps": 2},
     {"data__long_text": "windows", "data__max_seq_length": 8},
-    {"distribution__strategy": "mirrored", "distribution__num_cpu_devices": 2}])
+    {"distribution__strategy": "mirrored", "distribution__num_cpu_devices": 2},
+    {"data__augment": "eda", "data__augment_probability": 0.3}])
 def test_a_diverged_step_names_the_train_example_whose_loss_is_not_finite(tmp_path, overrides):
   """A real data-caused divergence: the step that reads the bad line stops the run, and the
   message names that line, and only it, by file and line (packed, accumulated, windowed,
-  two replicas each reading half of the step's batch)."""
+  two replicas each reading half of the step's batch, augmented texts)."""
   data = _scores_with_a_bad_label(tmp_path / "data", bad_line=11)
   config = tiny_config(data, task__name="regression", data__label_column="score",
                        train__steps=12, train__eval_every=12, **overrides)
