@@ -696,12 +696,20 @@ def _best_path(run):
       (run / "checkpoints" / "best.json").read_text())["checkpoint"]
 
 
-DAMAGE = {
+def _without_the_best_steps_training_checkpoint(run):
+  """Deletes checkpoints/ckpt-N of the best step N, which a damaged best falls back on."""
+  for path in run.glob(f"checkpoints/{_best_path(run).name}.*"):
+    path.unlink()
+
+
+DAMAGE = {  # the best cases: with no training checkpoint of the best's step to fall back on
     "truncated best checkpoint data": (
-        lambda run: _truncate(next(run.glob("checkpoints/best/ckpt-*.data-*"))), "best",
-        "checkpoints/best/ckpt-"),
+        lambda run: (_without_the_best_steps_training_checkpoint(run), _truncate(
+            next(run.glob("checkpoints/best/ckpt-*.data-*")))), "best", "checkpoints/best/ckpt-"),
     "garbled best checkpoint index": (
-        lambda run: _garble(_best_path(run).with_suffix(".index")), "best", "checkpoints/best/ckpt-"),
+        lambda run: (_without_the_best_steps_training_checkpoint(run),
+                     _garble(_best_path(run).with_suffix(".index"))), "best",
+        "checkpoints/best/ckpt-"),
     "garbled latest checkpoint data": (
         lambda run: _garble(next(run.glob("checkpoints/ckpt-6.data-*"))), "latest",
         "checkpoints/ckpt-6"),
@@ -715,7 +723,8 @@ DAMAGE = {
     "truncated best.json": (
         lambda run: _truncate(run / "checkpoints" / "best.json"), "best", "best.json"),
     "best.json naming a deleted checkpoint": (
-        lambda run: [p.unlink() for p in run.glob("checkpoints/best/ckpt-*")], "best",
+        lambda run: (_without_the_best_steps_training_checkpoint(run),
+                     [p.unlink() for p in run.glob("checkpoints/best/ckpt-*")]), "best",
         "best.json"),
     "--checkpoint=foo": (lambda run: None, "foo", "--checkpoint=foo"),
     "--checkpoint=/nope/ckpt-7": (lambda run: None, "/nope/ckpt-7", "/nope/ckpt-7"),
@@ -735,9 +744,39 @@ def test_a_damaged_run_directory_gives_one_error_naming_the_file(finished_run, t
   assert "\n" not in message
   if checkpoint == "best" and "checkpoint" in named:
     assert "--checkpoint=latest" in message
+    assert message.endswith(f"(the training checkpoint of the same step, "
+                            f"{run / 'checkpoints' / _best_path(run).name}, is not kept)")
   if checkpoint == "latest":
     assert message.endswith(f"use --checkpoint=best or the checkpoint before it, "
                             f"--checkpoint={run / 'checkpoints' / 'ckpt-3'}"), message
+
+
+@pytest.mark.parametrize("damage", ["truncated data", "a bit flipped in the data",
+                                    "a bit flipped in the index", "files deleted by hand"])
+def test_a_damaged_best_checkpoint_falls_back_on_the_training_checkpoint_of_its_step(
+    finished_run, tmp_path, damage, caplog):
+  """The loop saves checkpoints/ckpt-N right after step N's evaluation, so it holds the best
+  checkpoint's weights: evaluate (and export, predict: the same load_run) use it, with a
+  warning, and report what the intact run reports."""
+  import logging
+  run, intact = tmp_path / "run", tmp_path / "intact"
+  shutil.copytree(finished_run, run)
+  shutil.copytree(finished_run, intact)
+  best = _best_path(run)
+  expected = evaluator.evaluate_workdir(intact, "best")
+  CHECKPOINT_DAMAGE[damage](best)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    loaded = experiment.load_run(run, "best")
+    report = evaluator.evaluate_workdir(run, "best")
+  training_twin = str(run / "checkpoints" / best.name)
+  assert loaded.checkpoint == training_twin and loaded.step == int(best.name.split("-")[1])
+  reference = experiment.load_run(intact, "best")
+  for a, b in zip(_weights(reference.model), _weights(loaded.model)):
+    np.testing.assert_array_equal(a, b)
+  assert f"{best}: the best checkpoint (step {loaded.step}) is " in caplog.text
+  assert f"restoring {training_twin}, the training checkpoint of the same step" in caplog.text
+  assert report["splits"] == expected["splits"] and report["step"] == expected["step"]
+  assert report["checkpoint"] == training_twin
 
 
 def _flip_a_bit(path):

@@ -438,19 +438,57 @@ def _shortest_first(split):
   return np.argsort(lengths, kind="stable")
 
 
+def unreadable_checkpoint(path):
+  """Why the checkpoint's files cannot be read whole, or None when every tensor reads
+  (with its checksum)."""
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: a short data file
+    return first_line(e)
+  return None
+
+
+def _restore_best(workdir, model):
+  """The best checkpoint (best.json); when its files are gone or do not read whole, the
+  training checkpoint of the same step, which holds the same weights (the loop saves it
+  right after that step's evaluation), with a warning. Returns (path, step)."""
+  if not workdir.best_json.is_file():
+    raise WorkdirError(f"{workdir.root}: no best checkpoint yet (checkpoints/best.json); use "
+                       "--checkpoint=latest or a checkpoint path")
+  best = read_best(workdir)
+  path, step = str(workdir.best / best["checkpoint"]), best["step"]
+  same_step = str(workdir.checkpoints / f"ckpt-{step}")
+  kept = tf.io.gfile.exists(f"{same_step}.index")
+  choices = ("use --checkpoint=latest or a checkpoint path (the training checkpoint of the "
+             f"same step, {same_step}, is not kept)")
+  if not tf.io.gfile.exists(f"{path}.index"):
+    if not kept:
+      raise WorkdirError(f"{workdir.best_json}: names {best['checkpoint']}, which is not in "
+                         f"{workdir.best}; {choices}")
+    why = f"not in {workdir.best}"
+  else:
+    try:
+      restore_checkpoint(new_checkpoint(model), path, workdir, choices=choices)
+      return path, step
+    except WorkdirError:
+      why = unreadable_checkpoint(path)
+      if why is None or not kept:  # intact but not this model's, or nothing to fall back on
+        raise
+  logging.warning("%s: the best checkpoint (step %d) is %s; restoring %s, the training "
+                  "checkpoint of the same step, which holds the same weights", path, step,
+                  why if why.startswith("not in") else f"damaged ({why})", same_step)
+  restore_checkpoint(new_checkpoint(model), same_step, workdir)
+  return same_step, step
+
+
 def restore_model(workdir, model, which="best"):
   """Restores model weights from `best`, `latest` or a checkpoint path; returns its step."""
   choices = None  # restore_checkpoint's advice
   if which == "best":
-    if not workdir.best_json.is_file():
-      raise WorkdirError(f"{workdir.root}: no best checkpoint yet (checkpoints/best.json); use "
-                         "--checkpoint=latest or a checkpoint path")
-    best = read_best(workdir)
-    path, step = str(workdir.best / best["checkpoint"]), best["step"]
-    if not tf.io.gfile.exists(f"{path}.index"):
-      raise WorkdirError(f"{workdir.best_json}: names {best['checkpoint']}, which is not in "
-                         f"{workdir.best}; use --checkpoint=latest or a checkpoint path")
-  elif which == "latest":
+    return _restore_best(workdir, model)
+  if which == "latest":
     found = training_checkpoints(workdir)
     if not found:
       raise WorkdirError(f"{workdir.root}: no checkpoint in {workdir.checkpoints}")

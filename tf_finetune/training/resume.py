@@ -40,7 +40,7 @@ def restore_newest_intact(workdir, restore, *, repair):
     try:
       restore(path)
     except WorkdirError:
-      reason = _unreadable(path)
+      reason = experiment.unreadable_checkpoint(path)
       if reason is None:  # intact: it does not fit the model, and an older one is no answer
         raise
       damaged.append((path, reason))
@@ -61,18 +61,6 @@ def restore_newest_intact(workdir, restore, *, repair):
       f"{workdir.checkpoints}: every checkpoint is damaged ("
       + "; ".join(f"{pathlib.Path(p).name}: {reason}" for p, reason in damaged)
       + "); the run cannot resume: restore them from a copy, or train in a new --workdir")
-
-
-def _unreadable(path):
-  """Why the checkpoint's files cannot be read whole, or None when every tensor reads
-  (with its checksum)."""
-  try:
-    reader = tf.train.load_checkpoint(path)
-    for name in reader.get_variable_to_shape_map():
-      reader.get_tensor(name)
-  except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: a short data file
-    return experiment.first_line(e)
-  return None
 
 
 def _read_state(workdir):
