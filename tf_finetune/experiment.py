@@ -467,7 +467,7 @@ def _restore_best(workdir, model):
     if not kept:
       raise WorkdirError(f"{workdir.best_json}: names {best['checkpoint']}, which is not in "
                          f"{workdir.best}; {choices}")
-    why = f"not in {workdir.best}"
+    state = f"not in {workdir.best}"
   else:
     try:
       restore_checkpoint(new_checkpoint(model), path, workdir, choices=choices)
@@ -476,9 +476,10 @@ def _restore_best(workdir, model):
       why = unreadable_checkpoint(path)
       if why is None or not kept:  # intact but not this model's, or nothing to fall back on
         raise
+      state = f"damaged ({why})"
   logging.warning("%s: the best checkpoint (step %d) is %s; restoring %s, the training "
                   "checkpoint of the same step, which holds the same weights", path, step,
-                  why if why.startswith("not in") else f"damaged ({why})", same_step)
+                  state, same_step)
   restore_checkpoint(new_checkpoint(model), same_step, workdir)
   return same_step, step
 
