@@ -1118,10 +1118,10 @@ def test_a_packed_setfit_or_tagging_step_names_its_examples_by_their_own_losses(
     origin = r"ner_train.conll:\d+"
   t = trainer_lib.Trainer(config, tmp_path / "run")
   t.train(until_step=1)
-  packed = list(t._train_batches(t._input_context, 0, example_index=True))
+  packed = t._batches_of_step(t._input_context, 1)
   assert len(packed) == 1 and "example_ids" in packed[0]
   t.packing = False
-  padded = list(t._train_batches(t._input_context, 0, example_index=True))
+  padded = t._batches_of_step(t._input_context, 1)
   np.testing.assert_array_equal(packed[0]["example_index"], padded[0]["example_index"])
   np.testing.assert_allclose(nonfinite.per_example_losses(t.task, t.model, packed[0]),
                              nonfinite.per_example_losses(t.task, t.model, padded[0]),

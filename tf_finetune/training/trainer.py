@@ -376,19 +376,28 @@ class Trainer:
     data_step = self.step + int(self.run_state["batches_left_out"].numpy())
     return self._train_batches(input_context, data_step)
 
+  def _batches_per_step(self, input_context):
+    """Batches a step takes from this input pipeline: one per replica it feeds (two local
+    GPUs: two) and micro-batch."""
+    return self.accum_steps * (input_context.num_replicas_in_sync //
+                               input_context.num_input_pipelines)
+
   def _train_batches(self, input_context, data_step, example_index=False):
-    """This input pipeline's batches from those of step data_step + 1 of the data stream on
-    (each step takes one batch per replica the pipeline feeds: two local GPUs, two)."""
+    """This input pipeline's batches from those of step data_step + 1 of the data stream on."""
     t, d = self.config.train, self.config.data
-    per_step = self.accum_steps * (input_context.num_replicas_in_sync //
-                                   input_context.num_input_pipelines)
     return pipeline.train_dataset(
         self.splits["train"], self.train_label_values, self.task,
         batch_size=input_context.get_per_replica_batch_size(self.micro_batch_size),
         seed=t.seed, shuffle_buffer=d.shuffle_buffer, bucketing=d.bucketing,
-        skip_batches=data_step * per_step, input_context=input_context,
-        static_shapes=self.static_shapes, augmenter=self.augmenter, packing=self.packing,
-        example_index=example_index).take(per_step if example_index else -1)
+        skip_batches=data_step * self._batches_per_step(input_context),
+        input_context=input_context, static_shapes=self.static_shapes,
+        augmenter=self.augmenter, packing=self.packing, example_index=example_index)
+
+  def _batches_of_step(self, input_context, step):
+    """This input pipeline's batches of `step` (from 1), each row's "example_index" with them."""
+    data_step = step - 1 + int(self.run_state["batches_left_out"].numpy())
+    return list(self._train_batches(input_context, data_step, example_index=True).take(
+        self._batches_per_step(input_context)))
 
   def _examples_of(self, step):
     """What nonfinite.describe says of the train examples of `step` (this worker's share of
@@ -396,13 +405,12 @@ class Trainer:
     if self.dp_sgd is not None:  # its sample is drawn per step, not read from a stream
       return "the examples of a DP-SGD step are not named"
     context = self._input_context
-    data_step = step - 1 + int(self.run_state["batches_left_out"].numpy())
     logging.info("Reading the data stream to step %d's batches to name its examples", step)
     try:
       with self.strategy.scope():
         return nonfinite.describe(
-            self.task, self.model, list(self._train_batches(context, data_step, True)),
-            self.splits["train"], worker=None if context.num_input_pipelines == 1 else
+            self.task, self.model, self._batches_of_step(context, step), self.splits["train"],
+            worker=None if context.num_input_pipelines == 1 else
             (context.input_pipeline_id, context.num_input_pipelines))
     except Exception as e:  # pylint: disable=broad-except; the divergence is still reported
       return f"its examples could not be named ({type(e).__name__}: {e})"
@@ -518,11 +526,11 @@ class Trainer:
     def train_step(iterator):
       micro_batches = tuple(next(iterator) for _ in range(self.accum_steps))
       # Unpacked runs (static shapes, TPU) count nothing and add no reduction to the step.
-      loss, norm, nonfinite, *fill = self.strategy.run(
+      loss, norm, not_applied, *fill = self.strategy.run(
           replica_step_and_fill if self.packing else self.replica_step, args=micro_batches)
       return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
               self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None),
-              self.strategy.reduce(tf.distribute.ReduceOp.SUM, nonfinite, axis=None),
+              self.strategy.reduce(tf.distribute.ReduceOp.SUM, not_applied, axis=None),
               self.strategy.reduce(tf.distribute.ReduceOp.SUM, fill[0], axis=None) if fill
               else tf.zeros([5]))
     return train_step
@@ -674,7 +682,7 @@ class Trainer:
     window_start, timed_in_window, packing_logged = time.time(), 0, False
     run_start, steps_timed = time.time(), 0
     step = start_step
-    pending = []  # (step, loss, norm, nonfinite, packing fill) of steps not read yet
+    pending = []  # (step, loss, norm, not applied, packing fill) of steps not read yet
     signals = _SignalCatcher(self.strategy)
     preemption = self._preemption_handler(lambda: step)
     try:
@@ -692,8 +700,8 @@ class Trainer:
         if not (log_step or evaluate or save or signals.received or preemption is not None):
           continue
         diverged_at = None
-        for pending_step, loss, norm, nonfinite, fill in pending:
-          finite = not int(nonfinite)
+        for pending_step, loss, norm, not_applied, fill in pending:
+          finite = not int(not_applied)
           window.add(float(loss) if finite else None, fill.numpy())
           timed_in_window += 1  # a step not applied took its time too
           if not finite and self._nonfinite_step(pending_step, float(loss), float(norm)):
