@@ -7,7 +7,8 @@
 Stage 1 tunes the encoder on 40 contrastive pairs per article (SetFit's 20 iterations,
 CosineSimilarityLoss, batch 16, learning rate 2e-5, one pass, AdamW's epsilon 1e-8 where the
 other configs keep BERT's 1e-6: SetFit's defaults, which train with the HF Trainer's); stage 2
-fits a logistic regression on the tuned embeddings (tasks/setfit.py). The 40 articles are
+fits a logistic regression on the tuned embeddings (tasks/setfit.py) with task.head_c's default
+C=100 (SetFit's is 1.0; README, "Few-shot, SetFit-style"). The 40 articles are
 drawn per topic with data.split_seed and listed in the run's train_sample.tsv; dev and test
 are the default run's full splits. Articles are read to 256 wordpieces, the length the
 checkpoint was trained at.

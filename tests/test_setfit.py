@@ -12,7 +12,7 @@ from tf_finetune import checkpoints
 from tf_finetune import experiment
 from tf_finetune.data import pipeline
 from tf_finetune.evaluation import evaluator
-from tf_finetune.errors import CheckpointError, ConfigError, DataError
+from tf_finetune.errors import CheckpointError, ConfigError, DataError, WorkdirError
 from tf_finetune.export import serving
 from tf_finetune.tasks import sentence_embedding
 from tf_finetune.tasks import setfit
@@ -106,21 +106,54 @@ def test_the_contrastive_steps_lower_the_pair_loss_and_change_the_encoder(tmp_pa
       f"transformer_layer_{i}/self_attention_layer/key/bias" for i in range(2)]
 
 
-def test_the_head_is_the_logistic_regression_of_the_train_embeddings(setfit_run):
+def _head_and_logistic_regressions(workdir, checkpoint, *cs):
+  """Dev probabilities of a run's checkpoint, then those of logistic regressions with each C
+  fitted on its encoder's train embeddings."""
   from sklearn.linear_model import LogisticRegression
-  run = experiment.load_run(setfit_run)
+  run = experiment.load_run(workdir, checkpoint)
   splits, _ = experiment.load_data(run.config, run.labels)
   embed = lambda split: experiment.predict_logits(
       sentence_embedding.embedder(run.model),
       pipeline.eval_dataset(split, run.task.label_values(split), run.task, batch_size=64))
   train_values = run.task.label_values(splits["train"])
-  head = LogisticRegression(max_iter=1000).fit(embed(splits["train"]), train_values)
-  dev, _, logits, _ = dev_logits(setfit_run)
-  probabilities = tf.nn.softmax(logits).numpy()
-  np.testing.assert_allclose(probabilities, head.predict_proba(embed(dev)), atol=1e-4)
+  dev, _, logits, _ = dev_logits(workdir, checkpoint)
+  return [tf.nn.softmax(logits).numpy()] + [
+      LogisticRegression(C=c, max_iter=1000).fit(embed(splits["train"]), train_values)
+      .predict_proba(embed(dev)) for c in cs]
+
+
+def test_the_head_is_the_logistic_regression_of_the_train_embeddings(setfit_run):
+  run = experiment.load_run(setfit_run)
+  assert run.config.task.head_c == 100.0  # the default, not scikit-learn's (and SetFit's) 1.0
+  probabilities, with_c_100, with_c_1 = _head_and_logistic_regressions(
+      setfit_run, "best", 100.0, 1.0)
+  np.testing.assert_allclose(probabilities, with_c_100, atol=1e-4)
+  assert np.abs(probabilities - with_c_1).max() > 1e-2
+  dev, _, _, _ = dev_logits(setfit_run)
   report = json.loads((setfit_run / "eval" / "report.json").read_text())
   assert report["splits"]["dev"]["accuracy"] == pytest.approx(
       np.mean(probabilities.argmax(-1) == run.task.label_values(dev)))
+
+
+def test_a_run_made_before_task_head_c_resumes_with_the_head_it_was_made_with(tmp_path):
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=24)
+  config, workdir = _setfit_config(data), tmp_path / "run"
+  trainer_lib.Trainer(config, workdir).train(until_step=3)
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["task"].pop("head_c") == 100.0  # as tf_finetune wrote it before the key
+  (workdir / "config.json").write_text(json.dumps(saved))
+  assert experiment.Workdir(workdir).load_config().task.head_c == 1.0
+  with pytest.raises(WorkdirError, match=r"another config \(task\.head_c: 1\.0 -> 7\.0\)"):
+    trainer_lib.Trainer(_setfit_config(data, task__head_c=7.0), workdir)
+  resumed = trainer_lib.Trainer(config, workdir)
+  assert (resumed.config.task.head_c, config.task.head_c) == (1.0, 100.0)
+  resumed.train()
+  assert resumed.step == 12
+  probabilities, with_c_1, with_c_100 = _head_and_logistic_regressions(
+      workdir, "latest", 1.0, 100.0)
+  np.testing.assert_allclose(probabilities, with_c_1, atol=1e-4)
+  assert np.abs(probabilities - with_c_100).max() > 1e-2
+  assert "head_c" not in json.loads((workdir / "config.json").read_text())["task"]
 
 
 def test_the_head_fit_and_the_dev_evaluation_trace_one_forward_pass(tmp_path):
@@ -164,6 +197,7 @@ def test_switches_that_do_not_apply_are_refused(tmp_path):
   data = write_sentiment_tsv(tmp_path / "data")
   for keys, message in [
       ({"task__pairs_per_example": 3}, "task.pairs_per_example=3: must be even and >= 2"),
+      ({"task__head_c": 0.0}, "task.head_c=0.0: must be > 0"),
       ({"data__long_text": "windows"}, "data.long_text='windows': does not apply to "
                                        "task.name='setfit'"),
       ({"privacy__method": "dp_sgd"}, "privacy.method='dp_sgd': does not apply to "

@@ -29,6 +29,9 @@ TASK_METRICS = {
 # Tasks with one label per example from a label vocabulary (label spellings checked,
 # splits carved label-stratified, metrics by group as classification's).
 SINGLE_LABEL = ("classification", "zero_shot", "setfit")
+# Keys whose default differs from what tf_finetune did before the key was added: a run
+# directory made before it (its config.json without the key) is read with this value.
+VALUES_BEFORE_THE_KEY = {("task", "head_c"): 1.0}
 TASKS = tuple(TASK_METRICS)
 CLASS_WEIGHTS = ("none", "balanced")
 PEFT_METHODS = ("none", "freeze", "bitfit", "adapter", "lora")
@@ -76,6 +79,10 @@ def base_config():
   # setfit: contrastive pairs per train example, half of one label and half of two
   # (SetFit's num_iterations=20 makes 40).
   c.task.pairs_per_example = 40
+  # setfit: the logistic-regression head's C, scikit-learn's inverse of the L2 penalty's
+  # strength (SetFit's head keeps scikit-learn's 1.0; README, "Few-shot, SetFit-style", for
+  # the measurements this default was chosen on).
+  c.task.head_c = 100.0
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bbc_news"
@@ -441,6 +448,8 @@ def validate(config):
         (d.augment != "none", "data.augment", "")],
         "does not apply to task.name='zero_shot', which trains nothing")
   if config.task.name == "setfit":
+    _check(config.task.head_c > 0, "task.head_c", config.task.head_c,
+           "must be > 0 (the inverse of the head's L2 penalty)")
     _check(config.task.pairs_per_example >= 2 and config.task.pairs_per_example % 2 == 0,
            "task.pairs_per_example", config.task.pairs_per_example,
            "must be even and >= 2 (half of them of the example's own label)")

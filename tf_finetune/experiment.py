@@ -56,14 +56,27 @@ class Workdir:
     if not self.config.is_file():
       raise WorkdirError(f"{self.root}: no {CONFIG_FILE}; is this a tf_finetune run directory?")
     saved = atomic.read_json(self.config, dict, "the run's resolved config")
-    # Keys added to tf_finetune after this run was made take their defaults.
+    # Keys added to tf_finetune after this run was made take their defaults, or the value
+    # the run was made with where the key's default is not what the code did before it.
     config = config_lib.base_config().to_dict()
     for section, values in saved.items():
       if not isinstance(values, dict) or section not in config:
         raise WorkdirError(f"{self.config}: {section!r} is not a config section; the file is "
                            "damaged")
       config[section].update(values)
+    for key, value in self.values_before_keys(saved).items():
+      section, _, name = key.partition(".")
+      config[section][name] = value
     return ml_collections.ConfigDict(config)
+
+  def values_before_keys(self, saved=None):
+    """{"section.key": value} of config.VALUES_BEFORE_THE_KEY whose key this run's
+    config.json lacks: the run was made before the key, with that value in force."""
+    if saved is None:
+      saved = atomic.read_json(self.config, dict, "the run's resolved config")
+    return {f"{section}.{name}": value
+            for (section, name), value in config_lib.VALUES_BEFORE_THE_KEY.items()
+            if name not in saved.get(section, {})}
 
   def load_labels(self):
     if not self.labels.is_file():

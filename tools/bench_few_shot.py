@@ -4,21 +4,27 @@ and setfit itself (PyTorch), on the same samples, as a table.
   python tools/bench_few_shot.py                                  # everything below
   python tools/bench_few_shot.py --datasets=sst2 --shots=8 --samples=2 --sides=setfit,plain
   python tools/bench_few_shot.py --datasets=emotion --shots=64 --first_sample=3 --samples=2
+  python tools/bench_few_shot.py --datasets=trec --sides=setfit,setfit_torch --head_c=1,10
 
 Data: ../shared/data/emotion (6 labels, full 2,000-text val set as dev) and sst2 (full
-872-sentence dev set). For each K in --shots and each sample s (data.split_seed=s, also
-train.seed=s), K train texts per label are drawn once (tf_finetune's per-label sample; the
-PyTorch side trains on the very same texts) and every side trains on them:
+872-sentence dev set); also trec (6 coarse labels; dev: 10% of the 5,452 questions, drawn
+with each sample's data.split_seed, configs/trec.py), which no setting here was chosen on.
+For each K in --shots and each sample s (data.split_seed=s, also train.seed=s), K train
+texts per label are drawn once (tf_finetune's per-label sample; the PyTorch side trains on
+the very same texts) and every side trains on them:
   setfit        task.name=setfit: 40 pairs per text (SetFit's num_iterations=20),
                 CosineSimilarityLoss, batch 16, lr 2e-5, one pass, AdamW's epsilon 1e-8
                 (not the configs' 1e-6: setfit trains with the HF Trainer's), then a logistic
-                regression head (SetFit's defaults)
+                regression head with C=task.head_c (configs' default; setfit's is 1.0).
+                --head_c=C1,C2: also the dev accuracy of heads with those C on the same
+                trained encoder (scikit-learn on its train and dev embeddings)
   plain         task.name=classification on the same texts for the same number of optimizer
                 steps and batch, lr 1e-4 (the configs' rate for this checkpoint), mean pooling
   setfit_torch  setfit 1.x (PyTorch) with the same body, arguments and texts
                 (pip install setfit; skipped with the reason when it does not import)
   zero_shot     task.name=zero_shot, no training (once per dataset): emotion "This text is
-                about {label}.", SST-2 "This review is negative." / "... positive."
+                about {label}.", SST-2 "This review is negative." / "... positive.", TREC
+                "This question asks for an abbreviation." (a description, an entity, ...)
 Every tf_finetune side reads 64 wordpieces; setfit is given max_length=64 too, but uses it
 only for end-to-end head training: its body trains and predicts with the checkpoint's own 256
 (sentence_bert_config.json). Texts over 64 wordpieces: SST-2 4 of 67,349 train, none of dev;
@@ -39,22 +45,28 @@ import numpy as np
 from absl import app
 from absl import flags
 
-DATASETS = ("emotion", "sst2")
+DATASETS = ("emotion", "sst2", "trec")
 SIDES = ("setfit", "plain", "setfit_torch", "zero_shot")
-SST2_DESCRIPTIONS = {"0": "This review is negative.", "1": "This review is positive."}
+DESCRIPTIONS = {
+    "sst2": {"0": "This review is negative.", "1": "This review is positive."},
+    "trec": {label: f"This question asks for {what}." for label, what in [
+        ("ABBR", "an abbreviation"), ("DESC", "a description"), ("ENTY", "an entity"),
+        ("HUM", "a person"), ("LOC", "a location"), ("NUM", "a number")]}}
 # The SetFit-style side runs configs/setfit.py's recipe on each data set and setfit is given
 # the same: pairs per text, batch, learning rate (and AdamW's epsilon, setfit's default).
 RECIPE = benchlib.load_config("setfit")
 PAIRS_PER_EXAMPLE = RECIPE.task.pairs_per_example
 BATCH = RECIPE.train.batch_size
 
-_DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Data sets.")
+_DATASETS = flags.DEFINE_list("datasets", ["emotion", "sst2"], f"Data sets, of {DATASETS}.")
 _SHOTS = flags.DEFINE_list("shots", ["8", "64"], "Train texts per label.")
 _SAMPLES = flags.DEFINE_integer("samples", 5, "Samples per K: seeds first_sample.. on.")
 _FIRST_SAMPLE = flags.DEFINE_integer(
     "first_sample", 0, "The first sample's seed: a cell too long for one sitting is run in "
     "parts (--first_sample=3 --samples=2 runs samples 3 and 4).")
 _SIDES = flags.DEFINE_list("sides", list(SIDES), "Sides to run.")
+_HEAD_C = flags.DEFINE_list("head_c", [], "setfit side: also the dev accuracy with heads "
+                            "of these C (task.head_c) on the same trained encoder.")
 _RUN = flags.DEFINE_string("run", None, "Internal: DATASET:SIDE:K:SEED in this process.")
 
 
@@ -63,9 +75,9 @@ def config_for(dataset, side, shots, seed):
                "data.split_seed": seed, "train.batch_size": BATCH, "train.eval_splits": "dev"}
   if side == "zero_shot":
     overrides["task.name"] = "zero_shot"
-    if dataset == "sst2":
+    if dataset in DESCRIPTIONS:
       with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(SST2_DESCRIPTIONS, f)
+        json.dump(DESCRIPTIONS[dataset], f)
       overrides["task.label_descriptions"] = f.name
     return benchlib.load_config(dataset, overrides)
   steps = shots * num_labels(dataset) * PAIRS_PER_EXAMPLE // BATCH
@@ -82,7 +94,7 @@ def config_for(dataset, side, shots, seed):
 
 
 def num_labels(dataset):
-  return {"emotion": 6, "sst2": 2}[dataset]
+  return {"emotion": 6, "sst2": 2, "trec": 6}[dataset]
 
 
 def run_tf(config):
@@ -93,8 +105,26 @@ def run_tf(config):
   trainer = train.train_and_evaluate(config, workdir)
   seconds = time.time() - start
   report = json.loads((pathlib.Path(workdir) / "eval" / "report.json").read_text())
-  return {"dev_accuracy": report["splits"]["dev"]["accuracy"], "seconds": seconds,
-          "steps": trainer.step}
+  result = {"dev_accuracy": report["splits"]["dev"]["accuracy"], "seconds": seconds,
+            "steps": trainer.step}
+  if config.task.name == "setfit" and _HEAD_C.value:
+    result["dev_accuracy_head_c"] = dev_accuracy_of_heads(
+        trainer, [float(c) for c in _HEAD_C.value])
+  return result
+
+
+def dev_accuracy_of_heads(trainer, head_cs):
+  """{C: dev accuracy} with the head refitted with each C on the trained encoder, as the
+  run's evaluations fit it (after the timed work; the run evaluates once, at its last step,
+  so the trainer's weights are the report's). "own" is the run's own C refitted: it should
+  give the run's dev accuracy."""
+  def accuracy(c):
+    trainer.task.config.task.head_c = c
+    return float(trainer.evaluate_dev()["accuracy"])
+  own = trainer.config.task.head_c
+  result = {str(c): accuracy(c) for c in head_cs}
+  result["own"] = accuracy(own)
+  return result
 
 
 def run_setfit_torch(config):
@@ -143,13 +173,19 @@ def main(argv):
              for seed in range(_FIRST_SAMPLE.value, _FIRST_SAMPLE.value + _SAMPLES.value)
              for side in _SIDES.value if side != "zero_shot"]
     for side, shots, seed in runs:
-      r = benchlib.run_side(__file__, [f"--run={dataset}:{side}:{shots}:{seed}", *argv[1:]])
+      r = benchlib.run_side(__file__, [f"--run={dataset}:{side}:{shots}:{seed}",
+                                       f"--head_c={','.join(_HEAD_C.value)}", *argv[1:]])
       if "skipped" in r:
         print(f"{dataset} {side}: skipped: {r['skipped']}", flush=True)
         continue
       rows.setdefault((dataset, shots, side), []).append(r)
-      print(f"{dataset} K={shots} {side} sample {seed}: dev accuracy {r['dev_accuracy']:.4f} | "
-            f"{r['seconds']:.0f}s | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+      other_heads = r.get("dev_accuracy_head_c", {})
+      for c, accuracy in other_heads.items():  # the same encoder, so the same time
+        rows.setdefault((dataset, shots, f"{side} head C={c}"), []).append(
+            dict(r, dev_accuracy=accuracy))
+      print(f"{dataset} K={shots} {side} sample {seed}: dev accuracy {r['dev_accuracy']:.4f}"
+            + "".join(f" (head C={c}: {a:.4f})" for c, a in other_heads.items())
+            + f" | {r['seconds']:.0f}s | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
   print("| data | K per label | side | dev accuracy mean +- std | samples | wall time mean |")
   print("|---|---|---|---|---|---|")
   for (dataset, shots, side), rs in rows.items():

@@ -8,9 +8,11 @@ loss is SetFit's CosineSimilarityLoss, the squared difference between the pair's
 similarity and its target; with data.packing, both texts of a batch's pairs are packed into
 the same rows. Stage 2 fits a logistic regression (scikit-learn, SetFit's
 default head) on the encoder's embeddings of the train examples and writes it into the
-model's Dense head. It is fitted again before every evaluation, so each dev figure, the best
-checkpoint and the export hold the head of their own encoder; the exported model is one
-graph from raw text to label.
+model's Dense head, with C=task.head_c (scikit-learn's inverse of the L2 penalty's strength;
+SetFit keeps its 1.0, which on unit-length embeddings holds the weights small; README,
+"Few-shot, SetFit-style", for the default). It is fitted again before every evaluation, so
+each dev figure, the best checkpoint and the export hold the head of their own encoder; the
+exported model is one graph from raw text to label.
 """
 import numpy as np
 import tensorflow as tf
@@ -133,7 +135,8 @@ class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.Clas
     """Stage 2: a logistic regression on the train examples' embeddings, into "logits"."""
     from sklearn.linear_model import LogisticRegression
     embeddings = np.asarray(outputs_of(self._embedder(model)), np.float64)
-    head = LogisticRegression(max_iter=1000).fit(embeddings, label_values)
+    head = LogisticRegression(C=self.config.task.head_c, max_iter=1000).fit(
+        embeddings, label_values)
     kernel = np.zeros((embeddings.shape[1], len(self.label_vocabulary)), np.float32)
     bias = np.zeros(len(self.label_vocabulary), np.float32)
     if head.coef_.shape[0] == 1:  # two labels: softmax over (0, z) is the logistic's sigmoid
@@ -143,5 +146,6 @@ class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.Clas
     layer = model.get_layer("logits")
     layer.kernel.assign(kernel)
     layer.bias.assign(bias)
-    logging.info("SetFit head: logistic regression on %d train embeddings, train accuracy "
-                 "%.4f", len(embeddings), head.score(embeddings, label_values))
+    logging.info("SetFit head: logistic regression (C=%g) on %d train embeddings, train "
+                 "accuracy %.4f", self.config.task.head_c, len(embeddings),
+                 head.score(embeddings, label_values))

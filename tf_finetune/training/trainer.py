@@ -7,6 +7,7 @@ SIGTERM and Ctrl-C save a checkpoint at the next step boundary; a second trainer
 same workdir is refused (workdir_lock); the best-checkpoint state and the early-stopping
 counter live in the training checkpoint, so a resumed run counts every evaluation once.
 """
+import copy
 import json
 import math
 import pathlib
@@ -90,8 +91,8 @@ class Trainer:
       keras.config.set_dtype_policy(global_policy)
 
   def _setup(self):
+    self.resuming = self._check_workdir()  # may set self.config (a resumed older run)
     config = self.config
-    self.resuming = self._check_workdir()
     if self.is_chief:
       self._remove_leftovers()
     keras.utils.set_random_seed(config.train.seed)
@@ -258,6 +259,8 @@ class Trainer:
       raise WorkdirError(f"{wd.root}: config.json but no labels.json; the run directory is "
                          "damaged")
     if wd.config.is_file():
+      self._keep_values_of_keys_added_since(wd)
+      resolved = json.loads(self.config.to_json())
       saved = json.loads(wd.load_config().to_json())  # keys added since: their defaults
       a, b = config_lib.flatten(saved), config_lib.flatten(resolved)
       changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
@@ -275,6 +278,19 @@ class Trainer:
         raise WorkdirError(f"{wd.root} is not empty and holds no tf_finetune run; "
                            "choose a new --workdir")
     return False
+
+  def _keep_values_of_keys_added_since(self, wd):
+    """A run made before a key whose default changed what the code did resumes with the
+    value it was made with (config.VALUES_BEFORE_THE_KEY), unless the command sets another
+    value than the default."""
+    defaults = config_lib.flatten(config_lib.base_config().to_dict())
+    current = config_lib.flatten(self.config.to_dict())
+    kept = {key: value for key, value in wd.values_before_keys().items()
+            if current[key] == defaults[key] != value}
+    if kept:
+      self.config = config_lib.override(copy.deepcopy(self.config), kept)
+      logging.info("%s: made before %s; resuming with what it was made with: %s", wd.config,
+                   ", ".join(kept), ", ".join(f"{k}={v!r}" for k, v in kept.items()))
 
   def _remove_unfinished_start(self):
     """A start killed while it wrote its run files left data_digest.json (written first) and
