@@ -394,3 +394,48 @@ def test_headerless_column_indices_must_not_be_negative(tmp_path):
   with pytest.raises(DataError, match=r"d\.tsv: has_header=False needs column indices from 0 on, found -5"):
     sources.read_delimited(path, delimiter="\t", text_column="-5", label_column="1",
                            has_header=False)
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2", "lzma"])
+def test_a_compressed_data_file_is_read_as_the_text_it_holds(tmp_path, compress):
+  content = b"sentence\tlabel\ngood\t1\ncaf\xc3\xa9\t0\nbad row\n"
+  packed = tmp_path / "train.tsv"  # known by its first bytes, not by its name
+  packed.write_bytes(__import__(compress).compress(content))
+  with pytest.raises(DataError) as e:  # lines count the text it holds
+    sources.read_delimited(packed, delimiter="\t", text_column="sentence", label_column="label")
+  assert str(e.value).startswith(f"{packed}:4: expected 2 fields")
+  packed.write_bytes(__import__(compress).compress(content[:-len(b"bad row\n")]))
+  split = sources.read_delimited(packed, delimiter="\t", text_column="sentence",
+                                 label_column="label")
+  assert (split.texts, split.labels) == (["good", "café"], ["1", "0"])
+
+
+def test_an_archive_or_a_cut_compressed_file_is_refused_by_name(tmp_path):
+  import gzip
+  import zipfile
+  archive = tmp_path / "train.tsv"
+  with zipfile.ZipFile(archive, "w") as z:
+    z.writestr("train.tsv", "sentence\tlabel\ngood\t1\n")
+  with pytest.raises(DataError, match=r"train.tsv: is a zip archive, not a text file; unzip"):
+    sources.read_delimited(archive, delimiter="\t", text_column="sentence", label_column="label")
+  cut = tmp_path / "dev.jsonl"
+  cut.write_bytes(gzip.compress(b'{"text": "a", "label": "x"}\n' * 100)[:30])
+  with pytest.raises(DataError, match=r"dev.jsonl: is gzip-compressed, but does not decompress"):
+    sources.read_jsonl(cut, text_column="text", label_column="label")
+
+
+def test_a_header_of_one_column_says_which_delimiter_it_holds(tmp_path):
+  path = tmp_path / "train.csv"
+  path.write_text("sentence;label\ngood;1\n")
+  with pytest.raises(DataError, match=r"train.csv:1: no text column 'sentence' in header "
+                     r"\['sentence;label'\]; the header is one column holding ';': if that "
+                     r"separates the columns, set data.delimiter=';'"):
+    sources.read_delimited(path, delimiter=",", text_column="sentence", label_column="label")
+
+
+def test_texts_to_predict_may_come_compressed(tmp_path):
+  import gzip
+  from tf_finetune import cli
+  path = tmp_path / "texts.txt.gz"
+  path.write_bytes(gzip.compress("one\n\ncaf\u00e9\n".encode()))
+  assert cli.read_texts([], str(path)) == ["one", "", "café"]

@@ -10,6 +10,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 import tf_finetune
+from tf_finetune.data import sources
 from tf_finetune.errors import STORAGE_FAILURES, Interrupted, UserError, storage_failure
 
 
@@ -126,15 +127,15 @@ def run(main):
 
 
 def read_texts(arguments, input_path, errors="strict", verb="predict"):
-  """The texts, one per argument or per line of input_path (None or "-": standard input);
-  blank lines kept, as "". errors: what bytes that are not UTF-8 do: strict (stop, naming
+  """The texts, one per argument or per line of input_path (None or "-": standard input;
+  a gzip, bzip2 or xz file is read as the text it holds); blank lines kept, as "". errors: what bytes that are not UTF-8 do: strict (stop, naming
   the line) or replace (U+FFFD, counted on stderr)."""
   if arguments:
     return list(arguments)
   if input_path and input_path != "-":
     name = input_path
     try:
-      data = pathlib.Path(name).read_bytes()
+      data = sources.read_data_file(name)
     except OSError as e:
       raise UserError(f"--input={name}: {e.strerror}") from None
   else:

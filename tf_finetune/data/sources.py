@@ -3,15 +3,19 @@
 Every reader is strict: a malformed row, a missing column or undecodable bytes raises a
 DataError naming the file, the line and the problem. Nothing is dropped silently.
 """
+import bz2
 import collections
 import csv
 import dataclasses
+import gzip
 import importlib.util
 import io
 import json
+import lzma
 import pathlib
 import re
 import sys
+import zlib
 
 import numpy as np
 from absl import logging
@@ -60,8 +64,44 @@ class Split:
                  pick(self.text_pairs), {k: pick(v) for k, v in self.columns.items()})
 
 
-def _decode(path, encoding="utf-8"):
+# Compressed data files are read as the text they hold, recognised by their first bytes
+# whatever their name (a gzip file's are 1f 8b 08, bzip2's "BZh" + level + "1AY&SY", xz's
+# fd "7zXZ" 00); the codecs are Python's standard library.
+_COMPRESSIONS = (
+    ("gzip", lambda data: data[:3] == b"\x1f\x8b\x08", gzip.decompress),
+    ("bzip2", lambda data: data[:3] == b"BZh" and data[4:10] == b"1AY&SY", bz2.decompress),
+    ("xz", lambda data: data[:6] == b"\xfd7zXZ\x00", lzma.decompress))
+# Files that hold other files, or a codec the standard library lacks: refused by name.
+_UNREAD_FORMATS = (
+    (b"PK\x03\x04", "a zip archive", "unzip it"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it (unzstd)"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "extract it (7z x)"))
+
+
+def read_data_file(path):
+  """The bytes of a data file, decompressed when it is gzip, bzip2 or xz (line numbers in
+  messages then count the lines it holds); a zip, 7z or zstd file is refused naming what
+  to do."""
+  path = pathlib.Path(path)
   data = path.read_bytes()
+  for name, is_compressed, decompress in _COMPRESSIONS:
+    if is_compressed(data):
+      try:
+        data = decompress(data)
+      except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:
+        raise DataError(f"{path}: is {name}-compressed, but does not decompress ({e}); "
+                        "the file may be cut short") from None
+      logging.info("%s: %s-compressed, read as the %d bytes it holds", path, name, len(data))
+      return data
+  for magic, what, advice in _UNREAD_FORMATS:
+    if data.startswith(magic):
+      raise DataError(f"{path}: is {what}, not a text file; {advice} and name the data file "
+                      "it holds")
+  return data
+
+
+def _decode(path, encoding="utf-8"):
+  data = read_data_file(path)
   utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
   try:
     return data.decode("utf-8-sig" if utf8 else encoding)
@@ -84,7 +124,13 @@ def _column_index(path, header, column, role=""):
                     f"(columns {places}), so the {role}column is ambiguous; name each once")
   if column in header:
     return header.index(column)
-  raise DataError(f"{path}:1: no {role}column {column!r} in header {header}")
+  hint = ""
+  if len(header) == 1:
+    others = [d for d in ("\t", ",", ";", "|") if d in header[0]]
+    if others:
+      hint = (f"; the header is one column holding {others[0]!r}: if that separates the "
+              f"columns, set data.delimiter={others[0]!r}")
+  raise DataError(f"{path}:1: no {role}column {column!r} in header {header}{hint}")
 
 
 def read_delimited(path, *, delimiter, text_column, label_column, text_pair_column="",
