@@ -178,11 +178,11 @@ def main(argv):
       if "skipped" in r:
         print(f"{dataset} {side}: skipped: {r['skipped']}", flush=True)
         continue
-      rows.setdefault((dataset, shots, side), []).append(r)
+      rows.setdefault((dataset, shots, side), []).append(dict(r, seed=seed))
       other_heads = r.get("dev_accuracy_head_c", {})
       for c, accuracy in other_heads.items():  # the same encoder, so the same time
         rows.setdefault((dataset, shots, f"{side} head C={c}"), []).append(
-            dict(r, dev_accuracy=accuracy))
+            dict(r, dev_accuracy=accuracy, seed=seed))
       print(f"{dataset} K={shots} {side} sample {seed}: dev accuracy {r['dev_accuracy']:.4f}"
             + "".join(f" (head C={c}: {a:.4f})" for c, a in other_heads.items())
             + f" | {r['seconds']:.0f}s | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
@@ -192,6 +192,36 @@ def main(argv):
     accuracy = np.array([r["dev_accuracy"] for r in rs])
     print(f"| {dataset} | {shots or '-'} | {side} | {accuracy.mean():.4f} +- "
           f"{accuracy.std():.4f} | {len(rs)} | {np.mean([r['seconds'] for r in rs]):.0f}s |")
+  for line in paired_differences(rows):
+    print(line)
+
+
+def paired_differences(rows):
+  """Lines comparing each SetFit-style row with setfit's on the same samples: the
+  per-sample differences in points, their mean with a 95% t interval, and the count of
+  samples ahead, level and under."""
+  from scipy import stats
+  lines = []
+  for (dataset, shots, side), rs in rows.items():
+    theirs = {r["seed"]: r["dev_accuracy"] for r in rows.get((dataset, shots, "setfit_torch"), [])}
+    if not side.startswith("setfit") or side == "setfit_torch" or not theirs:
+      continue
+    paired = [(r["seed"], 100 * (r["dev_accuracy"] - theirs[r["seed"]]))
+              for r in rs if r["seed"] in theirs]
+    if not paired:
+      continue
+    seeds, points = zip(*paired)
+    points = np.round(np.array(points), 6)  # accuracies are counts over the same dev set
+    interval = ""
+    if len(points) > 1:
+      half = stats.t.ppf(0.975, len(points) - 1) * points.std(ddof=1) / np.sqrt(len(points))
+      interval = f", 95% t interval {points.mean() - half:+.2f} to {points.mean() + half:+.2f}"
+    lines.append(
+        f"{dataset} K={shots} {side} minus setfit_torch, samples {', '.join(map(str, seeds))}: "
+        + ", ".join(f"{p:+.2f}" for p in points) + f" points; mean {points.mean():+.2f}"
+        + interval + f"; ahead on {np.sum(points > 0)}, level on {np.sum(points == 0)}, "
+        f"under on {np.sum(points < 0)} of {len(points)}")
+  return lines
 
 
 if __name__ == "__main__":
