@@ -128,8 +128,9 @@ def run(main):
 
 def read_texts(arguments, input_path, errors="strict", verb="predict"):
   """The texts, one per argument or per line of input_path (None or "-": standard input;
-  a gzip, bzip2 or xz file is read as the text it holds); blank lines kept, as "". errors: what bytes that are not UTF-8 do: strict (stop, naming
-  the line) or replace (U+FFFD, counted on stderr)."""
+  a gzip, bzip2 or xz file is read as the text it holds); blank lines kept, as "".
+  errors: what bytes that are not UTF-8 do: strict (stop, naming the line) or replace
+  (U+FFFD, counted on stderr)."""
   if arguments:
     return list(arguments)
   if input_path and input_path != "-":
