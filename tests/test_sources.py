@@ -1,3 +1,4 @@
+import importlib
 import json
 import sys
 import unicodedata
@@ -396,15 +397,16 @@ def test_headerless_column_indices_must_not_be_negative(tmp_path):
                            has_header=False)
 
 
-@pytest.mark.parametrize("compress", ["gzip", "bz2", "lzma"])
-def test_a_compressed_data_file_is_read_as_the_text_it_holds(tmp_path, compress):
+@pytest.mark.parametrize("codec", ["gzip", "bz2", "lzma"])
+def test_a_compressed_data_file_is_read_as_the_text_it_holds(tmp_path, codec):
+  compress = importlib.import_module(codec).compress
   content = b"sentence\tlabel\ngood\t1\ncaf\xc3\xa9\t0\nbad row\n"
   packed = tmp_path / "train.tsv"  # known by its first bytes, not by its name
-  packed.write_bytes(__import__(compress).compress(content))
+  packed.write_bytes(compress(content))
   with pytest.raises(DataError) as e:  # lines count the text it holds
     sources.read_delimited(packed, delimiter="\t", text_column="sentence", label_column="label")
   assert str(e.value).startswith(f"{packed}:4: expected 2 fields")
-  packed.write_bytes(__import__(compress).compress(content[:-len(b"bad row\n")]))
+  packed.write_bytes(compress(content[:-len(b"bad row\n")]))
   split = sources.read_delimited(packed, delimiter="\t", text_column="sentence",
                                  label_column="label")
   assert (split.texts, split.labels) == (["good", "café"], ["1", "0"])

@@ -203,9 +203,9 @@ def paired_differences(rows):
   from scipy import stats
   lines = []
   for (dataset, shots, side), rs in rows.items():
-    theirs = {r["seed"]: r["dev_accuracy"] for r in rows.get((dataset, shots, "setfit_torch"), [])}
-    if not side.startswith("setfit") or side == "setfit_torch" or not theirs:
+    if not side.startswith("setfit") or side == "setfit_torch":
       continue
+    theirs = {r["seed"]: r["dev_accuracy"] for r in rows.get((dataset, shots, "setfit_torch"), [])}
     paired = [(r["seed"], 100 * (r["dev_accuracy"] - theirs[r["seed"]]))
               for r in rs if r["seed"] in theirs]
     if not paired:
@@ -214,8 +214,9 @@ def paired_differences(rows):
     points = np.round(np.array(points), 6)  # accuracies are counts over the same dev set
     interval = ""
     if len(points) > 1:
-      half = stats.t.ppf(0.975, len(points) - 1) * points.std(ddof=1) / np.sqrt(len(points))
-      interval = f", 95% t interval {points.mean() - half:+.2f} to {points.mean() + half:+.2f}"
+      low, high = stats.t.interval(0.95, len(points) - 1, loc=points.mean(),
+                                   scale=stats.sem(points))
+      interval = f", 95% t interval {low:+.2f} to {high:+.2f}"
     lines.append(
         f"{dataset} K={shots} {side} minus setfit_torch, samples {', '.join(map(str, seeds))}: "
         + ", ".join(f"{p:+.2f}" for p in points) + f" points; mean {points.mean():+.2f}"

@@ -125,11 +125,11 @@ def _column_index(path, header, column, role=""):
   if column in header:
     return header.index(column)
   hint = ""
-  if len(header) == 1:
-    others = [d for d in ("\t", ",", ";", "|") if d in header[0]]
-    if others:
-      hint = (f"; the header is one column holding {others[0]!r}: if that separates the "
-              f"columns, set data.delimiter={others[0]!r}")
+  other = next((d for d in ("\t", ",", ";", "|") if d in header[0]), None) \
+      if len(header) == 1 else None
+  if other:
+    hint = (f"; the header is one column holding {other!r}: if that separates the columns, "
+            f"set data.delimiter={other!r}")
   raise DataError(f"{path}:1: no {role}column {column!r} in header {header}{hint}")
 
 
