@@ -751,6 +751,44 @@ def test_a_damaged_run_directory_gives_one_error_naming_the_file(finished_run, t
                             f"--checkpoint={run / 'checkpoints' / 'ckpt-3'}"), message
 
 
+BEST_JSON_DAMAGE = {
+    "truncated": _truncate,
+    "garbled": _garble,
+    "not an object": lambda path: path.write_text("[4]"),
+    "without its step": lambda path: path.write_text('{"checkpoint": "ckpt-4"}'),
+    "deleted": lambda path: path.unlink(),
+}
+
+
+@pytest.mark.parametrize("case", list(BEST_JSON_DAMAGE))
+def test_a_damaged_best_json_is_written_anew_from_the_checkpoint_by_the_training_command(
+    finished_run, tmp_path, case, caplog):
+  """best.json writes out what the training checkpoint records of the best: evaluate names
+  the damaged file and the two ways on; the training command, run again on the finished
+  run, writes it anew (with a warning) as the intact run had it, and the report follows."""
+  import logging
+  run, intact = tmp_path / "run", tmp_path / "intact"
+  shutil.copytree(finished_run, run)
+  shutil.copytree(finished_run, intact)
+  best_json = run / "checkpoints" / "best.json"
+  BEST_JSON_DAMAGE[case](best_json)
+  with pytest.raises(UserError) as e:
+    evaluator.evaluate_workdir(run, "best")
+  assert str(e.value).startswith(f"{run}: no best checkpoint yet" if case == "deleted" else
+                                 f"{best_json}: "), str(e.value)
+  if case != "deleted":
+    assert str(e.value).endswith("or run the training command again, which writes the file "
+                                 "anew from the run's newest checkpoint")
+  config = tiny_config(finished_run.parent / "data", train__steps=6)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    trainer_lib.Trainer(config, run).train()
+  assert best_json.read_text() == (intact / "checkpoints" / "best.json").read_text()
+  assert "; written anew from the record of the best in " \
+      f"{run / 'checkpoints' / 'ckpt-6'} (accuracy " in caplog.text
+  assert evaluator.evaluate_workdir(run, "best")["splits"] == \
+      evaluator.evaluate_workdir(intact, "best")["splits"]
+
+
 @pytest.mark.parametrize("damage", ["truncated data", "a bit flipped in the data",
                                     "a bit flipped in the index", "files deleted by hand"])
 def test_a_damaged_best_checkpoint_falls_back_on_the_training_checkpoint_of_its_step(

@@ -88,8 +88,7 @@ def read_best(workdir):
   """checkpoints/best.json: which checkpoint is the best, at which step."""
   best = atomic.read_json(workdir.best_json, dict, "the best checkpoint's name and step")
   if not isinstance(best.get("checkpoint"), str) or not isinstance(best.get("step"), int):
-    raise WorkdirError(f"{workdir.best_json}: no checkpoint name and step; the file is damaged; "
-                       "use --checkpoint=latest or a checkpoint path")
+    raise WorkdirError(f"{workdir.best_json}: no checkpoint name and step; the file is damaged")
   return best
 
 
@@ -470,7 +469,12 @@ def _restore_best(workdir, model):
   if not workdir.best_json.is_file():
     raise WorkdirError(f"{workdir.root}: no best checkpoint yet (checkpoints/best.json); use "
                        "--checkpoint=latest or a checkpoint path")
-  best = read_best(workdir)
+  try:
+    best = read_best(workdir)
+  except WorkdirError as e:
+    raise WorkdirError(f"{e}; use --checkpoint=latest or a checkpoint path, or run the training "
+                       "command again, which writes the file anew from the run's newest "
+                       "checkpoint") from None
   path, step = str(workdir.best / best["checkpoint"]), best["step"]
   same_step = str(workdir.checkpoints / f"ckpt-{step}")
   kept = tf.io.gfile.exists(f"{same_step}.index")

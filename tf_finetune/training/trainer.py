@@ -194,6 +194,8 @@ class Trainer:
         experiment.new_checkpoint(self.model), self._side_effect_dir(self.workdir.best),
         max_to_keep=2)
     self.best = self._load_best()
+    if self.is_chief and latest:
+      self._rewrite_unreadable_best_json(latest)
     if self.is_chief:
       summaries.drop_events_after(self.workdir.tensorboard, self.step if latest else None,
                                   reopen_session=not self._finished())
@@ -370,6 +372,23 @@ class Trainer:
     if self._restored_without_run_state and self.workdir.best_json.is_file():
       return experiment.read_best(self.workdir)
     return None
+
+  def _rewrite_unreadable_best_json(self, restored):
+    """best.json writes out the restored checkpoint's record of the best; missing or damaged,
+    it is written anew from that record. One that reads but differs is left: it may be of an
+    evaluation after the checkpoint, which this run does again and rewrites it."""
+    if self.best is None or self._restored_without_run_state:
+      return
+    try:
+      experiment.read_best(self.workdir)
+      return
+    except FileNotFoundError:
+      why = f"{self.workdir.best_json}: missing"
+    except WorkdirError as e:
+      why = str(e)
+    logging.warning("%s; written anew from the record of the best in %s (%s %.4f at step %d)",
+                    why, restored, self.best["metric"], self.best["value"], self.best["step"])
+    self._write_best()
 
   def _save_best_state(self):
     b = self.best
