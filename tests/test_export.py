@@ -1,5 +1,6 @@
 """The hand-off: SavedModel export, its signatures, warmup file and the predict CLI."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -186,6 +187,34 @@ def test_predict_on_a_run_directory_names_the_export_to_pass(run_dir, exported, 
   assert out.stderr.decode().strip() == (f"error: {tmp_path}: cannot load a SavedModel "
                                          f"(SavedModel file does not exist at: {tmp_path}/"
                                          "{saved_model.pbtxt|saved_model.pb})")
+
+
+@pytest.mark.parametrize("damage", ["index cut short", "data cut short", "a bit flipped in "
+                                    "the data", "data file missing"])
+def test_predict_on_an_export_with_damaged_variables_says_so_in_one_line(exported, tmp_path,
+                                                                         damage):
+  """TensorFlow's checkpoint reader raises its own errors (not OSError) on a SavedModel's
+  damaged variables/: each is one line naming the export and what to do, no traceback."""
+  copy = tmp_path / "1"
+  shutil.copytree(exported, copy)
+  index = copy / "variables" / "variables.index"
+  data = next((copy / "variables").glob("variables.data-*"))
+  if damage == "index cut short":
+    index.write_bytes(index.read_bytes()[: index.stat().st_size // 3])
+  elif damage == "data cut short":
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+  elif damage == "data file missing":
+    data.unlink()
+  else:
+    flipped = bytearray(data.read_bytes())
+    flipped[len(flipped) // 2] ^= 1
+    data.write_bytes(bytes(flipped))
+  out = _predict(copy, "good film")
+  message = out.stderr.decode().strip().splitlines()
+  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
+  assert message[-1].startswith(f"error: {copy}: cannot load a SavedModel ("), message
+  assert message[-1].endswith("): its variables/ files are damaged (cut short, garbled or "
+                              "missing); export the run again"), message[-1]
 
 
 def test_hf_export_loads_in_transformers_with_same_logits(run_dir):

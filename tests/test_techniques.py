@@ -2,6 +2,7 @@
 learning rate, label smoothing, early stopping (gradient accumulation: test_trainer.py;
 PEFT: test_peft.py)."""
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -195,6 +196,13 @@ def test_ensemble_averages_the_models_probabilities(sentiment_dir, tmp_path):
   other = str(serving.export_saved_model(tmp_path / "other_run"))
   with pytest.raises(SystemExit, match="different labels"):
     predict.Predictor([exports[0], other])
+  # A damaged labels.json is named, not a traceback.
+  labels_file = pathlib.Path(other) / "assets.extra" / "labels.json"
+  labels_file.write_bytes(labels_file.read_bytes()[:5])
+  with pytest.raises(SystemExit) as e:
+    predict.Predictor([exports[0], other])
+  assert str(e.value).startswith(f"error: {labels_file}: cannot be read as JSON (")
+  assert str(e.value).endswith("; the file is damaged; export the run again")
 
 
 def test_student_starts_from_chosen_teacher_layers_and_distills(sentiment_dir, tmp_path):

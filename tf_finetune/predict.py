@@ -24,6 +24,7 @@ or of regression runs) averages the models' probabilities (or scores) per text.
 """
 import json
 import pathlib
+import re
 
 from absl import app
 from absl import flags
@@ -68,6 +69,11 @@ class Predictor:
       except (OSError, ValueError) as e:
         raise SystemExit(f"error: {path}: cannot load a SavedModel "
                          f"({str(e).splitlines()[0]}){_saved_model_hint(path)}")
+      except (tf.errors.OpError, IndexError) as e:  # IndexError: variables/ cut short
+        why = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", str(e).strip().splitlines()[0])
+        raise SystemExit(f"error: {path}: cannot load a SavedModel ({why[:300]}): its "
+                         "variables/ files are damaged (cut short, garbled or missing); export "
+                         "the run again")
     self.has_pairs = "text_pair" in self.serves[0].structured_input_signature[1]
     self.labels = None
     if len(self.serves) > 1:
@@ -89,7 +95,11 @@ class Predictor:
         if not file.is_file():
           raise SystemExit(f"error: {path}: no assets.extra/labels.json (exported before "
                            "ensembles existed; export the run again)")
-        labels.append(json.loads(file.read_text()))
+        try:
+          labels.append(json.loads(file.read_bytes().decode("utf-8")))
+        except (UnicodeDecodeError, ValueError) as e:
+          raise SystemExit(f"error: {file}: cannot be read as JSON ({e}); the file is damaged; "
+                           "export the run again") from None
       if any(l != labels[0] for l in labels):
         raise SystemExit(f"error: --model: the models have different labels: {labels}")
       self.labels = labels[0]
