@@ -74,3 +74,61 @@ def test_exact_gelu_equals_keras_exact_gelu_and_its_gradient():
                              tape.gradient(keras_gelu, x).numpy(), atol=1e-6)
   tanh = keras.activations.gelu(x, approximate=True)
   assert np.abs(ours.numpy() - tanh.numpy()).max() > 1e-4
+
+
+def _tokenizer_dir(tmp_path, family="bert"):
+  import shutil
+  directory = tmp_path / family
+  shutil.copytree(REPO / "tests" / "fixtures" / "tiny_checkpoints" / family, directory)
+  return directory
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_a_tokenizer_json_whose_ids_are_not_each_used_once_is_refused(tmp_path, family):
+  """An id changed (a damaged digit, an edit by hand) used to shift every piece after it
+  by one in the vocabulary read, silently."""
+  directory = _tokenizer_dir(tmp_path, family)
+  path = directory / "tokenizer.json"
+  spec = json.loads(path.read_text())
+  vocab = spec["model"]["vocab"]
+  pieces = sorted(vocab, key=vocab.get)
+  vocab[pieces[40]] = vocab[pieces[30]]
+  path.write_text(json.dumps(spec))
+  with pytest.raises(CheckpointError) as e:
+    checkpoints.read_tokenizer_spec(directory)
+  assert str(e.value) == (
+      f"{path}: the vocabulary's {len(vocab)} ids must be 0-{len(vocab) - 1}, each once; "
+      f"{pieces[40]!r} has id 30, also the id of {pieces[30]!r}; the file is damaged")
+  vocab[pieces[40]] = len(vocab)
+  path.write_text(json.dumps(spec))
+  with pytest.raises(CheckpointError, match=f"has id {len(vocab)}, not one of them"):
+    checkpoints.read_tokenizer_spec(directory)
+
+
+def test_a_vocab_txt_that_differs_from_tokenizer_json_is_named_in_a_warning(tmp_path, caplog):
+  import logging
+  directory = _tokenizer_dir(tmp_path)
+  pieces = checkpoints.read_tokenizer_spec(directory).vocabulary
+  vocab_txt = directory / "vocab.txt"
+  vocab_txt.write_text("\n".join(pieces) + "\n")
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    checkpoints.read_tokenizer_spec(directory)
+  assert "differs from tokenizer.json" not in caplog.text
+  vocab_txt.write_text("\n".join(pieces[:100]))  # cut short
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    spec = checkpoints.read_tokenizer_spec(directory)
+  assert spec.vocabulary == pieces  # tokenizer.json is what is read, as transformers does
+  assert (f"{vocab_txt}: differs from tokenizer.json, which is what is read (as transformers "
+          f"does): 100 pieces against {len(pieces)}, first at line 101 (None against "
+          f"{pieces[100]!r}); one of the two files may be damaged") in caplog.text
+
+
+def test_a_vocab_txt_read_alone_that_is_not_utf8_is_refused(tmp_path):
+  directory = _tokenizer_dir(tmp_path)
+  pieces = checkpoints.read_tokenizer_spec(directory).vocabulary
+  (directory / "tokenizer.json").unlink()
+  vocab_txt = directory / "vocab.txt"
+  vocab_txt.write_bytes("\n".join(pieces).encode() + b"\n\xff\xfe\n")
+  with pytest.raises(CheckpointError, match=f"^{vocab_txt}: not UTF-8 text \\(.*\\); the file "
+                     "is damaged$"):
+    checkpoints.read_tokenizer_spec(directory)

@@ -233,3 +233,9 @@ def test_pooling_is_read_from_the_sentence_transformers_files(tmp_path):
   with pytest.raises(CheckpointError, match=r"1_Pooling/config\.json: pooling_mode_max_tokens: "
                                             "only one of mean or cls"):
     checkpoints.sentence_pooling(directory)
+  pooling_file.unlink()  # was read as mean pooling, whatever the checkpoint pooled with
+  with pytest.raises(CheckpointError) as e:
+    checkpoints.sentence_pooling(directory)
+  assert str(e.value) == (f"{pooling_file}: missing, but {directory / 'modules.json'} names a "
+                          "Pooling module in '1_Pooling'; the pooling (mean or cls) is not "
+                          "known: restore the file from the checkpoint")

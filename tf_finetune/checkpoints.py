@@ -9,6 +9,7 @@ import dataclasses
 import json
 import pathlib
 
+from absl import logging
 from keras_hub.src.utils.preset_utils import SAFETENSOR_CONFIG_FILE, SAFETENSOR_FILE
 
 from tf_finetune import atomic
@@ -143,9 +144,15 @@ def read_tokenizer_spec(checkpoint_dir):
                             "(WordPiece, byte-level BPE or Unigram)")
     fields = reader(spec, tokenizer_json, checkpoint_dir)
     fields.update(_special_tokens(spec, tokenizer_config, tokenizer_json, fields))
+    if fields.get("kind", "wordpiece") == "wordpiece" and vocab_txt.is_file():
+      _warn_if_vocab_txt_differs(vocab_txt, fields["vocabulary"])
   elif vocab_txt.is_file():
+    try:
+      pieces = tuple(vocab_txt.read_bytes().decode("utf-8").splitlines())
+    except UnicodeDecodeError as e:
+      raise CheckpointError(f"{vocab_txt}: not UTF-8 text ({e}); the file is damaged") from None
     fields = dict(
-        vocabulary=tuple(vocab_txt.read_text(encoding="utf-8").splitlines()),
+        vocabulary=pieces,
         lowercase=bool(tokenizer_config.get("do_lower_case", True)),
         strip_accents=tokenizer_config.get("strip_accents"),
         split_on_cjk=bool(tokenizer_config.get("tokenize_chinese_chars", True)),
@@ -162,6 +169,34 @@ def read_tokenizer_spec(checkpoint_dir):
   return spec
 
 
+def _vocabulary_by_id(vocab, path):
+  """tokenizer.json's pieces in the order of their ids, which must be 0 to N-1, each once:
+  an id damaged or edited by hand would otherwise shift every piece after it by one."""
+  by_id = {}
+  for piece, i in vocab.items():
+    if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(vocab) or i in by_id:
+      problem = f"also the id of {by_id[i]!r}" if i in by_id else "not one of them"
+      raise CheckpointError(f"{path}: the vocabulary's {len(vocab)} ids must be 0-"
+                            f"{len(vocab) - 1}, each once; {piece!r} has id {i!r}, {problem}; "
+                            "the file is damaged")
+    by_id[i] = piece
+  return tuple(by_id[i] for i in range(len(vocab)))
+
+
+def _warn_if_vocab_txt_differs(vocab_txt, vocabulary):
+  """vocab.txt beside a WordPiece tokenizer.json is not read (transformers reads
+  tokenizer.json too); one that does not list the same pieces points at a damaged file."""
+  lines = vocab_txt.read_bytes().decode("utf-8", errors="replace").splitlines()
+  if lines != list(vocabulary):
+    first = next((i for i, (a, b) in enumerate(zip(lines, vocabulary)) if a != b),
+                 min(len(lines), len(vocabulary)))
+    logging.warning("%s: differs from tokenizer.json, which is what is read (as transformers "
+                    "does): %d pieces against %d, first at line %d (%r against %r); one of "
+                    "the two files may be damaged", vocab_txt, len(lines), len(vocabulary),
+                    first + 1, lines[first] if first < len(lines) else None,
+                    vocabulary[first] if first < len(vocabulary) else None)
+
+
 def _wordpiece_spec(spec, path, checkpoint_dir):
   model = spec["model"]
   normalizer = spec.get("normalizer") or {}
@@ -169,7 +204,7 @@ def _wordpiece_spec(spec, path, checkpoint_dir):
     raise CheckpointError(f"{path}: normalizer {normalizer.get('type')!r} is not supported "
                           "with WordPiece (BertNormalizer)")
   return dict(
-      vocabulary=tuple(t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])),
+      vocabulary=_vocabulary_by_id(model["vocab"], path),
       lowercase=bool(normalizer.get("lowercase", True)),
       strip_accents=normalizer.get("strip_accents"),
       split_on_cjk=bool(normalizer.get("handle_chinese_chars", True)),
@@ -189,7 +224,7 @@ def _byte_bpe_spec(spec, path, checkpoint_dir):
     raise CheckpointError(f"{path}: ByteLevel add_prefix_space=true is not supported")
   merges = tuple(m if isinstance(m, str) else " ".join(m) for m in model["merges"])
   return dict(
-      vocabulary=tuple(t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])),
+      vocabulary=_vocabulary_by_id(model["vocab"], path),
       kind="byte_bpe", merges=merges, words_take_prefix_space=True,
       unk_token=model.get("unk_token") or "<unk>")
 
@@ -329,8 +364,11 @@ def sentence_pooling(checkpoint_dir):
   pooling = "mean"
   if pooling_module is not None:
     pooling_file = directory / pooling_module.get("path", "") / "config.json"
-    settings = (atomic.read_json(pooling_file, dict, "a pooling configuration", CheckpointError)
-                if pooling_file.is_file() else {})
+    if not pooling_file.is_file():  # sentence-transformers cannot load such a directory either
+      raise CheckpointError(f"{pooling_file}: missing, but {modules_file} names a Pooling "
+                            f"module in {pooling_module.get('path', '')!r}; the pooling (mean "
+                            "or cls) is not known: restore the file from the checkpoint")
+    settings = atomic.read_json(pooling_file, dict, "a pooling configuration", CheckpointError)
     modes = [key for key, on in settings.items() if key.startswith("pooling_mode_") and on]
     if len(modes) > 1 or (modes and modes[0] not in _POOLING_MODES):
       raise CheckpointError(f"{pooling_file}: {', '.join(modes)}: only one of mean or cls "
