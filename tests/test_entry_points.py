@@ -47,6 +47,17 @@ def test_smoke_train_then_resume_then_evaluate(tmp_path):
   assert "checkpoint step 12" in evaluated.stdout
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--output=x"], "error: --file_source and --output go with --file"),
+    (["--file_source=tsv"], "error: --file_source and --output go with --file"),
+    (["--file=x.tsv", "--splits=dev"], "error: --file evaluates that file instead of the run's "
+                                       "splits; drop --splits"),
+])
+def test_evaluate_file_flags_that_do_not_go_together_are_refused(tmp_path, flags, message):
+  result = _run("tf_finetune.evaluate", f"--workdir={tmp_path}", *flags)
+  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == message
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--config.train.batch_size=0", "error: config.train.batch_size=0: must be > 0"),
     ("--config.train.no_such_key=1", "error: unknown config key among --config.train.no_such_key"),

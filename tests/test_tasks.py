@@ -135,6 +135,11 @@ def test_multilabel_train_evaluate_export(tmp_path):
   names = np.array(report["labels"])
   assert [x.decode() for x in outputs["labels"].numpy()] == [",".join(names[row]) for row in expected]
   assert "calibrated on dev" in (exported / "README.md").read_text()
+  # A held-out file (here dev again, as a file) is scored with the thresholds tuned on dev.
+  from tf_finetune.evaluation import evaluator
+  held_out = evaluator.evaluate_file(workdir, data / "dev.tsv")
+  assert held_out["calibration"] == report["calibration"]
+  assert held_out["splits"]["dev.tsv"] == dev
 
 
 def test_multilabel_export_needs_the_dev_calibration(tmp_path):

@@ -413,3 +413,53 @@ def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(tmp_path, monkeypa
   assert backbone.dtype_policy.name == expected
   assert keras.config.dtype_policy().name == "float32"  # the process's policy is left alone
   t.close()
+
+
+def test_evaluate_on_a_held_out_file_reports_it_apart_from_the_runs_splits(sentiment_dir,
+                                                                             tmp_path):
+  """`evaluate --file`: a labelled file the run did not read, read as its data files are,
+  gives the metrics the run's own test split gives for the same rows, in
+  eval/<file name>/, leaving the run's eval/ files as they were; its labels must be the
+  run's; another file's report is not overwritten."""
+  from tf_finetune import train
+  from tf_finetune.errors import ConfigError, DataError
+  from tf_finetune.evaluation import evaluator
+  held_out = tmp_path / "held_out"
+  write_sentiment_tsv(held_out, seed=5)
+  run = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(
+      sentiment_dir, train__steps=4, train__eval_every=2,
+      data__test_file=str(held_out / "dev.tsv"), train__eval_splits="dev,test"), run)
+  own = {p.name: p.read_bytes() for p in (run / "eval").iterdir()}
+  report = evaluator.evaluate_file(run, held_out / "dev.tsv")
+  assert {p.name: p.read_bytes() for p in (run / "eval").iterdir() if p.is_file()} == own
+  written = json.loads((run / "eval" / "dev.tsv" / "report.json").read_text())
+  assert written["file"] == str(held_out / "dev.tsv") and written["data_source"] == "tsv"
+  as_test = json.loads(own["report.json"])["splits"]["test"]
+  assert report["splits"]["dev.tsv"] == written["splits"]["dev.tsv"] == as_test
+  predictions = (run / "eval" / "dev.tsv" / "predictions.tsv").read_text().splitlines()
+  assert len(predictions) == 1 + 16 and predictions[1].startswith(
+      f"dev.tsv\t{held_out / 'dev.tsv'}:2\t")
+  evaluator.evaluate_file(run, held_out / "dev.tsv")  # the same file again: rewritten
+  other = tmp_path / "other" / "dev.tsv"
+  write_sentiment_tsv(other.parent, seed=6)
+  with pytest.raises(WorkdirError, match=f"holds the report of {held_out / 'dev.tsv'}, not of "
+                     f"{other}; choose another --output"):
+    evaluator.evaluate_file(run, other)
+  with pytest.raises(WorkdirError, match="holds the report of the run's own splits"):
+    evaluator.evaluate_file(run, other, output=str(run / "eval"))
+  unseen = tmp_path / "unseen.tsv"
+  unseen.write_text("sentence\tlabel\na fine film\t1\nan odd one\t7\n")
+  with pytest.raises(DataError, match=f"^{unseen}:3: label '7' of the unseen.tsv split is not "
+                     "among the 2 labels seen in train"):
+    evaluator.evaluate_file(run, unseen)
+  bbc = tmp_path / "bbc"
+  train.train_and_evaluate(tiny_config(sentiment_dir, data__source="bbc_news",
+                                       data__max_train_examples=40, train__steps=1), bbc)
+  with pytest.raises(ConfigError, match=f"^--file_source: {bbc} read data.source='bbc_news', "
+                     "so say how"):
+    evaluator.evaluate_file(bbc, held_out / "dev.tsv")
+  news = tmp_path / "news.csv"
+  news.write_text('sentence,label\n"Shares fell, and the bank cut rates.",business\n')
+  only = evaluator.evaluate_file(bbc, news, source="csv")["splits"]["news.csv"]
+  assert only["num_examples"] == 1

@@ -191,6 +191,15 @@ def check_data_digest(workdir, splits):
                        f"{current['examples']} now; {where}): {advice}")
 
 
+def load_labelled_file(config, data_config, file_name, split_name, keep_columns=()):
+  """One labelled file read as `data_config` says (a held-out set evaluated after training)
+  and prepared as load_data prepares the run's splits (data.mask_pii)."""
+  split = sources.read_labelled_file(data_config, file_name, split_name,
+                                     allow_empty_label=config.task.name == "multilabel",
+                                     keep_columns=keep_columns)
+  return _mask_pii(split) if config.data.mask_pii else split
+
+
 def _mask_pii(split):
   """data.mask_pii: the split with its texts (and pairs) masked, and the replacements per
   type in the log. A CoNLL sentence's words that overlap one PII span become one word, its

@@ -740,6 +740,14 @@ def check_label_spellings(splits):
                         "be two classes; write every such label one way")
 
 
+def read_labelled_file(data_config, file_name, split_name, allow_empty_label=False,
+                       keep_columns=()):
+  """One labelled file (data.dir / file_name) read as data.source reads the run's files: its
+  format, columns, encoding and screening of bad texts."""
+  split = _read_file(data_config, file_name, split_name, allow_empty_label, keep_columns)
+  return split if data_config.source == "conll" else screen_texts(split, data_config.bad_text)
+
+
 def _read_file(data_config, file_name, split_name, allow_empty_label, keep_columns):
   path = pathlib.Path(data_config.dir).expanduser() / file_name
   columns = dict(text_column=data_config.text_column, label_column=data_config.label_column,
@@ -801,10 +809,10 @@ def load_splits(data_config, stratify=True, allow_empty_label=False, keep_column
           text_column=data_config.text_column, label_column=data_config.label_column,
           text_pair_column=data_config.text_pair_column, keep_columns=columns_of(name))
       splits[name].name = name
-    else:
-      splits[name] = _read_file(data_config, ref, name, allow_empty_label, columns_of(name))
-    if source != "conll":
       splits[name] = screen_texts(splits[name], data_config.bad_text)
+    else:
+      splits[name] = read_labelled_file(data_config, ref, name, allow_empty_label,
+                                        columns_of(name))
   if "train" not in splits:
     raise DataError("data: no train split given (data.train_file / data.tfds_train_split)")
   if stratify:  # single-label classification

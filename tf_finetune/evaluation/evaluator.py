@@ -1,16 +1,66 @@
-"""Evaluate a run's checkpoint on its splits and write WORKDIR/eval/."""
+"""Evaluate a run's checkpoint on its splits and write WORKDIR/eval/, or on another
+labelled file and write WORKDIR/eval/<file name>/."""
+import copy
+import pathlib
+
 from absl import logging
 
+from tf_finetune import atomic
 from tf_finetune import config as config_lib
 from tf_finetune import experiment
 from tf_finetune import peft
 from tf_finetune import privacy
-from tf_finetune.errors import DataError
+from tf_finetune.errors import ConfigError, DataError, WorkdirError
 from tf_finetune.evaluation import reports
 
 
+FILE_SOURCES = ("tsv", "csv", "jsonl", "label_first", "conll")
+
+
+def evaluate_file(workdir, file, checkpoint="best", *, source="", output="", slice_column="",
+                  positive_label=""):
+  """Evaluates the checkpoint on one labelled file the run did not read (a held-out set),
+  read as the run's data files are: its data.source, columns, delimiter, encoding, screening
+  and PII masking (`source` names the format for runs that read bbc_news or TFDS). Writes
+  report.json (naming the file), report.txt, predictions.tsv and the plots to `output`
+  (default WORKDIR/eval/<file name>/), never over the run's own eval/ files, nor over the
+  report of another file. The split is named by the file's name. The privacy a DP-SGD run
+  spent is in its own eval/report.json."""
+  run = experiment.load_run(workdir, checkpoint)
+  config, wd = run.config, run.workdir
+  data_config = copy.deepcopy(config.data)
+  if (source or data_config.source) not in FILE_SOURCES:
+    raise ConfigError(
+        f"--file_source: {wd.root} read data.source={data_config.source!r}, so say how "
+        f"{file} is written: one of {', '.join(FILE_SOURCES)} (read with the run's columns: "
+        f"data.text_column={data_config.text_column!r}, "
+        f"data.label_column={data_config.label_column!r})")
+  if source and source != data_config.source:
+    data_config.delimiter = ""  # the format's own (tab, comma), not the run's
+  data_config.source = source or data_config.source
+  data_config.dir = ""
+  path = pathlib.Path(file).expanduser().absolute()
+  out = pathlib.Path(output).expanduser() if output else wd.eval / path.name
+  earlier = out / "report.json"
+  if earlier.is_file():
+    made_for = atomic.read_json(earlier, dict, "an evaluation report").get("file")
+    if made_for != str(path):
+      made_for = made_for or "the run's own splits"
+      raise WorkdirError(f"{earlier}: holds the report of {made_for}, not of {path}; choose "
+                         "another --output")
+  name = path.name
+  data = {name: experiment.load_labelled_file(
+      config, data_config, str(path), name, keep_columns=(slice_column,) if slice_column else ())}
+  if run.task.needs_calibration:  # multi-label thresholds are tuned on the run's dev
+    data["dev"] = experiment.load_data(config, run.labels, keep_in={"dev"})[0]["dev"]
+  return evaluate_workdir(wd.root, checkpoint, [name], slice_column=slice_column,
+                          positive_label=positive_label, run=run, data=data, eval_dir=out,
+                          about={"file": str(path), "data_source": data_config.source})
+
+
 def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column="",
-                     positive_label="", run=None, known_outputs=None, data=None):
+                     positive_label="", run=None, known_outputs=None, data=None,
+                     eval_dir=None, about=None):
   """Writes report.json, report.txt, predictions.tsv (and confusion_matrix*.png for
   classification); returns the report.
 
@@ -24,7 +74,8 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
   run: the run's model already at `checkpoint` (Trainer.best_run), not built again;
   known_outputs: {split: (label values, logits)} that model has already computed.
   data: the run's splits as experiment.load_data gave them to the trainer, not read again
-  (ignored with slice_column, a column the trainer did not keep).
+  (ignored with slice_column when the splits to report do not hold that column).
+  eval_dir: where the files go (default WORKDIR/eval); about: fields added to report.json.
   """
   run = run or experiment.load_run(workdir, checkpoint)
   wd, config, labels, task, model = run.workdir, run.config, run.labels, run.task, run.model
@@ -34,7 +85,8 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
     fairness.check_positive_label(config.task.name, labels.labels, positive_label)
     positive_label = positive_label or fairness.default_positive_label(config.task.name,
                                                                        labels.labels)
-  if data is None or slice_column:
+  if data is None or (slice_column and not all(
+      slice_column in data[name].columns for name in (splits or data) if name in data)):
     data, _ = experiment.load_data(
         config, labels, keep_columns=(slice_column,) if slice_column else (),
         keep_in=set(splits or config.train.eval_splits.split(",")))
@@ -55,15 +107,16 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
   if task.needs_calibration:  # fitted on dev even when dev is not among the splits reported
     calibration = task.calibrate(*(outputs["dev"] if "dev" in outputs else logits_of("dev")))
 
-  wd.eval.mkdir(parents=True, exist_ok=True)
+  eval_dir = pathlib.Path(eval_dir) if eval_dir else wd.eval
+  eval_dir.mkdir(parents=True, exist_ok=True)
   trainable, total = peft.parameter_counts(model)
-  report = {"task": config.task.name, "checkpoint": path, "step": step,
+  report = {**(about or {}), "task": config.task.name, "checkpoint": path, "step": step,
             "best_metric": task.best_metric, "labels": labels.labels,
             "parameters": {"peft": config.peft.method, "trainable": trainable, "total": total},
             "splits": {}}
   if calibration is not None:
     report["calibration"] = calibration
-  if config.privacy.method == "dp_sgd":  # what this checkpoint's steps spent
+  if config.privacy.method == "dp_sgd" and "train" in data:  # what this checkpoint's steps spent
     report["privacy"] = privacy.plan(config, len(data["train"])).report(step)
   rows = []
   if slice_column:
@@ -80,23 +133,23 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
                                     labels.labels, positive_label=positive_label,
                                     separator=config.data.multilabel_separator)
       report["slices"]["splits"][name] = table
-      reports.plot_metrics_by_group(wd.eval / f"slices_{name}.png", table["groups"],
+      reports.plot_metrics_by_group(eval_dir / f"slices_{name}.png", table["groups"],
                                     f"{name} by {slice_column} (step {step})")
     if "confusion_matrix" in report["splits"][name]:
       reports.plot_confusion_matrix(
-          wd.eval / f"confusion_matrix_{name}.png", report["splits"][name]["confusion_matrix"],
+          eval_dir / f"confusion_matrix_{name}.png", report["splits"][name]["confusion_matrix"],
           labels.labels, f"{name} (step {step})")
     logging.info("%s: %s on %d examples", name, reports.metrics_line(report["splits"][name]),
                  len(split))
   # confusion_matrix.png is the held-out split's: test when there is one, else dev.
   main_split = "test" if "test" in report["splits"] else wanted[0]
   if "confusion_matrix" in report["splits"][main_split]:
-    reports.plot_confusion_matrix(wd.eval / "confusion_matrix.png",
+    reports.plot_confusion_matrix(eval_dir / "confusion_matrix.png",
                                   report["splits"][main_split]["confusion_matrix"],
                                   labels.labels, f"{main_split} (step {step})")
-  reports.write_predictions(wd.eval / "predictions.tsv", rows)
-  reports.write_json(wd.eval / "report.json", report)
-  reports.write_text_report(wd.eval / "report.txt", report)
+  reports.write_predictions(eval_dir / "predictions.tsv", rows)
+  reports.write_json(eval_dir / "report.json", report)
+  reports.write_text_report(eval_dir / "report.txt", report)
   return report
 
 
