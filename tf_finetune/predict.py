@@ -71,9 +71,11 @@ class Predictor:
                          f"({str(e).splitlines()[0]}){_saved_model_hint(path)}")
       except (tf.errors.OpError, IndexError) as e:  # IndexError: variables/ cut short
         why = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", str(e).strip().splitlines()[0])
-        raise SystemExit(f"error: {path}: cannot load a SavedModel ({why[:300]}): its "
-                         "variables/ files are damaged (cut short, garbled or missing); export "
-                         "the run again")
+        damaged = isinstance(e, (IndexError, tf.errors.DataLossError)) or any(
+            sign in why.lower() for sign in ("variables", "checksum", "sstable"))
+        raise SystemExit(f"error: {path}: cannot load a SavedModel ({why[:300]})" + (
+            ": its variables/ files are damaged (cut short, garbled or missing); export the "
+            "run again" if damaged else "")) from None
     self.has_pairs = "text_pair" in self.serves[0].structured_input_signature[1]
     self.labels = None
     if len(self.serves) > 1:
