@@ -202,7 +202,13 @@ def test_ensemble_averages_the_models_probabilities(sentiment_dir, tmp_path):
   with pytest.raises(SystemExit) as e:
     predict.Predictor([exports[0], other])
   assert str(e.value).startswith(f"error: {labels_file}: cannot be read as JSON (")
-  assert str(e.value).endswith("; the file is damaged; export the run again")
+  assert str(e.value).endswith("; it should hold the label vocabulary; the file is damaged "
+                                "(truncated or overwritten); export the run again")
+  labels_file.write_text('["neg", "neg"]')  # JSON, but not a label vocabulary
+  with pytest.raises(SystemExit) as e:
+    predict.Predictor([exports[0], other])
+  assert str(e.value) == (f"error: {labels_file}: not a list of distinct label strings; the "
+                          "file is damaged; export the run again")
 
 
 def test_student_starts_from_chosen_teacher_layers_and_distills(sentiment_dir, tmp_path):

@@ -30,6 +30,8 @@ from absl import app
 from absl import flags
 
 from tf_finetune import cli
+from tf_finetune.data.labels import LabelVocabulary
+from tf_finetune.errors import WorkdirError
 
 _MODEL = flags.DEFINE_multi_string(
     "model", None, "Exported SavedModel directory; given several times, an ensemble that "
@@ -98,10 +100,9 @@ class Predictor:
           raise SystemExit(f"error: {path}: no assets.extra/labels.json (exported before "
                            "ensembles existed; export the run again)")
         try:
-          labels.append(json.loads(file.read_bytes().decode("utf-8")))
-        except (UnicodeDecodeError, ValueError) as e:
-          raise SystemExit(f"error: {file}: cannot be read as JSON ({e}); the file is damaged; "
-                           "export the run again") from None
+          labels.append(LabelVocabulary.load(file).labels)
+        except WorkdirError as e:
+          raise SystemExit(f"error: {e}; export the run again") from None
       if any(l != labels[0] for l in labels):
         raise SystemExit(f"error: --model: the models have different labels: {labels}")
       self.labels = labels[0]
