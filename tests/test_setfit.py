@@ -156,6 +156,43 @@ def test_a_run_made_before_task_head_c_resumes_with_the_head_it_was_made_with(tm
   assert "head_c" not in json.loads((workdir / "config.json").read_text())["task"]
 
 
+def test_wise_ft_evaluates_the_mix_of_start_and_trained_weights_and_trains_on_unmixed(
+    tmp_path):
+  """task.wise_ft_alpha=0.5: every evaluation, the best checkpoint and the last one hold
+  start + 0.5 * (trained - start), the head fitted on them; training goes on from its own
+  weights after the evaluation at step 6, so the trained weights are those of alpha=1 (also
+  when the run is stopped after that evaluation and resumed)."""
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=24)
+  def trained(workdir, alpha, until_step=None):
+    # C=1: the regression is well conditioned, so refitting it apart gives the same head.
+    trainer = trainer_lib.Trainer(_setfit_config(data, task__wise_ft_alpha=alpha,
+                                                 task__head_c=1.0), workdir)
+    start = [v.numpy() for v in trainer.model.trainable_variables]
+    trainer.train(until_step)
+    return trainer, start
+  plain, start = trained(tmp_path / "plain", 1.0)
+  mixed, _ = trained(tmp_path / "mixed", 0.5)
+  trained(tmp_path / "resumed", 0.5, until_step=6)
+  resumed, _ = trained(tmp_path / "resumed", 0.5)
+  head = {"logits/kernel", "logits/bias"}
+  for a, b, c, v in zip(start, plain.model.trainable_variables, mixed.model.trainable_variables,
+                        resumed.model.trainable_variables):
+    if v.path not in head:
+      np.testing.assert_allclose(c.numpy(), (a + b.numpy()) / 2, atol=2e-6, err_msg=v.path)
+      np.testing.assert_allclose(v.numpy(), c.numpy(), atol=2e-6, err_msg=v.path)
+  moved = [v.path for a, v in zip(start, plain.model.trainable_variables)
+           if not np.allclose(a, v.numpy(), atol=1e-4)]
+  assert len(moved) > 20
+  for run in (tmp_path / "mixed", tmp_path / "resumed"):
+    for checkpoint in ("best", "latest"):  # its head is the regression of its own encoder
+      probabilities, with_c_1 = _head_and_logistic_regressions(run, checkpoint, 1.0)
+      np.testing.assert_allclose(probabilities, with_c_1, atol=1e-4)
+  plain_dev = dev_logits(tmp_path / "plain", "latest")[2]
+  assert np.abs(dev_logits(tmp_path / "mixed", "latest")[2] - plain_dev).max() > 1e-2
+  for trainer in (plain, mixed, resumed):
+    trainer.close()
+
+
 def test_the_head_fit_and_the_dev_evaluation_trace_one_forward_pass(tmp_path):
   data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=24)
   trainer = trainer_lib.Trainer(_setfit_config(data), tmp_path / "run")
@@ -198,6 +235,8 @@ def test_switches_that_do_not_apply_are_refused(tmp_path):
   for keys, message in [
       ({"task__pairs_per_example": 3}, "task.pairs_per_example=3: must be even and >= 2"),
       ({"task__head_c": 0.0}, "task.head_c=0.0: must be > 0"),
+      ({"task__wise_ft_alpha": 0.0}, "task.wise_ft_alpha=0.0: must be in (0, 1]"),
+      ({"task__wise_ft_alpha": 1.5}, "task.wise_ft_alpha=1.5: must be in (0, 1]"),
       ({"data__long_text": "windows"}, "data.long_text='windows': does not apply to "
                                        "task.name='setfit'"),
       ({"privacy__method": "dp_sgd"}, "privacy.method='dp_sgd': does not apply to "

@@ -83,6 +83,11 @@ def base_config():
   # strength (SetFit's head keeps scikit-learn's 1.0; README, "Few-shot, SetFit-style", for
   # the measurements this default was chosen on).
   c.task.head_c = 100.0
+  # setfit: WiSE-FT's weight-space ensemble (Wortsman et al. 2022): the encoder that is
+  # evaluated, kept as the best and exported is start + alpha * (trained - start), the
+  # head fitted on it; 1.0 is the trained encoder itself, SetFit's (README, "Few-shot,
+  # SetFit-style", for what other values do).
+  c.task.wise_ft_alpha = 1.0
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bbc_news"
@@ -450,6 +455,9 @@ def validate(config):
   if config.task.name == "setfit":
     _check(config.task.head_c > 0, "task.head_c", config.task.head_c,
            "must be > 0 (the inverse of the head's L2 penalty)")
+    _check(0 < config.task.wise_ft_alpha <= 1, "task.wise_ft_alpha",
+           config.task.wise_ft_alpha, "must be in (0, 1] (the trained weights' share; 1: "
+           "the trained encoder alone)")
     _check(config.task.pairs_per_example >= 2 and config.task.pairs_per_example % 2 == 0,
            "task.pairs_per_example", config.task.pairs_per_example,
            "must be even and >= 2 (half of them of the example's own label)")

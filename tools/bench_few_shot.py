@@ -5,6 +5,7 @@ and setfit itself (PyTorch), on the same samples, as a table.
   python tools/bench_few_shot.py --datasets=sst2 --shots=8 --samples=2 --sides=setfit,plain
   python tools/bench_few_shot.py --datasets=emotion --shots=64 --first_sample=3 --samples=2
   python tools/bench_few_shot.py --datasets=trec --sides=setfit,setfit_torch --head_c=1,10
+  python tools/bench_few_shot.py --datasets=sst2 --shots=64 --sides=setfit --wise_ft_alpha=0.85
 
 Data: ../shared/data/emotion (6 labels, full 2,000-text val set as dev) and sst2 (full
 872-sentence dev set); also trec (6 coarse labels; dev: 10% of the 5,452 questions, drawn
@@ -15,9 +16,11 @@ the very same texts) and every side trains on them:
   setfit        task.name=setfit: 40 pairs per text (SetFit's num_iterations=20),
                 CosineSimilarityLoss, batch 16, lr 2e-5, one pass, AdamW's epsilon 1e-8
                 (not the configs' 1e-6: setfit trains with the HF Trainer's), then a logistic
-                regression head with C=task.head_c (configs' default; setfit's is 1.0).
-                --head_c=C1,C2: also the dev accuracy of heads with those C on the same
-                trained encoder (scikit-learn on its train and dev embeddings)
+                regression head with C=task.head_c (configs' default; setfit's is 1.0) on
+                the trained encoder (task.wise_ft_alpha=1.0, the default and setfit's).
+                --head_c=C1,C2 / --wise_ft_alpha=A1,A2: also the dev accuracy of heads with
+                those C, or of the encoder mixed with those alpha, on the same trained
+                encoder (each refitted and evaluated as the run's own evaluation does)
   plain         task.name=classification on the same texts for the same number of optimizer
                 steps and batch, lr 1e-4 (the configs' rate for this checkpoint), mean pooling
   setfit_torch  setfit 1.x (PyTorch) with the same body, arguments and texts
@@ -67,6 +70,9 @@ _FIRST_SAMPLE = flags.DEFINE_integer(
 _SIDES = flags.DEFINE_list("sides", list(SIDES), "Sides to run.")
 _HEAD_C = flags.DEFINE_list("head_c", [], "setfit side: also the dev accuracy with heads "
                             "of these C (task.head_c) on the same trained encoder.")
+_WISE_FT_ALPHA = flags.DEFINE_list(
+    "wise_ft_alpha", [], "setfit side: also the dev accuracy of the trained encoder mixed "
+    "with its start weights with these task.wise_ft_alpha (the head refitted on each).")
 _RUN = flags.DEFINE_string("run", None, "Internal: DATASET:SIDE:K:SEED in this process.")
 
 
@@ -107,23 +113,35 @@ def run_tf(config):
   report = json.loads((pathlib.Path(workdir) / "eval" / "report.json").read_text())
   result = {"dev_accuracy": report["splits"]["dev"]["accuracy"], "seconds": seconds,
             "steps": trainer.step}
-  if config.task.name == "setfit" and _HEAD_C.value:
-    result["dev_accuracy_head_c"] = dev_accuracy_of_heads(
-        trainer, [float(c) for c in _HEAD_C.value])
+  if config.task.name == "setfit" and (_HEAD_C.value or _WISE_FT_ALPHA.value):
+    result["dev_accuracy_of"] = dev_accuracy_of_variants(
+        trainer, [float(c) for c in _HEAD_C.value], [float(a) for a in _WISE_FT_ALPHA.value])
   return result
 
 
-def dev_accuracy_of_heads(trainer, head_cs):
-  """{C: dev accuracy} with the head refitted with each C on the trained encoder, as the
-  run's evaluations fit it (after the timed work; the run evaluates once, at its last step,
-  so the trainer's weights are the report's). "own" is the run's own C refitted: it should
-  give the run's dev accuracy."""
-  def accuracy(c):
-    trainer.task.config.task.head_c = c
+def dev_accuracy_of_variants(trainer, head_cs, alphas):
+  """{variant: dev accuracy} of the run's trained encoder with the head refitted with
+  another C ("head C=10") or mixed with its start weights with another task.wise_ft_alpha
+  ("alpha=1"), evaluated as the run's evaluations are (after the timed work; the run
+  evaluates once, at its last step, so the trainer's weights are the report's, mixed with
+  the run's own alpha). "own" is the run's own C and alpha again: it should give the run's
+  dev accuracy."""
+  from tf_finetune import experiment
+  task = trainer.task.config.task
+  own_c, own_alpha = task.head_c, task.wise_ft_alpha
+  _, untrained = experiment.build_model(trainer.config, trainer.labels, trainer.encoder)
+  start = [v.numpy() for v in untrained.trainable_variables]  # the checkpoint's weights
+  mixed = [v.numpy() for v in trainer.model.trainable_variables]
+  trained = [s + (m - s) / own_alpha for s, m in zip(start, mixed)]
+
+  def accuracy(c, alpha):
+    task.head_c = c
+    for variable, s, t in zip(trainer.model.trainable_variables, start, trained):
+      variable.assign(s + alpha * (t - s))
     return float(trainer.evaluate_dev()["accuracy"])
-  own = trainer.config.task.head_c
-  result = {str(c): accuracy(c) for c in head_cs}
-  result["own"] = accuracy(own)
+  result = {f"head C={c:g}": accuracy(c, own_alpha) for c in head_cs}
+  result.update({f"alpha={a:g}": accuracy(own_c, a) for a in alphas})
+  result["own"] = accuracy(own_c, own_alpha)
   return result
 
 
@@ -174,17 +192,19 @@ def main(argv):
              for side in _SIDES.value if side != "zero_shot"]
     for side, shots, seed in runs:
       r = benchlib.run_side(__file__, [f"--run={dataset}:{side}:{shots}:{seed}",
-                                       f"--head_c={','.join(_HEAD_C.value)}", *argv[1:]])
+                                       f"--head_c={','.join(_HEAD_C.value)}",
+                                       f"--wise_ft_alpha={','.join(_WISE_FT_ALPHA.value)}",
+                                       *argv[1:]])
       if "skipped" in r:
         print(f"{dataset} {side}: skipped: {r['skipped']}", flush=True)
         continue
       rows.setdefault((dataset, shots, side), []).append(dict(r, seed=seed))
-      other_heads = r.get("dev_accuracy_head_c", {})
-      for c, accuracy in other_heads.items():  # the same encoder, so the same time
-        rows.setdefault((dataset, shots, f"{side} head C={c}"), []).append(
+      variants = r.get("dev_accuracy_of", {})
+      for variant, accuracy in variants.items():  # the same trained encoder, so the same time
+        rows.setdefault((dataset, shots, f"{side} {variant}"), []).append(
             dict(r, dev_accuracy=accuracy, seed=seed))
       print(f"{dataset} K={shots} {side} sample {seed}: dev accuracy {r['dev_accuracy']:.4f}"
-            + "".join(f" (head C={c}: {a:.4f})" for c, a in other_heads.items())
+            + "".join(f" ({variant}: {a:.4f})" for variant, a in variants.items())
             + f" | {r['seconds']:.0f}s | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
   print("| data | K per label | side | dev accuracy mean +- std | samples | wall time mean |")
   print("|---|---|---|---|---|---|")

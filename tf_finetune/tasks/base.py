@@ -37,6 +37,9 @@ class Task(abc.ABC):
   token_ids_doc = "the same outputs"  # the token_ids signature's outputs
   trains = True  # False: the model as built is the run's one checkpoint (zero_shot)
   needs_calibration = False  # True: export needs the dev calibration from eval/report.json
+  # True: the trainer evaluates (and keeps as the best) its weights mixed with the weights it
+  # started from (setfit's task.wise_ft_alpha < 1).
+  interpolates_weights = False
 
   label_padding_value = 0  # what padded_batch puts in "label" beyond an example's length
   packs = False  # packed_logits reads packed batches (data.packing)

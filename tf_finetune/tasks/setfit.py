@@ -12,7 +12,9 @@ model's Dense head, with C=task.head_c (scikit-learn's inverse of the L2 penalty
 SetFit keeps its 1.0, which on unit-length embeddings holds the weights small; README,
 "Few-shot, SetFit-style", for the default). It is fitted again before every evaluation, so
 each dev figure, the best checkpoint and the export hold the head of their own encoder; the
-exported model is one graph from raw text to label.
+exported model is one graph from raw text to label. With task.wise_ft_alpha < 1 the encoder
+each evaluation reads is WiSE-FT's mix of the trained weights and the checkpoint's
+(trainer.Trainer._mix_in_start_weights); the head is fitted on that one.
 """
 import numpy as np
 import tensorflow as tf
@@ -56,6 +58,10 @@ class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.Clas
 
   serving_doc = classification.ClassificationTask.serving_doc + (
       " (a logistic regression on the contrastively tuned sentence embedding)")
+
+  @property
+  def interpolates_weights(self):
+    return self.config.task.wise_ft_alpha < 1
 
   def build_model(self, backbone):
     return sentence_embedding.build_model(

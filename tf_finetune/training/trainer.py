@@ -126,6 +126,10 @@ class Trainer:
 
     with self.strategy.scope():
       self.task, self.model = experiment.build_model(config, self.labels, self.encoder)
+    # task.wise_ft_alpha: the weights the run starts from (the checkpoint's, before a resume
+    # restores its own), which each evaluation mixes with the trained ones.
+    self._start_weights = ([v.numpy() for v in self.model.trainable_variables]
+                          if self.task.interpolates_weights else None)
     # Training examples are texts, their windows (data.long_text=windows) or pairs (setfit).
     self.num_train_examples = self.task.train_rows(self.splits["train"])
     self.steps_per_epoch = max(1, self.num_train_examples // t.batch_size)
@@ -582,6 +586,24 @@ class Trainer:
                  rows / steps, self.config.data.max_seq_length, examples / rows,
                  100 * (1 - tokens / slots), 100 * (1 - tokens / unpacked_slots))
 
+  def _mix_in_start_weights(self):
+    """task.wise_ft_alpha < 1 (WiSE-FT's weight-space ensemble, Wortsman et al. 2022,
+    arXiv 2109.01903): sets each trainable weight to start + alpha * (trained - start) for
+    the evaluation, the best checkpoint and so the export; returns the trained weights, which
+    training goes on from (None when the task does not mix). After the last evaluation the
+    mixed weights stay, so the last checkpoint and the head fitted on them agree."""
+    if self._start_weights is None:
+      return None
+    alpha = self.config.task.wise_ft_alpha
+    trained = [v.numpy() for v in self.model.trainable_variables]
+    self._assign_weights([start + alpha * (now - start)
+                          for start, now in zip(self._start_weights, trained)])
+    return trained
+
+  def _assign_weights(self, values):
+    for variable, value in zip(self.model.trainable_variables, values):
+      variable.assign(value)
+
   def evaluate_dev(self):
     train_outputs = lambda model: experiment.evaluate_split(
         self.task, model, self.splits["train"], label_values=self.train_label_values,
@@ -779,8 +801,11 @@ class Trainer:
         window.keep()  # before any save below
         stopping = False
         if evaluate:
+          trained = self._mix_in_start_weights()
           self._evaluate(step)
           stopping = self._stops_early(step)
+          if trained is not None and step < self.total_steps and not stopping:
+            self._assign_weights(trained)  # training goes on from its own weights
         if save or stopping:
           self._save_checkpoint(self.manager, step)
           # The speed leaves the save out: the steps before it are counted in the ETA now.
