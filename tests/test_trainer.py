@@ -453,6 +453,17 @@ def test_evaluate_on_a_held_out_file_reports_it_apart_from_the_runs_splits(senti
   with pytest.raises(DataError, match=f"^{unseen}:3: label '7' of the unseen.tsv split is not "
                      "among the 2 labels seen in train"):
     evaluator.evaluate_file(run, unseen)
+  # A file in another format gets the flag of evaluate that reads it, not a config key.
+  for delimiter, way in [(",", "give --file_source=csv"),
+                         (";", "write it with tabs (--file_source=tsv) or commas")]:
+    written = tmp_path / f"written{delimiter}.tsv"
+    written.write_text(f"sentence{delimiter}label\na fine film{delimiter}1\n")
+    with pytest.raises(DataError) as e:
+      evaluator.evaluate_file(run, written)
+    assert str(e.value).startswith(
+        f"{written}:1: no text column 'sentence' in header ['sentence{delimiter}label']; the "
+        f"header is one column holding {delimiter!r}: if that separates the columns, {way}")
+    assert "data.delimiter" not in str(e.value)
   bbc = tmp_path / "bbc"
   train.train_and_evaluate(tiny_config(sentiment_dir, data__source="bbc_news",
                                        data__max_train_examples=40, train__steps=1), bbc)

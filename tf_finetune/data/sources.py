@@ -114,6 +114,17 @@ def _decode(path, encoding="utf-8"):
     raise DataError(f"data.encoding={encoding!r}: unknown encoding") from None
 
 
+class HeaderDelimiterError(DataError):
+  """A header read as one column that holds another delimiter: `problem` (the column not
+  found) and that `delimiter`, so that an entry point without data.delimiter (evaluate
+  --file) can name its own way out."""
+
+  def __init__(self, problem, delimiter):
+    super().__init__(f"{problem}; the header is one column holding {delimiter!r}: if that "
+                     f"separates the columns, set data.delimiter={delimiter!r}")
+    self.problem, self.delimiter = problem, delimiter
+
+
 def _column_index(path, header, column, role=""):
   """role: what the column is read as ("text", "label", "text-pair"), or "" for a column
   kept beside the examples (evaluate's --slice_column)."""
@@ -124,13 +135,12 @@ def _column_index(path, header, column, role=""):
                     f"(columns {places}), so the {role}column is ambiguous; name each once")
   if column in header:
     return header.index(column)
-  hint = ""
+  problem = f"{path}:1: no {role}column {column!r} in header {header}"
   other = next((d for d in ("\t", ",", ";", "|") if d in header[0]), None) \
       if len(header) == 1 else None
   if other:
-    hint = (f"; the header is one column holding {other!r}: if that separates the columns, "
-            f"set data.delimiter={other!r}")
-  raise DataError(f"{path}:1: no {role}column {column!r} in header {header}{hint}")
+    raise HeaderDelimiterError(problem, other)
+  raise DataError(problem)
 
 
 def read_delimited(path, *, delimiter, text_column, label_column, text_pair_column="",
