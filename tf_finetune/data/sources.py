@@ -120,9 +120,13 @@ class HeaderDelimiterError(DataError):
   --file) can name its own way out."""
 
   def __init__(self, problem, delimiter):
-    super().__init__(f"{problem}; the header is one column holding {delimiter!r}: if that "
-                     f"separates the columns, set data.delimiter={delimiter!r}")
     self.problem, self.delimiter = problem, delimiter
+    super().__init__(self.with_way_out(f"set data.delimiter={delimiter!r}"))
+
+  def with_way_out(self, way):
+    """The message with another way out than data.delimiter."""
+    return (f"{self.problem}; the header is one column holding {self.delimiter!r}: if that "
+            f"separates the columns, {way}")
 
 
 def _column_index(path, header, column, role=""):

@@ -54,12 +54,11 @@ def evaluate_file(workdir, file, checkpoint="best", *, source="", output="", sli
     data = {name: experiment.load_labelled_file(
         config, data_config, str(path), name, keep_columns=(slice_column,) if slice_column else ())}
   except sources.HeaderDelimiterError as e:  # its hint names data.delimiter, not a flag here
-    formats = {"\t": "tsv", ",": "csv"}
-    way = (f"give --file_source={formats[e.delimiter]}" if e.delimiter in formats else
-           f"write it with tabs (--file_source=tsv) or commas (--file_source=csv), the "
-           f"delimiters evaluate --file reads besides the run's own")
-    raise DataError(f"{e.problem}; the header is one column holding {e.delimiter!r}: if "
-                    f"that separates the columns, {way}") from None
+    source = {d: s for s, d in sources.DELIMITERS.items()}.get(e.delimiter)
+    raise DataError(e.with_way_out(
+        f"give --file_source={source}" if source else
+        "write it with tabs (--file_source=tsv) or commas (--file_source=csv), the "
+        "delimiters evaluate --file reads besides the run's own")) from None
   if run.task.needs_calibration:  # multi-label thresholds are tuned on the run's dev
     data["dev"] = experiment.load_data(config, run.labels, keep_in={"dev"})[0]["dev"]
   return evaluate_workdir(wd.root, checkpoint, [name], slice_column=slice_column,
