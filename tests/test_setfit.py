@@ -193,6 +193,37 @@ def test_wise_ft_evaluates_the_mix_of_start_and_trained_weights_and_trains_on_un
     trainer.close()
 
 
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_every_training_checkpoint_holds_the_head_of_its_own_encoder(tmp_path, alpha):
+  """A checkpoint between evaluations (train.checkpoint_every), or after WiSE-FT's swap back
+  to the trained weights, holds the head refitted on the encoder it holds, so that
+  evaluate and export --checkpoint=latest (or a path) read a head and an encoder that
+  belong together; a damaged best checkpoint of a WiSE-FT run is not replaced by the
+  training checkpoint of its step, which holds the trained encoder, not the mix."""
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=24)
+  workdir = tmp_path / "run"
+  config = _setfit_config(data, task__head_c=1.0, task__wise_ft_alpha=alpha,
+                          train__checkpoint_every=3, train__keep_checkpoints=5)
+  trainer = trainer_lib.Trainer(config, workdir)
+  trainer.train(until_step=9)
+  trainer.close()
+  for step in (3, 6, 9):
+    probabilities, with_c_1 = _head_and_logistic_regressions(
+        workdir, str(workdir / "checkpoints" / f"ckpt-{step}"), 1.0)
+    np.testing.assert_allclose(probabilities, with_c_1, atol=1e-4, err_msg=f"ckpt-{step}")
+  best = json.loads((workdir / "checkpoints" / "best.json").read_text())
+  assert best["step"] == 6
+  for path in (workdir / "checkpoints" / "best").glob(f"{best['checkpoint']}.*"):
+    path.unlink()
+  if alpha == 1.0:
+    assert dev_logits(workdir, "best")[2].shape == (24, 2)
+  else:
+    with pytest.raises(WorkdirError, match=r"task\.wise_ft_alpha=0\.5 the training checkpoint "
+                                           r"of the same step, \S*/ckpt-6, holds the trained "
+                                           r"encoder, not WiSE-FT's mix"):
+      dev_logits(workdir, "best")
+
+
 def test_the_head_fit_and_the_dev_evaluation_trace_one_forward_pass(tmp_path):
   data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=24)
   trainer = trainer_lib.Trainer(_setfit_config(data), tmp_path / "run")

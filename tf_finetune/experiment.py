@@ -474,7 +474,9 @@ def unreadable_checkpoint(path):
 def _restore_best(workdir, model):
   """The best checkpoint (best.json); when its files are gone or do not read whole, the
   training checkpoint of the same step, which holds the same weights (the loop saves it
-  right after that step's evaluation), with a warning. Returns (path, step)."""
+  right after that step's evaluation), with a warning; refused with task.wise_ft_alpha < 1,
+  whose training checkpoints hold the trained weights, not the evaluated mix. Returns
+  (path, step)."""
   if not workdir.best_json.is_file():
     raise WorkdirError(f"{workdir.root}: no best checkpoint yet (checkpoints/best.json); use "
                        "--checkpoint=latest or a checkpoint path")
@@ -503,6 +505,13 @@ def _restore_best(workdir, model):
       if why is None or not kept:  # intact but not this model's, or nothing to fall back on
         raise
       state = f"damaged ({why})"
+  alpha = workdir.load_config().task.wise_ft_alpha
+  if alpha < 1:
+    raise WorkdirError(
+        f"{path}: the best checkpoint (step {step}) is {state}, and with task.wise_ft_alpha="
+        f"{alpha} the training checkpoint of the same step, {same_step}, holds the trained "
+        "encoder, not WiSE-FT's mix the best held; use --checkpoint=latest or a checkpoint "
+        "path (each holds its own encoder and the head fitted on it)")
   logging.warning("%s: the best checkpoint (step %d) is %s; restoring %s, the training "
                   "checkpoint of the same step, which holds the same weights", path, step,
                   state, same_step)

@@ -40,6 +40,9 @@ class Task(abc.ABC):
   # True: the trainer evaluates (and keeps as the best) its weights mixed with the weights it
   # started from (setfit's task.wise_ft_alpha < 1).
   interpolates_weights = False
+  # True: fit_head fits part of the model to the encoder's train outputs (setfit), so the
+  # trainer fits it again before saving weights it was not fitted on.
+  fits_head = False
 
   label_padding_value = 0  # what padded_batch puts in "label" beyond an example's length
   packs = False  # packed_logits reads packed batches (data.packing)

@@ -11,7 +11,8 @@ default head) on the encoder's embeddings of the train examples and writes it in
 model's Dense head, with C=task.head_c (scikit-learn's inverse of the L2 penalty's strength;
 SetFit keeps its 1.0, which on unit-length embeddings holds the weights small; README,
 "Few-shot, SetFit-style", for the default). It is fitted again before every evaluation, so
-each dev figure, the best checkpoint and the export hold the head of their own encoder; the
+each dev figure, the best checkpoint and the export hold the head of their own encoder (and
+before any other save of the training checkpoint: trainer._save_training_checkpoint); the
 exported model is one graph from raw text to label. With task.wise_ft_alpha < 1 the encoder
 each evaluation reads is WiSE-FT's mix of the trained weights and the checkpoint's
 (trainer.Trainer._mix_in_start_weights); the head is fitted on that one.
@@ -58,6 +59,7 @@ class SetFitTask(sentence_embedding.PacksSentenceEmbeddings, classification.Clas
 
   serving_doc = classification.ClassificationTask.serving_doc + (
       " (a logistic regression on the contrastively tuned sentence embedding)")
+  fits_head = True
 
   @property
   def interpolates_weights(self):

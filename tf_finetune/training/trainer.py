@@ -130,6 +130,7 @@ class Trainer:
     # restores its own), which each evaluation mixes with the trained ones.
     self._start_weights = ([v.numpy() for v in self.model.trainable_variables]
                           if self.task.interpolates_weights else None)
+    self._head_step = None  # the step whose weights task.fit_head last fitted the head on
     # Training examples are texts, their windows (data.long_text=windows) or pairs (setfit).
     self.num_train_examples = self.task.train_rows(self.splits["train"])
     self.steps_per_epoch = max(1, self.num_train_examples // t.batch_size)
@@ -604,11 +605,14 @@ class Trainer:
     for variable, value in zip(self.model.trainable_variables, values):
       variable.assign(value)
 
-  def evaluate_dev(self):
+  def _fit_head(self):
     train_outputs = lambda model: experiment.evaluate_split(
         self.task, model, self.splits["train"], label_values=self.train_label_values,
         batch_size=self.config.train.eval_batch_size)[1]
     self.task.fit_head(self.model, self.train_label_values, train_outputs)
+
+  def evaluate_dev(self):
+    self._fit_head()
     # Under multi_worker each worker evaluates the whole dev set with its own copy.
     on_replicas = self.static_shapes and not isinstance(
         self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -732,7 +736,7 @@ class Trainer:
     if not self.resumed_from:
       self.writers.start_session(self.config, self.task.metric_names, self.task.best_metric)
       if self.config.train.divergence_rollbacks:
-        self._save_checkpoint(self.manager, 0)  # what a divergence before ckpt-N goes back to
+        self._save_training_checkpoint(0)  # what a divergence before ckpt-N goes back to
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
     train_step = self._build_train_step()
     window = _LogWindow(self.run_state)
@@ -803,18 +807,20 @@ class Trainer:
         if evaluate:
           trained = self._mix_in_start_weights()
           self._evaluate(step)
+          self._head_step = step
           stopping = self._stops_early(step)
           if trained is not None and step < self.total_steps and not stopping:
             self._assign_weights(trained)  # training goes on from its own weights
+            self._head_step = None
         if save or stopping:
-          self._save_checkpoint(self.manager, step)
+          self._save_training_checkpoint(step)
           # The speed leaves the save out: the steps before it are counted in the ETA now.
           steps_timed, timed_in_window = steps_timed + timed_in_window, 0
           window_start = time.time()
         if stopping:
           break
         if signals.received and step < stop:
-          path = self._save_checkpoint(self.manager, step)
+          path = self._save_training_checkpoint(step)
           raise Preempted(signals.received, step, path)
         if preemption is not None and step < stop:
           preemption.save_checkpoint_if_preempted(checkpoint_number=step)
@@ -826,6 +832,18 @@ class Trainer:
     finally:
       signals.restore()
       self._close()
+
+  def _save_training_checkpoint(self, step):
+    """Saves the training checkpoint of `step`; for a task that fits a head to the encoder
+    (setfit), fitted first to the weights at hand unless they are those it was fitted on at
+    this step's evaluation, so that every checkpoint holds a head and an encoder that belong
+    together (evaluate and export read any checkpoint; the head trains nothing, so training
+    from the checkpoint is unchanged). Not the save of a multi_worker preemption, which
+    TensorFlow's handler makes at any step: its head is that of the evaluation before."""
+    if self.task.fits_head and self._head_step != step:
+      self._fit_head()
+      self._head_step = step
+    return self._save_checkpoint(self.manager, step)
 
   def _save_checkpoint(self, manager, step):
     """manager.save, where a full, over-quota or read-only disk stops the run in one line
@@ -937,6 +955,7 @@ class Trainer:
     self.best = self._load_best()
     self._write_best()
     self._dev_logits = (None, None)
+    self._head_step = None
     if self.is_chief:  # the files are rewritten: the writers' files are closed first
       self.writers.close()
       summaries.drop_events_after(
