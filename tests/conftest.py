@@ -147,3 +147,12 @@ def dev_logits(workdir, checkpoint="best"):
   splits, _ = experiment.load_data(run.config, run.labels)
   values, logits = experiment.evaluate_split(run.task, run.model, splits["dev"], batch_size=64)
   return splits["dev"], values, logits, run.labels.labels
+
+
+def assert_no_texts_give_no_rows(signature, **other_inputs):
+  """A request of no texts (every string input of `signature` empty unless given) gets
+  outputs of no rows, not an error."""
+  inputs = {name: tf.constant([], tf.string) for name in signature.structured_input_signature[1]}
+  out = signature(**{**inputs, **other_inputs})
+  assert out and all(value.shape[0] == 0 for value in out.values()), {
+      name: value.shape for name, value in out.items()}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import (REPO, dev_logits, tiny_checkpoint_dir, tiny_config, write_pair_tsv,
+from tests.conftest import (REPO, assert_no_texts_give_no_rows, dev_logits, tiny_checkpoint_dir, tiny_config, write_pair_tsv,
                             write_sentiment_tsv)
 from tf_finetune import experiment
 from tf_finetune.export import serving
@@ -85,6 +85,7 @@ def test_token_id_signature_agrees_with_text_signature(run_dir, exported):
   padded = encoder.pad(encoder(texts))
   by_ids = model.signatures["token_ids"](**padded)
   np.testing.assert_allclose(by_text["logits"], by_ids["logits"], atol=1e-6)
+  assert_no_texts_give_no_rows(model.signatures["serving_default"])
 
 
 def test_saved_model_cli_lists_both_signatures(exported):
@@ -252,6 +253,7 @@ def test_sentence_pair_export_takes_two_strings(tmp_path):
   assert set(serve.structured_input_signature[1]) == {"text", "text_pair"}
   out = serve(text=tf.constant(["the film was long", "x"]), text_pair=tf.constant(["it is long", "y"]))
   assert out["probabilities"].shape == (2, 2)
+  assert_no_texts_give_no_rows(serve)
   encoder = experiment.build_encoder(config)
   features = encoder.pad(encoder(tf.constant(["the film was long"]), tf.constant(["it is long"])))
   assert features["segment_ids"].numpy().tolist() == [[0] * 6 + [1] * 4]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_checkpoint_dir, tiny_config, write_sentiment_tsv
+from tests.conftest import assert_no_texts_give_no_rows, tiny_checkpoint_dir, tiny_config, write_sentiment_tsv
 from tests.test_tagging import ner_config
 from tf_finetune import checkpoints
 from tf_finetune import experiment
@@ -145,6 +145,7 @@ def test_the_export_pools_windows_as_evaluate_does(windowed_run):
   serve = model.signatures["serving_default"]
   dev = trainer.splits["dev"]
   out = serve(text=tf.constant(dev.texts))
+  assert_no_texts_give_no_rows(serve)
   best = experiment.load_run(run, "best")  # what the export holds
   _, logits = experiment.evaluate_split(best.task, best.model, dev, batch_size=8)
   np.testing.assert_allclose(out["logits"].numpy(), logits, atol=1e-5)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import dev_logits, tiny_config, write_pair_tsv, write_sentiment_tsv
+from tests.conftest import assert_no_texts_give_no_rows, dev_logits, tiny_config, write_pair_tsv, write_sentiment_tsv
 from tf_finetune import checkpoints
 from tf_finetune import experiment
 from tf_finetune.data import pipeline
@@ -241,6 +241,7 @@ def test_export_serves_raw_text_equal_to_evaluate(setfit_run):
   model = tf.saved_model.load(str(export))
   served = model.signatures["serving_default"](text=tf.constant(dev.texts))
   np.testing.assert_allclose(served["logits"].numpy(), logits, atol=1e-5)
+  assert_no_texts_give_no_rows(model.signatures["serving_default"])
   assert [x.decode() for x in served["label"].numpy()] == [
       labels[i] for i in logits.argmax(-1)]
   assert "Few-shot (SetFit-style): contrastive pairs (4 per train example)" in (

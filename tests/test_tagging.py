@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, SHARED, override, requires_shared, tiny_model_config
+from tests.conftest import REPO, SHARED, assert_no_texts_give_no_rows, override, requires_shared, tiny_model_config
 from tf_finetune import config as config_lib
 from tf_finetune import experiment
 from tf_finetune import text_encoder
@@ -249,6 +249,7 @@ def test_export_serves_entities_with_character_offsets(ner_run):
   texts = ["Zoë   Kravitz moved to São Paulo 😀 last year .",
            "Yesterday  Nokia opened an office in Kyoto ! 🎉", "nothing to see here , just a quiet day ."]
   out = served(text=tf.constant(texts))
+  assert_no_texts_give_no_rows(served)
   found = []
   for i, text in enumerate(texts):
     for j in range(int(out["entity_count"][i])):

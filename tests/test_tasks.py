@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import NEGATIVE, POSITIVE, dev_logits, tiny_config
+from tests.conftest import (NEGATIVE, POSITIVE, assert_no_texts_give_no_rows, dev_logits,
+                            tiny_config)
 from tf_finetune import train
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import sources
@@ -103,8 +104,9 @@ def test_balanced_class_weights_weigh_the_training_loss(sentiment_dir):
 
 
 def _serve(export_dir, texts):
-  return tf.saved_model.load(str(export_dir)).signatures["serving_default"](
-      text=tf.constant(texts))
+  serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+  assert_no_texts_give_no_rows(serve)
+  return serve(text=tf.constant(texts))
 
 
 def test_multilabel_train_evaluate_export(tmp_path):

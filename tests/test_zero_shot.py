@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import NEGATIVE, POSITIVE, dev_logits, override, tiny_config
+from tests.conftest import NEGATIVE, POSITIVE, assert_no_texts_give_no_rows, dev_logits, override, tiny_config
 from tf_finetune import experiment
 from tf_finetune.errors import ConfigError
 from tf_finetune.export import serving
@@ -71,6 +71,8 @@ def test_export_serves_evaluate_and_label_texts_given_per_request(zero_shot_run)
       label_text=tf.constant([POSITIVE[0], NEGATIVE[0], "superb"]))
   assert [x.decode() for x in other["label"].numpy()] == [POSITIVE[0], NEGATIVE[0]]
   assert other["probabilities"].shape == (2, 3)
+  assert_no_texts_give_no_rows(model.signatures["serving_default"])
+  assert_no_texts_give_no_rows(model.signatures["zero_shot"], label_text=label_texts)
 
 
 def test_descriptions_and_training_switches_are_checked(tmp_path):

@@ -276,11 +276,15 @@ class TextEncoder(tf.Module):
     return features
 
   def pad(self, ragged_features):
-    """Ragged features -> dense `token_ids`, `segment_ids`, `padding_mask` (int32)."""
-    token_ids = ragged_features["token_ids"].to_tensor(default_value=self.pad_id)
-    segment_ids = ragged_features["segment_ids"].to_tensor(default_value=0)
-    padding_mask = tf.cast(ragged_features["token_ids"].with_values(
-        tf.ones_like(ragged_features["token_ids"].values)).to_tensor(), tf.int32)
+    """Ragged features -> dense `token_ids`, `segment_ids`, `padding_mask` (int32), at least
+    one position long: a request of no texts gives [0, 1] and outputs of no rows (the
+    encoder reads position 0 of every row, which [0, 0] lacks)."""
+    ragged_ids = ragged_features["token_ids"]
+    shape = tf.stack([ragged_ids.nrows(), tf.maximum(ragged_ids.bounding_shape(1), 1)])
+    token_ids = ragged_ids.to_tensor(default_value=self.pad_id, shape=shape)
+    segment_ids = ragged_features["segment_ids"].to_tensor(default_value=0, shape=shape)
+    padding_mask = tf.cast(ragged_ids.with_values(tf.ones_like(ragged_ids.values)).to_tensor(
+        shape=shape), tf.int32)
     return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
 
 
