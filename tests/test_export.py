@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import (REPO, assert_no_texts_give_no_rows, dev_logits, tiny_checkpoint_dir, tiny_config, write_pair_tsv,
-                            write_sentiment_tsv)
+from tests.conftest import (REPO, assert_no_texts_give_no_rows, dev_logits, tiny_checkpoint_dir,
+                            tiny_config, write_pair_tsv, write_sentiment_tsv)
 from tf_finetune import experiment
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib

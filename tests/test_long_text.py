@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import assert_no_texts_give_no_rows, tiny_checkpoint_dir, tiny_config, write_sentiment_tsv
+from tests.conftest import (assert_no_texts_give_no_rows, tiny_checkpoint_dir, tiny_config,
+                            write_sentiment_tsv)
 from tests.test_tagging import ner_config
 from tf_finetune import checkpoints
 from tf_finetune import experiment

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import assert_no_texts_give_no_rows, dev_logits, tiny_config, write_pair_tsv, write_sentiment_tsv
+from tests.conftest import (assert_no_texts_give_no_rows, dev_logits, tiny_config, write_pair_tsv,
+                            write_sentiment_tsv)
 from tf_finetune import checkpoints
 from tf_finetune import experiment
 from tf_finetune.data import pipeline

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, SHARED, assert_no_texts_give_no_rows, override, requires_shared, tiny_model_config
+from tests.conftest import (REPO, SHARED, assert_no_texts_give_no_rows, override, requires_shared,
+                            tiny_model_config)
 from tf_finetune import config as config_lib
 from tf_finetune import experiment
 from tf_finetune import text_encoder

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import NEGATIVE, POSITIVE, assert_no_texts_give_no_rows, dev_logits, override, tiny_config
+from tests.conftest import (NEGATIVE, POSITIVE, assert_no_texts_give_no_rows, dev_logits, override,
+                            tiny_config)
 from tf_finetune import experiment
 from tf_finetune.errors import ConfigError
 from tf_finetune.export import serving
@@ -73,6 +74,9 @@ def test_export_serves_evaluate_and_label_texts_given_per_request(zero_shot_run)
   assert other["probabilities"].shape == (2, 3)
   assert_no_texts_give_no_rows(model.signatures["serving_default"])
   assert_no_texts_give_no_rows(model.signatures["zero_shot"], label_text=label_texts)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="label_text holds no candidate"):
+    model.signatures["zero_shot"](text=tf.constant(["a text"]),
+                                  label_text=tf.constant([], tf.string))
 
 
 def test_descriptions_and_training_switches_are_checked(tmp_path):

@@ -73,6 +73,9 @@ class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.Cl
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
                                   tf.TensorSpec([None], tf.string, name="label_text")])
     def zero_shot(text, label_text):
+      tf.debugging.assert_positive(  # else argmax over no labels fails, naming only ArgMax
+          tf.size(label_text), message="zero_shot: label_text holds no candidate label text; "
+          "send at least one")
       logits = scale * tf.matmul(self._embedded(embedder, text),
                                  self._embedded(embedder, label_text), transpose_b=True)
       label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
