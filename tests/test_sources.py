@@ -64,6 +64,11 @@ def test_malformed_tsv_names_file_line_problem(tmp_path, content, message):
     ("{not json", ":2: invalid JSON"),
     ('{"text": "a"}', ":2: missing field 'label'"),
     ('{"text": 5, "label": "x"}', ":2: field 'text' must be a string"),
+    # Python's json reads these as floats; a label "NaN" would have been a class.
+    ('{"text": "a", "label": NaN}', ":2: field 'label' is NaN, not a finite number"),
+    ('{"text": "a", "label": -Infinity}', ":2: field 'label' is -Infinity, not a finite number"),
+    ('{"text": "a", "label": 1e400}', ":2: field 'label' is 1e400, not a finite number"),
+    ('{"text": NaN, "label": "x"}', ":2: field 'text' must be a string"),
 ])
 def test_malformed_jsonl(tmp_path, line, message):
   path = tmp_path / "d.jsonl"

@@ -12,6 +12,7 @@ import importlib.util
 import io
 import json
 import lzma
+import math
 import pathlib
 import re
 import sys
@@ -257,6 +258,22 @@ class _JsonObject(dict):
       self.repeated = {key for key in keys if keys.count(key) > 1}
 
 
+@dataclasses.dataclass(frozen=True)
+class _NonFiniteNumber:
+  """NaN, Infinity, -Infinity or a number past a float's range (1e400) as written: Python's
+  json reads them as floats, but they are not JSON, and a label or value of theirs is
+  refused (a label "NaN" would have been a class)."""
+  spelling: str
+
+  def __str__(self):
+    return self.spelling
+
+
+def _number(text):
+  value = float(text)
+  return value if math.isfinite(value) else _NonFiniteNumber(text)
+
+
 def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_name="train",
                list_separator=",", encoding="utf-8", allow_list_labels=False, keep_columns=()):
   """One JSON object a line; blank lines are skipped and counted in the log. A label is a
@@ -275,7 +292,8 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
       blank += 1
       continue
     try:
-      record = json.loads(raw, object_pairs_hook=_JsonObject)
+      record = json.loads(raw, object_pairs_hook=_JsonObject, parse_constant=_NonFiniteNumber,
+                          parse_float=_number)
     except json.JSONDecodeError as e:
       raise DataError(f"{path}:{line}: invalid JSON: {e.msg} at column {e.colno}") from None
     if not isinstance(record, dict):
@@ -287,6 +305,10 @@ def read_jsonl(path, *, text_column, label_column, text_pair_column="", split_na
     for column in (text_column, label_column, text_pair_column, *keep_columns):
       if column and column not in record:
         raise DataError(f"{path}:{line}: missing field {column!r}")
+    for column in (label_column, *keep_columns):
+      if isinstance(record[column], _NonFiniteNumber):
+        raise DataError(f"{path}:{line}: field {column!r} is {record[column]}, not a finite "
+                        "number")
     for column in (text_column, text_pair_column):
       if column and not isinstance(record[column], str):
         raise DataError(f"{path}:{line}: field {column!r} must be a string")
