@@ -299,6 +299,19 @@ def test_labels_spelled_as_different_numbers_are_refused(tmp_path):
     sources.check_label_spellings({"train": split})
 
 
+def test_labels_differing_only_in_case_or_holding_a_control_character_are_refused(tmp_path):
+  data, path = _tsv_config(tmp_path, [(text, "Pos" if label else "neg")
+                                      for text, label in GOOD] + [("one more text", "pos")])
+  with pytest.raises(DataError, match=rf"{path}:22: label 'pos' is 'Pos' of {path}:3 in another "
+                                      "case; labels are compared as written, so these would be "
+                                      "two classes"):
+    sources.load_splits(data)
+  data, path = _tsv_config(tmp_path, GOOD + [("one more text", "po\x00s")])
+  with pytest.raises(DataError, match=rf"{path}:22: label 'po\\x00s' holds the control "
+                                      "character U\\+0000 at character 2"):
+    sources.load_splits(data)
+
+
 def test_a_cell_longer_than_pythons_csv_limit_is_read_whole(tmp_path):
   long_text = "word " * 40_000  # 200,000 characters: over csv's default 131,072
   data, _ = _tsv_config(tmp_path, GOOD + [(long_text.strip(), 1)])

@@ -760,20 +760,26 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def check_label_spellings(splits):
-  """Labels are compared exactly as written (after trimming spaces), so "1" and "1.0" would
-  be two classes: two spellings of the same number anywhere in the splits are refused,
-  naming both and where each first appears."""
-  seen = {}
+  """Labels are compared exactly as written (after trimming spaces), so "1" and "1.0", or
+  "pos" and "Pos", would be two classes: two spellings of the same number, or two labels
+  that differ only in case, anywhere in the splits are refused, naming both and where each
+  first appears; so is a label holding a control character (as a text holding one is)."""
+  numbers, cases = {}, {}
   for split in splits.values():
     for label, origin in zip(split.labels, split.origins):
-      if not _NUMBER.match(label):
-        continue
-      value = float(label)
-      first = seen.setdefault(value, (label, origin))
+      found = _CONTROL_CHARACTER.search(label)
+      if found:
+        raise DataError(f"{origin}: label {label!r} holds the control character "
+                        f"U+{ord(found.group()):04X} at character {found.start()}; fix the row")
+      if _NUMBER.match(label):
+        first = numbers.setdefault(float(label), (label, origin))
+        what = f"the number {first[0]!r} of {first[1]} spelled another way"
+      else:
+        first = cases.setdefault(label.casefold(), (label, origin))
+        what = f"{first[0]!r} of {first[1]} in another case"
       if first[0] != label:
-        raise DataError(f"{origin}: label {label!r} is the number {first[0]!r} of {first[1]} "
-                        "spelled another way; labels are compared as written, so these would "
-                        "be two classes; write every such label one way")
+        raise DataError(f"{origin}: label {label!r} is {what}; labels are compared as written, "
+                        "so these would be two classes; write every such label one way")
 
 
 def read_labelled_file(data_config, file_name, split_name, allow_empty_label=False,
