@@ -132,3 +132,18 @@ def test_a_vocab_txt_read_alone_that_is_not_utf8_is_refused(tmp_path):
   with pytest.raises(CheckpointError, match=f"^{vocab_txt}: not UTF-8 text \\(.*\\); the file "
                      "is damaged$"):
     checkpoints.read_tokenizer_spec(directory)
+
+
+def test_a_vocab_txt_read_alone_gives_the_ids_transformers_gives(tmp_path):
+  """Pieces holding line breaks other than \n and \r (U+0085, U+2028, U+001C) stay whole,
+  as transformers' load_vocab reads them; str.splitlines split them and shifted every id
+  after them."""
+  from transformers.models.bert.tokenization_bert import load_vocab
+  directory = _tokenizer_dir(tmp_path)
+  pieces = list(checkpoints.read_tokenizer_spec(directory).vocabulary)
+  (directory / "tokenizer.json").unlink()
+  pieces[200:203] = ["a\x85b", "c\u2028d", "e\x1cf"]
+  vocab_txt = directory / "vocab.txt"
+  vocab_txt.write_bytes("\n".join(pieces).encode() + b"\n")
+  vocabulary = checkpoints.read_tokenizer_spec(directory).vocabulary
+  assert list(vocabulary) == list(load_vocab(str(vocab_txt))) == pieces

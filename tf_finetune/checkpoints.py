@@ -148,7 +148,7 @@ def read_tokenizer_spec(checkpoint_dir):
       _warn_if_vocab_txt_differs(vocab_txt, fields["vocabulary"])
   elif vocab_txt.is_file():
     try:
-      pieces = tuple(vocab_txt.read_bytes().decode("utf-8").splitlines())
+      pieces = tuple(_vocab_lines(vocab_txt.read_bytes().decode("utf-8")))
     except UnicodeDecodeError as e:
       raise CheckpointError(f"{vocab_txt}: not UTF-8 text ({e}); the file is damaged") from None
     fields = dict(
@@ -183,10 +183,21 @@ def _vocabulary_by_id(vocab, path):
   return tuple(by_id[i] for i in range(len(vocab)))
 
 
+def _vocab_lines(text):
+  """vocab.txt's pieces as transformers' load_vocab reads them (a file's lines in Python's
+  text mode: split at \\n, \\r\\n or \\r only), not at the other breaks str.splitlines knows
+  (U+0085, U+2028, U+001C-U+001E, ...), which a piece may hold: splitting there would
+  shift the id of every piece after it."""
+  lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+  if lines[-1] == "":
+    lines.pop()
+  return lines
+
+
 def _warn_if_vocab_txt_differs(vocab_txt, vocabulary):
   """vocab.txt beside a WordPiece tokenizer.json is not read (transformers reads
   tokenizer.json too); one that does not list the same pieces points at a damaged file."""
-  lines = vocab_txt.read_bytes().decode("utf-8", errors="replace").splitlines()
+  lines = _vocab_lines(vocab_txt.read_bytes().decode("utf-8", errors="replace"))
   if lines != list(vocabulary):
     first = next((i for i, (a, b) in enumerate(zip(lines, vocabulary)) if a != b),
                  min(len(lines), len(vocabulary)))

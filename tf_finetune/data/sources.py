@@ -437,7 +437,7 @@ def read_conll(path, split_name="train", encoding="utf-8", keep_columns=()):
       origins.append(f"{path}:{first_line}")
     words, word_tags, first_line, comments = [], [], None, {}
 
-  for line, raw in enumerate(_decode(path, encoding).splitlines(), start=1):
+  for line, raw in enumerate(_lines(_decode(path, encoding)), start=1):
     stray += raw.count(BYTE_ORDER_MARK)
     raw = raw.replace(BYTE_ORDER_MARK, "")
     if not raw.strip():
