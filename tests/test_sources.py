@@ -214,6 +214,12 @@ def test_conll_reader_tabs_spaces_docstart_and_byte_order_marks(tmp_path):
   path.write_text("New\tB-location\nYork\n")
   with pytest.raises(DataError, match=r"ner.conll:2: expected a word and its tag"):
     sources.read_conll(path)
+  # Lines end at \n (or \r\n) only: a word holding U+2028 or U+0085 stays whole.
+  path.write_text("Pa\u2028ris\tB-location\nis\tO\n\nbi\x85g\tO\nYork\tLOC\n")
+  with pytest.raises(DataError, match=r"ner.conll:5: tag 'LOC' is not O"):
+    sources.read_conll(path)
+  path.write_text("Pa\u2028ris\tB-location\nis\tO\n\nbi\x85g\tO\n")
+  assert sources.read_conll(path).tokens == [["Pa\u2028ris", "is"], ["bi\x85g"]]
 
 
 def test_entities_are_read_the_seqeval_strict_iob2_way():
