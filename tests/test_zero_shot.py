@@ -79,7 +79,7 @@ def test_export_serves_evaluate_and_label_texts_given_per_request(zero_shot_run)
                                   label_text=tf.constant([], tf.string))
 
 
-def test_descriptions_and_training_switches_are_checked(tmp_path):
+def test_descriptions_and_training_switches_are_checked(tmp_path, caplog):
   from tests.conftest import write_sentiment_tsv
   data = write_sentiment_tsv(tmp_path / "data")
   with pytest.raises(ConfigError, match="peft.method='lora': does not apply to "
@@ -91,6 +91,17 @@ def test_descriptions_and_training_switches_are_checked(tmp_path):
   with pytest.raises(ConfigError, match=r"descriptions\.json: no description \(a string\) for "
                                         r"label\(s\) 1"):
     experiment.build_model(config, labels)
+  for content, message in [(json.dumps(["dull", "great"]).encode(), r"descriptions\.json: holds "
+                            r"a JSON list, not an object of \{label: description\}"),
+                           (b'\xff{"0": "dull"}', r"descriptions\.json: byte 0 is not UTF-8")]:
+    (data / "descriptions.json").write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+      experiment.build_model(config, labels)
+  (data / "descriptions.json").write_text(json.dumps({"0": "dull", "1": "great", "2": "meh"}))
+  with caplog.at_level("WARNING", logger="absl"):
+    experiment.build_model(config, labels)
+  assert "descriptions.json: not used, the train data has no label '2' (its labels: '0', '1')" \
+      in caplog.text
   config = override(config, {"task.label_descriptions": "no template, no file"})
   with pytest.raises(ConfigError, match="neither a template holding {label} nor a JSON file"):
     experiment.build_model(config, labels)

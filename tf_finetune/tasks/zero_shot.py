@@ -12,6 +12,7 @@ import json
 import pathlib
 
 import tensorflow as tf
+from absl import logging
 
 from tf_finetune.errors import ConfigError
 from tf_finetune.tasks import classification
@@ -39,12 +40,22 @@ class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.Cl
       raise ConfigError(f"config.task.label_descriptions={spec!r}: neither a template holding "
                         "{label} nor a JSON file of {label: description}")
     try:
-      texts = json.loads(path.read_text(encoding="utf-8"))
+      texts = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+      raise ConfigError(f"{path}: byte {e.start} is not UTF-8 ({e.reason}); write the file in "
+                        "UTF-8") from None
     except json.JSONDecodeError as e:
       raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(texts, dict):
+      raise ConfigError(f"{path}: holds a JSON {type(texts).__name__}, not an object of "
+                        "{label: description}")
     missing = [label for label in labels if not isinstance(texts.get(label), str)]
     if missing:
       raise ConfigError(f"{path}: no description (a string) for label(s) {', '.join(missing)}")
+    unused = [label for label in texts if label not in labels]
+    if unused:
+      logging.warning("%s: not used, the train data has no label %s (its labels: %s)", path,
+                      ", ".join(map(repr, unused)), ", ".join(map(repr, labels)))
     return [texts[label] for label in labels]
 
   def build_model(self, backbone):
