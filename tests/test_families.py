@@ -362,14 +362,18 @@ def test_a_sequence_longer_than_the_checkpoints_positions_is_refused_before_trai
     experiment.build_model(config, None)
 
 
+REMOVED = "removed from config.json"
+
+
 def _damaged_copy(tmp_path, model_type, config_changes=None, tokenizer_pieces=0):
-  """A copy of a family's fixture with config.json fields changed, or pieces added to
-  tokenizer.json's vocabulary."""
+  """A copy of a family's fixture with config.json fields changed (or REMOVED), or pieces
+  added to tokenizer.json's vocabulary."""
   import shutil
   copy = tmp_path / model_type
   shutil.copytree(FIXTURES / model_type, copy)
-  config = json.loads((copy / "config.json").read_text())
-  (copy / "config.json").write_text(json.dumps({**config, **(config_changes or {})}))
+  config = {**json.loads((copy / "config.json").read_text()), **(config_changes or {})}
+  (copy / "config.json").write_text(json.dumps(
+      {key: value for key, value in config.items() if value != REMOVED}))
   tokenizer = json.loads((copy / "tokenizer.json").read_text())
   vocabulary = tokenizer["model"]["vocab"]
   for i in range(tokenizer_pieces):
@@ -391,6 +395,11 @@ def _damaged_copy(tmp_path, model_type, config_changes=None, tokenizer_pieces=0)
     ("bert", {"hidden_size": "32"}, r"bert/config.json: hidden_size='32' must be a positive "
      r"integer"),
     ("bert", {"num_attention_heads": 0}, r"num_attention_heads=0 must be a positive integer"),
+    # transformers would take its class's default size (vocab_size 30522, dim 768).
+    ("bert", {"vocab_size": REMOVED}, r"bert/config.json: no 'vocab_size', which the "
+     r"architecture of a model_type='bert' encoder needs; the file is damaged"),
+    ("distilbert", {"dim": REMOVED}, r"distilbert/config.json: no 'dim', which"),
+    ("electra", {"intermediate_size": REMOVED}, r"electra/config.json: no 'intermediate_size'"),
 ])
 def test_a_config_json_that_does_not_match_the_weights_is_refused_naming_both(
     tmp_path, model_type, changes, message):

@@ -40,6 +40,11 @@ def read_hf_config(checkpoint_dir):
     if key in config and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
       raise CheckpointError(f"{path}: {key}={value!r} must be a positive integer")
   family = families.FAMILIES[model_type]
+  try:
+    families.backbone_config(family, config)
+  except KeyError as e:  # transformers would take its class default: a size of another model
+    raise CheckpointError(f"{path}: no {e.args[0]!r}, which the architecture of a "
+                          f"model_type={model_type!r} encoder needs; the file is damaged") from None
   if families.feedforward_activation(config, family) is None:
     raise CheckpointError(f"{path}: {family.activation_key}="
                           f"{config[family.activation_key]!r} is not supported (GELU only)")
