@@ -311,3 +311,9 @@ def test_pooling_is_read_from_the_sentence_transformers_files(tmp_path):
   assert str(e.value) == (f"{pooling_file}: missing, but {directory / 'modules.json'} names a "
                           "Pooling module in '1_Pooling'; the pooling (mean or cls) is not "
                           "known: restore the file from the checkpoint")
+  for damaged in ([1], [{"idx": 0, "path": "1_Pooling"}], [{"type": "x.Pooling", "path": 1}]):
+    (directory / "modules.json").write_text(json.dumps(damaged))
+    with pytest.raises(CheckpointError, match=r"modules\.json: module 1, .*, is not an object "
+                                              r"with a \"type\" \(and \"path\"\) string; the "
+                                              "file is damaged"):
+      checkpoints.sentence_pooling(directory)

@@ -375,8 +375,13 @@ def sentence_pooling(checkpoint_dir):
     return "mean", False, f"{directory} has no modules.json: mean pooling (the default)"
   modules = atomic.read_json(modules_file, list, "sentence-transformers modules",
                              CheckpointError)
-  types = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
-  pooling_module = next((m for m in modules if m.get("type", "").endswith(".Pooling")), None)
+  for number, module in enumerate(modules, start=1):
+    if not isinstance(module, dict) or not isinstance(module.get("type"), str) or not \
+        isinstance(module.get("path", ""), str):  # sentence-transformers cannot load it either
+      raise CheckpointError(f"{modules_file}: module {number}, {module!r}, is not an object "
+                            "with a \"type\" (and \"path\") string; the file is damaged")
+  types = [m["type"].rsplit(".", 1)[-1] for m in modules]
+  pooling_module = next((m for m in modules if m["type"].endswith(".Pooling")), None)
   pooling = "mean"
   if pooling_module is not None:
     pooling_file = directory / pooling_module.get("path", "") / "config.json"
