@@ -1,5 +1,6 @@
 """The hand-off: SavedModel export, its signatures, warmup file and the predict CLI."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import tensorflow as tf
 from tests.conftest import (REPO, assert_no_texts_give_no_rows, dev_logits, tiny_checkpoint_dir,
                             tiny_config, write_pair_tsv, write_sentiment_tsv)
 from tf_finetune import experiment
+from tf_finetune.errors import UserError
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib
 
@@ -47,6 +49,12 @@ def test_versions_increment_and_nothing_is_left_half_written(run_dir, exported, 
   with pytest.raises(RuntimeError):
     serving.export_saved_model(run_dir)
   assert sorted(p.name for p in exported.parent.iterdir()) == ["1", "2"]
+  for name in ("../elsewhere", "a/b", ".."):  # a model name is one directory, not a path
+    for export in (serving.export_saved_model, serving.export_hf):
+      with pytest.raises(UserError, match=rf"--model_name='{re.escape(name)}': must be one "
+                                          "directory name"):
+        export(run_dir, model_name=name)
+  assert not (run_dir / "elsewhere").exists() and not (run_dir / "export" / "a").exists()
 
 
 FRESH_PROCESS = r"""
@@ -168,6 +176,10 @@ def test_predict_says_when_input_is_empty_and_when_a_text_was_cut(exported):
   empty = _predict(exported)
   assert empty.returncode == 1
   assert empty.stderr.decode().strip() == "error: no text to predict: standard input is empty"
+  no_batch = _predict(exported, "--batch_size=0", "a film")  # was a ValueError traceback
+  assert no_batch.returncode == 1
+  assert no_batch.stderr.decode().strip().splitlines()[-1] == (
+      "error: flag --batch_size=0: 0 is not a positive integer")
   long_text = " ".join(["wonderful"] * 100)  # max_seq_length is 32
   out = _predict(exported, "--output_format=jsonl", stdin=f"short film\n{long_text}\n".encode())
   records = [json.loads(line) for line in out.stdout.decode().splitlines()]

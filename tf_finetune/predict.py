@@ -39,7 +39,7 @@ _MODEL = flags.DEFINE_multi_string(
     required=True)
 _INPUT = flags.DEFINE_string("input", None, "File with one text per line ('-': stdin).")
 _FORMAT = flags.DEFINE_enum("output_format", "tsv", ["tsv", "jsonl"], "Output format.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Texts per call.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Texts per call.", lower_bound=1)
 _ERRORS = flags.DEFINE_enum("errors", "strict", ["strict", "replace"],
                             "Input bytes that are not UTF-8: strict (stop, naming the line) or "
                             "replace (U+FFFD, counted on stderr).")

@@ -18,6 +18,7 @@ from tf_finetune import atomic
 from tf_finetune import experiment
 from tf_finetune import peft
 from tf_finetune import privacy
+from tf_finetune.errors import UserError
 from tf_finetune.errors import WorkdirError
 from tf_finetune.tasks.metrics import metrics_line
 
@@ -174,6 +175,17 @@ def _long_text(config):
           "in evaluation and in serving alike")
 
 
+def model_dir(workdir, model_name, suffix=""):
+  """WORKDIR/export/<model_name><suffix>, the model's base path (TF Serving's); model_name
+  (default: the workdir's name) must be one directory name, so that no export lands outside
+  WORKDIR/export."""
+  if model_name is not None and (model_name in ("", ".", "..") or "/" in model_name or
+                                 os.sep in model_name):
+    raise UserError(f"--model_name={model_name!r}: must be one directory name (it becomes "
+                    f"{workdir.export}/<model_name>), not a path")
+  return workdir.export / f"{model_name or workdir.root.name}{suffix}"
+
+
 def export_saved_model(workdir, checkpoint="best", model_name=None):
   """Exports a checkpoint of the run; returns the new version directory."""
   run = experiment.load_run(workdir, checkpoint, merge_lora=True)
@@ -188,8 +200,9 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
                        f"--checkpoint={checkpoint}` first")
   module = ServingModule(run.model, task, calibration, has_pairs)
 
-  model_name = model_name or wd.root.name
-  with new_version_dir(wd.export / model_name) as (tmp, final):
+  base = model_dir(wd, model_name)
+  model_name = base.name
+  with new_version_dir(base) as (tmp, final):
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     (tmp / "assets.extra").mkdir(exist_ok=True)
     labels.save(tmp / "assets.extra" / "labels.json")  # for ensembles (tf_finetune.predict)
@@ -218,7 +231,7 @@ def export_hf(workdir, checkpoint="best", model_name=None):
   run = experiment.load_run(workdir, checkpoint, merge_lora=True)
   wd, config, labels = run.workdir, run.config, run.labels
   kind = "Token" if config.task.name == "tagging" else "Sequence"
-  with new_version_dir(wd.export / f"{model_name or wd.root.name}_hf") as (tmp, final):
+  with new_version_dir(model_dir(wd, model_name, "_hf")) as (tmp, final):
     hf.write_hf_checkpoint(tmp, run.model, config, labels.labels)
     write_model_card(tmp, config, labels, run.step, run.checkpoint, load_report(wd, run.step),
                      f"Load with transformers: `AutoModelFor{kind}Classification."
@@ -243,7 +256,7 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
     if quantize:
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
     flatbuffer = converter.convert()
-  with new_version_dir(wd.export / f"{model_name or wd.root.name}_tflite") as (tmp, final):
+  with new_version_dir(model_dir(wd, model_name, "_tflite")) as (tmp, final):
     tmp.mkdir()
     (tmp / "model.tflite").write_bytes(flatbuffer)
     labels.save(tmp / "labels.json")
@@ -268,7 +281,7 @@ def export_peft(workdir, checkpoint="best", model_name=None):
     raise WorkdirError(f"{wd.root}: peft.method is none, every weight trained; export the "
                        "whole model (--format=saved_model)")
   trainable, total = peft.parameter_counts(model)
-  with new_version_dir(wd.export / f"{model_name or wd.root.name}_peft") as (tmp, final):
+  with new_version_dir(model_dir(wd, model_name, "_peft")) as (tmp, final):
     tmp.mkdir()
     peft.save_trainable(model, tmp / "trainable_weights.npz")
     (tmp / "config.json").write_text(config.to_json(indent=1) + "\n")
