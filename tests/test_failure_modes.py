@@ -1089,6 +1089,20 @@ def test_a_second_trainer_is_refused_and_a_killed_trainers_lock_taken_over(tmp_p
   assert not (run / ".lock").exists()
 
 
+def test_a_workdir_that_cannot_be_a_directory_is_refused_in_one_line(tmp_path):
+  """It was a FileExistsError (or FileNotFoundError) traceback."""
+  config = tiny_config(write_sentiment_tsv(tmp_path / "data"))
+  a_file = tmp_path / "a_file"
+  a_file.write_text("precious")
+  with pytest.raises(WorkdirError, match=f"^{a_file}: is a file, not a directory; choose "
+                                         "another --workdir$"):
+    trainer_lib.Trainer(config, a_file)
+  with pytest.raises(WorkdirError, match=f"^{a_file}/run: cannot be made a directory \\(Not a "
+                                         "directory\\); choose another --workdir$"):
+    trainer_lib.Trainer(config, a_file / "run")
+  assert a_file.read_text() == "precious"
+
+
 def _scores_with_a_bad_label(directory, bad_line):
   """Regression data (sentence, score) whose train.tsv line `bad_line` (the header is line
   1) scores 1e30: its squared error is infinite in float32, a divergence the data causes."""

@@ -27,11 +27,21 @@ class WorkdirLock:
     self._created = None  # the directories acquire made, removed again if left empty
 
   def acquire(self):
-    missing = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
-    self.path.parent.mkdir(parents=True, exist_ok=True)
+    root = self.path.parent
+    missing = [p for p in [root, *root.parents] if not p.exists()]
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      what = "is a file, not a directory" if root.is_file() else \
+          f"cannot be made a directory ({e.strerror})"
+      raise WorkdirError(f"{root}: {what}; choose another --workdir") from None
     self._created = missing
     while True:
-      f = open(self.path, "a+", encoding="utf-8")
+      try:
+        f = open(self.path, "a+", encoding="utf-8")
+      except OSError as e:
+        raise WorkdirError(f"{self.path}: cannot be written ({e.strerror}); choose a --workdir "
+                           "you can write to") from None
       try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError:
