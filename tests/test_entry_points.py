@@ -46,6 +46,14 @@ def test_smoke_train_then_resume_then_evaluate(tmp_path):
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert "checkpoint step 12" in evaluated.stdout
 
+  a_file = tmp_path / "a_file"  # an output path through a file: one line, not a traceback
+  a_file.write_text("")
+  explained = _run("tf_finetune.explain", f"--workdir={workdir}", f"--output={a_file}/x.html",
+                   "a fine text")
+  assert explained.returncode == 1 and "Traceback" not in explained.stderr
+  assert explained.stderr.strip().splitlines()[-1] == (
+      f"error: {a_file}: a file is there, where a directory is needed")
+
 
 @pytest.mark.parametrize("flags,message", [
     (["--output=x"], "error: --file_source and --output go with --file"),

@@ -85,10 +85,11 @@ def import_tensorflow_quietly():
 
 
 def guard(main):
-  """main where a UserError, or a file the disk refused (full, over quota, read-only), exits
-  with `error: <message>` (status 1), a signal that stopped training after a save with its
-  one line (status 128 + signal), and Ctrl-C elsewhere with `interrupted` (status 130):
-  never a traceback."""
+  """main where a UserError, a file the disk refused (full, over quota, read-only), or a
+  path that cannot be what it is asked to be (a file where a directory is needed, a parent
+  that is missing) exits with `error: <message>` (status 1), a signal that stopped training
+  after a save with its one line (status 128 + signal), and Ctrl-C elsewhere with
+  `interrupted` (status 130): never a traceback."""
   def guarded(argv):
     try:
       main(argv)
@@ -100,6 +101,13 @@ def guard(main):
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr)
       sys.exit(130)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+      if e.filename is None:
+        raise
+      # mkdir(exist_ok=True) raises FileExistsError only where the path is not a directory.
+      what = ("a file is there, where a directory is needed"
+              if isinstance(e, FileExistsError) else e.strerror)
+      sys.exit(f"error: {e.filename}: {what}")
     except Exception as e:  # noqa: BLE001 (only a file the disk refused becomes one line)
       failure = storage_failure(e)
       if failure is None:
