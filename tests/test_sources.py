@@ -186,6 +186,10 @@ def test_label_first_lines_trec_style(tmp_path):
   path.write_text("DESC\tHow did serfdom develop ?\nNUM When ?\n")  # a tab was read as label
   split = sources.read_label_first(path)
   assert split.labels == ["DESC", "NUM"] and split.texts == ["How did serfdom develop ?", "When ?"]
+  path.write_text("DESC:manner How ?\n:other What ?\n")  # the coarse label was "", a class
+  with pytest.raises(DataError, match=r"trec.txt:2: label ':other' has nothing before "
+                                      r"data.coarse_label_separator=':'"):
+    sources.read_label_first(path, coarse_label_separator=":")
 
 
 def test_jsonl_list_labels_are_joined(tmp_path):

@@ -357,7 +357,11 @@ def read_label_first(path, *, coarse_label_separator="", split_name="train", enc
     if not label or not text.strip():
       raise DataError(f"{path}:{line}: expected a label, a space and a text, found {raw[:60]!r}")
     if coarse_label_separator:
-      label = label.split(coarse_label_separator, 1)[0]
+      coarse = label.split(coarse_label_separator, 1)[0]
+      if not coarse:
+        raise DataError(f"{path}:{line}: label {label!r} has nothing before "
+                        f"data.coarse_label_separator={coarse_label_separator!r}")
+      label = coarse
     texts.append(text)
     labels.append(label)
     origins.append(f"{path}:{line}")
