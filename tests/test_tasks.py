@@ -62,6 +62,13 @@ def test_multilabel_values_and_unseen_label(tmp_path):
   assert values.shape == (8, 3) and set(values.sum(1)) <= {1.0, 2.0}
   with pytest.raises(DataError, match=r"dev.tsv:3: label 'rare' of the dev split"):
     task.label_values(splits["dev"])
+  # One label in two cases would be two labels.
+  config = tiny_config(_write(tmp_path / "e", {"train.tsv": multilabel_rows(8, 0) + [
+      ("z", "neg,Loud")], "dev.tsv": [("x", "pos")]}), task__name="multilabel")
+  splits = sources.load_splits(config.data, stratify=False)
+  with pytest.raises(DataError, match=r"train.tsv:10: label 'Loud' is 'loud' of \S+train.tsv:\d+ "
+                                      "in another case"):
+    multilabel.MultiLabelTask.build_vocabulary(config, splits["train"])
 
 
 def test_threshold_tuning_picks_the_best_f1_per_label():

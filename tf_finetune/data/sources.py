@@ -763,27 +763,34 @@ def screen_texts(split, policy, columns=("text", "text pair")):
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-def check_label_spellings(splits):
+def check_label_spellings(splits, labels_of_cell=lambda cell: [cell]):
   """Labels are compared exactly as written (after trimming spaces), so "1" and "1.0", or
   "pos" and "Pos", would be two classes: two spellings of the same number, or two labels
   that differ only in case, anywhere in the splits are refused, naming both and where each
-  first appears; so is a label holding a control character (as a text holding one is)."""
+  first appears; so is a label holding a control character (as a text holding one is).
+  labels_of_cell: the labels a label cell holds (multi-label: split at the separator)."""
   numbers, cases = {}, {}
   for split in splits.values():
-    for label, origin in zip(split.labels, split.origins):
-      found = _CONTROL_CHARACTER.search(label)
-      if found:
-        raise DataError(f"{origin}: label {label!r} holds the control character "
-                        f"U+{ord(found.group()):04X} at character {found.start()}; fix the row")
-      if _NUMBER.match(label):
-        first = numbers.setdefault(float(label), (label, origin))
-        what = f"the number {first[0]!r} of {first[1]} spelled another way"
-      else:
-        first = cases.setdefault(label.casefold(), (label, origin))
-        what = f"{first[0]!r} of {first[1]} in another case"
-      if first[0] != label:
-        raise DataError(f"{origin}: label {label!r} is {what}; labels are compared as written, "
-                        "so these would be two classes; write every such label one way")
+    for cell, origin in zip(split.labels, split.origins):
+      for label in labels_of_cell(cell):
+        _check_label_spelling(label, origin, numbers, cases)
+
+
+def _check_label_spelling(label, origin, numbers, cases):
+  """One label of check_label_spellings, against the first of each number and case seen."""
+  found = _CONTROL_CHARACTER.search(label)
+  if found:
+    raise DataError(f"{origin}: label {label!r} holds the control character "
+                    f"U+{ord(found.group()):04X} at character {found.start()}; fix the row")
+  if _NUMBER.match(label):
+    first = numbers.setdefault(float(label), (label, origin))
+    what = f"the number {first[0]!r} of {first[1]} spelled another way"
+  else:
+    first = cases.setdefault(label.casefold(), (label, origin))
+    what = f"{first[0]!r} of {first[1]} in another case"
+  if first[0] != label:
+    raise DataError(f"{origin}: label {label!r} is {what}; labels are compared as written, "
+                    "so these would be two classes; write every such label one way")
 
 
 def read_labelled_file(data_config, file_name, split_name, allow_empty_label=False,

@@ -3,6 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_finetune.data import labels as labels_lib
+from tf_finetune.data import sources
 from tf_finetune.errors import DataError
 from tf_finetune.tasks import metrics
 from tf_finetune.tasks import classification
@@ -20,6 +21,7 @@ class MultiLabelTask(classification.PooledTask):
 
   @classmethod
   def build_vocabulary(cls, config, train):
+    sources.check_label_spellings({"train": train}, lambda cell: cls.split_labels(config, cell))
     names = {name for cell in train.labels for name in cls.split_labels(config, cell)}
     if len(names) < 1:
       raise DataError(f"{train.source}: no labels in the train split")
