@@ -32,6 +32,25 @@ def test_bad_values_raise_one_line_naming_the_key(key, value, words):
   assert "\n" not in str(e.value)
 
 
+def test_one_column_read_as_two_fields_is_refused(tmp_path):
+  """The label column given as the text column was read as both: the model learnt the label
+  from the text, and dev accuracy said 1.0."""
+  c = config_lib.base_config()
+  c.data.source, c.data.dir, c.data.train_file = "tsv", str(tmp_path), "train.tsv"
+  c.data.text_column = c.data.label_column = "label"
+  with pytest.raises(ConfigError, match=r"^config.data.label_column='label': is also "
+                                        r"data.text_column: one column would be read as both"):
+    config_lib.validate(c)
+  c.data.text_column, c.data.text_pair_column = "premise", "premise"
+  with pytest.raises(ConfigError, match=r"^config.data.text_pair_column='premise': is also "
+                                        r"data.text_column"):
+    config_lib.validate(c)
+  c.data.text_pair_column = ""
+  config_lib.validate(c)
+  c.data.source, c.data.text_column = "bbc_news", "label"  # reads no named columns
+  config_lib.validate(c)
+
+
 def test_file_source_needs_an_existing_dir(tmp_path):
   c = config_lib.base_config()
   c.data.source, c.data.dir, c.data.train_file = "tsv", str(tmp_path / "missing"), "train.tsv"

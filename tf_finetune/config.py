@@ -384,6 +384,13 @@ def validate(config):
   for split in t.eval_splits.split(","):
     _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")
   _check(d.bad_text in ("error", "skip"), "data.bad_text", d.bad_text, "must be error or skip")
+  if d.source in ("tsv", "csv", "jsonl", "tfds"):  # the sources that read named columns
+    columns = [("data.text_column", d.text_column), ("data.label_column", d.label_column)]
+    columns += [("data.text_pair_column", d.text_pair_column)] if d.text_pair_column else []
+    for i, (key, column) in enumerate(columns):
+      for other_key, other in columns[:i]:
+        _check(column != other, key, column, f"is also {other_key}: one column would be read "
+               "as both (a label read as the text is learnt from the text)")
   _check_choice(config, "data.long_text", LONG_TEXT)
   _check(config.task.window_pooling in ("mean", "max"), "task.window_pooling",
          config.task.window_pooling, "must be mean or max")
