@@ -178,7 +178,8 @@ def _long_text(config):
 def model_dir(workdir, model_name, suffix=""):
   """WORKDIR/export/<model_name><suffix>, the model's base path (TF Serving's); model_name
   (default: the workdir's name) must be one directory name, so that no export lands outside
-  WORKDIR/export."""
+  WORKDIR/export. Called before the run is loaded, so a bad name costs no model load."""
+  workdir = experiment.Workdir(workdir)
   if model_name is not None and (model_name in ("", ".", "..") or "/" in model_name or
                                  os.sep in model_name):
     raise UserError(f"--model_name={model_name!r}: must be one directory name (it becomes "
@@ -188,6 +189,7 @@ def model_dir(workdir, model_name, suffix=""):
 
 def export_saved_model(workdir, checkpoint="best", model_name=None):
   """Exports a checkpoint of the run; returns the new version directory."""
+  base = model_dir(workdir, model_name)
   run = experiment.load_run(workdir, checkpoint, merge_lora=True)
   wd, config, labels, task, step = run.workdir, run.config, run.labels, run.task, run.step
   has_pairs = bool(config.data.text_pair_column)
@@ -200,14 +202,12 @@ def export_saved_model(workdir, checkpoint="best", model_name=None):
                        f"--checkpoint={checkpoint}` first")
   module = ServingModule(run.model, task, calibration, has_pairs)
 
-  base = model_dir(wd, model_name)
-  model_name = base.name
   with new_version_dir(base) as (tmp, final):
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
     (tmp / "assets.extra").mkdir(exist_ok=True)
     labels.save(tmp / "assets.extra" / "labels.json")  # for ensembles (tf_finetune.predict)
     sample = [("This is a warmup request.", "And its pair.")]
-    write_warmup_requests(tmp / "assets.extra" / WARMUP_FILE, model_name,
+    write_warmup_requests(tmp / "assets.extra" / WARMUP_FILE, base.name,
                           [sample, sample * 8], has_pairs)
     inputs = "`text` (and `text_pair`)" if has_pairs else "`text`"
     signature_info = (f"- `serving_default`: {inputs}: string [batch] -> {task.serving_doc}; "
@@ -228,10 +228,11 @@ def export_hf(workdir, checkpoint="best", model_name=None):
   """Exports a checkpoint as a transformers BertForSequenceClassification directory
   (BertForTokenClassification for tagging)."""
   from tf_finetune.export import hf
+  base = model_dir(workdir, model_name, "_hf")
   run = experiment.load_run(workdir, checkpoint, merge_lora=True)
   wd, config, labels = run.workdir, run.config, run.labels
   kind = "Token" if config.task.name == "tagging" else "Sequence"
-  with new_version_dir(model_dir(wd, model_name, "_hf")) as (tmp, final):
+  with new_version_dir(base) as (tmp, final):
     hf.write_hf_checkpoint(tmp, run.model, config, labels.labels)
     write_model_card(tmp, config, labels, run.step, run.checkpoint, load_report(wd, run.step),
                      f"Load with transformers: `AutoModelFor{kind}Classification."
@@ -248,6 +249,7 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
   the interpreter returns garbage.
   """
   import tempfile
+  base = model_dir(workdir, model_name, "_tflite")
   run = experiment.load_run(workdir, checkpoint, merge_lora=True)
   wd, config, labels, encoder = run.workdir, run.config, run.labels, run.encoder
   with tempfile.TemporaryDirectory() as keras_export:
@@ -256,7 +258,7 @@ def export_tflite(workdir, checkpoint="best", model_name=None, quantize=True):
     if quantize:
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
     flatbuffer = converter.convert()
-  with new_version_dir(model_dir(wd, model_name, "_tflite")) as (tmp, final):
+  with new_version_dir(base) as (tmp, final):
     tmp.mkdir()
     (tmp / "model.tflite").write_bytes(flatbuffer)
     labels.save(tmp / "labels.json")
@@ -275,13 +277,14 @@ def export_peft(workdir, checkpoint="best", model_name=None):
   """Only the weights that trained (LoRA factors, biases, head...): trainable_weights.npz,
   with config.json and labels.json. Load with tf_finetune.peft.load_trainable into
   the model the config builds from its base checkpoint."""
+  base = model_dir(workdir, model_name, "_peft")
   run = experiment.load_run(workdir, checkpoint)
   wd, config, labels, model = run.workdir, run.config, run.labels, run.model
   if config.peft.method == "none":
     raise WorkdirError(f"{wd.root}: peft.method is none, every weight trained; export the "
                        "whole model (--format=saved_model)")
   trainable, total = peft.parameter_counts(model)
-  with new_version_dir(model_dir(wd, model_name, "_peft")) as (tmp, final):
+  with new_version_dir(base) as (tmp, final):
     tmp.mkdir()
     peft.save_trainable(model, tmp / "trainable_weights.npz")
     (tmp / "config.json").write_text(config.to_json(indent=1) + "\n")
