@@ -9,6 +9,7 @@ import tensorflow as tf
 from tests.conftest import (NEGATIVE, POSITIVE, assert_no_texts_give_no_rows, dev_logits, override,
                             tiny_config)
 from tf_finetune import experiment
+from tf_finetune import tasks
 from tf_finetune.errors import ConfigError
 from tf_finetune.export import serving
 from tf_finetune.training import trainer as trainer_lib
@@ -105,3 +106,14 @@ def test_descriptions_and_training_switches_are_checked(tmp_path, caplog):
   config = override(config, {"task.label_descriptions": "no template, no file"})
   with pytest.raises(ConfigError, match="neither a template holding {label} nor a JSON file"):
     experiment.build_model(config, labels)
+  for template, message in [
+      ("About {label} in {langauge}.", r"names \{langauge\}; a template names only \{label\}"),
+      ("About {label} }", r"Single '\}' encountered"),
+      ("About {0}.", r"names \{0\}; a template names only \{label\}"),
+      ("About {{label}}.", r"holds no \{label\}")]:
+    config = override(config, {"task.label_descriptions": template})
+    with pytest.raises(ConfigError, match=r"config\.task\.label_descriptions=.*: " + message):
+      experiment.build_model(config, labels)
+  zero_shot_task = tasks.get_task(override(
+      config, {"task.label_descriptions": "{{{label}}} is {label!r}"}), labels, None)
+  assert zero_shot_task.descriptions() == ["{0} is '0'", "{1} is '1'"]

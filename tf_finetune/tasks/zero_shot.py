@@ -10,6 +10,7 @@ texts with each request.
 """
 import json
 import pathlib
+import string
 
 import tensorflow as tf
 from absl import logging
@@ -29,12 +30,13 @@ class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.Cl
       "[batch, labels]")
 
   def descriptions(self):
-    """One text per label, in label order: from task.label_descriptions, a template holding
-    "{label}" or a JSON file {label: text} (every label needs one)."""
+    """One text per label, in label order: from task.label_descriptions, a template naming
+    {label} (read as str.format reads it: {{ and }} are braces) or a JSON file
+    {label: text} (every label needs one)."""
     spec = self.config.task.label_descriptions
     labels = self.label_vocabulary.labels
-    if "{label}" in spec:
-      return [spec.replace("{label}", label) for label in labels]
+    if "{" in spec or "}" in spec:
+      return _filled_template(spec, labels)
     path = pathlib.Path(spec).expanduser()
     if not path.is_file():
       raise ConfigError(f"config.task.label_descriptions={spec!r}: neither a template holding "
@@ -94,3 +96,24 @@ class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.Cl
               "label_id": label_id, "label": tf.gather(label_text, label_id)}
     return {"zero_shot": zero_shot}
 
+
+
+def _filled_template(template, labels):
+  """The template's text for each label; a field other than {label}, a lone brace or no
+  {label} at all is refused (a typo would otherwise stay in every description)."""
+  key = f"config.task.label_descriptions={template!r}"
+  try:
+    fields = [field for _, field, _, _ in string.Formatter().parse(template)
+              if field is not None]
+    if not fields:
+      raise ConfigError(f"{key}: holds no {{label}} to fill in ({{{{ and }}}} are braces)")
+    other = next((field for field in fields if field != "label"), None)
+    if other is not None:
+      raise KeyError(other)
+    return [template.format(label=label) for label in labels]
+  except (KeyError, IndexError) as e:  # IndexError: {0}, or {} inside a format spec
+    other = e.args[0] if isinstance(e, KeyError) else ""
+    raise ConfigError(f"{key}: names {{{other}}}; a template names only {{label}} (write "
+                      "{{ and }} for a brace)") from None
+  except ValueError as e:
+    raise ConfigError(f"{key}: {e} (write {{{{ and }}}} for a brace)") from None
