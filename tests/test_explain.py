@@ -78,6 +78,23 @@ def test_fixed_points_leave_a_gap_that_doubling_closes(keyword_run):
       fine.baseline_logit == pytest.approx(coarse.baseline_logit)
 
 
+def test_max_gap_is_the_bar_of_every_convergence_report(keyword_run):
+  """--max_gap decides the doubling, the printed NOT CONVERGED and the JSON's converged
+  alike; a negative one, which no gap can meet, is refused."""
+  with pytest.raises(ConfigError, match=r"--max_gap=-0.1: .*>= 0"):
+    explain.IntegratedGradients(keyword_run, max_gap=-0.1)
+  [coarse] = explain.IntegratedGradients(keyword_run, steps=8, max_steps=8).explain("superb")
+  assert coarse.relative_gap > explain.MAX_GAP
+  assert "NOT CONVERGED" in explain.text_lines(coarse)[1]
+  assert coarse.to_json()["converged"] is False
+  loose = 2 * coarse.relative_gap
+  [e] = explain.IntegratedGradients(keyword_run, steps=8, max_steps=8,
+                                    max_gap=loose).explain("superb")
+  assert e.steps == 8 and e.converged() and e.max_gap == loose
+  assert "NOT CONVERGED" not in explain.text_lines(e)[1]
+  assert e.to_json()["converged"] is True and e.to_json()["max_gap"] == loose
+
+
 def test_words_sum_their_wordpieces_and_cut_words_are_marked_not_read(keyword_run):
   explainer = explain.IntegratedGradients(keyword_run)
   [e] = explainer.explain("superbly, the cast")  # superb ##l ##y , the cast
@@ -157,6 +174,15 @@ def test_explain_command_prints_and_writes_the_page(keyword_run, tmp_path):
        "--label=maybe", "x"], capture_output=True, text=True, cwd=REPO, timeout=600)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
       "error: --label='maybe': not an output of this run (0, 1)")
+  folder = tmp_path / "pages"
+  folder.mkdir()
+  taken = subprocess.run(  # refused before any text is explained, naming --output itself
+      [sys.executable, "-m", "tf_finetune.explain", f"--workdir={keyword_run.workdir.root}",
+       f"--output={folder}", "the superb cast"], capture_output=True, text=True, cwd=REPO,
+      timeout=600)
+  assert taken.returncode == 1 and "completeness gap" not in taken.stdout
+  assert taken.stderr.strip().splitlines()[-1] == (
+      f"error: --output={folder}: is a directory; give the HTML page's file name")
 
 
 def test_sentence_pairs_map_words_of_both_segments_through_truncation(tmp_path):

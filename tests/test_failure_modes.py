@@ -281,10 +281,46 @@ def test_a_write_the_disk_refuses_is_one_line_from_any_entry_point(monkeypatch, 
   assert str(e.value.code).startswith("error: runs/x/export/x/.tmp-2/variables/variables.index: "
                                       "No space left on device; free space")
 
+  def not_permitted(argv):  # EPERM: /sys, an immutable file, some network file systems
+    raise PermissionError(errno.EPERM, "Operation not permitted", "/sys/x")
+  with pytest.raises(SystemExit) as e:
+    cli.guard(not_permitted)([])
+  assert str(e.value.code) == ("error: /sys/x: Operation not permitted; fix its permissions "
+                               "or use a writable directory and run the same command again")
+
   def other_error(argv):
     raise OSError(errno.EIO, "Input/output error", "x")
   with pytest.raises(OSError):  # not a storage refusal: the traceback stays
     cli.guard(other_error)([])
+
+
+def test_a_file_written_into_place_names_itself_not_its_temporary_in_errors(tmp_path):
+  from tf_finetune import atomic
+  folder = tmp_path / "report.json"
+  folder.mkdir()
+  with pytest.raises(IsADirectoryError) as e:
+    atomic.write_text(folder, "{}")
+  assert e.value.filename == str(folder)
+  assert list(tmp_path.iterdir()) == [folder] and not list(folder.iterdir())
+  with pytest.raises(FileNotFoundError) as e:
+    atomic.write_text(tmp_path / "missing" / "report.json", "{}")
+  assert e.value.filename == str(tmp_path / "missing" / "report.json")
+
+
+def test_a_folder_that_refuses_files_is_found_before_the_work(tmp_path, monkeypatch):
+  import errno
+  import pathlib
+  from tf_finetune import atomic
+  assert atomic.writable_directory(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+  assert not list((tmp_path / "a" / "b").iterdir())
+
+  def refused(path, data):
+    raise PermissionError(errno.EACCES, "Permission denied", str(path))
+  monkeypatch.setattr(pathlib.Path, "write_bytes", refused)
+  with pytest.raises(PermissionError) as e:
+    atomic.writable_directory(tmp_path / "a")
+  assert e.value.filename == str(tmp_path / "a")
+  assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]
 
 
 def test_skip_nonfinite_steps_skips_and_counts_them(sentiment_dir, tmp_path):

@@ -15,15 +15,35 @@ _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
 def replacing(path, stem=None):
   """Yields a temporary path beside `path` to write; renames it into place when the block
   ends without an error, else removes it (as a later start removes a killed writer's).
-  The temporary file is `.STEM.tmp-PID`, STEM `path`'s name unless given."""
+  The temporary file is `.STEM.tmp-PID`, STEM `path`'s name unless given; an OSError about
+  it (a missing or unwritable folder, `path` a directory) names `path`, the file asked for."""
   path = pathlib.Path(path)
   tmp = path.with_name(f".{stem or path.name}.tmp-{os.getpid()}")
   try:
     yield tmp
     tmp.replace(path)
+  except OSError as e:
+    if e.filename != str(tmp):
+      raise
+    raise type(e)(e.errno, e.strerror, str(path)) from None
   finally:
     if tmp.exists():
       tmp.unlink()
+
+
+def writable_directory(path):
+  """Makes directory `path` (and its parents) and writes and removes a file in it, so that
+  a command refuses a folder it cannot write before its work, not after it; returns it."""
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  probe = path / f".write-check.tmp-{os.getpid()}"  # what stale_temporaries would remove
+  try:
+    probe.write_bytes(b"")
+  except OSError as e:
+    raise type(e)(e.errno, e.strerror, str(path)) from None
+  finally:
+    probe.unlink(missing_ok=True)
+  return path
 
 
 def write_bytes(path, data):

@@ -37,7 +37,8 @@ class Interrupted(Exception):
 STORAGE_FAILURES = {"No space left on device": "free space",
                     "Disk quota exceeded": "free space within the quota",
                     "Read-only file system": "use a writable directory",
-                    "Permission denied": "fix its permissions"}
+                    "Permission denied": "fix its permissions",
+                    "Operation not permitted": "fix its permissions or use a writable directory"}
 
 
 def storage_failure(error):

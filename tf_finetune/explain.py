@@ -42,6 +42,10 @@ def main(argv):
   run = experiment.load_run(_WORKDIR.value, _CHECKPOINT.value)
   pairs = bool(run.config.data.text_pair_column)
   explainer = explain.IntegratedGradients(run, _STEPS.value, _MAX_STEPS.value, _MAX_GAP.value)
+  output = pathlib.Path(_OUTPUT.value or run.workdir.root / "explain" / "explanations.html")
+  if output.is_dir():
+    raise UserError(f"--output={output}: is a directory; give the HTML page's file name")
+  atomic.writable_directory(output.parent)
   explanations = []
   for number, text in enumerate(texts, start=1):
     if not text.strip():
@@ -54,8 +58,6 @@ def main(argv):
     for e in explainer.explain(text, pair, _LABEL.value or None):
       explanations.append(e)
       print("\n".join(explain.text_lines(e)))
-  output = pathlib.Path(_OUTPUT.value or run.workdir.root / "explain" / "explanations.html")
-  output.parent.mkdir(parents=True, exist_ok=True)
   title = f"{run.workdir.root.name}: step {run.step}"
   atomic.write_text(output, explain.html_page(explanations, title))
   atomic.write_text(output.with_suffix(".json"), json.dumps(

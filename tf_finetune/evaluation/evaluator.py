@@ -108,6 +108,7 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
     return experiment.evaluate_split(task, model, data[name],
                                      batch_size=config.train.eval_batch_size)
 
+  eval_dir = atomic.writable_directory(eval_dir or wd.eval)
   known_outputs = known_outputs or {}
   outputs = {name: known_outputs[name] if name in known_outputs else logits_of(name)
              for name in wanted}
@@ -115,8 +116,6 @@ def evaluate_workdir(workdir, checkpoint="best", splits=None, *, slice_column=""
   if task.needs_calibration:  # fitted on dev even when dev is not among the splits reported
     calibration = task.calibrate(*(outputs["dev"] if "dev" in outputs else logits_of("dev")))
 
-  eval_dir = pathlib.Path(eval_dir) if eval_dir else wd.eval
-  eval_dir.mkdir(parents=True, exist_ok=True)
   trainable, total = peft.parameter_counts(model)
   report = {**(about or {}), "task": config.task.name, "checkpoint": path, "step": step,
             "best_metric": task.best_metric, "labels": labels.labels,

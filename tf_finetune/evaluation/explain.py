@@ -48,9 +48,10 @@ class Explanation:
   words: list
   truncated: bool
   steps: int  # quadrature points used
+  max_gap: float = MAX_GAP  # the completeness gap accepted (--max_gap)
 
-  def converged(self, max_gap=MAX_GAP):
-    return abs(self.gap) <= max(max_gap * abs(self.logit - self.baseline_logit), 1e-3)
+  def converged(self):
+    return abs(self.gap) <= max(self.max_gap * abs(self.logit - self.baseline_logit), 1e-3)
 
   @property
   def total(self):
@@ -73,6 +74,7 @@ class Explanation:
             "logit": self.logit, "baseline_logit": self.baseline_logit,
             "sum_of_attributions": self.total, "completeness_gap": self.gap,
             "relative_completeness_gap": relative, "steps": self.steps,
+            "max_gap": self.max_gap, "converged": self.converged(),
             "truncated": self.truncated,
             "wordpieces": [{"piece": p, "attribution": a} for p, a in self.pieces],
             "words": None if self.words is None else [
@@ -102,6 +104,9 @@ class IntegratedGradients:
     if not 1 <= steps <= max_steps:
       raise ConfigError(f"--steps={steps}: integrated gradients needs 1 to "
                         f"--max_steps={max_steps} points")
+    if not max_gap >= 0:
+      raise ConfigError(f"--max_gap={max_gap}: must be >= 0 (a share of "
+                        "|logit(text) - logit(baseline)|)")
     self.run = run
     self.encoder = run.encoder
     self.vocabulary = self.encoder.tokenizer.get_vocabulary()
@@ -176,7 +181,7 @@ class IntegratedGradients:
       while True:
         e = self._integrate(steps, padded, difference, output, names[output], text, text_pair,
                             token_ids, special, words, truncated)
-        if e.converged(self.max_gap) or steps >= self.max_steps:
+        if e.converged() or steps >= self.max_steps:
           break
         steps = min(2 * steps, self.max_steps)
       explanations.append(e)
@@ -206,7 +211,7 @@ class IntegratedGradients:
       word_attributions = [(w, g, s, e, float(attributions[rows].sum()) if rows else None)
                            for w, g, s, e, rows in words]
     return Explanation(text, text_pair, name, float(values[steps]), float(values[steps + 1]),
-                       pieces, word_attributions, truncated, steps)
+                       pieces, word_attributions, truncated, steps, self.max_gap)
 
   def _words(self, text, text_pair, features):
     """Per word of the text (then the pair): (word, segment, start, end, its wordpieces'
