@@ -21,6 +21,14 @@ def test_base_config_is_valid_and_has_public_keys():
     ("train.best_metric", "pearson",
      "must be auto or one of accuracy, macro_f1, loss for task.name='classification'"),
     ("task.class_weights", "inverse", "must be one of none, balanced"),
+    ("data.max_train_examples", -1, "config.data.max_train_examples=-1: must be >= 0"),
+    ("data.shuffle_buffer", -1, "config.data.shuffle_buffer=-1: must be >= 0"),
+    ("train.seed", -1, "config.train.seed=-1: must be in [0, 2**32 - 1]"),
+    ("data.split_seed", 2**32, "config.data.split_seed=4294967296: must be in [0, 2**32 - 1]"),
+    ("train.adam_epsilon", -1e-8, "config.train.adam_epsilon=-1e-08: must be > 0"),
+    ("train.eval_every", -1, "config.train.eval_every=-1: must be >= 0"),
+    ("train.checkpoint_every", -1, "config.train.checkpoint_every=-1: must be >= 0"),
+    ("distribution.num_cpu_devices", -2, "config.distribution.num_cpu_devices=-2: must be >= 0"),
 ])
 def test_bad_values_raise_one_line_naming_the_key(key, value, words):
   c = config_lib.base_config()

@@ -380,6 +380,18 @@ def validate(config):
   _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
   _check(t.max_grad_norm >= 0, "train.max_grad_norm", t.max_grad_norm, "must be >= 0")
   _check(t.log_every > 0, "train.log_every", t.log_every, "must be > 0")
+  _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0 (0: once per epoch)")
+  _check(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every,
+         "must be >= 0 (0: at every evaluation)")
+  _check(t.adam_epsilon > 0, "train.adam_epsilon", t.adam_epsilon, "must be > 0")
+  for key, seed in (("train.seed", t.seed), ("data.split_seed", d.split_seed)):
+    _check(0 <= seed < 2**32, key, seed, "must be in [0, 2**32 - 1]")
+  _check(d.max_train_examples >= 0, "data.max_train_examples", d.max_train_examples,
+         "must be >= 0 (0: all)")
+  _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", d.shuffle_buffer,
+         "must be >= 0 (0: no shuffling)")
+  _check(config.distribution.num_cpu_devices >= 0, "distribution.num_cpu_devices",
+         config.distribution.num_cpu_devices, "must be >= 0")
   _check(t.keep_checkpoints > 0, "train.keep_checkpoints", t.keep_checkpoints, "must be > 0")
   for split in t.eval_splits.split(","):
     _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")
