@@ -29,6 +29,9 @@ def test_base_config_is_valid_and_has_public_keys():
     ("train.eval_every", -1, "config.train.eval_every=-1: must be >= 0"),
     ("train.checkpoint_every", -1, "config.train.checkpoint_every=-1: must be >= 0"),
     ("distribution.num_cpu_devices", -2, "config.distribution.num_cpu_devices=-2: must be >= 0"),
+    ("data.delimiter", "||", "config.data.delimiter='||': must be one character"),
+    ("data.delimiter", '"', "config.data.delimiter='\"': must be one character"),
+    ("data.delimiter", "\n", "config.data.delimiter='\\n': must be one character"),
 ])
 def test_bad_values_raise_one_line_naming_the_key(key, value, words):
   c = config_lib.base_config()

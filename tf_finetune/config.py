@@ -395,6 +395,9 @@ def validate(config):
   _check(t.keep_checkpoints > 0, "train.keep_checkpoints", t.keep_checkpoints, "must be > 0")
   for split in t.eval_splits.split(","):
     _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")
+  _check(len(d.delimiter) <= 1 and d.delimiter not in ('"', "\r", "\n"), "data.delimiter",
+         d.delimiter, "must be one character other than a quote or a line break (empty: tab "
+         "for tsv, comma for csv)")
   _check(d.bad_text in ("error", "skip"), "data.bad_text", d.bad_text, "must be error or skip")
   if d.source in ("tsv", "csv", "jsonl", "tfds"):  # the sources that read named columns
     columns = [("data.text_column", d.text_column), ("data.label_column", d.label_column)]
