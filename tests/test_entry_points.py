@@ -60,6 +60,7 @@ def test_smoke_train_then_resume_then_evaluate(tmp_path):
     (["--file_source=tsv"], "error: --file_source and --output go with --file"),
     (["--file=x.tsv", "--splits=dev"], "error: --file evaluates that file instead of the run's "
                                        "splits; drop --splits"),
+    (["--positive_label=1"], "error: --positive_label goes with --slice_column"),
 ])
 def test_evaluate_file_flags_that_do_not_go_together_are_refused(tmp_path, flags, message):
   result = _run("tf_finetune.evaluate", f"--workdir={tmp_path}", *flags)

@@ -38,6 +38,8 @@ def main(argv):
   from tf_finetune.evaluation import evaluator
   if not _FILE.value and (_FILE_SOURCE.value or _OUTPUT.value):
     raise SystemExit("error: --file_source and --output go with --file")
+  if _POSITIVE_LABEL.value and not _SLICE_COLUMN.value:
+    raise SystemExit("error: --positive_label goes with --slice_column")
   if _FILE.value and _SPLITS.value:
     raise SystemExit("error: --file evaluates that file instead of the run's splits; drop "
                      "--splits")
