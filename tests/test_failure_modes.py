@@ -683,10 +683,11 @@ def test_a_resume_on_changed_data_is_refused_naming_the_file_and_examples(tmp_pa
   with pytest.raises(WorkdirError) as e:
     trainer_lib.Trainer(config, run)
   assert str(e.value).startswith(f"{train_file}: the train data differ from those the run in "
-                                 f"{run} started on (2500 examples then, 2500 now; examples "
-                                 f"1001-2000, from {train_file}:1002, are the first that differ)")
+                                 f"{run} started on (2500 examples then, 2500 now; the first "
+                                 "difference is among examples 1001-2000, which start at "
+                                 f"{train_file}:1002)")
   train_file.write_text(original + "one more sentence\t1\n")
-  with pytest.raises(WorkdirError, match=r"2500 examples then, 2501 now; examples 2001-2501"):
+  with pytest.raises(WorkdirError, match=r"2500 examples then, 2501 now; the first difference is among examples 2001-2501"):
     trainer_lib.Trainer(config, run)
   train_file.write_text("".join(original.splitlines(keepends=True)[:2001]))  # 2000 examples
   with pytest.raises(WorkdirError, match=r"2500 examples then, 2000 now; the first 2000 are "

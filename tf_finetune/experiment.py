@@ -182,8 +182,8 @@ def check_data_digest(workdir, splits):
     start = first * DIGEST_CHUNK
     if start < current["examples"]:
       end = min(start + DIGEST_CHUNK, current["examples"])
-      where = (f"examples {start + 1}-{end}, from {splits[name].origins[start]}, are the first "
-               "that differ")
+      where = (f"the first difference is among examples {start + 1}-{end}, which start at "
+               f"{splits[name].origins[start]}")
     else:  # the data were cut short
       where = f"the first {current['examples']} are the same"
     raise WorkdirError(f"{current['source']}: the {name} data differ from those the run in "
