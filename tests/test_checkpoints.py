@@ -105,6 +105,39 @@ def test_a_tokenizer_json_whose_ids_are_not_each_used_once_is_refused(tmp_path, 
     checkpoints.read_tokenizer_spec(directory)
 
 
+def test_checkpoint_files_of_the_wrong_form_are_refused_naming_the_file(tmp_path):
+  """Damage that keeps the JSON valid (a field of another type, a field missing), as a
+  mutation fuzzer of the tiny checkpoints' files found it: one line naming the file, where
+  each of these ended in a TypeError, KeyError, IndexError or a panic of tokenizers."""
+  def damaged(family, name, change):
+    directory = _tokenizer_dir(tmp_path / f"{family}-{name}-{len(list(tmp_path.iterdir()))}",
+                               family)
+    data = json.loads((directory / name).read_text())
+    change(data)
+    (directory / name).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError) as e:
+      checkpoints.read_tokenizer_spec(directory)
+    assert str(e.value).startswith(f"{directory / name}: ") and "\n" not in str(e.value)
+    return str(e.value)
+
+  def id_as_list(spec):
+    spec["model"]["vocab"]["[UNK]"] = [1]
+  assert "the tokenizers library cannot read it (" in damaged("bert", "tokenizer.json", id_as_list)
+  assert "the file is damaged" in damaged(
+      "roberta", "tokenizer.json", lambda spec: spec["model"].pop("vocab"))
+  assert "the tokenizers library cannot read it" in damaged(  # a panic in tokenizers' Rust
+      "xlm-roberta", "tokenizer.json", lambda spec: spec["normalizer"].pop(
+          "precompiled_charsmap"))
+  assert "model_type=['bert'] is not supported" in damaged(
+      "bert", "config.json", lambda config: config.update(model_type=["bert"]))
+
+  def one_sequence_pair(spec):
+    post = spec["post_processor"]
+    post["pair"] = [p for p in post["pair"] if p.get("Sequence", {}).get("id") != "B"]
+  assert "does not hold the two texts of a pair" in damaged("bert", "tokenizer.json",
+                                                            one_sequence_pair)
+
+
 def test_a_vocab_txt_that_differs_from_tokenizer_json_is_named_in_a_warning(tmp_path, caplog):
   import logging
   directory = _tokenizer_dir(tmp_path)

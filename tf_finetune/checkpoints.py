@@ -29,8 +29,8 @@ def read_hf_config(checkpoint_dir):
   path = pathlib.Path(checkpoint_dir) / "config.json"
   config = atomic.read_json(path, dict, "a Hugging Face model configuration", CheckpointError)
   model_type = config.get("model_type")
-  if model_type not in families.FAMILIES:
-    note = families.UNSUPPORTED_NOTES.get(model_type, "keras-hub 0.32 converts no such "
+  if not isinstance(model_type, str) or model_type not in families.FAMILIES:
+    note = families.UNSUPPORTED_NOTES.get(str(model_type), "keras-hub 0.32 converts no such "
                                           "checkpoint for an encoder")
     raise CheckpointError(
         f"{path}: model_type={model_type!r} is not supported ({note}); supported: "
@@ -141,6 +141,7 @@ def read_tokenizer_spec(checkpoint_dir):
                                         "a tokenizer configuration", CheckpointError)
   if tokenizer_json.is_file():
     spec = atomic.read_json(tokenizer_json, dict, "a tokenizers file", CheckpointError)
+    _check_tokenizers_reads(tokenizer_json)
     model_kind = (spec.get("model") or {}).get("type")
     reader = {"WordPiece": _wordpiece_spec, "BPE": _byte_bpe_spec,
               "Unigram": _sentencepiece_spec}.get(model_kind)
@@ -172,6 +173,21 @@ def read_tokenizer_spec(checkpoint_dir):
     if token not in spec.vocabulary:
       raise CheckpointError(f"{checkpoint_dir}: special token {token} missing from the vocabulary")
   return spec
+
+
+def _check_tokenizers_reads(tokenizer_json):
+  """The tokenizers library, transformers' reader of tokenizer.json, must read the file: one
+  whose fields do not have the form it expects (an id that is not a number, a missing
+  vocabulary) is damaged, and is refused here in one line naming the file."""
+  import tokenizers
+  try:
+    tokenizers.Tokenizer.from_file(str(tokenizer_json))
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except BaseException as e:  # noqa: BLE001 (tokenizers raises a bare Exception, or a
+    # pyo3 PanicException, a BaseException, where its Rust code panics on a field)
+    raise CheckpointError(f"{tokenizer_json}: the tokenizers library cannot read it ({e}); "
+                          "the file is damaged") from None
 
 
 def _vocabulary_by_id(vocab, path):
@@ -296,12 +312,11 @@ def _special_tokens(spec, tokenizer_config, path, fields):
       raise CheckpointError(f"{path}: post-processor template {json.dumps(post['single'])} "
                             "is not [start] text [end]")
     cls, sep = specials
-    between = 0
-    for part in pair[[i for i, p in enumerate(pair) if "Sequence" in p][0] + 1:]:
-      if "Sequence" in part:
-        break
-      between += 1
-    separators = between
+    sequences = [i for i, p in enumerate(pair) if "Sequence" in p]
+    if len(sequences) != 2:
+      raise CheckpointError(f"{path}: post-processor pair template {json.dumps(post['pair'])} "
+                            "does not hold the two texts of a pair")
+    separators = sequences[1] - sequences[0] - 1
   else:
     raise CheckpointError(f"{path}: post-processor {kind!r} is not supported (it decides "
                           "how [CLS]/[SEP] wrap a text)")
