@@ -111,12 +111,24 @@ def test_sigterm_to_one_worker_saves_on_both_and_a_restart_ends_with_the_same_we
   """TensorFlow's PreemptionCheckpointHandler: the signal reaches worker 1 only; both
   workers save at the same step (a collective save), stop with the one-line message, and
   restarted they end where an uninterrupted run does."""
-  import signal
   config = tiny_config(sentiment_dir, distribution__strategy="multi_worker", train__steps=200,
                        train__eval_every=1000, train__log_every=1)
   (_, _, whole_weights), _ = _run_two_workers(config, tmp_path / "whole", tmp_path / "out_whole")
 
-  workdir, out = tmp_path / "cut", tmp_path / "out_cut"
+  workdir = tmp_path / "cut"
+  _sigterm_to_worker_1_at(config, workdir, tmp_path / "out_cut", "step 30/200")
+  saved = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  assert saved is not None and 30 <= int(saved.rsplit("-", 1)[1]) < 200
+  for info, log, weights in _run_two_workers(config, workdir, tmp_path / "out_again"):
+    assert f"Resuming from {saved}" in log and info["step"] == 200
+    for a, b in zip(whole_weights, weights):
+      np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _sigterm_to_worker_1_at(config, workdir, out, log_text):
+  """Starts both workers, sends SIGTERM to worker 1 once worker 0 has logged `log_text`, and
+  checks that both saved and stopped with the one-line message."""
+  import signal
   out.mkdir()
   config_path = out / "config.json"
   config_path.write_text(config.to_json())
@@ -130,7 +142,7 @@ def test_sigterm_to_one_worker_saves_on_both_and_a_restart_ends_with_the_same_we
              str(workdir), str(out / f"weights_{index}.npz")],
             env=dict(os.environ, TF_CONFIG=tf_config), cwd=REPO, stdout=log, stderr=log))
     deadline = time.time() + TIMEOUT_SECONDS
-    while "step 30/200" not in logs[0].read_text():
+    while log_text not in logs[0].read_text():
       assert time.time() < deadline and processes[0].poll() is None, logs[0].read_text()[-3000:]
       time.sleep(0.2)
     processes[1].send_signal(signal.SIGTERM)
@@ -145,12 +157,24 @@ def test_sigterm_to_one_worker_saves_on_both_and_a_restart_ends_with_the_same_we
   for p, text in zip(processes, texts):
     assert p.returncode == 128 + signal.SIGTERM, text[-3000:]
     assert "SIGTERM received: saved" in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_a_setfit_preemption_save_holds_the_head_of_its_own_encoder(tmp_path):
+  """The collective save of TensorFlow's handler comes at any step; the head in it is
+  refitted on the encoder saved, as at every other save (here before the first evaluation,
+  when the head of the last evaluation would be the untrained one)."""
+  from tests.conftest import write_sentiment_tsv
+  from tests.test_setfit import _head_and_logistic_regressions, _setfit_config
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=24)
+  config = _setfit_config(data, distribution__strategy="multi_worker", task__head_c=1.0,
+                          train__steps=400, train__eval_every=400, train__log_every=1)
+  workdir = tmp_path / "run"
+  _sigterm_to_worker_1_at(config, workdir, tmp_path / "out", "step 20/400")
   saved = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
-  assert saved is not None and 30 <= int(saved.rsplit("-", 1)[1]) < 200
-  for info, log, weights in _run_two_workers(config, workdir, tmp_path / "out_again"):
-    assert f"Resuming from {saved}" in log and info["step"] == 200
-    for a, b in zip(whole_weights, weights):
-      np.testing.assert_allclose(a, b, atol=1e-5)
+  assert saved is not None and 20 <= int(saved.rsplit("-", 1)[1]) < 400
+  probabilities, with_c_1 = _head_and_logistic_regressions(workdir, saved, 1.0)
+  np.testing.assert_allclose(probabilities, with_c_1, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -838,8 +838,8 @@ class Trainer:
     (setfit), fitted first to the weights at hand unless they are those it was fitted on at
     this step's evaluation, so that every checkpoint holds a head and an encoder that belong
     together (evaluate and export read any checkpoint; the head trains nothing, so training
-    from the checkpoint is unchanged). Not the save of a multi_worker preemption, which
-    TensorFlow's handler makes at any step: its head is that of the evaluation before."""
+    from the checkpoint is unchanged). TensorFlow's preemption handler (multi_worker) saves
+    through it too."""
     if self.task.fits_head and self._head_step != step:
       self._fit_head()
       self._head_step = step
@@ -889,9 +889,14 @@ class Trainer:
     def stop():
       step = current_step()
       raise Preempted(signal.SIGTERM, step, self.workdir.checkpoints / f"ckpt-{step}")
+
+    def save(checkpoint_number):  # as every other save: a SetFit head is refitted first
+      self._save_training_checkpoint(checkpoint_number)
+
     return tf.distribute.experimental.PreemptionCheckpointHandler(
         self.strategy.cluster_resolver, self.manager,
-        termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=stop))
+        termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=stop,
+                                                                        save_fn=save))
 
   def _nonfinite_step(self, step, loss, norm):
     """A step whose loss or gradient norm was not finite: it was not applied (the weights
