@@ -739,6 +739,12 @@ def _without_the_best_steps_training_checkpoint(run):
     path.unlink()
 
 
+def _edit_json(path, change):
+  data = json.loads(path.read_text())
+  change(data)
+  path.write_text(json.dumps(data))
+
+
 DAMAGE = {  # the best cases: with no training checkpoint of the best's step to fall back on
     "truncated best checkpoint data": (
         lambda run: (_without_the_best_steps_training_checkpoint(run), _truncate(
@@ -753,6 +759,13 @@ DAMAGE = {  # the best cases: with no training checkpoint of the best's step to 
     "truncated config.json": (lambda run: _truncate(run / "config.json"), "best", "config.json"),
     "config.json not an object": (
         lambda run: (run / "config.json").write_text("[1, 2]"), "best", "config.json"),
+    "config.json with a value of another type": (  # ended in keras-hub's TypeError
+        lambda run: _edit_json(run / "config.json", lambda c: c["model"].update(
+            num_layers=[1, 2])), "best", "config.json: model.num_layers=[1, 2]: not of the key's "
+        "type (int); the file is damaged"),
+    "config.json with a value out of range": (  # ended in Keras's ValueError
+        lambda run: _edit_json(run / "config.json", lambda c: c["model"].update(dropout=-1.0)),
+        "best", "config.json: config.model.dropout=-1.0: must be in [0, 1); the file is damaged"),
     "garbled labels.json": (
         lambda run: (run / "labels.json").write_bytes(b"\xff\xfe[\"0\""), "best", "labels.json"),
     "labels.json with another number of labels": (

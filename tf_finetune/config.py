@@ -335,8 +335,9 @@ def _refuse_switched_on(config, switches, reason):
     _check(not on, key, config[section][name], f"{reason}: {why}" if why else reason)
 
 
-def validate(config):
-  """Raises ConfigError on the first bad value."""
+def validate(config, files=True):
+  """Raises ConfigError on the first bad value. files=False leaves out the checks that the
+  folders it names exist (a finished run's data may have moved since)."""
   for key, value in flatten(config.to_dict()).items():
     if isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f"config.{key}={value!r}: must be a finite number")
@@ -434,7 +435,8 @@ def validate(config):
   if d.source in ("tsv", "csv", "jsonl", "label_first", "conll"):
     _check(d.dir, "data.dir", d.dir, f"is required for data.source={d.source!r}")
     _check(d.train_file, "data.train_file", d.train_file, "is required for file sources")
-    _check(pathlib.Path(d.dir).expanduser().is_dir(), "data.dir", d.dir, "is not a directory")
+    _check(not files or pathlib.Path(d.dir).expanduser().is_dir(), "data.dir", d.dir,
+           "is not a directory")
   if d.source == "tfds":
     _check(d.tfds_name, "data.tfds_name", d.tfds_name, "is required for data.source='tfds'")
   if config.distribution.strategy == "tpu":
@@ -443,8 +445,8 @@ def validate(config):
   if ds.teacher_workdir:
     _check(config.task.name == "classification", "distill.teacher_workdir", ds.teacher_workdir,
            "applies to task.name='classification'")
-    _check((pathlib.Path(ds.teacher_workdir).expanduser() / "checkpoints" / "best.json")
-           .is_file(), "distill.teacher_workdir", ds.teacher_workdir,
+    _check(not files or (pathlib.Path(ds.teacher_workdir).expanduser() / "checkpoints" /
+                         "best.json").is_file(), "distill.teacher_workdir", ds.teacher_workdir,
            "is not a tf_finetune run directory with a best checkpoint")
   _check(not ds.student_layers or ds.teacher_workdir, "distill.student_layers",
          ds.student_layers, "needs distill.teacher_workdir")

@@ -52,22 +52,38 @@ class Workdir:
     self.train_sample = self.root / "train_sample.tsv"  # with data.examples_per_class
 
   def load_config(self):
-    import ml_collections
     if not self.config.is_file():
       raise WorkdirError(f"{self.root}: no {CONFIG_FILE}; is this a tf_finetune run directory?")
     saved = atomic.read_json(self.config, dict, "the run's resolved config")
     # Keys added to tf_finetune after this run was made take their defaults, or the value
     # the run was made with where the key's default is not what the code did before it.
-    config = config_lib.base_config().to_dict()
+    config = config_lib.base_config()
     for section, values in saved.items():
       if not isinstance(values, dict) or section not in config:
         raise WorkdirError(f"{self.config}: {section!r} is not a config section; the file is "
                            "damaged")
-      config[section].update(values)
+      for name, value in values.items():
+        self._set_saved_value(config, section, name, value)
     for key, value in self.values_before_keys(saved).items():
-      section, _, name = key.partition(".")
+      self._set_saved_value(config, *key.split(".", 1), value)
+    try:
+      config_lib.validate(config, files=False)
+    except ConfigError as e:
+      raise WorkdirError(f"{self.config}: {e}; the file is damaged, or the run was made by a "
+                         "tf_finetune that took that value") from None
+    return config
+
+  def _set_saved_value(self, config, section, name, value):
+    """config[section][name] = value, which must have the type of the key's default (the
+    ConfigDict refuses another, except a bool for an int, refused here)."""
+    default = config[section].get(name)
+    try:
+      if default is not None and isinstance(value, bool) != isinstance(default, bool):
+        raise TypeError
       config[section][name] = value
-    return ml_collections.ConfigDict(config)
+    except TypeError:
+      raise WorkdirError(f"{self.config}: {section}.{name}={value!r}: not of the key's type "
+                         f"({type(default).__name__}); the file is damaged") from None
 
   def values_before_keys(self, saved=None):
     """{"section.key": value} of config.VALUES_BEFORE_THE_KEY whose key this run's
