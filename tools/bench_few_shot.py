@@ -10,7 +10,7 @@ and setfit itself (PyTorch), on the same samples, as a table.
 Data: ../shared/data/emotion (6 labels, full 2,000-text val set as dev) and sst2 (full
 872-sentence dev set); also trec (6 coarse labels; dev: 10% of the 5,452 questions, drawn
 with each sample's data.split_seed, configs/trec.py), which no setting here was chosen on.
-For each K in --shots and each sample s (data.split_seed=s, also train.seed=s), K train
+For each K in --shots and each sample s (data.split_seed=s, train.seed=s + --reseed), K train
 texts per label are drawn once (tf_finetune's per-label sample; the PyTorch side trains on
 the very same texts) and every side trains on them:
   setfit        task.name=setfit: 40 pairs per text (SetFit's num_iterations=20),
@@ -73,12 +73,17 @@ _HEAD_C = flags.DEFINE_list("head_c", [], "setfit side: also the dev accuracy wi
 _WISE_FT_ALPHA = flags.DEFINE_list(
     "wise_ft_alpha", [], "setfit side: also the dev accuracy of the trained encoder mixed "
     "with its start weights with these task.wise_ft_alpha (the head refitted on each).")
+_RESEED = flags.DEFINE_integer(
+    "reseed", 0, "Train with train.seed = sample + this (setfit: its seed), the sample drawn as "
+    "always (data.split_seed = sample): how far a side moves with its training randomness "
+    "alone, against a run without it.")
 _RUN = flags.DEFINE_string("run", None, "Internal: DATASET:SIDE:K:SEED in this process.")
 
 
 def config_for(dataset, side, shots, seed):
-  overrides = {"data.max_seq_length": 64, "train.precision": "float32", "train.seed": seed,
-               "data.split_seed": seed, "train.batch_size": BATCH, "train.eval_splits": "dev"}
+  overrides = {"data.max_seq_length": 64, "train.precision": "float32",
+               "train.seed": seed + _RESEED.value, "data.split_seed": seed,
+               "train.batch_size": BATCH, "train.eval_splits": "dev"}
   if side == "zero_shot":
     overrides["task.name"] = "zero_shot"
     if dataset in DESCRIPTIONS:
