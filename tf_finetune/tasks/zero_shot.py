@@ -97,7 +97,6 @@ class ZeroShotTask(sentence_embedding.PacksSentenceEmbeddings, classification.Cl
     return {"zero_shot": zero_shot}
 
 
-
 def _filled_template(template, labels):
   """The template's text for each label; a field other than {label}, a lone brace or no
   {label} at all is refused (a typo would otherwise stay in every description)."""
