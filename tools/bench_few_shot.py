@@ -199,6 +199,7 @@ def main(argv):
       r = benchlib.run_side(__file__, [f"--run={dataset}:{side}:{shots}:{seed}",
                                        f"--head_c={','.join(_HEAD_C.value)}",
                                        f"--wise_ft_alpha={','.join(_WISE_FT_ALPHA.value)}",
+                                       f"--reseed={_RESEED.value}",
                                        *argv[1:]])
       if "skipped" in r:
         print(f"{dataset} {side}: skipped: {r['skipped']}", flush=True)
@@ -208,7 +209,9 @@ def main(argv):
       for variant, accuracy in variants.items():  # the same trained encoder, so the same time
         rows.setdefault((dataset, shots, f"{side} {variant}"), []).append(
             dict(r, dev_accuracy=accuracy, seed=seed))
-      print(f"{dataset} K={shots} {side} sample {seed}: dev accuracy {r['dev_accuracy']:.4f}"
+      reseeded = f" (train.seed {seed + _RESEED.value})" if _RESEED.value else ""
+      print(f"{dataset} K={shots} {side} sample {seed}{reseeded}: dev accuracy "
+            f"{r['dev_accuracy']:.4f}"
             + "".join(f" ({variant}: {a:.4f})" for variant, a in variants.items())
             + f" | {r['seconds']:.0f}s | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
   print("| data | K per label | side | dev accuracy mean +- std | samples | wall time mean |")
