@@ -75,10 +75,11 @@ class Workdir:
 
   def _set_saved_value(self, config, section, name, value):
     """config[section][name] = value, which must have the type of the key's default (the
-    ConfigDict refuses another, except a bool for an int, refused here)."""
+    ConfigDict refuses another, except None, or a bool for an int: refused here)."""
     default = config[section].get(name)
     try:
-      if default is not None and isinstance(value, bool) != isinstance(default, bool):
+      if default is not None and (value is None or
+                                  isinstance(value, bool) != isinstance(default, bool)):
         raise TypeError
       config[section][name] = value
     except TypeError:
