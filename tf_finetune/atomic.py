@@ -25,7 +25,7 @@ def replacing(path, stem=None):
   except OSError as e:
     if e.filename != str(tmp):
       raise
-    raise type(e)(e.errno, e.strerror, str(path)) from None
+    raise _naming(e, path) from None
   finally:
     if tmp.exists():
       tmp.unlink()
@@ -40,10 +40,15 @@ def writable_directory(path):
   try:
     probe.write_bytes(b"")
   except OSError as e:
-    raise type(e)(e.errno, e.strerror, str(path)) from None
+    raise _naming(e, path) from None
   finally:
     probe.unlink(missing_ok=True)
   return path
+
+
+def _naming(error, path):
+  """The same OSError about `path` (the file or folder asked for, not a temporary)."""
+  return type(error)(error.errno, error.strerror, str(path))
 
 
 def write_bytes(path, data):

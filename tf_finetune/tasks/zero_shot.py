@@ -101,6 +101,10 @@ def _filled_template(template, labels):
   """The template's text for each label; a field other than {label}, a lone brace or no
   {label} at all is refused (a typo would otherwise stay in every description)."""
   key = f"config.task.label_descriptions={template!r}"
+  braces = "write {{ and }} for a brace"
+
+  def names(field):
+    return ConfigError(f"{key}: names {{{field}}}; a template names only {{label}} ({braces})")
   try:
     fields = [field for _, field, _, _ in string.Formatter().parse(template)
               if field is not None]
@@ -108,11 +112,11 @@ def _filled_template(template, labels):
       raise ConfigError(f"{key}: holds no {{label}} to fill in ({{{{ and }}}} are braces)")
     other = next((field for field in fields if field != "label"), None)
     if other is not None:
-      raise KeyError(other)
+      raise names(other)
     return [template.format(label=label) for label in labels]
-  except (KeyError, IndexError) as e:  # IndexError: {0}, or {} inside a format spec
-    other = e.args[0] if isinstance(e, KeyError) else ""
-    raise ConfigError(f"{key}: names {{{other}}}; a template names only {{label}} (write "
-                      "{{ and }} for a brace)") from None
+  except KeyError as e:  # a field inside a format spec, {label:>{width}}
+    raise names(e.args[0]) from None
+  except IndexError:  # {} inside a format spec
+    raise names("") from None
   except ValueError as e:
-    raise ConfigError(f"{key}: {e} (write {{{{ and }}}} for a brace)") from None
+    raise ConfigError(f"{key}: {e} ({braces})") from None
