@@ -225,9 +225,55 @@ def test_predict_on_an_export_with_damaged_variables_says_so_in_one_line(exporte
   out = _predict(copy, "good film")
   message = out.stderr.decode().strip().splitlines()
   assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
+  if damage == "index cut short":  # fingerprint.pb holds the index's hash (the test below)
+    assert message[-1] == (f"error: {copy}: cannot load a SavedModel: its variables/variables."
+                           "index does not match the hash its fingerprint.pb recorded at "
+                           "export. It is damaged (cut short, garbled or changed since); "
+                           "export the run again")
+    return
   assert message[-1].startswith(f"error: {copy}: cannot load a SavedModel ("), message
   assert message[-1].endswith("): its variables/ files are damaged (cut short, garbled or "
                               "missing); export the run again"), message[-1]
+
+
+@pytest.mark.parametrize("damage", ["graph", "fingerprint cut short", "graph, no fingerprint",
+                                    "no fingerprint"])
+def test_predict_checks_an_export_against_its_fingerprint(exported, tmp_path, damage):
+  """saved_model.pb is checked against the hash fingerprint.pb recorded at export before it
+  is loaded: a damaged graph failed inside TensorFlow's loader (a KeyError, found by
+  fuzzing: a node input renamed) or crashed the process when called. An export without
+  fingerprint.pb (TensorFlow before 2.12) is loaded unchecked, and a damaged graph there is
+  still one line."""
+  copy = tmp_path / "1"
+  shutil.copytree(exported, copy)
+  graph, fingerprint = copy / "saved_model.pb", copy / "fingerprint.pb"
+  if "graph" in damage:
+    content = graph.read_bytes()
+    assert b"/Tensordot/axes:output:0" in content
+    graph.write_bytes(content.replace(b"/Tensordot/axes:output:0", b"/Tensordot/axes:outpu{:0",
+                                      1))
+  if damage == "fingerprint cut short":
+    fingerprint.write_bytes(fingerprint.read_bytes()[:10])
+  if "no fingerprint" in damage:
+    fingerprint.unlink()
+  out = _predict(copy, "good film")
+  if damage == "no fingerprint":
+    assert out.returncode == 0 and out.stdout.decode().startswith("good film\t"), out.stderr
+    return
+  message = out.stderr.decode().strip().splitlines()
+  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
+  assert message[-1].startswith(f"error: {copy}: cannot load a SavedModel"), message
+  if damage == "graph, no fingerprint":
+    assert message[-1].startswith(f"error: {copy}: cannot load a SavedModel (KeyError: ")
+    assert message[-1].endswith("): TensorFlow's loader failed on its saved_model.pb, which is "
+                                "damaged or not a SavedModel this TensorFlow reads; export the "
+                                "run again"), message[-1]
+    return
+  what = ("its saved_model.pb does not match the hash its fingerprint.pb recorded at export"
+          if damage == "graph" else "its fingerprint.pb cannot be read (")
+  assert message[-1].startswith(f"error: {copy}: cannot load a SavedModel: {what}"), message
+  assert message[-1].endswith(". It is damaged (cut short, garbled or changed since); export "
+                              "the run again"), message[-1]
 
 
 def test_hf_export_loads_in_transformers_with_same_logits(run_dir):

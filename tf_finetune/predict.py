@@ -57,6 +57,37 @@ def _saved_model_hint(path):
   return f"; it holds the export {newest}: pass --model={newest}"
 
 
+def _damaged_by_fingerprint(path):
+  """What of the SavedModel at `path` no longer matches the hashes its fingerprint.pb
+  recorded at export, recomputed by TensorFlow's own fingerprinting (saved_model.pb and
+  variables/variables.index); None when all match, when there is no fingerprint.pb
+  (TensorFlow before 2.12), or when the recomputation fails (the load then says why). A
+  damaged graph can fail anywhere in TensorFlow's loader or crash the process when called
+  (a segmentation fault, found by tools/fuzz_files.py), so it is refused before loading."""
+  import tensorflow as tf
+  from tensorflow.core.protobuf import fingerprint_pb2
+  from tensorflow.python.saved_model import pywrap_saved_model
+  if not (pathlib.Path(path) / "fingerprint.pb").is_file():
+    return None
+  try:
+    recorded = tf.saved_model.experimental.read_fingerprint(path)
+  except Exception as e:  # noqa: BLE001; TF raises RuntimeError or FileNotFoundError
+    return f"its fingerprint.pb cannot be read ({str(e).strip().splitlines()[-1][:200]})"
+  try:
+    now = fingerprint_pb2.FingerprintDef.FromString(
+        pywrap_saved_model.fingerprinting.CreateFingerprintDef(str(path)))
+  except Exception:  # noqa: BLE001
+    return None
+  if now.version.producer != recorded.version.producer:  # another way of hashing
+    return None
+  if now.saved_model_checksum != recorded.saved_model_checksum:
+    return "its saved_model.pb does not match the hash its fingerprint.pb recorded at export"
+  if now.checkpoint_hash != recorded.checkpoint_hash:
+    return ("its variables/variables.index does not match the hash its fingerprint.pb "
+            "recorded at export")
+  return None
+
+
 class Predictor:
   """One exported model, or several averaged (an ensemble), on batches of raw texts."""
 
@@ -66,6 +97,10 @@ class Predictor:
     self.paths = list(paths)
     self.serves = []
     for path in self.paths:
+      damage = _damaged_by_fingerprint(path)
+      if damage:
+        raise SystemExit(f"error: {path}: cannot load a SavedModel: {damage}. It is damaged "
+                         "(cut short, garbled or changed since); export the run again")
       try:
         self.serves.append(tf.saved_model.load(path).signatures["serving_default"])
       except (OSError, ValueError) as e:
@@ -78,6 +113,12 @@ class Predictor:
         raise SystemExit(f"error: {path}: cannot load a SavedModel ({why[:300]})" + (
             ": its variables/ files are damaged (cut short, garbled or missing); export the "
             "run again" if damaged else "")) from None
+      except Exception as e:  # noqa: BLE001; a damaged graph fails anywhere in TF's loader
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        raise SystemExit(f"error: {path}: cannot load a SavedModel ({why[:300]}): "
+                         "TensorFlow's loader failed on its saved_model.pb, which is damaged "
+                         "or not a SavedModel this TensorFlow reads; export the run again") \
+            from None
     self.has_pairs = "text_pair" in self.serves[0].structured_input_signature[1]
     self.labels = None
     if len(self.serves) > 1:
