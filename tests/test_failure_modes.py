@@ -2,6 +2,7 @@
 directory, crashes between an evaluation and a checkpoint, leftovers (README "Failure modes")."""
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -983,6 +984,31 @@ def test_a_lost_or_garbled_state_file_resumes_from_the_newest_checkpoint_on_disk
     assert _checkpoint_names(run) == ["ckpt-4", "ckpt-8"]
     resumed.train()
     assert _checkpoint_names(run) == ["ckpt-8", "ckpt-12"]
+
+
+@pytest.mark.parametrize("state", [b'model_checkpoint_path: "ckpt-4"\x85\n',
+                                   b'all_model_checkpoint_paths: "ckpt-4"\n', b"\x00\xff"])
+def test_a_garbled_state_file_of_the_best_checkpoints_is_rewritten_at_resume(
+    sentiment_dir, tmp_path, state):
+  """checkpoints/best/checkpoint, the best CheckpointManager's record of which best
+  checkpoint to delete next: TensorFlow's reader raised on a byte that is not UTF-8 or on a
+  file without model_checkpoint_path (found by fuzzing), a traceback at the resume. It is
+  rewritten from the best checkpoints on disk, and the manager goes on deleting old ones."""
+  config = tiny_config(sentiment_dir, train__steps=12, train__eval_every=4)
+  run = tmp_path / "run"
+  trainer_lib.Trainer(config, run).train(until_step=8)
+  best = run / "checkpoints" / "best"
+  on_disk = sorted((p.name[:-len(".index")] for p in best.glob("ckpt-*.index")),
+                   key=lambda name: int(name.split("-")[1]))
+  assert on_disk
+  (best / "checkpoint").write_bytes(state)
+  resumed = trainer_lib.Trainer(config, run)
+  assert resumed.step == 8
+  rewritten = tf.train.get_checkpoint_state(str(best))
+  assert [pathlib.Path(p).name for p in rewritten.all_model_checkpoint_paths] == on_disk
+  assert pathlib.Path(rewritten.model_checkpoint_path).name == on_disk[-1]
+  resumed.train()
+  assert len(list(best.glob("ckpt-*.index"))) <= 2
 
 
 def test_a_run_whose_checkpoints_are_all_damaged_or_gone_is_refused_not_started_anew(

@@ -366,11 +366,16 @@ def training_checkpoints(workdir):
   The files are the record, not TensorFlow's `checkpoint` state file: that is written after
   a checkpoint's files (a kill between the two leaves it one save behind), and it can be
   lost or damaged on its own."""
-  if not workdir.checkpoints.is_dir():
+  return checkpoints_in(workdir.checkpoints)
+
+
+def checkpoints_in(directory):
+  """The checkpoints (ckpt-N.index) in `directory`, newest (largest N) first."""
+  if not directory.is_dir():
     return []
   found = [int(match.group(1)) for match in map(_CHECKPOINT_INDEX.fullmatch,
-                                                 os.listdir(workdir.checkpoints)) if match]
-  return [str(workdir.checkpoints / f"ckpt-{step}") for step in sorted(found, reverse=True)]
+                                                 os.listdir(directory)) if match]
+  return [str(directory / f"ckpt-{step}") for step in sorted(found, reverse=True)]
 
 
 def latest_checkpoint(workdir):

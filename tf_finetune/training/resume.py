@@ -26,7 +26,7 @@ def restore_newest_intact(workdir, restore, *, repair):
   model (another run's) stops the resume, as does a run whose checkpoints are all damaged,
   or gone while the state file still names them: a run is never started anew over its
   steps."""
-  state = _read_state(workdir)
+  state = _read_state(workdir.checkpoints)
   found = experiment.training_checkpoints(workdir)
   if not found and state is not None:
     named = [pathlib.Path(p).name for p in state.all_model_checkpoint_paths] or [
@@ -53,7 +53,7 @@ def restore_newest_intact(workdir, restore, *, repair):
                       len(damaged), ", ".join(pathlib.Path(p).name for p, _ in damaged))
     if repair:
       _set_aside(workdir, [p for p, _ in damaged])
-      _rewrite_state_file(workdir, state, found[len(damaged):])
+      _rewrite_state_file(workdir.checkpoints, state, found[len(damaged):])
     return path
   if not found:
     return None
@@ -63,20 +63,36 @@ def restore_newest_intact(workdir, restore, *, repair):
       + "); the run cannot resume: restore them from a copy, or train in a new --workdir")
 
 
-def _read_state(workdir):
-  """TensorFlow's state file, or None when it is missing or cannot be read (the files on
-  disk are used either way)."""
-  state_file = workdir.checkpoints / "checkpoint"
+def _read_state(directory):
+  """TensorFlow's state file in `directory`, or None when it is missing or cannot be read
+  (the files on disk are used either way)."""
+  state_file = directory / "checkpoint"
   if not state_file.is_file():
     return None
   try:
-    state = tf.train.get_checkpoint_state(str(workdir.checkpoints))
-  except (tf.errors.OpError, ValueError):
+    state = tf.train.get_checkpoint_state(str(directory))
+  except (tf.errors.OpError, ValueError):  # ValueError: no model_checkpoint_path, not UTF-8
     state = None
   if state is None:
     logging.warning("%s: cannot be read; the checkpoints found beside it are used",
                     state_file)
   return state
+
+
+def repair_best_state(workdir):
+  """Rewrites the best checkpoints' state file (checkpoints/best/checkpoint), which their
+  CheckpointManager reads to know which to delete next, when TensorFlow cannot read it: to
+  name the best checkpoints on disk, or, with none there, moves it to checkpoint.unreadable.
+  TensorFlow skips a state file it cannot parse but raises on one that is not UTF-8 or names
+  no checkpoint."""
+  directory = workdir.best
+  if _read_state(directory) is not None or not (directory / "checkpoint").is_file():
+    return
+  found = experiment.checkpoints_in(directory)
+  if found:
+    _rewrite_state_file(directory, None, found)
+  else:
+    (directory / "checkpoint").rename(directory / "checkpoint.unreadable")
 
 
 def _set_aside(workdir, damaged):
@@ -96,7 +112,7 @@ def _set_aside(workdir, damaged):
   logging.warning("Moved %s to %s", ", ".join(f.name for f in files), target)
 
 
-def _rewrite_state_file(workdir, state, intact):
+def _rewrite_state_file(directory, state, intact):
   """TensorFlow's state file naming `intact` (newest first), when `state` (as read, or None)
   names anything else: its CheckpointManager reads it to know which checkpoints to delete
   as new ones come. Their times are kept from the old file where it had them, else the
@@ -109,12 +125,12 @@ def _rewrite_state_file(workdir, state, intact):
   if state is not None:
     times = {pathlib.Path(p).name: t for p, t in zip(state.all_model_checkpoint_paths,
                                                         state.all_model_checkpoint_timestamps)}
-  stamps = [min(times.get(n) or (workdir.checkpoints / f"{n}.index").stat().st_mtime,
+  stamps = [min(times.get(n) or (directory / f"{n}.index").stat().st_mtime,
                 time.time()) for n in names]
   preserved = state.last_preserved_timestamp if state is not None and \
       state.last_preserved_timestamp else min(stamps) - 1
   tf.compat.v1.train.update_checkpoint_state(
-      str(workdir.checkpoints), names[-1], names, all_model_checkpoint_timestamps=stamps,
+      str(directory), names[-1], names, all_model_checkpoint_timestamps=stamps,
       last_preserved_timestamp=preserved)
-  logging.warning("%s: rewritten to name %s", workdir.checkpoints / "checkpoint",
+  logging.warning("%s: rewritten to name %s", directory / "checkpoint",
                   ", ".join(names))

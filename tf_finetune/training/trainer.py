@@ -195,6 +195,8 @@ class Trainer:
     # next new best deletes the one before; no kill leaves best.json naming a missing file.
     # The weights only: evaluation and export read nothing else, and training resumes from
     # checkpoints/ (the optimizer's moments would triple each copy).
+    if self.is_chief:
+      resume.repair_best_state(self.workdir)
     self.best_manager = tf.train.CheckpointManager(
         experiment.new_checkpoint(self.model), self._side_effect_dir(self.workdir.best),
         max_to_keep=2)
