@@ -249,7 +249,7 @@ def write_hf_checkpoint(path, model, config, labels):
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   base_dir = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
-  base = json.loads((base_dir / "config.json").read_text())
+  base = checkpoints.read_hf_config(base_dir)
   if family.model_type == "bert":
     hf = hf_config(backbone, base, labels, config.model.dropout, config.task.name)
     tensors = state_dict(backbone, model.get_layer("logits"), pooler=not tagging)
