@@ -802,6 +802,22 @@ def test_a_damaged_run_directory_gives_one_error_naming_the_file(finished_run, t
                             f"--checkpoint={run / 'checkpoints' / 'ckpt-3'}"), message
 
 
+@pytest.mark.parametrize("section", ["task", "data"])
+def test_a_config_json_section_that_is_not_an_object_stops_the_resume_in_one_line(
+    finished_run, tmp_path, section):
+  """Found by tools/fuzz_files.py: a section of config.json replaced by a number ended the
+  training command's resume in a TypeError (the check for keys added since the run)."""
+  run = tmp_path / "run"
+  shutil.copytree(finished_run, run)
+  saved = json.loads((run / "config.json").read_text())
+  _edit_json(run / "config.json", lambda c: c.update({section: 1.5}))
+  import ml_collections
+  with pytest.raises(WorkdirError) as e:
+    trainer_lib.Trainer(ml_collections.ConfigDict(saved), run)
+  assert str(e.value) == (f"{run / 'config.json'}: {section!r} is not a config section; the "
+                          "file is damaged")
+
+
 BEST_JSON_DAMAGE = {
     "truncated": _truncate,
     "garbled": _garble,
