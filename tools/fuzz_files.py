@@ -1,7 +1,7 @@
 """Damage the files tf_finetune reads at random and check that each read either works or stops
 with tf_finetune's one-line error (a UserError), never another exception (a traceback).
 
-  python tools/fuzz_files.py                                  # all three, 3,000 / 3,000 / 200
+  python tools/fuzz_files.py                          # all four, 3,000 / 3,000 / 200 / 300
   python tools/fuzz_files.py --targets=data --iterations=20000 --seed=1
   python tools/fuzz_files.py --targets=run --iterations=300
 
@@ -16,9 +16,15 @@ Targets:
               by a value of another type, or deleted; read by checkpoints.read_hf_config and
               read_tokenizer_spec (what training, evaluation and export read first)
   run         a finished tiny run (trained here, 12 steps): its config.json, labels.json,
-              checkpoints/best.json or data_digest.json changed the same way; loaded as
+              checkpoints/best.json or data_digest.json changed the same way, or one of its
+              checkpoints' files (TensorFlow's `checkpoint` state files, ckpt-N.index and
+              .data, of the training and the best checkpoints) damaged byte by byte or cut
+              short; loaded as
               evaluate and export load it (experiment.load_run) and as a resume does
               (training.Trainer)
+  export      that run's SavedModel (tf_finetune.export): one of its files (saved_model.pb,
+              fingerprint.pb, variables/, assets.extra/) damaged at the byte level or cut
+              short, loaded and asked for two predictions as `tf_finetune.predict` does
 Prints, per target, the mutations tried, how many read and how many were refused, and each
 kind of other exception once with the damaged file's start and its traceback; exits 1 when
 there is any. A mutation fuzzer written here: the file formats are tf_finetune's readers'
@@ -40,10 +46,12 @@ from absl import flags
 from absl import logging
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TARGETS = ("data", "checkpoint", "run")
+TARGETS = ("data", "checkpoint", "run", "export")
 _TARGETS = flags.DEFINE_list("targets", list(TARGETS), f"Of {', '.join(TARGETS)}.")
-_ITERATIONS = flags.DEFINE_list("iterations", ["3000", "3000", "200"],
-                                "Mutations per target, in --targets order (one for all).")
+DEFAULT_ITERATIONS = {"data": 3000, "checkpoint": 3000, "run": 200, "export": 300}
+_ITERATIONS = flags.DEFINE_list("iterations", None,
+                                "Mutations per target, in --targets order, or one for all "
+                                f"(default: {DEFAULT_ITERATIONS}).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the mutations.")
 
 DATA_FILES = {
@@ -182,10 +190,10 @@ def fuzz_checkpoint(iterations, rng, scratch):
   return tally
 
 
-def fuzz_run(iterations, rng, scratch):
-  import ml_collections
+def _finished_run(scratch):
+  """A tiny run trained here (12 steps of the smoke config on a TSV written here); returns
+  its directory and its config as saved."""
   from tf_finetune import config as config_lib
-  from tf_finetune import experiment
   from tf_finetune.training import trainer as trainer_lib
   data = scratch / "data"
   data.mkdir()
@@ -197,15 +205,31 @@ def fuzz_run(iterations, rng, scratch):
       "data.dev_file": "dev.tsv", "data.text_column": "sentence", "data.max_train_examples": 0})
   finished = scratch / "finished"
   trainer_lib.Trainer(config, finished).train()
-  saved_config = json.loads((finished / "config.json").read_text())
+  return finished, json.loads((finished / "config.json").read_text())
+
+
+def fuzz_run(iterations, rng, scratch):
+  import ml_collections
+  from tf_finetune import experiment
+  from tf_finetune.training import trainer as trainer_lib
+  finished, saved_config = _finished_run(scratch)
+  checkpoint_files = sorted(str(p.relative_to(finished)) for p in
+                            (finished / "checkpoints").rglob("*")
+                            if p.is_file() and p.suffix != ".json")
   tally = Tally("run")
   for i in range(iterations):
     workdir = scratch / f"run{i}"
     shutil.copytree(finished, workdir)
-    name = rng.choice(["config.json", "labels.json", "checkpoints/best.json",
-                       "data_digest.json"])
-    (workdir / name).write_text(json.dumps(
-        mutate_json(json.loads((workdir / name).read_text()), rng)))
+    if rng.random() < 0.7:
+      name = rng.choice(["config.json", "labels.json", "checkpoints/best.json",
+                         "data_digest.json"])
+      (workdir / name).write_text(json.dumps(
+          mutate_json(json.loads((workdir / name).read_text()), rng)))
+    else:
+      name = rng.choice(checkpoint_files)
+      content = (workdir / name).read_bytes()
+      (workdir / name).write_bytes(mutate_bytes(content, rng) if rng.random() < 0.8
+                                   else content[:rng.randint(0, len(content))])
     tally.attempt(lambda w=workdir: experiment.load_run(w), workdir / name)
     tally.attempt(lambda w=workdir: trainer_lib.Trainer(
         ml_collections.ConfigDict(copy.deepcopy(saved_config)), w).close(), workdir / name)
@@ -213,15 +237,52 @@ def fuzz_run(iterations, rng, scratch):
   return tally
 
 
+def fuzz_export(iterations, rng, scratch):
+  from tf_finetune import predict
+  from tf_finetune.errors import UserError
+  from tf_finetune.export import serving
+  export = serving.export_saved_model(_finished_run(scratch)[0])
+  files = sorted(p.relative_to(export) for p in export.rglob("*") if p.is_file())
+  tally = Tally("export")
+  for i in range(iterations):
+    damaged = scratch / f"export{i}"
+    shutil.copytree(export, damaged)
+    path = damaged / rng.choice(files)
+    content = path.read_bytes()
+    path.write_bytes(mutate_bytes(content, rng) if rng.random() < 0.8
+                     else content[:rng.randint(0, len(content))])
+
+    def read(damaged=damaged):
+      try:
+        predict.Predictor([str(damaged)])(["a fine film", "a dull mess"])
+      except SystemExit as e:  # predict's one-line refusal
+        if str(e.code).startswith(f"error: {damaged}"):
+          raise UserError(e.code) from None
+        raise
+    tally.attempt(read, path)
+    shutil.rmtree(damaged)
+  return tally
+
+
 def main(argv):
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.set_verbosity(logging.ERROR)  # the readers' warnings on damaged files
-  iterations = [int(n) for n in _ITERATIONS.value]
-  if len(iterations) == 1:
-    iterations *= len(_TARGETS.value)
+  unknown = sorted(set(_TARGETS.value) - set(TARGETS))
+  if unknown:
+    raise app.UsageError(f"--targets: {', '.join(unknown)}: not one of {', '.join(TARGETS)}")
+  if _ITERATIONS.value is None:
+    iterations = [DEFAULT_ITERATIONS[t] for t in _TARGETS.value]
+  else:
+    iterations = [int(n) for n in _ITERATIONS.value]
+    if len(iterations) == 1:
+      iterations *= len(_TARGETS.value)
+    if len(iterations) != len(_TARGETS.value):
+      raise app.UsageError(f"--iterations: {len(iterations)} counts for "
+                           f"{len(_TARGETS.value)} --targets")
   rng = random.Random(_SEED.value)
-  fuzzers = {"data": fuzz_data, "checkpoint": fuzz_checkpoint, "run": fuzz_run}
+  fuzzers = {"data": fuzz_data, "checkpoint": fuzz_checkpoint, "run": fuzz_run,
+             "export": fuzz_export}
   clean = True
   for target, count in zip(_TARGETS.value, iterations):
     with tempfile.TemporaryDirectory(prefix=f"fuzz_{target}_") as scratch:
