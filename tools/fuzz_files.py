@@ -19,16 +19,18 @@ Targets:
               checkpoints/best.json or data_digest.json changed the same way, or one of its
               checkpoints' files (TensorFlow's `checkpoint` state files, ckpt-N.index and
               .data, of the training and the best checkpoints) damaged byte by byte or cut
-              short; loaded as
-              evaluate and export load it (experiment.load_run) and as a resume does
-              (training.Trainer)
+              short; loaded as evaluate and export load it (experiment.load_run) and as a
+              resume does (training.Trainer)
   export      that run's SavedModel (tf_finetune.export): one of its files (saved_model.pb,
               fingerprint.pb, variables/, assets.extra/) damaged at the byte level or cut
               short, loaded and asked for two predictions as `tf_finetune.predict` does
 Prints, per target, the mutations tried, how many read and how many were refused, and each
 kind of other exception once with the damaged file's start and its traceback; exits 1 when
-there is any. A mutation fuzzer written here: the file formats are tf_finetune's readers'
-(hypothesis and atheris fuzz Python values or coverage, not these files' damage).
+there is any. A crash of the process itself (a segmentation fault in TensorFlow's C++ code)
+ends the tool at once: the damaged copy is then the runN or exportN folder left in its
+scratch folder (/tmp/fuzz_TARGET_*). A mutation fuzzer written here: the file formats are
+tf_finetune's readers' (hypothesis and atheris fuzz Python values or coverage, not these
+files' damage).
 """
 import collections
 import copy
@@ -114,6 +116,12 @@ def mutate_bytes(data, rng):
     else:
       data[position:position + 1] = rng.choice(BYTES)
   return bytes(data)
+
+
+def damage_bytes(content, rng):
+  """mutate_bytes(content), or, one time in five, `content` cut short."""
+  return mutate_bytes(content, rng) if rng.random() < 0.8 else \
+      content[:rng.randint(0, len(content))]
 
 
 def mutate_json(value, rng):
@@ -227,9 +235,7 @@ def fuzz_run(iterations, rng, scratch):
           mutate_json(json.loads((workdir / name).read_text()), rng)))
     else:
       name = rng.choice(checkpoint_files)
-      content = (workdir / name).read_bytes()
-      (workdir / name).write_bytes(mutate_bytes(content, rng) if rng.random() < 0.8
-                                   else content[:rng.randint(0, len(content))])
+      (workdir / name).write_bytes(damage_bytes((workdir / name).read_bytes(), rng))
     tally.attempt(lambda w=workdir: experiment.load_run(w), workdir / name)
     tally.attempt(lambda w=workdir: trainer_lib.Trainer(
         ml_collections.ConfigDict(copy.deepcopy(saved_config)), w).close(), workdir / name)
@@ -248,9 +254,7 @@ def fuzz_export(iterations, rng, scratch):
     damaged = scratch / f"export{i}"
     shutil.copytree(export, damaged)
     path = damaged / rng.choice(files)
-    content = path.read_bytes()
-    path.write_bytes(mutate_bytes(content, rng) if rng.random() < 0.8
-                     else content[:rng.randint(0, len(content))])
+    path.write_bytes(damage_bytes(path.read_bytes(), rng))
 
     def read(damaged=damaged):
       try:
