@@ -276,6 +276,34 @@ def test_predict_checks_an_export_against_its_fingerprint(exported, tmp_path, da
                               "the run again"), message[-1]
 
 
+class _Doubler(tf.Module):
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")], autograph=False)
+  def double(self, x):
+    return {"y": x * 2}
+
+
+@pytest.mark.parametrize("signatures", ["another model's serving_default", "no serving_default"])
+def test_predict_on_a_saved_model_that_is_not_a_tf_finetune_export_says_so(tmp_path, signatures):
+  """Another tool's SavedModel: its serving_default's inputs ended in TensorFlow's TypeError
+  at the first call; one without serving_default was called damaged."""
+  module = _Doubler()
+  name = "serving_default" if signatures == "another model's serving_default" else "double"
+  tf.saved_model.save(module, str(tmp_path / "1"), signatures={name: module.double})
+  out = _predict(tmp_path / "1", "good film")
+  message = out.stderr.decode().strip().splitlines()
+  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
+  if name == "double":
+    assert message[-1] == (f"error: {tmp_path / '1'}: the SavedModel has no serving_default "
+                           "signature (it has: double); predict reads the exports of `python -m "
+                           "tf_finetune.export`"), message[-1]
+  else:
+    assert message[-1] == (f"error: {tmp_path / '1'}: not a tf_finetune export: its "
+                           "serving_default takes x (float32) and returns y, where a tf_finetune "
+                           "export takes text (string; and text_pair) and returns truncated and "
+                           "label, labels, score or the entities; predict reads the exports of "
+                           "`python -m tf_finetune.export`"), message[-1]
+
+
 def test_hf_export_loads_in_transformers_with_same_logits(run_dir):
   torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
   import transformers

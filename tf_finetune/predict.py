@@ -88,6 +88,28 @@ def _damaged_by_fingerprint(path):
   return None
 
 
+def _serving_signature(loaded, path):
+  """The serving_default signature of a loaded tf_finetune export; any other SavedModel is
+  refused in one line (its inputs would fail at the first call)."""
+  import tensorflow as tf
+  signature = loaded.signatures.get("serving_default")
+  read = "predict reads the exports of `python -m tf_finetune.export`"
+  if signature is None:
+    raise SystemExit(f"error: {path}: the SavedModel has no serving_default signature (it "
+                     f"has: {', '.join(loaded.signatures) or 'none'}); {read}")
+  inputs = signature.structured_input_signature[1]
+  outputs = set(signature.structured_outputs)
+  if not ("text" in inputs and set(inputs) <= {"text", "text_pair"} and
+          all(spec.dtype == tf.string for spec in inputs.values()) and
+          "truncated" in outputs and outputs & {"label", "labels", "score", "entity_type"}):
+    takes = ", ".join(f"{name} ({spec.dtype.name})" for name, spec in sorted(inputs.items()))
+    raise SystemExit(f"error: {path}: not a tf_finetune export: its serving_default takes "
+                     f"{takes or 'nothing'} and returns {', '.join(sorted(outputs))}, where a "
+                     "tf_finetune export takes text (string; and text_pair) and returns "
+                     f"truncated and label, labels, score or the entities; {read}")
+  return signature
+
+
 class Predictor:
   """One exported model, or several averaged (an ensemble), on batches of raw texts."""
 
@@ -102,7 +124,7 @@ class Predictor:
         raise SystemExit(f"error: {path}: cannot load a SavedModel: {damage}. It is damaged "
                          "(cut short, garbled or changed since); export the run again")
       try:
-        self.serves.append(tf.saved_model.load(path).signatures["serving_default"])
+        loaded = tf.saved_model.load(path)
       except (OSError, ValueError) as e:
         raise SystemExit(f"error: {path}: cannot load a SavedModel "
                          f"({str(e).splitlines()[0]}){_saved_model_hint(path)}")
@@ -119,6 +141,7 @@ class Predictor:
                          "TensorFlow's loader failed on its saved_model.pb, which is damaged "
                          "or not a SavedModel this TensorFlow reads; export the run again") \
             from None
+      self.serves.append(_serving_signature(loaded, path))
     self.has_pairs = "text_pair" in self.serves[0].structured_input_signature[1]
     self.labels = None
     if len(self.serves) > 1:
