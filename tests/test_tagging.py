@@ -270,7 +270,7 @@ def test_export_serves_entities_with_character_offsets(ner_run):
 
 
 def test_predict_prints_entities(ner_run):
-  export = sorted((ner_run / "export" / "run").glob("[0-9]*"))[0]
+  export = serving.export_saved_model(ner_run)  # its own: it runs alone too
   result = subprocess.run(
       [sys.executable, "-m", "tf_finetune.predict", f"--model={export}", "--output_format=jsonl",
        "Zoë   Kravitz moved to São Paulo 😀 last year ."],
