@@ -54,10 +54,10 @@ class Workdir:
   def load_config(self):
     if not self.config.is_file():
       raise WorkdirError(f"{self.root}: no {CONFIG_FILE}; is this a tf_finetune run directory?")
-    saved = self._read_sections()
     # Keys added to tf_finetune after this run was made take their defaults, or the value
     # the run was made with where the key's default is not what the code did before it.
     config = config_lib.base_config()
+    saved = self._read_sections(config)
     for section, values in saved.items():
       for name, value in values.items():
         self._set_saved_value(config, section, name, value)
@@ -70,10 +70,10 @@ class Workdir:
                          "tf_finetune that took that value") from None
     return config
 
-  def _read_sections(self):
-    """config.json as {section: {key: value}}; each section one of base_config's."""
+  def _read_sections(self, sections):
+    """config.json as {section: {key: value}}; each section one of `sections` (a
+    base_config())."""
     saved = atomic.read_json(self.config, dict, "the run's resolved config")
-    sections = config_lib.base_config()
     for section, values in saved.items():
       if not isinstance(values, dict) or section not in sections:
         raise WorkdirError(f"{self.config}: {section!r} is not a config section; the file is "
@@ -97,7 +97,7 @@ class Workdir:
     """{"section.key": value} of config.VALUES_BEFORE_THE_KEY whose key this run's
     config.json lacks: the run was made before the key, with that value in force."""
     if saved is None:
-      saved = self._read_sections()
+      saved = self._read_sections(config_lib.base_config())
     return {f"{section}.{name}": value
             for (section, name), value in config_lib.VALUES_BEFORE_THE_KEY.items()
             if name not in saved.get(section, {})}

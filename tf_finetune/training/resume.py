@@ -86,7 +86,7 @@ def repair_best_state(workdir):
   TensorFlow skips a state file it cannot parse but raises on one that is not UTF-8 or names
   no checkpoint."""
   directory = workdir.best
-  if _read_state(directory) is not None or not (directory / "checkpoint").is_file():
+  if not (directory / "checkpoint").is_file() or _read_state(directory) is not None:
     return
   found = experiment.checkpoints_in(directory)
   if found:
