@@ -17,6 +17,7 @@ def test_base_config_is_valid_and_has_public_keys():
     ("distribution.strategy", "gpu", "must be one of default, one_device"),
     ("data.source", "xml", "must be one of bbc_news"),
     ("data.max_seq_length", 1024, "must be in [8, 512]"),
+    ("data.max_seq_length", 1, "config.data.max_seq_length=1: must be in [8, 512]"),
     ("model.num_layers", 2, "only applies with model.random_init=True"),
     ("train.best_metric", "pearson",
      "must be auto or one of accuracy, macro_f1, loss for task.name='classification'"),

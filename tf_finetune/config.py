@@ -407,6 +407,8 @@ def validate(config, files=True):
       for other_key, other in columns[:i]:
         _check(column != other, key, column, f"is also {other_key}: one column would be read "
                "as both (a label read as the text is learnt from the text)")
+  # Before the keys bounded by it (data.window_stride).
+  _check(8 <= d.max_seq_length <= 512, "data.max_seq_length", d.max_seq_length, "must be in [8, 512]")
   _check_choice(config, "data.long_text", LONG_TEXT)
   _check(config.task.window_pooling in ("mean", "max"), "task.window_pooling",
          config.task.window_pooling, "must be mean or max")
@@ -424,7 +426,6 @@ def validate(config, files=True):
          "does not apply to task.name='tagging' (the tags belong to the words)")
   _check(0 < d.augment_probability < 1, "data.augment_probability", d.augment_probability,
          "must be in (0, 1)")
-  _check(8 <= d.max_seq_length <= 512, "data.max_seq_length", d.max_seq_length, "must be in [8, 512]")
   _check(0 < d.dev_fraction < 1, "data.dev_fraction", d.dev_fraction, "must be in (0, 1)")
   _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
   if config.task.name == "multilabel":
