@@ -276,6 +276,49 @@ def test_predict_checks_an_export_against_its_fingerprint(exported, tmp_path, da
                               "the run again"), message[-1]
 
 
+@pytest.mark.parametrize("damage", ["a byte changed", "cut short", "another signature",
+                                    "no warmup file"])
+def test_predict_checks_the_warmup_requests_tf_serving_replays(exported, tmp_path, damage):
+  """assets.extra/tf_serving_warmup_requests is outside fingerprint.pb, and TF Serving refuses
+  to load a model whose warmup requests it cannot read or run; predict loaded such an export
+  without a word. Now it reads them as TF Serving does (TFRecord checksums, PredictionLog
+  protos) and checks each names a signature of the model and its inputs."""
+  from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+  copy = tmp_path / "1"
+  shutil.copytree(exported, copy)
+  warmup = copy / "assets.extra" / serving.WARMUP_FILE
+  content = warmup.read_bytes()
+  if damage == "a byte changed":
+    middle = len(content) // 2
+    warmup.write_bytes(content[:middle] + bytes([content[middle] ^ 0x20]) + content[middle + 1:])
+  elif damage == "cut short":
+    warmup.write_bytes(content[:-7])
+  elif damage == "another signature":
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name="classify"))
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto(["a text"]))
+    with tf.io.TFRecordWriter(str(warmup)) as writer:
+      writer.write(prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+  else:
+    warmup.unlink()
+  out = _predict(copy, "good film")
+  if damage == "no warmup file":
+    assert out.returncode == 0 and out.stdout.decode().startswith("good film\t"), out.stderr
+    return
+  message = out.stderr.decode().strip().splitlines()
+  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
+  assert message[-1].startswith(
+      f"error: {copy}: its assets.extra/tf_serving_warmup_requests, which TF Serving replays "
+      "when it loads the model, "), message[-1]
+  if damage == "another signature":
+    assert "record 1 asks for the signature 'classify', which the model does not have" in \
+        message[-1], message[-1]
+  else:
+    assert "cannot be read (" in message[-1], message[-1]
+  assert message[-1].endswith("TF Serving would refuse the model; export the run again"), \
+      message[-1]
+
+
 class _Doubler(tf.Module):
   @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")], autograph=False)
   def double(self, x):

@@ -32,6 +32,7 @@ from absl import flags
 from tf_finetune import cli
 from tf_finetune.data.labels import LabelVocabulary
 from tf_finetune.errors import WorkdirError
+from tf_finetune.export import WARMUP_FILE
 
 _MODEL = flags.DEFINE_multi_string(
     "model", None, "Exported SavedModel directory; given several times, an ensemble that "
@@ -110,6 +111,55 @@ def _serving_signature(loaded, path):
   return signature
 
 
+def _op_error_message(error):
+  """The first line of an error without TensorFlow's function-node prefix and op suffix."""
+  lines = str(error).strip().splitlines() or [""]
+  why = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", lines[0])
+  return re.sub(r"\s*\[Op:[^\]]*\]( name:.*)?$", "", why)
+
+
+def _warmup_problem(path, loaded):
+  """What in the export's assets.extra/tf_serving_warmup_requests would make TF Serving
+  refuse the model, or None (also when there is no such file: warmup is optional). TF
+  Serving reads it at load with a checksummed TFRecord reader, parses each record as a
+  PredictionLog, at most 1,000 of them, and runs each request; a failure of any fails the
+  load (saved_model_warmup_util.cc). fingerprint.pb does not cover the file. Checked here
+  as TF Serving reads it, and each request against the signatures of the loaded model
+  instead of running it."""
+  import tensorflow as tf
+  from tensorflow_serving.apis import prediction_log_pb2
+  file = pathlib.Path(path) / "assets.extra" / WARMUP_FILE
+  if not file.is_file():
+    return None
+  number = 0
+  try:
+    for number, record in enumerate(tf.data.TFRecordDataset(str(file)).as_numpy_iterator(), 1):
+      if number > 1000:
+        return "holds more than the 1,000 records TF Serving reads"
+      log = prediction_log_pb2.PredictionLog()
+      log.ParseFromString(record)
+      kind = log.WhichOneof("log_type")
+      if kind != "predict_log":
+        return f"record {number} is a {kind or 'empty'} request, where the model answers predict"
+      request = log.predict_log.request
+      name = request.model_spec.signature_name or "serving_default"
+      signature = loaded.signatures.get(name)
+      if signature is None:
+        return f"record {number} asks for the signature {name!r}, which the model does not have"
+      wanted = signature.structured_input_signature[1]
+      if set(request.inputs) != set(wanted) or any(
+          tensor.dtype != wanted[key].dtype.as_datatype_enum or len(tensor.tensor_shape.dim) != 1
+          for key, tensor in request.inputs.items()):
+        given = ", ".join(f"{key} ({tf.dtypes.as_dtype(t.dtype).name if t.dtype else '?'}, "
+                          f"rank {len(t.tensor_shape.dim)})"
+                          for key, t in sorted(request.inputs.items()))
+        return (f"record {number} gives {given or 'no inputs'} to {name}, which takes "
+                f"{', '.join(f'{k} ({v.dtype.name}, rank 1)' for k, v in sorted(wanted.items()))}")
+  except Exception as e:  # noqa: BLE001; DataLossError (checksum, cut short), DecodeError
+    return f"cannot be read (record {number + 1}: {type(e).__name__}: {_op_error_message(e)[:200]})"
+  return None
+
+
 class Predictor:
   """One exported model, or several averaged (an ensemble), on batches of raw texts."""
 
@@ -129,7 +179,7 @@ class Predictor:
         raise SystemExit(f"error: {path}: cannot load a SavedModel "
                          f"({str(e).splitlines()[0]}){_saved_model_hint(path)}")
       except (tf.errors.OpError, IndexError) as e:  # IndexError: variables/ cut short
-        why = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", str(e).strip().splitlines()[0])
+        why = _op_error_message(e)
         damaged = isinstance(e, (IndexError, tf.errors.DataLossError)) or any(
             sign in why.lower() for sign in ("variables", "checksum", "sstable"))
         raise SystemExit(f"error: {path}: cannot load a SavedModel ({why[:300]})" + (
@@ -142,6 +192,11 @@ class Predictor:
                          "or not a SavedModel this TensorFlow reads; export the run again") \
             from None
       self.serves.append(_serving_signature(loaded, path))
+      problem = _warmup_problem(path, loaded)
+      if problem:
+        raise SystemExit(f"error: {path}: its assets.extra/{WARMUP_FILE}, which TF Serving "
+                         f"replays when it loads the model, {problem}: TF Serving would refuse "
+                         "the model; export the run again")
     self.has_pairs = "text_pair" in self.serves[0].structured_input_signature[1]
     self.labels = None
     if len(self.serves) > 1:

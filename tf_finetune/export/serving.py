@@ -20,10 +20,10 @@ from tf_finetune import peft
 from tf_finetune import privacy
 from tf_finetune.errors import UserError
 from tf_finetune.errors import WorkdirError
+from tf_finetune.export import WARMUP_FILE
 from tf_finetune.tasks.metrics import metrics_line
 
 MODEL_INPUTS = experiment.MODEL_INPUTS
-WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 class ServingModule(tf.Module):
