@@ -145,6 +145,21 @@ def _predict(exported, *args, stdin=b""):
                          *args], input=stdin, capture_output=True, timeout=300, cwd=REPO)
 
 
+def _predicted_or_refused(export, loads):
+  """None after checking that predict answered "good film" (loads), else _refusal's lines."""
+  out = _predict(export, "good film")
+  if loads:
+    assert out.returncode == 0 and out.stdout.decode().startswith("good film\t"), out.stderr
+    return None
+  return _refusal(out)
+
+
+def _refusal(out):
+  """The stderr lines of a predict that stopped in one line: exit 1, nothing printed."""
+  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
+  return out.stderr.decode().strip().splitlines()
+
+
 def test_predict_keeps_one_output_line_per_input_line(exported):
   out = _predict(exported, "--output_format=jsonl", stdin=b"a wonderful film\n\n  \na dull mess\n")
   assert out.returncode == 0, out.stderr[-2000:]
@@ -223,8 +238,7 @@ def test_predict_on_an_export_with_damaged_variables_says_so_in_one_line(exporte
     flipped[len(flipped) // 2] ^= 1
     data.write_bytes(bytes(flipped))
   out = _predict(copy, "good film")
-  message = out.stderr.decode().strip().splitlines()
-  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
+  message = _refusal(out)
   if damage == "index cut short":  # fingerprint.pb holds the index's hash (the test below)
     assert message[-1] == (f"error: {copy}: cannot load a SavedModel: its variables/variables."
                            "index does not match the hash its fingerprint.pb recorded at "
@@ -256,12 +270,9 @@ def test_predict_checks_an_export_against_its_fingerprint(exported, tmp_path, da
     fingerprint.write_bytes(fingerprint.read_bytes()[:10])
   if "no fingerprint" in damage:
     fingerprint.unlink()
-  out = _predict(copy, "good film")
-  if damage == "no fingerprint":
-    assert out.returncode == 0 and out.stdout.decode().startswith("good film\t"), out.stderr
+  message = _predicted_or_refused(copy, loads=damage == "no fingerprint")
+  if message is None:
     return
-  message = out.stderr.decode().strip().splitlines()
-  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
   assert message[-1].startswith(f"error: {copy}: cannot load a SavedModel"), message
   if damage == "graph, no fingerprint":
     assert message[-1].startswith(f"error: {copy}: cannot load a SavedModel (KeyError: ")
@@ -301,12 +312,9 @@ def test_predict_checks_the_warmup_requests_tf_serving_replays(exported, tmp_pat
           predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
   else:
     warmup.unlink()
-  out = _predict(copy, "good film")
-  if damage == "no warmup file":
-    assert out.returncode == 0 and out.stdout.decode().startswith("good film\t"), out.stderr
+  message = _predicted_or_refused(copy, loads=damage == "no warmup file")
+  if message is None:
     return
-  message = out.stderr.decode().strip().splitlines()
-  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
   assert message[-1].startswith(
       f"error: {copy}: its assets.extra/tf_serving_warmup_requests, which TF Serving replays "
       "when it loads the model, "), message[-1]
@@ -333,8 +341,7 @@ def test_predict_on_a_saved_model_that_is_not_a_tf_finetune_export_says_so(tmp_p
   name = "serving_default" if signatures == "another model's serving_default" else "double"
   tf.saved_model.save(module, str(tmp_path / "1"), signatures={name: module.double})
   out = _predict(tmp_path / "1", "good film")
-  message = out.stderr.decode().strip().splitlines()
-  assert out.returncode == 1 and out.stdout == b"" and "Traceback" not in out.stderr.decode()
+  message = _refusal(out)
   if name == "double":
     assert message[-1] == (f"error: {tmp_path / '1'}: the SavedModel has no serving_default "
                            "signature (it has: double); predict reads the exports of `python -m "
