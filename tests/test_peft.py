@@ -1,5 +1,6 @@
 """Parameter-efficient fine-tuning: what trains, LoRA merged for export, trained weights alone."""
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -9,6 +10,7 @@ import tensorflow as tf
 from tests.conftest import tiny_config
 from tf_finetune import experiment
 from tf_finetune.errors import ConfigError
+from tf_finetune.errors import WorkdirError
 from tf_finetune.evaluation import evaluator
 from tf_finetune.export import serving
 from tf_finetune import peft
@@ -105,6 +107,42 @@ def test_trained_weights_alone_save_small_and_load_back(lora_run):
               "segment_ids": tf.zeros([1, 4], tf.int32), "padding_mask": tf.ones([1, 4], tf.int32)}
   np.testing.assert_allclose(fresh(features, training=False), trained(features, training=False),
                              atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["a byte changed", "cut short", "another shape"])
+def test_a_damaged_trained_weights_file_is_refused_and_loads_nothing(lora_run, tmp_path, damage):
+  """peft.load_trainable ended in zipfile's or Keras' traceback on a damaged .npz, after
+  assigning the weights read before the damage. Now the file is read and checked whole
+  (the zip's CRC-32 of each array, each array's shape) before any weight is assigned."""
+  import zipfile
+  workdir, _, _ = lora_run
+  path = tmp_path / "trainable_weights.npz"
+  shutil.copy(serving.export_peft(workdir) / "trainable_weights.npz", path)
+  content = path.read_bytes()
+  if damage == "a byte changed":  # inside the first array's data: the zip's CRC-32 fails
+    with zipfile.ZipFile(path) as archive:
+      first = archive.infolist()[0]
+    at = first.header_offset + 30 + len(first.filename) + first.file_size - 1
+    path.write_bytes(content[:at] + bytes([content[at] ^ 0x01]) + content[at + 1:])
+  elif damage == "cut short":
+    path.write_bytes(content[: len(content) // 2])
+  else:
+    stored = dict(np.load(path))
+    name = sorted(stored)[-1]
+    stored[name] = np.zeros(stored[name].shape + (2,), stored[name].dtype)
+    np.savez(path, **stored)
+  run = experiment.load_run(workdir)
+  _, fresh = experiment.build_model(run.config, run.labels)
+  before = [v.numpy().copy() for v in fresh.trainable_weights]
+  with pytest.raises(WorkdirError) as e:
+    peft.load_trainable(fresh, path)
+  assert str(e.value).startswith(f"{path}: "), e.value
+  assert "\n" not in str(e.value)
+  if damage == "another shape":
+    assert f"{name} has shape " in str(e.value), e.value
+  else:
+    assert "cannot be read" in str(e.value) and "export the run again" in str(e.value), e.value
+  assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, fresh.trainable_weights))
 
 
 def test_adapters_start_as_identity_train_alone_and_survive_checkpoint_and_export(

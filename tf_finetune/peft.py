@@ -15,6 +15,9 @@
 
 The head (everything outside the backbone) always trains.
 """
+import pathlib
+import zipfile
+
 import keras
 import numpy as np
 from absl import logging
@@ -159,12 +162,29 @@ def save_trainable(model, path):
 
 
 def load_trainable(model, path):
-  """Loads save_trainable's file into a model built with the same config."""
-  stored = np.load(path)
+  """Loads save_trainable's file into a model built with the same config. The whole file is
+  read and checked (the zip's CRC-32 of each array, names and shapes) before any weight is
+  assigned, so a damaged file changes nothing."""
+  if not pathlib.Path(path).is_file():
+    raise WorkdirError(f"{path}: no such file (export --format=peft writes trainable_weights.npz)")
+  try:
+    archive = np.load(path)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      raise ValueError("one array, not a .npz of named arrays")
+    with archive:
+      stored = {name: archive[name] for name in archive.files}
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    raise WorkdirError(f"{path}: cannot be read ({type(e).__name__}: {e}): it is damaged (cut "
+                       "short, garbled or not a .npz); export the run again") from None
   variables = {v.path: v for v in model.trainable_weights}
-  if set(stored.files) != set(variables):
-    missing, extra = set(variables) - set(stored.files), set(stored.files) - set(variables)
+  if set(stored) != set(variables):
+    missing, extra = set(variables) - set(stored), set(stored) - set(variables)
     raise WorkdirError(f"{path}: does not match this model's trainable weights "
                        f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})")
+  for name, value in sorted(stored.items()):
+    if tuple(value.shape) != tuple(variables[name].shape):
+      raise WorkdirError(f"{path}: {name} has shape {tuple(value.shape)}, where this model's "
+                         f"weight has {tuple(variables[name].shape)}: build the model from the "
+                         "config.json beside the file")
   for name, value in stored.items():
     variables[name].assign(value)
