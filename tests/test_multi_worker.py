@@ -228,3 +228,33 @@ def test_two_workers_go_back_to_a_checkpoint_together_when_a_step_diverges(tmp_p
   for a, b in zip(chief_weights, worker_weights):
     np.testing.assert_array_equal(a, b)
     assert np.isfinite(a).all()
+
+
+@pytest.mark.parametrize("tf_config,words", [
+    ("{bad json", "TF_CONFIG is not JSON (Expecting property name enclosed in double quotes: "
+     "line 1 column 2)"),
+    ('["worker"]', "TF_CONFIG is not a JSON object with cluster and task"),
+    ('{"task": {"type": "worker", "index": 0}}', "TF_CONFIG has no cluster"),
+    ('{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}}',
+     "TF_CONFIG's cluster.worker is not a list of host:port addresses"),
+    ('{"cluster": {"worker": ["127.0.0.1"]}, "task": {"type": "worker", "index": 0}}',
+     "TF_CONFIG's cluster.worker[0] = '127.0.0.1' is not host:port"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "TF_CONFIG has no task"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}',
+     "TF_CONFIG's task.type = 'ps' is not a job of its cluster (worker)"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 5}}',
+     "TF_CONFIG's task.index = 5 is not among cluster.worker's 1 (0 to 0)"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": "first"}}',
+     "TF_CONFIG's task.index = 'first' is not a whole number"),
+])
+def test_a_malformed_tf_config_is_one_line_naming_the_field(monkeypatch, tf_config, words):
+  """A TF_CONFIG that is not JSON, or names no task or one out of its cluster, ended in a
+  traceback from json or TensorFlow's MultiWorkerMirroredStrategy."""
+  from ml_collections import config_dict
+  from tf_finetune.errors import ConfigError
+  monkeypatch.setenv("TF_CONFIG", tf_config)
+  config = config_dict.ConfigDict({"strategy": "multi_worker", "num_cpu_devices": 0, "tpu": ""})
+  with pytest.raises(ConfigError) as e:
+    distribute.get_strategy(config)
+  assert str(e.value).startswith("config.distribution.strategy='multi_worker': "), e.value
+  assert words in str(e.value) and "\n" not in str(e.value), e.value

@@ -43,12 +43,69 @@ def get_strategy(distribution_config):
         [d.name for d in tf.config.list_logical_devices("CPU")],
         cross_device_ops=tf.distribute.ReductionToOneDevice())
   if name == "multi_worker":
-    if "TF_CONFIG" not in os.environ:
-      raise ConfigError("config.distribution.strategy='multi_worker' needs TF_CONFIG in the environment")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    problem = _tf_config_problem(os.environ.get("TF_CONFIG"))
+    if problem:
+      raise ConfigError(f"config.distribution.strategy='multi_worker': {problem}")
+    try:
+      return tf.distribute.MultiWorkerMirroredStrategy()
+    except (ValueError, TypeError, KeyError) as e:
+      raise ConfigError(f"config.distribution.strategy='multi_worker': TensorFlow refuses "
+                        f"TF_CONFIG ({type(e).__name__}: {str(e).strip()[:300]})") from None
   if name == "tpu":
     return _tpu_strategy(distribution_config.tpu)
   raise ConfigError(f"config.distribution.strategy={name!r} is unknown")
+
+
+def _tf_config_problem(text):
+  """What in TF_CONFIG (the JSON that TensorFlow's TFConfigClusterResolver reads) would stop
+  MultiWorkerMirroredStrategy with a traceback, or None. The checks are the resolver's own
+  reading of it: a cluster of job names to lists (or {index: address} maps) of host:port
+  addresses, and a task whose type is one of those jobs and whose index, read by int(), is
+  one of that job's."""
+  if text is None:
+    return "needs TF_CONFIG in the environment (each worker's cluster and task)"
+  try:
+    tf_config = json.loads(text)
+  except json.JSONDecodeError as e:
+    return f"TF_CONFIG is not JSON ({e.msg}: line {e.lineno} column {e.colno})"
+  if not isinstance(tf_config, dict):
+    return "TF_CONFIG is not a JSON object with cluster and task"
+  cluster, task = tf_config.get("cluster"), tf_config.get("task")
+  if not isinstance(cluster, dict) or not cluster:
+    return "TF_CONFIG has no cluster (an object of job names to lists of host:port addresses)"
+  for job, addresses in cluster.items():
+    if isinstance(addresses, dict):
+      if not all(str(i).isdigit() for i in addresses):
+        return f"TF_CONFIG's cluster.{job} maps keys other than task indices to addresses"
+      addresses = list(addresses.values())
+    if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+      return f"TF_CONFIG's cluster.{job} is not a list of host:port addresses"
+    if not addresses:
+      return f"TF_CONFIG's cluster.{job} lists no address"
+    for i, address in enumerate(addresses):
+      host, _, port = address.rpartition(":")
+      if not host or not port.isdigit():
+        return f"TF_CONFIG's cluster.{job}[{i}] = {address!r} is not host:port"
+  if not isinstance(task, dict):
+    return "TF_CONFIG has no task (this process's type and index in the cluster)"
+  if task.get("type") not in cluster:
+    return (f"TF_CONFIG's task.type = {task.get('type')!r} is not a job of its cluster "
+            f"({', '.join(cluster)})")
+  try:
+    index = int(task.get("index"))
+  except (TypeError, ValueError):
+    return f"TF_CONFIG's task.index = {task.get('index')!r} is not a whole number"
+  job = task["type"]
+  if isinstance(cluster[job], dict):
+    indices = sorted(int(i) for i in cluster[job])
+    listed = ", ".join(map(str, indices))
+  else:
+    indices = range(len(cluster[job]))
+    listed = f"0 to {len(indices) - 1}"
+  if index not in indices:
+    return (f"TF_CONFIG's task.index = {task.get('index')!r} is not among cluster.{job}'s "
+            f"{len(indices)} ({listed})")
+  return None
 
 
 def _tpu_strategy(tpu):
