@@ -250,10 +250,11 @@ def test_two_workers_go_back_to_a_checkpoint_together_when_a_step_diverges(tmp_p
 def test_a_malformed_tf_config_is_one_line_naming_the_field(monkeypatch, tf_config, words):
   """A TF_CONFIG that is not JSON, or names no task or one out of its cluster, ended in a
   traceback from json or TensorFlow's MultiWorkerMirroredStrategy."""
-  from ml_collections import config_dict
+  from tf_finetune import config as config_lib
   from tf_finetune.errors import ConfigError
   monkeypatch.setenv("TF_CONFIG", tf_config)
-  config = config_dict.ConfigDict({"strategy": "multi_worker", "num_cpu_devices": 0, "tpu": ""})
+  config = config_lib.base_config().distribution
+  config.strategy = "multi_worker"
   with pytest.raises(ConfigError) as e:
     distribute.get_strategy(config)
   assert str(e.value).startswith("config.distribution.strategy='multi_worker': "), e.value
