@@ -36,8 +36,10 @@ setuptools.setup(
     package_data={"tf_finetune": ["data/examples/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # nbclient + ipykernel execute notebooks/colab_tpu.ipynb in tests/test_notebook.py.
-        "test": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel"],
+        # nbclient + ipykernel execute notebooks/colab_tpu.ipynb in tests/test_notebook.py;
+        # pytest-xdist runs the suite in two processes (README, "Tests").
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "nbclient", "nbformat",
+                 "ipykernel"],
         # The PyTorch side of parity checks and benchmarks (tools/); CPU build. setfit:
         # tools/bench_few_shot.py's reference side (1.2.0 installs beside transformers 5);
         # sentencepiece: tools/make_tiny_checkpoints.py trains SentencePiece models.
