@@ -1292,3 +1292,13 @@ def test_damaged_data_and_checkpoint_files_end_in_one_line_never_a_traceback():
   for line in lines:
     assert line.endswith(", 0 other exceptions"), line
     assert " 0 read" not in line and " 0 refused" not in line, line  # both outcomes occur
+  # Each target's outcomes by damaged file add up to its totals, over every file it damages.
+  by_file = [line for line in result.stdout.splitlines() if "by damaged file" in line]
+  files = [["conll", "csv", "jsonl", "label_first", "tsv"],
+           ["config.json", "tokenizer.json", "tokenizer_config.json"]]
+  for total, line, target_files in zip(lines, by_file, files, strict=True):
+    counts = dict(re.findall(r"([\w.]+) (\d+/\d+/\d+)", line.split(": ", 1)[1]))
+    assert sorted(counts) == target_files, line
+    read, refused, other = np.sum([[int(n) for n in c.split("/")] for c in counts.values()], 0)
+    assert f": {read + refused + other} mutations: {read} read, {refused} refused" in total, (
+        line, total)

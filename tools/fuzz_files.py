@@ -24,9 +24,10 @@ Targets:
   export      that run's SavedModel (tf_finetune.export): one of its files (saved_model.pb,
               fingerprint.pb, variables/, assets.extra/) damaged at the byte level or cut
               short, loaded and asked for two predictions as `tf_finetune.predict` does
-Prints, per target, the mutations tried, how many read and how many were refused, and each
-kind of other exception once with the damaged file's start and its traceback; exits 1 when
-there is any. A crash of the process itself (a segmentation fault in TensorFlow's C++ code)
+Prints, per target, the mutations tried, how many read and how many were refused (in all,
+then by the damaged file: what still reads is damage no reader checks, or none that
+matters), and each kind of other exception once with the damaged file's start and its
+traceback; exits 1 when there is any. A crash of the process itself (a segmentation fault in TensorFlow's C++ code)
 ends the tool at once: the damaged copy is then the runN or exportN folder left in its
 scratch folder (/tmp/fuzz_TARGET_*). A mutation fuzzer written here: the file formats are
 tf_finetune's readers' (hypothesis and atheris fuzz Python values or coverage, not these
@@ -70,33 +71,42 @@ VALUES = [None, 0, -1, 1.5, "", "x", [], {}, True, [1, 2], {"a": 1}, 10**12, "[U
 
 
 class Tally:
-  """Mutations tried, read and refused, and one example of each other exception."""
+  """Mutations tried, read and refused (in all and by the damaged file's name), and one
+  example of each other exception."""
 
   def __init__(self, target):
     self.target, self.tried, self.read, self.refused = target, 0, 0, 0
+    self.by_file = collections.defaultdict(collections.Counter)  # name -> {outcome: count}
     self.others = collections.Counter()
     self.examples = {}
 
-  def attempt(self, read, damaged_file):
+  def attempt(self, read, damaged_file, name):
+    """Runs read() on a copy whose file `name` (its name within the copy) is damaged."""
     from tf_finetune.errors import UserError
     self.tried += 1
     try:
       read()
       self.read += 1
+      self.by_file[name]["read"] += 1
     except UserError:
       self.refused += 1
+      self.by_file[name]["refused"] += 1
     except BaseException as e:  # noqa: BLE001 (what the fuzzer looks for)
       if isinstance(e, KeyboardInterrupt):
         raise
       frame = traceback.extract_tb(e.__traceback__)[-1]
       kind = (type(e).__name__, pathlib.Path(frame.filename).name, frame.lineno)
       self.others[kind] += 1
+      self.by_file[name]["other"] += 1
       self.examples.setdefault(kind, (damaged_file, pathlib.Path(damaged_file).read_bytes(),
                                       traceback.format_exc()[-1500:]))
 
   def report(self):
     print(f"{self.target}: {self.tried} mutations: {self.read} read, {self.refused} refused "
           f"in one line, {sum(self.others.values())} other exceptions", flush=True)
+    print("  by damaged file (read / refused / other): " + ", ".join(
+        f"{name} {c['read']}/{c['refused']}/{c['other']}"
+        for name, c in sorted(self.by_file.items())), flush=True)
     for kind, count in self.others.most_common():
       name, file, line = kind
       damaged_file, content, trace = self.examples[kind]
@@ -175,7 +185,7 @@ def fuzz_data(iterations, rng, scratch):
       split = readers[kind](str(path))
       if isinstance(split, sources.Split):
         sources.screen_texts(split, "error")
-    tally.attempt(read, path)
+    tally.attempt(read, path, kind)
   return tally
 
 
@@ -194,7 +204,7 @@ def fuzz_checkpoint(iterations, rng, scratch):
     (directory / name).write_text(json.dumps(
         mutate_json(json.loads((directory / name).read_text()), rng)))
     tally.attempt(lambda d=directory: (checkpoints.read_hf_config(d),
-                                       checkpoints.read_tokenizer_spec(d)), directory / name)
+                                       checkpoints.read_tokenizer_spec(d)), directory / name, name)
   return tally
 
 
@@ -236,9 +246,10 @@ def fuzz_run(iterations, rng, scratch):
     else:
       name = rng.choice(checkpoint_files)
       (workdir / name).write_bytes(damage_bytes((workdir / name).read_bytes(), rng))
-    tally.attempt(lambda w=workdir: experiment.load_run(w), workdir / name)
+    tally.attempt(lambda w=workdir: experiment.load_run(w), workdir / name, name)
     tally.attempt(lambda w=workdir: trainer_lib.Trainer(
-        ml_collections.ConfigDict(copy.deepcopy(saved_config)), w).close(), workdir / name)
+        ml_collections.ConfigDict(copy.deepcopy(saved_config)), w).close(), workdir / name,
+                  name)
     shutil.rmtree(workdir)
   return tally
 
@@ -253,7 +264,8 @@ def fuzz_export(iterations, rng, scratch):
   for i in range(iterations):
     damaged = scratch / f"export{i}"
     shutil.copytree(export, damaged)
-    path = damaged / rng.choice(files)
+    name = rng.choice(files)
+    path = damaged / name
     path.write_bytes(damage_bytes(path.read_bytes(), rng))
 
     def read(damaged=damaged):
@@ -263,7 +275,7 @@ def fuzz_export(iterations, rng, scratch):
         if str(e.code).startswith(f"error: {damaged}"):
           raise UserError(e.code) from None
         raise
-    tally.attempt(read, path)
+    tally.attempt(read, path, str(name))
     shutil.rmtree(damaged)
   return tally
 
