@@ -709,6 +709,41 @@ def test_a_resume_on_changed_data_is_refused_naming_the_file_and_examples(tmp_pa
   assert resumed.step == 4
 
 
+DIGEST_DAMAGE = {  # each ended in a resume that checked less than the run's data, or blamed them
+    "the train split left out": (lambda d: d.pop("train"), r"'train' is missing"),
+    "the dev split left out": (lambda d: d.pop("dev"), r"'dev' is missing"),
+    "a chunk digest replaced by a number": (
+        lambda d: d["train"]["chunks"].__setitem__(0, 0), r"train's chunk 1 is 0, not 16 hex"),
+    "a chunk digest added": (
+        lambda d: d["train"]["chunks"].append("x"), r"train's 2 chunk digests are not the 1"),
+    "the example count changed": (
+        lambda d: d["dev"].update(examples=10**12), r"dev's 1 chunk digests are not the "
+        r"1000000000 of 1000000000000 examples"),
+    "a split that is not an object": (lambda d: d.update(dev=[]), r"'dev' is \[\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(DIGEST_DAMAGE))
+def test_a_damaged_data_digest_is_refused_as_damaged_not_taken_for_other_data(
+    finished_run, tmp_path, case):
+  """data_digest.json lets a resume check that the data are those the run started on; one
+  damaged so that it names less, or other counts, stops the resume in one line calling the
+  file damaged, neither checking less nor blaming the data."""
+  import ml_collections
+  damage, named = DIGEST_DAMAGE[case]
+  run = tmp_path / "run"
+  shutil.copytree(finished_run, run)
+  config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+  _edit_json(run / "data_digest.json", damage)
+  with pytest.raises(WorkdirError) as e:
+    trainer_lib.Trainer(config, run)
+  message = str(e.value)
+  assert message.startswith(f"{run / 'data_digest.json'}: "), message
+  assert re.search(named, message), message
+  assert message.endswith("the file is damaged; remove it to resume without checking the "
+                          "data, as a run made before it was kept does"), message
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   from tests.conftest import write_sentiment_tsv

@@ -171,14 +171,39 @@ def write_data_digest(workdir, splits):
 
 
 def read_data_digest(workdir):
-  """data_digest.json as write_data_digest wrote it; WorkdirError if it is damaged."""
+  """data_digest.json as write_data_digest wrote it (every training run has a train and a
+  dev split); WorkdirError if it is damaged, so that a damaged file neither checks less than
+  the run's data nor is taken for other data."""
   saved = atomic.read_json(workdir.data_digest, dict, "the digest of the run's train and dev data")
+  problem = None
+  if sorted(saved) != sorted(DIGESTED_SPLITS):
+    missing = [name for name in DIGESTED_SPLITS if name not in saved]
+    problem = (f"{missing[0]!r} is missing" if missing else
+               f"it names {sorted(set(saved) - set(DIGESTED_SPLITS))}, not only "
+               f"{list(DIGESTED_SPLITS)}")
   for name, then in saved.items():
-    if not (isinstance(then, dict) and isinstance(then.get("examples"), int)
-            and isinstance(then.get("chunks"), list)):
-      raise WorkdirError(f"{workdir.data_digest}: no example count and chunk digests for "
-                         f"{name!r}; the file is damaged")
+    if problem:
+      break
+    examples = then.get("examples") if isinstance(then, dict) else None
+    chunks = then.get("chunks") if isinstance(then, dict) else None
+    if type(examples) is not int or examples < 0 or not isinstance(chunks, list):
+      problem = f"{name!r} is {then!r:.80}, not an example count and chunk digests"
+    elif len(chunks) != -(-examples // DIGEST_CHUNK):
+      problem = (f"{name}'s {len(chunks)} chunk digests are not the "
+                 f"{-(-examples // DIGEST_CHUNK)} of {examples} examples")
+    else:
+      bad = next((i for i, c in enumerate(chunks) if not _is_chunk_digest(c)), None)
+      if bad is not None:
+        problem = f"{name}'s chunk {bad + 1} is {chunks[bad]!r:.40}, not 16 hex digits"
+  if problem:
+    raise WorkdirError(f"{workdir.data_digest}: {problem}; the file is damaged; remove it to "
+                       "resume without checking the data, as a run made before it was kept does")
   return saved
+
+
+def _is_chunk_digest(value):
+  return (isinstance(value, str) and len(value) == 16
+          and all(c in "0123456789abcdef" for c in value))
 
 
 def check_data_digest(workdir, splits):
