@@ -859,6 +859,10 @@ BEST_JSON_DAMAGE = {
     "not an object": lambda path: path.write_text("[4]"),
     "without its step": lambda path: path.write_text('{"checkpoint": "ckpt-4"}'),
     "deleted": lambda path: path.unlink(),
+    # Each read, and evaluate reported the step or the run resumed with the value it held.
+    "a step not its checkpoint's": lambda path: _edit_json(path, lambda b: b.update(step=10**12)),
+    "a value that is not a number": lambda path: _edit_json(path, lambda b: b.update(value="x")),
+    "a metric that is not a name": lambda path: _edit_json(path, lambda b: b.update(metric=[])),
 }
 
 

@@ -7,6 +7,7 @@ Imports only the layers below it (config, checkpoints, text_encoder, peft, data,
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -109,11 +110,21 @@ class Workdir:
 
 
 def read_best(workdir):
-  """checkpoints/best.json: which checkpoint is the best, at which step."""
+  """checkpoints/best.json: which checkpoint is the best (ckpt-STEP), at which step, and its
+  metric's name and value, as the trainer writes them; WorkdirError if it is damaged."""
   best = atomic.read_json(workdir.best_json, dict, "the best checkpoint's name and step")
-  if not isinstance(best.get("checkpoint"), str) or not isinstance(best.get("step"), int):
-    raise WorkdirError(f"{workdir.best_json}: no checkpoint name and step; the file is damaged")
-  return best
+  step, name = best.get("step"), best.get("checkpoint")
+  if not isinstance(name, str) or type(step) is not int:
+    problem = "no checkpoint name and step"
+  elif step < 0 or name != f"ckpt-{step}":
+    problem = f"its checkpoint {name!r:.40} is not that of its step, {step}"
+  elif not isinstance(best.get("metric"), str):
+    problem = f"its metric {best.get('metric')!r:.40} is not a name"
+  elif type(best.get("value")) not in (int, float) or not math.isfinite(best["value"]):
+    problem = f"its value {best.get('value')!r:.40} is not a number"
+  else:
+    return best
+  raise WorkdirError(f"{workdir.best_json}: {problem}; the file is damaged")
 
 
 def load_data(config, label_vocabulary=None, keep_columns=(), keep_in=None):
