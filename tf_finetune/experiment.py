@@ -182,34 +182,36 @@ def write_data_digest(workdir, splits):
 
 
 def read_data_digest(workdir):
-  """data_digest.json as write_data_digest wrote it (every training run has a train and a
-  dev split); WorkdirError if it is damaged, so that a damaged file neither checks less than
-  the run's data nor is taken for other data."""
+  """data_digest.json as write_data_digest wrote it; WorkdirError if it is damaged, so that a
+  damaged file neither checks less than the run's data nor is taken for other data."""
   saved = atomic.read_json(workdir.data_digest, dict, "the digest of the run's train and dev data")
-  problem = None
-  if sorted(saved) != sorted(DIGESTED_SPLITS):
-    missing = [name for name in DIGESTED_SPLITS if name not in saved]
-    problem = (f"{missing[0]!r} is missing" if missing else
-               f"it names {sorted(set(saved) - set(DIGESTED_SPLITS))}, not only "
-               f"{list(DIGESTED_SPLITS)}")
-  for name, then in saved.items():
-    if problem:
-      break
-    examples = then.get("examples") if isinstance(then, dict) else None
-    chunks = then.get("chunks") if isinstance(then, dict) else None
-    if type(examples) is not int or examples < 0 or not isinstance(chunks, list):
-      problem = f"{name!r} is {then!r:.80}, not an example count and chunk digests"
-    elif len(chunks) != -(-examples // DIGEST_CHUNK):
-      problem = (f"{name}'s {len(chunks)} chunk digests are not the "
-                 f"{-(-examples // DIGEST_CHUNK)} of {examples} examples")
-    else:
-      bad = next((i for i, c in enumerate(chunks) if not _is_chunk_digest(c)), None)
-      if bad is not None:
-        problem = f"{name}'s chunk {bad + 1} is {chunks[bad]!r:.40}, not 16 hex digits"
+  problem = _data_digest_problem(saved)
   if problem:
     raise WorkdirError(f"{workdir.data_digest}: {problem}; the file is damaged; remove it to "
                        "resume without checking the data, as a run made before it was kept does")
   return saved
+
+
+def _data_digest_problem(saved):
+  """What in a digest write_data_digest could not have written (every training run has a
+  train and a dev split), or None."""
+  missing = [name for name in DIGESTED_SPLITS if name not in saved]
+  if missing:
+    return f"{missing[0]!r} is missing"
+  if len(saved) != len(DIGESTED_SPLITS):
+    return f"it names {sorted(set(saved) - set(DIGESTED_SPLITS))} besides {list(DIGESTED_SPLITS)}"
+  for name, then in saved.items():
+    examples = then.get("examples") if isinstance(then, dict) else None
+    chunks = then.get("chunks") if isinstance(then, dict) else None
+    if type(examples) is not int or examples < 0 or not isinstance(chunks, list):
+      return f"{name!r} is {then!r:.80}, not an example count and chunk digests"
+    if len(chunks) != -(-examples // DIGEST_CHUNK):
+      return (f"{name}'s {len(chunks)} chunk digests are not the "
+              f"{-(-examples // DIGEST_CHUNK)} of {examples} examples")
+    bad = next((i for i, c in enumerate(chunks) if not _is_chunk_digest(c)), None)
+    if bad is not None:
+      return f"{name}'s chunk {bad + 1} is {chunks[bad]!r:.40}, not 16 hex digits"
+  return None
 
 
 def _is_chunk_digest(value):

@@ -27,11 +27,11 @@ Targets:
 Prints, per target, the mutations tried, how many read and how many were refused (in all,
 then by the damaged file: what still reads is damage no reader checks, or none that
 matters), and each kind of other exception once with the damaged file's start and its
-traceback; exits 1 when there is any. A crash of the process itself (a segmentation fault in TensorFlow's C++ code)
-ends the tool at once: the damaged copy is then the runN or exportN folder left in its
-scratch folder (/tmp/fuzz_TARGET_*). A mutation fuzzer written here: the file formats are
-tf_finetune's readers' (hypothesis and atheris fuzz Python values or coverage, not these
-files' damage).
+traceback; exits 1 when there is any. A crash of the process itself (a segmentation fault
+in TensorFlow's C++ code) ends the tool at once: the damaged copy is then the runN or
+exportN folder left in its scratch folder (/tmp/fuzz_TARGET_*). A mutation fuzzer written
+here: the file formats are tf_finetune's readers' (hypothesis and atheris fuzz Python values
+or coverage, not these files' damage).
 """
 import collections
 import copy
