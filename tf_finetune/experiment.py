@@ -205,18 +205,14 @@ def _data_digest_problem(saved):
     chunks = then.get("chunks") if isinstance(then, dict) else None
     if type(examples) is not int or examples < 0 or not isinstance(chunks, list):
       return f"{name!r} is {then!r:.80}, not an example count and chunk digests"
-    if len(chunks) != -(-examples // DIGEST_CHUNK):
-      return (f"{name}'s {len(chunks)} chunk digests are not the "
-              f"{-(-examples // DIGEST_CHUNK)} of {examples} examples")
-    bad = next((i for i, c in enumerate(chunks) if not _is_chunk_digest(c)), None)
+    expected = len(range(0, examples, DIGEST_CHUNK))  # as data_digest chunks them
+    if len(chunks) != expected:
+      return f"{name}'s {len(chunks)} chunk digests are not the {expected} of {examples} examples"
+    bad = next((i for i, c in enumerate(chunks)
+                if not (isinstance(c, str) and re.fullmatch(r"[0-9a-f]{16}", c))), None)
     if bad is not None:
       return f"{name}'s chunk {bad + 1} is {chunks[bad]!r:.40}, not 16 hex digits"
   return None
-
-
-def _is_chunk_digest(value):
-  return (isinstance(value, str) and len(value) == 16
-          and all(c in "0123456789abcdef" for c in value))
 
 
 def check_data_digest(workdir, splits):

@@ -75,7 +75,7 @@ class Tally:
   example of each other exception."""
 
   def __init__(self, target):
-    self.target, self.tried, self.read, self.refused = target, 0, 0, 0
+    self.target = target
     self.by_file = collections.defaultdict(collections.Counter)  # name -> {outcome: count}
     self.others = collections.Counter()
     self.examples = {}
@@ -83,13 +83,10 @@ class Tally:
   def attempt(self, read, damaged_file, name):
     """Runs read() on a copy whose file `name` (its name within the copy) is damaged."""
     from tf_finetune.errors import UserError
-    self.tried += 1
     try:
       read()
-      self.read += 1
       self.by_file[name]["read"] += 1
     except UserError:
-      self.refused += 1
       self.by_file[name]["refused"] += 1
     except BaseException as e:  # noqa: BLE001 (what the fuzzer looks for)
       if isinstance(e, KeyboardInterrupt):
@@ -102,8 +99,9 @@ class Tally:
                                       traceback.format_exc()[-1500:]))
 
   def report(self):
-    print(f"{self.target}: {self.tried} mutations: {self.read} read, {self.refused} refused "
-          f"in one line, {sum(self.others.values())} other exceptions", flush=True)
+    total = sum(self.by_file.values(), collections.Counter())
+    print(f"{self.target}: {total.total()} mutations: {total['read']} read, {total['refused']} "
+          f"refused in one line, {total['other']} other exceptions", flush=True)
     print("  by damaged file (read / refused / other): " + ", ".join(
         f"{name} {c['read']}/{c['refused']}/{c['other']}"
         for name, c in sorted(self.by_file.items())), flush=True)
