@@ -231,6 +231,9 @@ def base_config():
   c.distribution.strategy = "default"
   c.distribution.num_cpu_devices = 0  # > 1 splits the CPU into logical devices (tests, benches)
   c.distribution.tpu = ""  # "local", a TPU name or a grpc:// address
+  # multi_worker: how long a worker waits for every other of TF_CONFIG's cluster to answer
+  # before it stops naming the missing ones (rendezvous.py); 0: no limit.
+  c.distribution.cluster_wait_seconds = 900.0
   return c
 
 
@@ -393,6 +396,8 @@ def validate(config, files=True):
          "must be >= 0 (0: no shuffling)")
   _check(config.distribution.num_cpu_devices >= 0, "distribution.num_cpu_devices",
          config.distribution.num_cpu_devices, "must be >= 0")
+  _check(config.distribution.cluster_wait_seconds >= 0, "distribution.cluster_wait_seconds",
+         config.distribution.cluster_wait_seconds, "must be >= 0 (0: no limit)")
   _check(t.keep_checkpoints > 0, "train.keep_checkpoints", t.keep_checkpoints, "must be > 0")
   for split in t.eval_splits.split(","):
     _check(split in ("dev", "test"), "train.eval_splits", t.eval_splits, "lists dev and/or test")

@@ -4,6 +4,7 @@ import os
 
 import tensorflow as tf
 
+from tf_finetune import rendezvous
 from tf_finetune.errors import ConfigError
 
 
@@ -46,6 +47,8 @@ def get_strategy(distribution_config):
     problem = _tf_config_problem(os.environ.get("TF_CONFIG"))
     if problem:
       raise ConfigError(f"config.distribution.strategy='multi_worker': {problem}")
+    rendezvous.wait_for_workers(json.loads(os.environ["TF_CONFIG"]),
+                                distribution_config.cluster_wait_seconds)
     try:
       return tf.distribute.MultiWorkerMirroredStrategy()
     except (ValueError, TypeError, KeyError) as e:

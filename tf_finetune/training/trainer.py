@@ -48,7 +48,8 @@ from tf_finetune.training import summaries
 # Keys a resumed run may change; any other difference would make the resumed run a
 # different experiment than the checkpoint's.
 RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_size",
-                     "train.skip_nonfinite_steps", "train.divergence_rollbacks"}
+                     "train.skip_nonfinite_steps", "train.divergence_rollbacks",
+                     "distribution.cluster_wait_seconds"}
 
 
 class Preempted(Interrupted):
