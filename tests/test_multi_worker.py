@@ -1,6 +1,7 @@
 """MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1."""
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -259,3 +260,68 @@ def test_a_malformed_tf_config_is_one_line_naming_the_field(monkeypatch, tf_conf
     distribute.get_strategy(config)
   assert str(e.value).startswith("config.distribution.strategy='multi_worker': "), e.value
   assert words in str(e.value) and "\n" not in str(e.value), e.value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_worker_killed_mid_training_stops_the_other_in_one_line_and_both_resume(
+    tmp_path, victim):
+  """SIGKILL to one worker (its machine gone) ended the other in TensorFlow's
+  UnavailableError traceback (and, when the chief was the one killed, a traceback of
+  TensorFlow's preemption watcher thread too); now one line names the lost worker and the
+  checkpoint a restart resumes from, and it does."""
+  survivor = 1 - victim
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "tf_finetune.train", "--config=configs/smoke.py",
+             f"--workdir={workdir}", "--config.distribution.strategy=multi_worker",
+             "--config.train.steps=300", "--config.train.eval_every=300",
+             "--config.train.log_every=10", "--config.train.checkpoint_every=10"]
+  tf_configs = distribute.local_tf_configs(2)
+
+  def start(round_name):
+    logs = [tmp_path / f"{round_name}_{i}.log" for i in range(2)]
+    processes = [subprocess.Popen(command, env=dict(os.environ, TF_CONFIG=tf_config), cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=log.open("w"))
+                 for tf_config, log in zip(tf_configs, logs)]
+    return processes, logs
+
+  processes, logs = start("killed")
+  try:
+    deadline = time.time() + TIMEOUT_SECONDS
+    while "step 20/300" not in logs[victim].read_text():
+      assert time.time() < deadline and processes[victim].poll() is None, \
+          logs[victim].read_text()[-3000:]
+      time.sleep(0.2)
+    processes[victim].kill()
+    processes[survivor].wait(timeout=120)
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  stderr = logs[survivor].read_text()
+  assert processes[survivor].returncode == 1, stderr[-3000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  [error] = [line for line in stderr.splitlines() if line.startswith("error: ")]
+  assert error.startswith(f"error: worker {survivor} lost worker {victim} of the cluster "
+                          "after step "), error
+  named = re.search(r"checkpoint (?:is|saved together is) (\S*ckpt-(\d+))[;:]", error)
+  assert named, error
+
+  processes, logs = start("restarted")
+  try:
+    for p in processes:
+      p.wait(timeout=TIMEOUT_SECONDS)
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, log in zip(processes, logs):
+    assert p.returncode == 0, log.read_text()[-3000:]
+  resumed = re.search(r"Resuming from (\S+/ckpt-(\d+)) at step", logs[0].read_text())
+  assert resumed, logs[0].read_text()[-3000:]
+  if victim == 1:  # the chief's own checkpoint: the one named
+    assert resumed.group(1) == named.group(1), (resumed.group(1), error)
+  else:  # the newest intact one, at most the one saved together
+    assert 10 <= int(resumed.group(2)) <= int(named.group(2)), (resumed.group(1), error)

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import pathlib
+import re
 import shutil
 import signal
 import tempfile
@@ -50,6 +51,12 @@ from tf_finetune.training import summaries
 RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_size",
                      "train.skip_nonfinite_steps", "train.divergence_rollbacks",
                      "distribution.cluster_wait_seconds"}
+
+
+# What a collective step raises under multi_worker when another worker is gone (its
+# connection reset, its heartbeats stopped, or it restarted as a new incarnation).
+CLUSTER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                    tf.errors.DeadlineExceededError)
 
 
 class Preempted(Interrupted):
@@ -832,9 +839,41 @@ class Trainer:
     except TrainingError:
       self._end_session("failure")
       raise
+    except CLUSTER_FAILURES as e:
+      if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise
+      self._end_session("failure")
+      raise TrainingError(self._lost_worker(step, e)) from None
     finally:
       signals.restore()
       self._close()
+
+  def _lost_worker(self, step, error):
+    """The line for a multi_worker step that failed because another worker is gone: which
+    one, as TensorFlow's message names it, and the checkpoint every worker resumes from."""
+    message = error.message or ""
+    resolver = self.strategy.cluster_resolver
+    me = (resolver.task_type, str(resolver.task_id))
+    peers = [task for task in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", message)
+             if task != me]
+    who = " ".join(peers[0]) if peers else "another worker"
+    cause = re.search(r"^(Collective ops is aborted by: .*|.*heartbeat timeout.*|"
+                      r"The following tasks are unhealthy.*)$", message, re.M)
+    cause = (cause.group(1) if cause else message.strip().splitlines()[0] if message.strip()
+             else type(error).__name__).strip()[:200]
+    latest = self.manager.latest_checkpoint
+    if latest and self.is_chief:
+      restart = (f"the last checkpoint is {latest}; start every worker again with the same "
+                 "command: they resume from it")
+    elif latest:  # the chief's own save of that step may not have ended
+      restart = (f"the last checkpoint saved together is {pathlib.Path(latest).name}; start "
+                 "every worker again with the same command: they resume from the newest "
+                 f"intact one in {self.workdir.checkpoints}")
+    else:
+      restart = "no checkpoint was saved yet; start every worker again with the same command"
+    return (f"{resolver.task_type} {resolver.task_id} lost {who} of the cluster after step "
+            f"{step} ({type(error).__name__}: {cause}): that worker stopped (killed, crashed, "
+            f"or its machine or network went down). Nothing was saved after it: {restart}")
 
   def _save_training_checkpoint(self, step):
     """Saves the training checkpoint of `step`; for a task that fits a head to the encoder
@@ -896,6 +935,8 @@ class Trainer:
     def save(checkpoint_number):  # as every other save: a SetFit head is refitted first
       self._save_training_checkpoint(checkpoint_number)
 
+    if not isinstance(threading.excepthook, _QuietPreemptionWatchers):
+      threading.excepthook = _QuietPreemptionWatchers(threading.excepthook)
     return tf.distribute.experimental.PreemptionCheckpointHandler(
         self.strategy.cluster_resolver, self.manager,
         termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=stop,
@@ -1037,6 +1078,26 @@ class _LogWindow:
     state["window_steps"].assign(self.steps)
     state["window_fill"].assign(self.fill)
     state["window_fill_steps"].assign(self.fill_steps)
+
+
+class _QuietPreemptionWatchers:
+  """threading.excepthook: the watcher threads of TensorFlow's PreemptionCheckpointHandler
+  end with a traceback when the worker that holds the coordination service is gone; that
+  is one warning here (the training step itself then stops in one line, _lost_worker).
+  Every other thread's exception goes to the hook before."""
+  THREADS = ("PeerTerminationWatcher-", "WorkerTerminationSignalWatcher-")
+
+  def __init__(self, previous):
+    self._previous = previous
+
+  def __call__(self, args):
+    if (args.thread is not None and args.thread.name.startswith(self.THREADS)
+        and isinstance(args.exc_value, tf.errors.OpError)):
+      logging.warning("TensorFlow's %s thread stopped: %s: %s", args.thread.name,
+                      type(args.exc_value).__name__,
+                      (args.exc_value.message or "").strip().split("\n")[0][:200])
+      return
+    self._previous(args)
 
 
 class _SignalCatcher:
