@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -325,3 +326,27 @@ def test_a_worker_killed_mid_training_stops_the_other_in_one_line_and_both_resum
     assert resumed.group(1) == named.group(1), (resumed.group(1), error)
   else:  # the newest intact one, at most the one saved together
     assert 10 <= int(resumed.group(2)) <= int(named.group(2)), (resumed.group(1), error)
+
+
+@pytest.mark.slow
+def test_sigterm_between_the_strategy_and_training_ends_the_process():
+  """MultiWorkerMirroredStrategy() installs a C++ SIGTERM handler that only records the
+  signal, so until training started (model loading, data reading) SIGTERM was lost."""
+  script = ("import signal, sys, time\n"
+            "from tf_finetune import config, distribute\n"
+            "c = config.base_config().distribution\n"
+            "c.strategy = 'multi_worker'\n"
+            "distribute.get_strategy(c)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+  process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, text=True,
+                             env=dict(os.environ, TF_CONFIG=distribute.local_tf_configs(1)[0]),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+  try:
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == -signal.SIGTERM
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()

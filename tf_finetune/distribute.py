@@ -1,6 +1,8 @@
 """A tf.distribute strategy from its config name."""
 import json
 import os
+import signal
+import threading
 
 import tensorflow as tf
 
@@ -49,11 +51,18 @@ def get_strategy(distribution_config):
       raise ConfigError(f"config.distribution.strategy='multi_worker': {problem}")
     rendezvous.wait_for_workers(json.loads(os.environ["TF_CONFIG"]),
                                 distribution_config.cluster_wait_seconds)
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
-      return tf.distribute.MultiWorkerMirroredStrategy()
+      strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except (ValueError, TypeError, KeyError) as e:
       raise ConfigError(f"config.distribution.strategy='multi_worker': TensorFlow refuses "
                         f"TF_CONFIG ({type(e).__name__}: {str(e).strip()[:300]})") from None
+    # Its coordination service installs a C++ SIGTERM handler that only records the signal:
+    # until training starts (where PreemptionCheckpointHandler installs its own), a SIGTERM
+    # would be lost. The signal gets back what it had, as under every other strategy.
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is None else sigterm)
+    return strategy
   if name == "tpu":
     return _tpu_strategy(distribution_config.tpu)
   raise ConfigError(f"config.distribution.strategy={name!r} is unknown")
