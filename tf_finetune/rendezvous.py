@@ -48,6 +48,7 @@ def wait_for_workers(tf_config, wait_seconds):
   if me not in everyone or len(everyone) == 1:
     return
   others = {name: address for name, address in everyone.items() if name != me}
+  expected = set(others)
   hello = (json.dumps({"tf_finetune_worker": me, "cluster": everyone},
                       sort_keys=True) + "\n").encode()
   answering = _Answering(_listen(me, everyone[me]), hello, everyone)
@@ -58,14 +59,14 @@ def wait_for_workers(tf_config, wait_seconds):
   start = time.monotonic()
   try:
     while True:
-      for name in sorted(set(others) - answered_by):
+      for name in sorted(expected - answered_by):
         problem = _say_hello(others[name], name, hello, everyone)
         if problem is None:
           answered_by.add(name)
         else:
           problems[name] = problem
       answering.raise_error()
-      missing = sorted((set(others) - answered_by) | (set(others) - answering.heard_from))
+      missing = sorted(expected - (answered_by & answering.heard_from))
       if not missing:
         break
       waited = time.monotonic() - start
@@ -80,7 +81,7 @@ def wait_for_workers(tf_config, wait_seconds):
         next_report += PROGRESS_SECONDS[1]
         logging.warning("multi_worker: %.0f s waiting for the cluster: %s",
                         waited, _missing(missing, others, problems, answered_by))
-      time.sleep(RETRY_SECONDS if set(others) - answered_by else 0.1)
+      time.sleep(RETRY_SECONDS if expected - answered_by else 0.1)
   finally:
     answering.stop()
   logging.info("multi_worker: every one of the %d tasks answered in %.1f s", len(everyone),

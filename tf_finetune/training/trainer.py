@@ -859,8 +859,8 @@ class Trainer:
     who = " ".join(peers[0]) if peers else "another worker"
     cause = re.search(r"^(Collective ops is aborted by: .*|.*heartbeat timeout.*|"
                       r"The following tasks are unhealthy.*)$", message, re.M)
-    cause = (cause.group(1) if cause else message.strip().splitlines()[0] if message.strip()
-             else type(error).__name__).strip()[:200]
+    first_line = message.strip().split("\n", 1)[0]
+    cause = (cause.group(1) if cause else first_line or "no message").strip()[:200]
     latest = self.manager.latest_checkpoint
     if latest and self.is_chief:
       restart = (f"the last checkpoint is {latest}; start every worker again with the same "
