@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, tiny_config, write_sentiment_tsv
+from tests.conftest import REPO, override, tiny_config, write_sentiment_tsv
 from tf_finetune import experiment
 from tf_finetune.errors import ConfigError, TrainingError, UserError, WorkdirError
 from tf_finetune.evaluation import evaluator
@@ -201,6 +201,76 @@ def test_divergence_rollbacks_are_refused_with_dp_sgd_and_below_zero():
                      r"with train.divergence_rollbacks"):
     config_lib.load(REPO / "configs" / "smoke.py", {"train.divergence_rollbacks": 1,
                                                     "privacy.method": "dp_sgd"})
+
+
+def test_a_finite_loss_far_above_the_first_steps_stops_the_run_as_diverged(sentiment_dir,
+                                                                           tmp_path):
+  """A learning rate far too high drove a 2-label run's loss to hundreds, finite, and the run
+  trained on to its end and reported chance accuracy with no word of it. Now the loss's
+  moving average past train.divergence_loss_ratio times the first step's loss stops it as a
+  non-finite step does: nothing saved after it; with train.divergence_loss_ratio=0 the same
+  run trains to its end."""
+  config = tiny_config(sentiment_dir, train__steps=24, train__eval_every=24,
+                       train__checkpoint_every=2, train__learning_rate=100.0)
+  run = tmp_path / "run"
+  with pytest.raises(TrainingError) as e:
+    trainer_lib.Trainer(config, run).train()
+  message = str(e.value)
+  diverged = re.match(r"training diverged at step (\d+): its loss \S+ brought the training "
+                      r"loss's moving average to (\S+), (\d+) times the loss of the run's "
+                      r"first step, (\S+) \(train.divergence_loss_ratio=10\.0\)\. ", message)
+  assert diverged, message
+  step, average, start = int(diverged[1]), float(diverged[2]), float(diverged[4])
+  assert average > 10 * start and 0.5 < start < 0.9, message  # two labels: about ln 2
+  assert "\n" not in message and "--config.train.divergence_loss_ratio=0" in message, message
+  saved = experiment.load_run(run, "latest")
+  assert saved.step < step and f"the last checkpoint is {run}/checkpoints/ckpt-" \
+      f"{saved.step}" in message, message
+  assert not [p for p in (run / "checkpoints").glob(f"ckpt-{step}.*")]
+  assert _tensorboard_scalars(run)["", "sessions ended"] == 1
+
+  unchecked = trainer_lib.Trainer(override(config, {"train.divergence_loss_ratio": 0.0}),
+                                  tmp_path / "unchecked")
+  unchecked.train()
+  assert unchecked.step == 24
+
+
+def test_a_finite_divergence_is_met_at_the_same_step_after_a_resume_and_rolls_back(
+    sentiment_dir, tmp_path, caplog):
+  """The first step's loss and the moving average are kept in the checkpoints, so a run
+  resumed before its divergence stops at the step an uninterrupted run stops at; with
+  train.divergence_rollbacks it goes back to its last checkpoint first, as for a non-finite
+  step, and then stops."""
+  import logging
+  config = tiny_config(sentiment_dir, train__steps=40, train__eval_every=40,
+                       train__checkpoint_every=2, train__learning_rate=5.0,
+                       train__warmup_fraction=0.9)
+  with pytest.raises(TrainingError, match=r"training diverged at step (\d+): its loss") as e:
+    trainer_lib.Trainer(config, tmp_path / "whole").train()
+  step = int(re.match(r"training diverged at step (\d+)", str(e.value))[1])
+  assert step > 4, e.value  # else no resume comes before it
+  resumed = tmp_path / "resumed"
+  trainer_lib.Trainer(config, resumed).train(until_step=step - 1 - (step - 1) % 2)
+  with pytest.raises(TrainingError) as again:
+    trainer_lib.Trainer(config, resumed).train()
+  assert str(again.value).replace(str(resumed), str(tmp_path / "whole")) == str(e.value)
+
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    with pytest.raises(TrainingError, match=r"It had already gone back to a checkpoint as "
+                       r"often as train.divergence_rollbacks=1 allows"):
+      trainer_lib.Trainer(override(config, {"train.divergence_rollbacks": 1}),
+                          tmp_path / "rolled").train()
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith(f"step {step}: its loss") for m in messages), messages
+  assert any(m.startswith("Went back to ") for m in messages), messages
+
+
+def test_divergence_loss_ratio_is_refused_between_zero_and_one():
+  from tf_finetune import config as config_lib
+  for value in (-1.0, 0.5, 1.0):
+    with pytest.raises(ConfigError, match=rf"train.divergence_loss_ratio={value}.*must be 0 "
+                       r"\(no check\) or above 1"):
+      config_lib.load(REPO / "configs" / "smoke.py", {"train.divergence_loss_ratio": value})
 
 
 def test_a_checkpoint_without_the_newer_run_state_resumes(sentiment_dir, tmp_path):

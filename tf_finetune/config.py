@@ -173,6 +173,11 @@ def base_config():
   # to its last checkpoint and leaves out the batches it had trained on since, up to N times
   # (PaLM's remedy for loss spikes); 0: it stops. With N > 0 a run saves ckpt-0 first.
   c.train.divergence_rollbacks = 0
+  # > 0: a run diverges too when the moving average of its training loss (exponential, over
+  # about 10 steps) rises past this many times the loss of its first step (the weights it
+  # started from), finite as it may be; handled as a non-finite step past
+  # skip_nonfinite_steps (a rollback, or the run stops). 0: only non-finite steps.
+  c.train.divergence_loss_ratio = 10.0
   c.train.adam_epsilon = 1e-6
   # auto: mixed_bfloat16 where the machine computes bfloat16 natively (TPU, GPU of compute
   # capability 8.0+, CPU with AMX or AVX512_BF16; distribute.native_bfloat16), else float32.
@@ -367,6 +372,8 @@ def validate(config, files=True):
          "must be >= 0 (0: stop at the first non-finite step)")
   _check(t.divergence_rollbacks >= 0, "train.divergence_rollbacks", t.divergence_rollbacks,
          "must be >= 0 (0: stop when the run diverges)")
+  _check(t.divergence_loss_ratio == 0 or t.divergence_loss_ratio > 1,
+         "train.divergence_loss_ratio", t.divergence_loss_ratio, "must be 0 (no check) or above 1")
   _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
          t.early_stopping_patience, "must be >= 0 (0: off)")
   _check(0 <= config.task.label_smoothing < 1, "task.label_smoothing",

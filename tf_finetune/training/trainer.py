@@ -2,7 +2,9 @@
 
 What a run survives (README "Failure modes"): a non-finite loss or gradient norm stops it
 within the step (the step is not applied; train.skip_nonfinite_steps may skip a few, and
-train.divergence_rollbacks go back to the last checkpoint and leave out the data since);
+train.divergence_rollbacks go back to the last checkpoint and leave out the data since), and
+so does a finite loss whose moving average climbs past train.divergence_loss_ratio times the
+first step's;
 SIGTERM and Ctrl-C save a checkpoint at the next step boundary; a second trainer on the
 same workdir is refused (workdir_lock); the best-checkpoint state and the early-stopping
 counter live in the training checkpoint, so a resumed run counts every evaluation once.
@@ -50,7 +52,7 @@ from tf_finetune.training import summaries
 # different experiment than the checkpoint's.
 RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_size",
                      "train.skip_nonfinite_steps", "train.divergence_rollbacks",
-                     "distribution.cluster_wait_seconds"}
+                     "train.divergence_loss_ratio", "distribution.cluster_wait_seconds"}
 
 
 # What a collective step raises under multi_worker when another worker is gone (its
@@ -190,7 +192,10 @@ class Trainer:
             # What the next logged step averages (_LogWindow.keep), so that a run resumed
             # between two logged steps logs what an uninterrupted run logs.
             ("window_loss", 0.0, tf.float64), ("window_steps", 0, tf.int64),
-            ("window_fill", np.zeros(5), tf.float64), ("window_fill_steps", 0, tf.int64))}
+            ("window_fill", np.zeros(5), tf.float64), ("window_fill_steps", 0, tf.int64),
+            # train.divergence_loss_ratio (_LossAverage.keep).
+            ("first_loss", float("nan"), tf.float64),
+            ("loss_average", float("nan"), tf.float64))}
     self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer,
                                                 run_state=self.run_state)
     # Every worker resumes from the chief's checkpoint, so a restarted worker rejoins in step.
@@ -749,7 +754,7 @@ class Trainer:
         self._save_training_checkpoint(0)  # what a divergence before ckpt-N goes back to
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
     train_step = self._build_train_step()
-    window = _LogWindow(self.run_state)
+    window, average = _LogWindow(self.run_state), _LossAverage(self.run_state)
     window_start, timed_in_window, packing_logged = time.time(), 0, False
     run_start, steps_timed = time.time(), 0
     step = start_step
@@ -778,10 +783,14 @@ class Trainer:
           if not finite and self._nonfinite_step(pending_step, float(loss), float(norm)):
             diverged_at = pending_step
             break
+          if finite and self._loss_rose(average, pending_step, float(loss)):
+            diverged_at = pending_step
+            break
         pending.clear()
         if diverged_at is not None:
           step = self._roll_back(diverged_at)
           window.load()  # the checkpoint's
+          average.load()
           iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
           window_start, timed_in_window = time.time(), 0
           continue
@@ -813,6 +822,7 @@ class Trainer:
           self.writers.train_scalars(step, scalars)
           window_start, timed_in_window = time.time(), 0
         window.keep()  # before any save below
+        average.keep()
         stopping = False
         if evaluate:
           trained = self._mix_in_start_weights()
@@ -956,6 +966,25 @@ class Trainer:
       logging.warning("step %d: %s; the step was skipped (%d of train.skip_nonfinite_steps=%d)",
                       step, what, count, t.skip_nonfinite_steps)
       return False
+    return self._diverged(step, what, applied=False)
+
+  def _loss_rose(self, average, step, loss):
+    """Adds an applied step's loss to `average`; True when the moving average has risen past
+    train.divergence_loss_ratio times the first step's loss and a rollback is allowed (else
+    _diverged stops the run)."""
+    average.add(loss)
+    ratio = self.config.train.divergence_loss_ratio
+    if not ratio or not average.value > ratio * average.first:
+      return False
+    return self._diverged(
+        step, f"its loss {loss:.4g} brought the training loss's moving average to "
+        f"{average.value:.4g}, {average.value / average.first:.0f} times the loss of the run's "
+        f"first step, {average.first:.4g} (train.divergence_loss_ratio={ratio})", applied=True)
+
+  def _diverged(self, step, what, applied):
+    """True while train.divergence_rollbacks allows a rollback (_roll_back), else stops the
+    run; `what` says how step `step` diverged."""
+    t = self.config.train
     rollbacks = int(self.run_state["divergence_rollbacks"].numpy())
     if rollbacks < t.divergence_rollbacks:
       logging.warning("step %d: %s", step, what)
@@ -972,8 +1001,13 @@ class Trainer:
                 "--config.train.divergence_rollbacks=2: it resumes from the last checkpoint "
                 "and, should it diverge again, goes back to it and leaves out the batches it "
                 "trained on since")
+    if applied:
+      advice += ("; a loss that rises this far in a healthy run (a few examples far harder "
+                 "than the rest) may be let through: rerun the same command with "
+                 "--config.train.divergence_loss_ratio=0")
     raise TrainingError(
-        f"training diverged at step {step}: {what}. The step was not applied and nothing was "
+        f"training diverged at step {step}: {what}. "
+        f"{'Nothing' if applied else 'The step was not applied and nothing'} was "
         f"saved after it: the last checkpoint is {latest or 'none'}"
         f"{', the best ' + self.best['checkpoint'] if self.best else ''}. {advice}")
 
@@ -1078,6 +1112,37 @@ class _LogWindow:
     state["window_steps"].assign(self.steps)
     state["window_fill"].assign(self.fill)
     state["window_fill_steps"].assign(self.fill_steps)
+
+
+class _LossAverage:
+  """train.divergence_loss_ratio: the loss of the run's first applied step, and the
+  exponential moving average of the losses since, on the host; kept in the run state with
+  the log window (before any save), so a resumed or rolled-back run goes on from the
+  checkpoint's and meets a divergence at the step an uninterrupted run meets it.
+  Hand-written: Keras's TerminateOnNaN sees only non-finite losses, and Lightning's
+  EarlyStopping(divergence_threshold) takes an absolute loss the user must know in advance."""
+
+  DECAY = 0.9  # about the last 10 steps
+
+  def __init__(self, run_state):
+    self._state = run_state
+    self.load()
+
+  def load(self):
+    """As of the restored checkpoint (NaN at a start, or from a checkpoint made before these
+    were kept: the next step's loss is then the first)."""
+    self.first = float(self._state["first_loss"].numpy())
+    self.value = float(self._state["loss_average"].numpy())
+
+  def add(self, loss):
+    if not self.first > 0:  # a first loss of 0 (nothing to learn in its batch) is no scale
+      self.first = self.value = loss
+    else:
+      self.value = self.DECAY * self.value + (1 - self.DECAY) * loss
+
+  def keep(self):
+    self._state["first_loss"].assign(self.first)
+    self._state["loss_average"].assign(self.value)
 
 
 class _QuietPreemptionWatchers:
