@@ -87,6 +87,18 @@ def test_bad_config_fails_fast_with_one_line(tmp_path, flag, message):
     (None, "error: --config={path}: no such file"),
     ("def get_config(:\n", "error: {path}:1: the config file does not parse: invalid syntax"),
     ("x = 1\n", "error: {path}: defines no get_config()"),
+    ("def get_config():\n  return 5\n", "error: {path}: get_config() returned int, not an "
+     "ml_collections.ConfigDict"),
+    # A misspelt key set in the file was added to the ConfigDict and read by nothing: the run
+    # trained with the default it was meant to replace.
+    ("from tf_finetune import config\n\ndef get_config():\n  c = config.base_config()\n"
+     "  c.train.learnig_rate = 1e-5\n  return c\n",
+     "error: {path}:5: config.train.learnig_rate: unknown config key (did you mean "
+     "train.learning_rate?)"),
+    ("import ml_collections\nfrom tf_finetune import config\n\ndef get_config():\n"
+     "  c = config.base_config()\n  c.trian = ml_collections.ConfigDict({'steps': 3})\n"
+     "  return c\n",
+     "error: {path}:6: config.trian: unknown config section (did you mean train?)"),
 ])
 def test_a_bad_config_file_fails_with_one_line_naming_it(tmp_path, content, message):
   path = tmp_path / "my_config.py"

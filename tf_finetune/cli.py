@@ -16,13 +16,20 @@ from tf_finetune.errors import STORAGE_FAILURES, Interrupted, UserError, storage
 
 def parse_flags(argv):
   """absl's parser, except that an unknown --config.KEY, and a --config file that is missing,
-  does not parse or has no get_config(), are one line, not a traceback."""
+  does not parse, has no get_config(), returns no ConfigDict or sets a key tf_finetune does
+  not have (config.check_known_keys), are one line, not a traceback."""
   config_file = _config_file(argv) if "config" in flags.FLAGS else None
   if config_file and not pathlib.Path(config_file).is_file():
     sys.exit(f"error: --config={config_file}: no such file (a config file such as "
              "configs/default.py)")
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    if config_file:
+      from tf_finetune import config as config_lib
+      config_lib.check_known_keys(flags.FLAGS["config"].value, config_file)
+    return remaining
+  except UserError as e:
+    sys.exit(f"error: {e}")
   except SyntaxError as e:
     sys.exit(f"error: {e.filename}:{e.lineno}: the config file does not parse: {e.msg}")
   except AttributeError as e:

@@ -4,9 +4,11 @@
 from it and change what they need. `validate()` runs before any heavy work and raises a
 ConfigError whose one-line message names the key.
 """
+import difflib
 import math
 import os
 import pathlib
+import re
 
 import ml_collections
 
@@ -276,7 +278,9 @@ def override(config, overrides):
 def load(path, overrides=None):
   """A config file's get_config() with overrides such as {"train.steps": 10}, validated:
   what `--config=FILE --config.train.steps=10` gives, for notebooks, scripts and tools."""
-  return override(load_module(path).get_config(), overrides)
+  config = load_module(path).get_config()
+  check_known_keys(config, path)
+  return override(config, overrides)
 
 
 def resolved_best_metric(config):
@@ -343,9 +347,41 @@ def _refuse_switched_on(config, switches, reason):
     _check(not on, key, config[section][name], f"{reason}: {why}" if why else reason)
 
 
+def check_known_keys(config, path=None):
+  """Raises ConfigError for a value that is no ConfigDict, or a section or key base_config()
+  lacks: a ConfigDict takes a misspelt key (`c.train.learnig_rate = 1e-5`) as a new one that
+  nothing reads, and the run would train with the default it was meant to replace. `path`:
+  the config file, whose first line naming the key the message gives."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path or 'the config'}: get_config() returned "
+                      f"{type(config).__name__}, not an ml_collections.ConfigDict (as "
+                      "configs/default.py returns)")
+  known = base_config()
+  for section, values in config.items():
+    if section not in known or not isinstance(values, ml_collections.ConfigDict):
+      _refuse_unknown(section, section, list(known), "section", path)
+    for name in values:
+      if name not in known[section]:
+        _refuse_unknown(f"{section}.{name}", name, list(known[section]), "key", path)
+
+
+def _refuse_unknown(key, name, known_names, what, path):
+  where = f"{path}: " if path else ""
+  if path:
+    lines = pathlib.Path(path).read_text(errors="replace").splitlines()
+    line = next((i for i, text in enumerate(lines, 1) if re.search(rf"\b{name}\b", text)), None)
+    where = f"{path}:{line}: " if line else where
+  close = difflib.get_close_matches(name, known_names, n=1)
+  prefix = key[:-len(name)]
+  hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+  raise ConfigError(f"{where}config.{key}: unknown config {what}{hint}; see "
+                    "tf_finetune/config.py for the keys")
+
+
 def validate(config, files=True):
   """Raises ConfigError on the first bad value. files=False leaves out the checks that the
   folders it names exist (a finished run's data may have moved since)."""
+  check_known_keys(config)
   for key, value in flatten(config.to_dict()).items():
     if isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f"config.{key}={value!r}: must be a finite number")
