@@ -369,7 +369,8 @@ def _refuse_unknown(key, name, known_names, what, path):
   where = f"{path}: " if path else ""
   if path:
     lines = pathlib.Path(path).read_text(errors="replace").splitlines()
-    line = next((i for i, text in enumerate(lines, 1) if re.search(rf"\b{name}\b", text)), None)
+    line = next((i for i, text in enumerate(lines, 1)
+                 if re.search(rf"\b{re.escape(name)}\b", text)), None)
     where = f"{path}:{line}: " if line else where
   close = difflib.get_close_matches(name, known_names, n=1)
   prefix = key[:-len(name)]
