@@ -23,7 +23,7 @@ import time
 from absl import app
 from absl import flags
 
-from tf_finetune.training.trainer import _LossAverage
+from tf_finetune.training.trainer import LOSS_AVERAGE_DECAY
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHIPPED = ["configs/default.py", "configs/sst2.py", "configs/emotion.py", "configs/trec.py",
@@ -39,7 +39,7 @@ def peak_ratio(losses):
   first = average = losses[0]
   peak, at = 1.0, 1
   for step, loss in enumerate(losses[1:], start=2):
-    average = _LossAverage.DECAY * average + (1 - _LossAverage.DECAY) * loss
+    average = LOSS_AVERAGE_DECAY * average + (1 - LOSS_AVERAGE_DECAY) * loss
     if average / first > peak:
       peak, at = average / first, step
   return peak, at

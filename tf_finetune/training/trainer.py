@@ -55,6 +55,9 @@ RESUMABLE_CHANGES = {"train.log_every", "train.eval_splits", "train.eval_batch_s
                      "train.divergence_loss_ratio", "distribution.cluster_wait_seconds"}
 
 
+# train.divergence_loss_ratio's moving average of the training loss: about the last 10 steps.
+LOSS_AVERAGE_DECAY = 0.9
+
 # What a collective step raises under multi_worker when another worker is gone (its
 # connection reset, its heartbeats stopped, or it restarted as a new incarnation).
 CLUSTER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError,
@@ -190,10 +193,10 @@ class Trainer:
             # out (the data stream is at step + batches_left_out).
             ("divergence_rollbacks", 0, tf.int64), ("batches_left_out", 0, tf.int64),
             # What the next logged step averages (_LogWindow.keep), so that a run resumed
-            # between two logged steps logs what an uninterrupted run logs.
+            # between two logged steps logs what an uninterrupted run logs; and the loss's
+            # moving average of train.divergence_loss_ratio, with the first step's loss.
             ("window_loss", 0.0, tf.float64), ("window_steps", 0, tf.int64),
             ("window_fill", np.zeros(5), tf.float64), ("window_fill_steps", 0, tf.int64),
-            # train.divergence_loss_ratio (_LossAverage.keep).
             ("first_loss", float("nan"), tf.float64),
             ("loss_average", float("nan"), tf.float64))}
     self.checkpoint = experiment.new_checkpoint(self.model, self.optimizer,
@@ -754,7 +757,7 @@ class Trainer:
         self._save_training_checkpoint(0)  # what a divergence before ckpt-N goes back to
     iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
     train_step = self._build_train_step()
-    window, average = _LogWindow(self.run_state), _LossAverage(self.run_state)
+    window = _LogWindow(self.run_state)
     window_start, timed_in_window, packing_logged = time.time(), 0, False
     run_start, steps_timed = time.time(), 0
     step = start_step
@@ -783,14 +786,13 @@ class Trainer:
           if not finite and self._nonfinite_step(pending_step, float(loss), float(norm)):
             diverged_at = pending_step
             break
-          if finite and self._loss_rose(average, pending_step, float(loss)):
+          if finite and self._loss_rose(window, pending_step):
             diverged_at = pending_step
             break
         pending.clear()
         if diverged_at is not None:
           step = self._roll_back(diverged_at)
           window.load()  # the checkpoint's
-          average.load()
           iterator = iter(self.strategy.distribute_datasets_from_function(self._dataset_fn))
           window_start, timed_in_window = time.time(), 0
           continue
@@ -822,7 +824,6 @@ class Trainer:
           self.writers.train_scalars(step, scalars)
           window_start, timed_in_window = time.time(), 0
         window.keep()  # before any save below
-        average.keep()
         stopping = False
         if evaluate:
           trained = self._mix_in_start_weights()
@@ -968,18 +969,18 @@ class Trainer:
       return False
     return self._diverged(step, what, applied=False)
 
-  def _loss_rose(self, average, step, loss):
-    """Adds an applied step's loss to `average`; True when the moving average has risen past
+  def _loss_rose(self, window, step):
+    """After `window` took an applied step's loss: True when the moving average has risen past
     train.divergence_loss_ratio times the first step's loss and a rollback is allowed (else
     _diverged stops the run)."""
-    average.add(loss)
     ratio = self.config.train.divergence_loss_ratio
-    if not ratio or not average.value > ratio * average.first:
+    average, first = window.loss_average, window.first_loss
+    if not ratio or not average > ratio * first:
       return False
     return self._diverged(
-        step, f"its loss {loss:.4g} brought the training loss's moving average to "
-        f"{average.value:.4g}, {average.value / average.first:.0f} times the loss of the run's "
-        f"first step, {average.first:.4g} (train.divergence_loss_ratio={ratio})", applied=True)
+        step, f"its loss {window.last_loss:.4g} brought the training loss's moving average to "
+        f"{average:.4g}, {average / first:.0f} times the loss of the run's first step, "
+        f"{first:.4g} (train.divergence_loss_ratio={ratio})", applied=True)
 
   def _diverged(self, step, what, applied):
     """True while train.divergence_rollbacks allows a rollback (_roll_back), else stops the
@@ -1078,27 +1079,43 @@ class Trainer:
 
 class _LogWindow:
   """What the next logged step averages: the losses of the applied steps and the packing
-  fill of every step read since the last logged step. Summed here, on the host, and put in
-  the run state (kept in the training checkpoint) only before a save may come, so a run
-  resumed between two logged steps logs what an uninterrupted run logs."""
+  fill of every step read since the last logged step; and, for train.divergence_loss_ratio,
+  the loss of the run's first applied step and the exponential moving average of the losses
+  since. Summed here, on the host, and put in the run state (kept in the training
+  checkpoint) only before a save may come, so a run resumed between two logged steps logs
+  what an uninterrupted run logs, and meets a divergence at the step it meets it.
+  The moving average is hand-written: Keras's TerminateOnNaN sees only non-finite losses,
+  and Lightning's EarlyStopping(divergence_threshold) takes an absolute loss the user must
+  know in advance."""
 
   def __init__(self, run_state):
     self._state = run_state
+    self.last_loss = None
     self.load()
 
   def load(self):
-    """As of the restored checkpoint (empty at a start)."""
+    """As of the restored checkpoint (empty at a start; the first loss and the average NaN
+    there, or from a checkpoint made before they were kept: the next step's loss is then
+    the first)."""
     state = self._state
     self.loss = float(state["window_loss"].numpy())
     self.steps = int(state["window_steps"].numpy())
     self.fill = state["window_fill"].numpy()
     self.fill_steps = int(state["window_fill_steps"].numpy())
+    self.first_loss = float(state["first_loss"].numpy())
+    self.loss_average = float(state["loss_average"].numpy())
 
   def add(self, loss, fill):
     """A step read: its packing fill, and its loss unless it was not applied (None)."""
     self.fill, self.fill_steps = self.fill + fill, self.fill_steps + 1
-    if loss is not None:
-      self.loss, self.steps = self.loss + loss, self.steps + 1
+    if loss is None:
+      return
+    self.loss, self.steps, self.last_loss = self.loss + loss, self.steps + 1, loss
+    if not self.first_loss > 0:  # a first loss of 0 (nothing to learn in its batch) is no scale
+      self.first_loss = self.loss_average = loss
+    else:
+      self.loss_average = LOSS_AVERAGE_DECAY * self.loss_average + (
+          1 - LOSS_AVERAGE_DECAY) * loss
 
   def take(self):
     """(mean loss, packing fill, steps read) since the last logged step; empties it."""
@@ -1112,37 +1129,8 @@ class _LogWindow:
     state["window_steps"].assign(self.steps)
     state["window_fill"].assign(self.fill)
     state["window_fill_steps"].assign(self.fill_steps)
-
-
-class _LossAverage:
-  """train.divergence_loss_ratio: the loss of the run's first applied step, and the
-  exponential moving average of the losses since, on the host; kept in the run state with
-  the log window (before any save), so a resumed or rolled-back run goes on from the
-  checkpoint's and meets a divergence at the step an uninterrupted run meets it.
-  Hand-written: Keras's TerminateOnNaN sees only non-finite losses, and Lightning's
-  EarlyStopping(divergence_threshold) takes an absolute loss the user must know in advance."""
-
-  DECAY = 0.9  # about the last 10 steps
-
-  def __init__(self, run_state):
-    self._state = run_state
-    self.load()
-
-  def load(self):
-    """As of the restored checkpoint (NaN at a start, or from a checkpoint made before these
-    were kept: the next step's loss is then the first)."""
-    self.first = float(self._state["first_loss"].numpy())
-    self.value = float(self._state["loss_average"].numpy())
-
-  def add(self, loss):
-    if not self.first > 0:  # a first loss of 0 (nothing to learn in its batch) is no scale
-      self.first = self.value = loss
-    else:
-      self.value = self.DECAY * self.value + (1 - self.DECAY) * loss
-
-  def keep(self):
-    self._state["first_loss"].assign(self.first)
-    self._state["loss_average"].assign(self.value)
+    state["first_loss"].assign(self.first_loss)
+    state["loss_average"].assign(self.loss_average)
 
 
 class _QuietPreemptionWatchers:
