@@ -129,7 +129,8 @@ def check_run_directory(run, last_step):
   """The run-directory contract (README.md, "The run directory") after a finished run:
   exactly the documented entries, one TensorBoard writer each for train and eval."""
   assert sorted(p.name for p in run.iterdir()) == [
-      "checkpoints", "config.json", "data_digest.json", "eval", "labels.json", "tensorboard"]
+      "checkpoints", "config.json", "data_digest.json", "eval", "labels.json", "model_digest.json",
+      "tensorboard"]
   for name in ("checkpoints/best.json", f"checkpoints/ckpt-{last_step}.index",
                "eval/report.json", "eval/report.txt", "eval/confusion_matrix.png",
                "eval/predictions.tsv"):

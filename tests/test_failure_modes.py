@@ -625,11 +625,11 @@ def test_a_start_killed_before_config_json_is_started_anew_by_the_same_command(
   trainer_lib.Trainer(config, finished).train()
   killed = tmp_path / "killed"
   killed.mkdir()
-  for name in ("data_digest.json", "labels.json"):
+  for name in ("data_digest.json", "model_digest.json", "labels.json"):
     shutil.copy(finished / name, killed / name)
   with caplog.at_level(logging.WARNING):
     trainer_lib.Trainer(config, killed).train()
-  assert any("removed data_digest.json, labels.json, written by a start that was stopped "
+  assert any("removed data_digest.json, labels.json, model_digest.json, written by a start that was stopped "
              "before it wrote config.json" in r.getMessage() for r in caplog.records)
   assert experiment.load_run(killed, "latest").step == 3
   earlier = tmp_path / "earlier"  # killed while writing data_digest.json: its temporary file
@@ -777,6 +777,76 @@ def test_a_resume_on_changed_data_is_refused_naming_the_file_and_examples(tmp_pa
   resumed = trainer_lib.Trainer(config, run)
   resumed.train()
   assert resumed.step == 4
+
+
+def test_a_checkpoint_directory_changed_since_the_run_started_is_refused_naming_the_file(
+    sentiment_dir, tmp_path):
+  """A run keeps config.model.checkpoint's directory by name and reads its tokenizer again to
+  resume, evaluate and export: before model_digest.json a vocab.txt edited (or another model
+  put in its place) after the start was taken silently, the resumed steps and the export's
+  in-graph tokenizer using other token ids than the run had trained on."""
+  from tests.conftest import tiny_checkpoint_dir
+  from tf_finetune.export import serving
+  checkpoint = tmp_path / "checkpoint"
+  shutil.copytree(tiny_checkpoint_dir(), checkpoint)
+  config = tiny_config(sentiment_dir, train__steps=4, train__eval_every=2,
+                       model__checkpoint=str(checkpoint))
+  run = tmp_path / "run"
+  trainer_lib.Trainer(config, run).train(until_step=2)
+  vocab = checkpoint / "vocab.txt"
+  original = vocab.read_text()
+  pieces = original.splitlines()
+  good, dull = pieces.index("good"), pieces.index("dull")
+  pieces[good], pieces[dull] = pieces[dull], pieces[good]  # the same size, other ids
+  vocab.write_text("\n".join(pieces) + "\n")
+  changed = (f"{vocab}: changed since the run in {run} started (SHA-256 ")
+  for load in (lambda: trainer_lib.Trainer(config, run), lambda: experiment.load_run(run),
+               lambda: serving.export_saved_model(run)):
+    with pytest.raises(WorkdirError) as e:
+      load()
+    assert str(e.value).startswith(changed), str(e.value)
+    assert "restore the files the run started on" in str(e.value)
+  assert not (run / "export").exists()
+  vocab.unlink()
+  with pytest.raises(WorkdirError, match=rf"^{re.escape(str(vocab))}: missing; the run in "):
+    experiment.load_run(run)
+  vocab.write_text(original)
+  (checkpoint / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+  with pytest.raises(WorkdirError, match=r"tokenizer_config.json: not there when the run in "):
+    trainer_lib.Trainer(config, run)
+  (checkpoint / "tokenizer_config.json").unlink()
+  (checkpoint / "README.md").write_text("notes of mine")  # a file no reader reads
+  resumed = trainer_lib.Trainer(config, run)
+  resumed.train()
+  assert resumed.step == 4
+  digest = run / "model_digest.json"
+  saved = json.loads(digest.read_text())
+  saved["files"]["vocab.txt"] = "not a digest"
+  digest.write_text(json.dumps(saved))
+  with pytest.raises(WorkdirError, match=rf"^{re.escape(str(digest))}: .*vocab.txt.* the file "
+                                         "is damaged"):
+    experiment.load_run(run)
+
+
+def test_changed_weights_refuse_a_resume_but_not_an_export_which_reads_none_of_them(
+    sentiment_dir, tmp_path):
+  """A pretrained start digests model.safetensors too: a resume builds the model from it (and
+  task.wise_ft_alpha mixes it in); evaluate and export restore the run's own weights only."""
+  checkpoint = tmp_path / "checkpoint"
+  shutil.copytree(REPO / "tests" / "fixtures" / "tiny_checkpoints" / "bert", checkpoint)
+  config = tiny_config(sentiment_dir, train__steps=4, train__eval_every=2,
+                       model__checkpoint=str(checkpoint), model__random_init=False,
+                       model__num_layers=0, model__hidden_dim=0, model__num_heads=0,
+                       model__intermediate_dim=0)
+  run = tmp_path / "run"
+  trainer_lib.Trainer(config, run).train(until_step=2)
+  weights = checkpoint / "model.safetensors"
+  data = bytearray(weights.read_bytes())
+  data[-1] ^= 1  # a bit of the last number: safetensors keeps no checksum
+  weights.write_bytes(bytes(data))
+  with pytest.raises(WorkdirError, match=rf"^{re.escape(str(weights))}: changed since the run"):
+    trainer_lib.Trainer(config, run)
+  assert experiment.load_run(run).step == 2
 
 
 DIGEST_DAMAGE = {  # each ended in a resume that checked less than the run's data, or blamed them

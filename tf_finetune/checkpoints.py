@@ -386,24 +386,18 @@ def sentence_pooling(checkpoint_dir):
   default for such a directory."""
   directory = pathlib.Path(checkpoint_dir)
   modules_file = directory / "modules.json"
-  if not modules_file.is_file():
+  modules = _sentence_modules(directory)
+  if modules is None:
     return "mean", False, f"{directory} has no modules.json: mean pooling (the default)"
-  modules = atomic.read_json(modules_file, list, "sentence-transformers modules",
-                             CheckpointError)
-  for number, module in enumerate(modules, start=1):
-    if not isinstance(module, dict) or not isinstance(module.get("type"), str) or not \
-        isinstance(module.get("path", ""), str):  # sentence-transformers cannot load it either
-      raise CheckpointError(f"{modules_file}: module {number}, {module!r}, is not an object "
-                            "with a \"type\" (and \"path\") string; the file is damaged")
   types = [m["type"].rsplit(".", 1)[-1] for m in modules]
-  pooling_module = next((m for m in modules if m["type"].endswith(".Pooling")), None)
   pooling = "mean"
-  if pooling_module is not None:
-    pooling_file = directory / pooling_module.get("path", "") / "config.json"
+  pooling_file = _pooling_file(directory, modules)
+  if pooling_file is not None:
     if not pooling_file.is_file():  # sentence-transformers cannot load such a directory either
+      module_dir = str(pooling_file.parent.relative_to(directory))
       raise CheckpointError(f"{pooling_file}: missing, but {modules_file} names a Pooling "
-                            f"module in {pooling_module.get('path', '')!r}; the pooling (mean "
-                            "or cls) is not known: restore the file from the checkpoint")
+                            f"module in {module_dir!r}; the pooling (mean or cls) is not "
+                            "known: restore the file from the checkpoint")
     settings = atomic.read_json(pooling_file, dict, "a pooling configuration", CheckpointError)
     modes = [key for key, on in settings.items() if key.startswith("pooling_mode_") and on]
     if len(modes) > 1 or (modes and modes[0] not in _POOLING_MODES):
@@ -412,3 +406,44 @@ def sentence_pooling(checkpoint_dir):
     pooling = _POOLING_MODES[modes[0]] if modes else "mean"
   return pooling, "Normalize" in types, f"{modules_file}: {' -> '.join(types)}"
 
+
+def _sentence_modules(directory):
+  """modules.json's list of sentence-transformers modules, or None without the file."""
+  modules_file = directory / "modules.json"
+  if not modules_file.is_file():
+    return None
+  modules = atomic.read_json(modules_file, list, "sentence-transformers modules",
+                             CheckpointError)
+  for number, module in enumerate(modules, start=1):
+    if not isinstance(module, dict) or not isinstance(module.get("type"), str) or not \
+        isinstance(module.get("path", ""), str):  # sentence-transformers cannot load it either
+      raise CheckpointError(f"{modules_file}: module {number}, {module!r}, is not an object "
+                            "with a \"type\" (and \"path\") string; the file is damaged")
+  return modules
+
+
+def _pooling_file(directory, modules):
+  """The config.json of the Pooling module that `modules` name, or None."""
+  module = next((m for m in modules if m["type"].endswith(".Pooling")), None)
+  return None if module is None else directory / module.get("path", "") / "config.json"
+
+
+# What read_hf_config, read_tokenizer_spec and sentence_pooling read, besides the pooling
+# module's own config.json.
+_FILES_READ = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+               *_SENTENCEPIECE_FILES, "modules.json")
+
+
+def files_read(checkpoint_dir, *, weights):
+  """The files of a checkpoint directory that building its model reads: config.json, the
+  tokenizer's and sentence-transformers' pooling files, and with `weights` the safetensors
+  (with their index). A run's model_digest.json records them (experiment.model_digest)."""
+  directory = pathlib.Path(checkpoint_dir)
+  files = [directory / name for name in _FILES_READ if (directory / name).is_file()]
+  pooling_file = _pooling_file(directory, _sentence_modules(directory) or [])
+  if pooling_file is not None and pooling_file.is_file():
+    files.append(pooling_file)
+  if weights:
+    index = directory / SAFETENSOR_CONFIG_FILE
+    files += ([index] if index.is_file() else []) + weight_files(directory)
+  return files

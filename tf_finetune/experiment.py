@@ -34,6 +34,7 @@ from tf_finetune.tasks import base as tasks_base
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
 DATA_DIGEST_FILE = "data_digest.json"
+MODEL_DIGEST_FILE = "model_digest.json"
 
 
 class Workdir:
@@ -44,6 +45,7 @@ class Workdir:
     self.config = self.root / CONFIG_FILE
     self.labels = self.root / LABELS_FILE
     self.data_digest = self.root / DATA_DIGEST_FILE
+    self.model_digest = self.root / MODEL_DIGEST_FILE
     self.checkpoints = self.root / "checkpoints"
     self.best = self.checkpoints / "best"
     self.best_json = self.checkpoints / "best.json"
@@ -249,6 +251,84 @@ def check_data_digest(workdir, splits):
                        f"{current['examples']} now; {where}): {advice}")
 
 
+def model_digest(config, *, weights=True):
+  """{"checkpoint": its directory, "files": {name: SHA-256}, "weights": {name: SHA-256}} of
+  the files of config.model.checkpoint that build_model reads (checkpoints.files_read): the
+  weights only with `weights` and when the run reads them (reads_pretrained_weights)."""
+  directory = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
+  read_weights = weights and reads_pretrained_weights(config)
+  everything = checkpoints.files_read(directory, weights=read_weights)
+  others = set(checkpoints.files_read(directory, weights=False))
+  return {"checkpoint": str(directory),
+          "files": _sha256_by_name(directory, [p for p in everything if p in others]),
+          "weights": _sha256_by_name(directory, [p for p in everything if p not in others])}
+
+
+def _sha256_by_name(directory, paths):
+  digests = {}
+  for path in paths:
+    with open(path, "rb") as f:
+      digests[str(path.relative_to(directory))] = hashlib.file_digest(f, "sha256").hexdigest()
+  return digests
+
+
+def write_model_digest(workdir, digest):
+  atomic.write_text(workdir.model_digest, json.dumps(digest, indent=1) + "\n")
+
+
+def check_model_digest(workdir, config, *, weights):
+  """The run keeps config.model.checkpoint by name and reads its tokenizer (and, to resume,
+  its weights) again: they must be the files it started with, or a resumed run, evaluate and
+  the export would tokenize with other ids than the run trained on. Refuses, naming the
+  file, when one changed, went or came; `weights`: check the weights too (a resume)."""
+  path = workdir.model_digest
+  if not path.is_file():  # runs made before the digest was kept
+    logging.warning("%s: no %s (a run from an earlier tf_finetune); not checking that %s holds "
+                    "the files the run started with", workdir.root, MODEL_DIGEST_FILE,
+                    config.model.checkpoint)
+    return
+  saved = atomic.read_json(path, dict, "the digests of the run's checkpoint files")
+  problem = _model_digest_problem(saved)
+  if problem:
+    raise WorkdirError(f"{path}: {problem}; the file is damaged; remove it to go on without "
+                       "checking the checkpoint's files, as a run made before it was kept does")
+  now = model_digest(config, weights=weights)
+  directory = pathlib.Path(now["checkpoint"])
+  moved = ("" if saved["checkpoint"] == now["checkpoint"] else
+           f" (config.model.checkpoint={config.model.checkpoint!r} was {saved['checkpoint']} "
+           "then)")
+  advice = f"restore the files the run started on{moved}, or train with these in a new --workdir"
+  for kind in ("files", "weights") if weights else ("files",):
+    then, current = saved[kind], now[kind]
+    for name in sorted(set(then) | set(current)):
+      if then.get(name) == current.get(name):
+        continue
+      if name not in current:
+        what = f"missing; the run in {workdir.root} started with it"
+      elif name not in then:
+        what = f"not there when the run in {workdir.root} started, and read now"
+      else:
+        what = (f"changed since the run in {workdir.root} started (SHA-256 {then[name][:16]} "
+                f"then, {current[name][:16]} now)")
+      raise WorkdirError(f"{directory / name}: {what}: {advice}")
+
+
+def _model_digest_problem(saved):
+  """What in a model digest write_model_digest could not have written, or None."""
+  if not isinstance(saved.get("checkpoint"), str):
+    return f"'checkpoint' is {saved.get('checkpoint')!r:.80}, not a directory"
+  for kind in ("files", "weights"):
+    digests = saved.get(kind)
+    if not isinstance(digests, dict):
+      return f"{kind!r} is {digests!r:.80}, not file names and their SHA-256"
+    for name, digest in digests.items():
+      if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        return f"{kind!r} gives {name!r} {digest!r:.40}, not 64 hex digits"
+  if "config.json" not in saved["files"]:
+    return "'files' does not name config.json, which every checkpoint has"
+  return None
+
+
 def load_labelled_file(config, data_config, file_name, split_name, keep_columns=()):
   """One labelled file read as `data_config` says (a held-out set evaluated after training)
   and prepared as load_data prepares the run's splits (data.mask_pii)."""
@@ -285,6 +365,16 @@ def build_encoder(config):
                                   window_stride=d.window_stride, max_windows=d.max_windows)
 
 
+def _student_layers(config):
+  return [x for x in config.distill.student_layers.split(",") if x.strip()]
+
+
+def reads_pretrained_weights(config):
+  """Does a training run start from the checkpoint's weights? Not with model.random_init, nor
+  a distillation student (its weights come from the teacher's layers)."""
+  return not config.model.random_init and not _student_layers(config)
+
+
 def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
   """Task and model. pretrained=False builds the architecture only (a checkpoint of ours
   is restored into it next), which skips reading the safetensors. The task gets `encoder`
@@ -300,10 +390,10 @@ def build_model(config, label_vocabulary, encoder=None, *, pretrained=True):
   m = config.model
   overrides = {k: m[k] for k in ("num_layers", "hidden_dim", "num_heads", "intermediate_dim")
                if m[k]}
-  student_layers = [x for x in config.distill.student_layers.split(",") if x.strip()]
+  student_layers = _student_layers(config)
   if student_layers:  # a distillation student: its weights come from the teacher's layers
     overrides["num_layers"] = len(student_layers)
-  backbone_is_random = m.random_init or not pretrained or bool(student_layers)
+  backbone_is_random = not pretrained or not reads_pretrained_weights(config)
   backbone = checkpoints.load_backbone(checkpoint_dir, random_init=backbone_is_random,
                                        dropout=m.dropout, overrides=overrides)
   checkpoints.check_vocabulary_fits(encoder.spec, backbone, checkpoint_dir)
@@ -476,6 +566,7 @@ def load_run(workdir, checkpoint="best", *, merge_lora=False):
   Build under a strategy's scope to place the model there."""
   wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
   config, labels = wd.load_config(), wd.load_labels()
+  check_model_digest(wd, config, weights=False)  # the run's own weights are restored below
   encoder = build_encoder(config)
   task, model = build_model(config, labels, encoder, pretrained=False)
   path, step = restore_model(wd, model, checkpoint)

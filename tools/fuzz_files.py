@@ -16,8 +16,8 @@ Targets:
               by a value of another type, or deleted; read by checkpoints.read_hf_config and
               read_tokenizer_spec (what training, evaluation and export read first)
   run         a finished tiny run (trained here, 12 steps): its config.json, labels.json,
-              checkpoints/best.json or data_digest.json changed the same way, or one of its
-              checkpoints' files (TensorFlow's `checkpoint` state files, ckpt-N.index and
+              checkpoints/best.json, data_digest.json or model_digest.json changed the same
+              way, or one of its checkpoints' files (TensorFlow's `checkpoint` state files, ckpt-N.index and
               .data, of the training and the best checkpoints) damaged byte by byte or cut
               short; loaded as evaluate and export load it (experiment.load_run) and as a
               resume does (training.Trainer)
@@ -238,7 +238,7 @@ def fuzz_run(iterations, rng, scratch):
     shutil.copytree(finished, workdir)
     if rng.random() < 0.7:
       name = rng.choice(["config.json", "labels.json", "checkpoints/best.json",
-                         "data_digest.json"])
+                         "data_digest.json", "model_digest.json"])
       (workdir / name).write_text(json.dumps(
           mutate_json(json.loads((workdir / name).read_text()), rng)))
     else:

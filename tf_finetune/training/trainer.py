@@ -120,6 +120,9 @@ class Trainer:
     self.splits, self.labels = experiment.load_data(config, labels)
     if self.resuming:
       experiment.check_data_digest(self.workdir, self.splits)
+      experiment.check_model_digest(self.workdir, config, weights=True)
+    elif self.is_chief:  # of the files build_model reads next; written with the run's files
+      self._model_digest = experiment.model_digest(config)
     self.encoder = experiment.build_encoder(config)
 
     t = config.train
@@ -319,12 +322,12 @@ class Trainer:
 
   def _remove_unfinished_start(self):
     """A start killed while it wrote its run files left data_digest.json (written first) and
-    maybe labels.json and the few-shot sample, or only a temporary file of the first, but
-    no config.json: a directory the same command would refuse as not a run. When it holds
-    those files and nothing else, they are removed and the run starts anew."""
+    maybe model_digest.json, labels.json and the few-shot sample, or only a temporary file of
+    the first, but no config.json: a directory the same command would refuse as not a run.
+    When it holds those files and nothing else, they are removed and the run starts anew."""
     wd = self.workdir
     temporaries = set(atomic.stale_temporaries(wd.root))
-    run_files = {wd.data_digest, wd.labels, wd.train_sample}
+    run_files = {wd.data_digest, wd.model_digest, wd.labels, wd.train_sample}
     entries = sorted(p for p in wd.root.iterdir() if p.name != workdir_lock.LOCK_FILE)
     if not entries or any(p not in run_files | temporaries for p in entries):
       return
@@ -340,7 +343,7 @@ class Trainer:
 
   def _write_run_files(self):
     """data_digest.json (first: it marks a start in progress, see _remove_unfinished_start),
-    labels.json, the few-shot sample, then config.json (which marks a run directory), each
+    model_digest.json, labels.json, the few-shot sample, then config.json (which marks a run directory), each
     written atomically."""
     if not self.is_chief:
       return
@@ -351,6 +354,7 @@ class Trainer:
       return
     self.workdir.root.mkdir(parents=True, exist_ok=True)
     experiment.write_data_digest(self.workdir, self.splits)
+    experiment.write_model_digest(self.workdir, self._model_digest)
     self.labels.save(self.workdir.labels)
     if self.config.data.examples_per_class:
       train = self.splits["train"]
