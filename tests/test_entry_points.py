@@ -99,6 +99,18 @@ def test_bad_config_fails_fast_with_one_line(tmp_path, flag, message):
      "  c = config.base_config()\n  c.trian = ml_collections.ConfigDict({'steps': 3})\n"
      "  return c\n",
      "error: {path}:6: config.trian: unknown config section (did you mean train?)"),
+    # The config file's own code failing: before, a traceback, or a KeyError or a read of a
+    # missing key taken for an unknown --config.KEY ("unknown config key among  (large)").
+    ("SIZES = {'small': 8}\n\ndef get_config():\n  return SIZES['large']\n",
+     "error: {path}:4: the config file raised KeyError: 'large'"),
+    ("from tf_finetune import config\n\ndef get_config():\n  c = config.base_config()\n"
+     "  c.train.steps = c.train.nosuch + 1\n  return c\n",
+     "error: {path}:5: the config file raised AttributeError: "),
+    ("def get_config():\n  raise ValueError('no data folder given')\n",
+     "error: {path}:2: the config file raised ValueError: no data folder given"),
+    ("import not_a_module_anywhere\n",
+     "error: {path}:1: the config file raised ModuleNotFoundError: No module named "
+     "'not_a_module_anywhere'"),
 ])
 def test_a_bad_config_file_fails_with_one_line_naming_it(tmp_path, content, message):
   path = tmp_path / "my_config.py"

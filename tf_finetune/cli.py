@@ -4,6 +4,7 @@ import os
 import pathlib
 import re
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -16,8 +17,8 @@ from tf_finetune.errors import STORAGE_FAILURES, Interrupted, UserError, storage
 
 def parse_flags(argv):
   """absl's parser, except that an unknown --config.KEY, and a --config file that is missing,
-  does not parse, has no get_config(), returns no ConfigDict or sets a key tf_finetune does
-  not have (config.check_known_keys), are one line, not a traceback."""
+  does not parse, raises, has no get_config(), returns no ConfigDict or sets a key
+  tf_finetune does not have (config.check_known_keys), are one line, not a traceback."""
   config_file = _config_file(argv) if "config" in flags.FLAGS else None
   if config_file and not pathlib.Path(config_file).is_file():
     sys.exit(f"error: --config={config_file}: no such file (a config file such as "
@@ -32,15 +33,36 @@ def parse_flags(argv):
     sys.exit(f"error: {e}")
   except SyntaxError as e:
     sys.exit(f"error: {e.filename}:{e.lineno}: the config file does not parse: {e.msg}")
-  except AttributeError as e:
-    if "get_config" in str(e):
+  except Exception as e:  # noqa: BLE001 (the config file's own code may raise anything)
+    raised = _raised_by_config_file(e, config_file)
+    if raised is not None:
+      line, error = raised
+      sys.exit(f"error: {config_file}:{line}: the config file raised "
+               f"{type(error).__name__}: {error}")
+    if isinstance(e, AttributeError) and "get_config" in str(e):
       sys.exit(f"error: {config_file}: defines no get_config() (a config file returns its "
                "ConfigDict from get_config(), as configs/default.py does)")
-    sys.exit(_unknown_config_key(argv, e))
-  except KeyError as e:
-    sys.exit(_unknown_config_key(argv, e))
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
+    if isinstance(e, (AttributeError, KeyError)):
+      sys.exit(_unknown_config_key(argv, e))
+    if isinstance(e, flags.Error):
+      sys.exit(f"error: {e}")
+    raise
+
+
+def _raised_by_config_file(error, config_file):
+  """(line, exception) when `error`, or the one it was raised from (absl wraps a ValueError
+  of the flag's parser in an IllegalFlagValueError), went through the config file's code:
+  the last line of the file in its traceback. Else None."""
+  if not config_file:
+    return None
+  path = os.path.realpath(config_file)
+  while error is not None:
+    lines = [line for frame, line in traceback.walk_tb(error.__traceback__)
+             if os.path.realpath(frame.f_code.co_filename) == path]
+    if lines:
+      return lines[-1], error
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _config_file(argv):
