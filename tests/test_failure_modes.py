@@ -629,8 +629,9 @@ def test_a_start_killed_before_config_json_is_started_anew_by_the_same_command(
     shutil.copy(finished / name, killed / name)
   with caplog.at_level(logging.WARNING):
     trainer_lib.Trainer(config, killed).train()
-  assert any("removed data_digest.json, labels.json, model_digest.json, written by a start that was stopped "
-             "before it wrote config.json" in r.getMessage() for r in caplog.records)
+  assert any("removed data_digest.json, labels.json, model_digest.json, written by a start "
+             "that was stopped before it wrote config.json" in r.getMessage()
+             for r in caplog.records)
   assert experiment.load_run(killed, "latest").step == 3
   earlier = tmp_path / "earlier"  # killed while writing data_digest.json: its temporary file
   earlier.mkdir()
@@ -799,7 +800,7 @@ def test_a_checkpoint_directory_changed_since_the_run_started_is_refused_naming_
   good, dull = pieces.index("good"), pieces.index("dull")
   pieces[good], pieces[dull] = pieces[dull], pieces[good]  # the same size, other ids
   vocab.write_text("\n".join(pieces) + "\n")
-  changed = (f"{vocab}: changed since the run in {run} started (SHA-256 ")
+  changed = f"{vocab}: changed since the run in {run} started (SHA-256 "
   for load in (lambda: trainer_lib.Trainer(config, run), lambda: experiment.load_run(run),
                lambda: serving.export_saved_model(run)):
     with pytest.raises(WorkdirError) as e:
@@ -828,10 +829,11 @@ def test_a_checkpoint_directory_changed_since_the_run_started_is_refused_naming_
     experiment.load_run(run)
 
 
-def test_changed_weights_refuse_a_resume_but_not_an_export_which_reads_none_of_them(
+def test_changed_weights_refuse_a_resume_but_not_load_run_which_reads_none_of_them(
     sentiment_dir, tmp_path):
   """A pretrained start digests model.safetensors too: a resume builds the model from it (and
-  task.wise_ft_alpha mixes it in); evaluate and export restore the run's own weights only."""
+  task.wise_ft_alpha mixes it in); load_run (evaluate, export) restores the run's own weights
+  only."""
   checkpoint = tmp_path / "checkpoint"
   shutil.copytree(REPO / "tests" / "fixtures" / "tiny_checkpoints" / "bert", checkpoint)
   config = tiny_config(sentiment_dir, train__steps=4, train__eval_every=2,
