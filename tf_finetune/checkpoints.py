@@ -51,11 +51,12 @@ def read_hf_config(checkpoint_dir):
   return config
 
 
-def weight_files(checkpoint_dir):
+def weight_files(checkpoint_dir, with_index=False):
   """The safetensors files that hold a checkpoint's weights: the shards
   model.safetensors.index.json names (transformers' save_pretrained shards a model past its
   max_shard_size; keras-hub's loader reads the index first, so this does too), or
-  model.safetensors. Refused in one line when they are not all there."""
+  model.safetensors; `with_index`: the index first, when there is one. Refused in one line
+  when they are not all there."""
   directory = pathlib.Path(checkpoint_dir)
   index = directory / SAFETENSOR_CONFIG_FILE
   if not index.is_file():
@@ -73,7 +74,7 @@ def weight_files(checkpoint_dir):
   if missing:
     raise CheckpointError(f"{index}: names the shard {missing[0]}, which is not in "
                           f"{directory} ({len(missing)} of its {len(shards)} shards missing)")
-  return [directory / name for name in shards]
+  return ([index] if with_index else []) + [directory / name for name in shards]
 
 
 def max_tokens(checkpoint_dir):
@@ -434,16 +435,13 @@ _FILES_READ = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.
                *_SENTENCEPIECE_FILES, "modules.json")
 
 
-def files_read(checkpoint_dir, *, weights):
-  """The files of a checkpoint directory that building its model reads: config.json, the
-  tokenizer's and sentence-transformers' pooling files, and with `weights` the safetensors
-  (with their index). A run's model_digest.json records them (experiment.model_digest)."""
+def files_read(checkpoint_dir):
+  """The files of a checkpoint directory that building its model reads besides the weights
+  (weight_files): config.json, the tokenizer's and sentence-transformers' pooling files. A
+  run's model_digest.json records them (experiment.model_digest)."""
   directory = pathlib.Path(checkpoint_dir)
   files = [directory / name for name in _FILES_READ if (directory / name).is_file()]
   pooling_file = _pooling_file(directory, _sentence_modules(directory) or [])
   if pooling_file is not None and pooling_file.is_file():
     files.append(pooling_file)
-  if weights:
-    index = directory / SAFETENSOR_CONFIG_FILE
-    files += ([index] if index.is_file() else []) + weight_files(directory)
   return files

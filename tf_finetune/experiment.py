@@ -253,15 +253,15 @@ def check_data_digest(workdir, splits):
 
 def model_digest(config, *, weights=True):
   """{"checkpoint": its directory, "files": {name: SHA-256}, "weights": {name: SHA-256}} of
-  the files of config.model.checkpoint that build_model reads (checkpoints.files_read): the
-  weights only with `weights` and when the run reads them (reads_pretrained_weights)."""
+  the files of config.model.checkpoint that build_model reads (checkpoints.files_read and
+  weight_files): the weights only with `weights` and when the run reads them
+  (reads_pretrained_weights)."""
   directory = checkpoints.resolve_checkpoint_dir(config.model.checkpoint)
   read_weights = weights and reads_pretrained_weights(config)
-  everything = checkpoints.files_read(directory, weights=read_weights)
-  others = set(checkpoints.files_read(directory, weights=False))
   return {"checkpoint": str(directory),
-          "files": _sha256_by_name(directory, [p for p in everything if p in others]),
-          "weights": _sha256_by_name(directory, [p for p in everything if p not in others])}
+          "files": _sha256_by_name(directory, checkpoints.files_read(directory)),
+          "weights": _sha256_by_name(directory, checkpoints.weight_files(
+              directory, with_index=True) if read_weights else [])}
 
 
 def _sha256_by_name(directory, paths):

@@ -343,8 +343,8 @@ class Trainer:
 
   def _write_run_files(self):
     """data_digest.json (first: it marks a start in progress, see _remove_unfinished_start),
-    model_digest.json, labels.json, the few-shot sample, then config.json (which marks a run directory), each
-    written atomically."""
+    model_digest.json, labels.json, the few-shot sample, then config.json (which marks a run
+    directory), each written atomically."""
     if not self.is_chief:
       return
     if self.resuming:
