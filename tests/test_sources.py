@@ -1,5 +1,6 @@
 import importlib
 import json
+import logging
 import sys
 import unicodedata
 
@@ -226,18 +227,53 @@ def test_conll_reader_tabs_spaces_docstart_and_byte_order_marks(tmp_path):
   assert sources.read_conll(path).tokens == [["Pa\u2028ris", "is"], ["bi\x85g"]]
 
 
+# CoNLL-2003 as first released: IOB1, where I- begins an entity and B- only one that follows
+# another of its type.
+IOB1_LINES = ("EU\tI-ORG\nrejects\tO\nGerman\tI-MISC\ncall\tO\n\n"
+              "Peter\tI-PER\nBlackburn\tI-PER\nmet\tO\nJohn\tI-PER\nSarah\tB-PER\n\n")
+IOB2_TAGS = [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER", "O", "B-PER", "B-PER"]]
+
+
+def test_a_conll_file_tagged_iob1_is_refused_as_iob2_and_converted_with_tag_scheme_iob1(tmp_path):
+  path = tmp_path / "ner.conll"
+  path.write_text(IOB1_LINES)
+  with pytest.raises(DataError, match=r"ner.conll:1: tag 'I-ORG' begins an entity.* 4 of the "
+                                      r"file's 5 entities .*looks tagged IOB1.*"
+                                      r"--config.data.tag_scheme=iob1"):
+    sources.read_conll(path)
+  assert sources.read_conll(path, tag_scheme="iob1").tags == IOB2_TAGS
+  path.write_text("\n\n".join("\n".join(f"w\t{tag}" for tag in tags) for tags in IOB2_TAGS))
+  assert sources.read_conll(path, tag_scheme="iob1").tags == IOB2_TAGS  # IOB2 reads the same
+
+
+def test_an_iob2_file_with_a_stray_inside_tag_is_read_as_written_and_named_in_a_warning(
+    tmp_path, caplog):
+  path = tmp_path / "ner.conll"
+  path.write_text("New\tB-LOC\nYork\tI-LOC\nTimes\tI-ORG\n\nAnn\tB-PER\nsmiled\tO\n\n"
+                  "Bob\tB-PER\n")
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    split = sources.read_conll(path)
+  assert split.tags[0] == ["B-LOC", "I-LOC", "I-ORG"]
+  assert (f"{path}:3: tag 'I-ORG' continues no ORG entity (1 such tag in the file)" in
+          caplog.text)
+  assert "--config.data.tag_scheme=iob1" in caplog.text
+
+
 def test_entities_are_read_the_seqeval_strict_iob2_way():
   tags = ["B-person", "I-person", "O", "I-location", "B-group", "B-group", "I-group", "I-person"]
   assert sources.bio_entities(tags) == [("person", 0, 2), ("group", 4, 5), ("group", 5, 7)]
 
 
 @requires_shared("wnut17", "dev.conll")
-def test_wnut17_files_read_whole_despite_the_stray_byte_order_mark():
+def test_wnut17_files_read_whole_despite_the_stray_byte_order_mark(caplog):
   train = sources.read_conll(SHARED / "wnut17" / "train.conll")
   dev = sources.read_conll(SHARED / "wnut17" / "dev.conll", "dev")
   assert (len(train), len(dev)) == (3394, 1009)  # the counts ../shared/data/README.md gives
   assert sum(map(len, train.tokens)) == 62730 and sum(map(len, dev.tokens)) == 15733
   assert not any("\ufeff" in w for sentence in dev.tokens for w in sentence)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    sources.read_conll(SHARED / "wnut17" / "dev.conll", "dev")
+  assert "dev.conll:1674: tag 'I-creative-work' continues no creative-work entity" in caplog.text
 
 
 def test_multilabel_cells_may_be_empty(tmp_path):

@@ -128,6 +128,23 @@ def test_loss_average_must_be_sentence_or_token():
     ner_config(task__loss_average="word")
 
 
+def test_tag_scheme_iob1_reads_the_run_files_as_iob2_and_others_are_refused(tmp_path):
+  (tmp_path / "train.conll").write_text("Ann\tI-person\nmet\tO\nBob\tI-person\nJo\tB-person\n")
+  (tmp_path / "dev.conll").write_text("Paris\tI-location\nis\tO\n")
+  files = dict(data__dir=str(tmp_path), data__train_file="train.conll",
+               data__dev_file="dev.conll")
+  with pytest.raises(DataError, match=r"train.conll:1: tag 'I-person' begins an entity"):
+    experiment.load_data(ner_config(**files))
+  splits, _ = experiment.load_data(ner_config(**files, data__tag_scheme="iob1"))
+  assert splits["train"].tags == [["B-person", "O", "B-person", "B-person"]]
+  assert splits["dev"].tags == [["B-location", "O"]]
+  with pytest.raises(ConfigError, match="data.tag_scheme.*'bioes'.*must be iob2 or iob1"):
+    ner_config(data__tag_scheme="bioes")
+  with pytest.raises(ConfigError, match="data.tag_scheme='iob1': reads tags, which "
+                                       "data.source='tsv' has none of"):
+    override(tiny_model_config(), dict(data__source="tsv", data__tag_scheme="iob1"))
+
+
 def test_unseen_dev_type_stops_with_the_word_line(tmp_path):
   (tmp_path / "train.conll").write_text("Paris\tB-location\nis\tO\n")
   (tmp_path / "dev.conll").write_text("-DOCSTART-\tO\n\nhi\tO\n\nwe\tO\nlove\tO\nNokia\tB-corp\n")

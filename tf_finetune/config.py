@@ -113,6 +113,9 @@ def base_config():
   c.data.multilabel_separator = ","  # task.name=multilabel: labels in one cell, joined by this
   # data.source=label_first: with ":", TREC's "DESC:manner" becomes "DESC" (coarse labels).
   c.data.coarse_label_separator = ""
+  # data.source=conll: iob2 (B- begins an entity) or iob1 (I- does, as in CoNLL-2003's first
+  # release; converted to IOB2 on reading).
+  c.data.tag_scheme = "iob2"
   c.data.tfds_name = ""
   c.data.tfds_data_dir = ""
   c.data.tfds_train_split = "train"
@@ -449,6 +452,10 @@ def validate(config, files=True):
          d.delimiter, "must be one character other than a quote or a line break (empty: tab "
          "for tsv, comma for csv)")
   _check(d.bad_text in ("error", "skip"), "data.bad_text", d.bad_text, "must be error or skip")
+  _check(d.tag_scheme in ("iob2", "iob1"), "data.tag_scheme", d.tag_scheme,
+         "must be iob2 or iob1")
+  _check(d.tag_scheme == "iob2" or d.source == "conll", "data.tag_scheme", d.tag_scheme,
+         f"reads tags, which data.source={d.source!r} has none of (it is for conll)")
   if d.source in ("tsv", "csv", "jsonl", "tfds"):  # the sources that read named columns
     columns = [("data.text_column", d.text_column), ("data.label_column", d.label_column)]
     columns += [("data.text_pair_column", d.text_pair_column)] if d.text_pair_column else []

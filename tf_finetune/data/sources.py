@@ -409,10 +409,61 @@ BYTE_ORDER_MARK = "\ufeff"
 _CONLL_COMMENT = re.compile(r"^#\s*([A-Za-z_][\w.-]*)\s*=\s*(.*?)\s*$")
 
 
-def read_conll(path, split_name="train", encoding="utf-8", keep_columns=()):
+TAG_SCHEMES = ("iob2", "iob1")
+
+
+def _begins_with_inside(tags):
+  """The positions of the I-<type> tags that continue no <type> entity: where an entity
+  begins in IOB1, a stray tag in IOB2."""
+  return [i for i, tag in enumerate(tags)
+          if tag.startswith("I-") and (i == 0 or tags[i - 1][2:] != tag[2:])]
+
+
+def iob1_to_iob2(tags):
+  """IOB1 (an entity begins with I-; B- marks one that directly follows another of its type)
+  to IOB2. Written here because seqeval's IOB1 reading drops a B- that follows O; valid IOB2
+  comes back unchanged."""
+  tags = list(tags)
+  for i in _begins_with_inside(tags):
+    tags[i] = "B-" + tags[i][2:]
+  return tags
+
+
+def _check_tag_scheme(path, tags, origins, tag_scheme):
+  """iob1: the tags converted to IOB2. iob2: the tags as written; a file where more entities
+  begin with I- than with B- is refused (it is IOB1, whose entities strict IOB2 scoring and
+  the served span decoder would not see), a few stray I- tags are named in a warning."""
+  from absl import logging
+  if tag_scheme == "iob1":
+    return [iob1_to_iob2(sentence) for sentence in tags]
+  strays = [(s, i) for s, sentence in enumerate(tags) for i in _begins_with_inside(sentence)]
+  if not strays:
+    return tags
+  s, i = strays[0]
+  path_of_sentence, line = origins[s].rsplit(":", 1)
+  where, tag = f"{path_of_sentence}:{int(line) + i}", tags[s][i]
+  begins = sum(t.startswith("B-") for sentence in tags for t in sentence)
+  if len(strays) > begins:
+    raise DataError(
+        f"{where}: tag {tag!r} begins an entity (no {tag[2:]} word before it), as {len(strays)} "
+        f"of the file's {len(strays) + begins} entities do: the file looks tagged IOB1, where "
+        "I- begins an entity (CoNLL-2003's first release is), and read as IOB2 "
+        "(data.tag_scheme='iob2') those entities would be neither scored nor served. Read it "
+        "with --config.data.tag_scheme=iob1, which converts its tags to IOB2")
+  logging.warning(
+      "%s: tag %r continues no %s entity (%d such tag%s in the file): it is learnt as written, "
+      "strict IOB2 scoring (entity_f1) counts no entity there and conlleval's (entity_f1_"
+      "conlleval) begins one. If the file is tagged IOB1, read it with "
+      "--config.data.tag_scheme=iob1", where, tag, tag[2:], len(strays),
+      "" if len(strays) == 1 else "s")
+  return tags
+
+
+def read_conll(path, split_name="train", encoding="utf-8", keep_columns=(), tag_scheme="iob2"):
   """CoNLL-style word-per-line files: the word first, its tag last, separated by a tab (or,
   on lines without one, by spaces), a blank line between sentences; -DOCSTART- lines are
-  skipped. Tags are IOB2/BIO (O, B-type, I-type).
+  skipped. Tags are IOB2/BIO (O, B-type, I-type), or with tag_scheme="iob1" IOB1, converted
+  to IOB2 (_check_tag_scheme).
 
   A line `# key = value` (CoNLL-U's sentence comments; no tab on it) gives the next sentence
   a column `key`; keep_columns names the ones kept in `TokenSplit.columns`, and every
@@ -474,6 +525,7 @@ def read_conll(path, split_name="train", encoding="utf-8", keep_columns=()):
     raise DataError(f"{path}: no sentences")
   if stray:
     logging.warning("%s: removed %d stray byte-order mark(s) (U+FEFF)", path, stray)
+  tags = _check_tag_scheme(path, tags, origins, tag_scheme)
   return TokenSplit(split_name, tokens, tags, origins, kept)
 
 
@@ -811,7 +863,7 @@ def _read_file(data_config, file_name, split_name, allow_empty_label, keep_colum
                       allow_list_labels=allow_empty_label, **columns)
   if data_config.source == "conll":
     return read_conll(path, split_name=split_name, encoding=data_config.encoding,
-                      keep_columns=keep_columns)
+                      keep_columns=keep_columns, tag_scheme=data_config.tag_scheme)
   if data_config.source == "label_first":
     if keep_columns:
       raise DataError(f"{path}: data.source='label_first' has no columns besides the label "
