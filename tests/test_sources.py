@@ -246,6 +246,21 @@ def test_a_conll_file_tagged_iob1_is_refused_as_iob2_and_converted_with_tag_sche
   assert sources.read_conll(path, tag_scheme="iob1").tags == IOB2_TAGS  # IOB2 reads the same
 
 
+def test_a_conll_file_tagged_bioes_is_converted_with_tag_scheme_bioes(tmp_path):
+  path = tmp_path / "ner.conll"
+  path.write_text("EU\tS-ORG\nrejects\tO\n\nPeter\tB-PER\nvan\tI-PER\nBlackburn\tE-PER\n"
+                  "John\tS-PER\n")
+  with pytest.raises(DataError, match=r"ner.conll:1: tag 'S-ORG' is not O, B-<type> or "
+                                      r"I-<type> \(BIOES tags: --config.data.tag_scheme=bioes\)"):
+    sources.read_conll(path)
+  assert sources.read_conll(path, tag_scheme="bioes").tags == [
+      ["B-ORG", "O"], ["B-PER", "I-PER", "I-PER", "B-PER"]]
+  path.write_text("EU\tS-ORG\nrejects\tL-ORG\n")
+  with pytest.raises(DataError, match=r"ner.conll:2: tag 'L-ORG' is not O, B-<type>, I-<type>, "
+                                      r"E-<type> or S-<type>"):
+    sources.read_conll(path, tag_scheme="bioes")
+
+
 def test_an_iob2_file_with_a_stray_inside_tag_is_read_as_written_and_named_in_a_warning(
     tmp_path, caplog):
   path = tmp_path / "ner.conll"

@@ -138,8 +138,9 @@ def test_tag_scheme_iob1_reads_the_run_files_as_iob2_and_others_are_refused(tmp_
   splits, _ = experiment.load_data(ner_config(**files, data__tag_scheme="iob1"))
   assert splits["train"].tags == [["B-person", "O", "B-person", "B-person"]]
   assert splits["dev"].tags == [["B-location", "O"]]
-  with pytest.raises(ConfigError, match="data.tag_scheme.*'bioes'.*must be iob2 or iob1"):
-    ner_config(data__tag_scheme="bioes")
+  with pytest.raises(ConfigError, match="data.tag_scheme.*'bilou'.*must be one of iob2, iob1, "
+                                       "bioes"):
+    ner_config(data__tag_scheme="bilou")
   with pytest.raises(ConfigError, match="data.tag_scheme='iob1': reads tags, which "
                                        "data.source='tsv' has none of"):
     override(tiny_model_config(), dict(data__source="tsv", data__tag_scheme="iob1"))

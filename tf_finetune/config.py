@@ -18,6 +18,7 @@ SOURCES = ("bbc_news", "tsv", "csv", "jsonl", "label_first", "conll", "tfds")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 POOLINGS = ("pooler", "cls", "mean")
+TAG_SCHEMES = ("iob2", "iob1", "bioes")  # data.tag_scheme (data/sources.read_conll)
 LONG_TEXT = ("truncate", "head_tail", "windows")  # data.long_text (text_encoder.TextEncoder)
 # Metrics each task reports at every evaluation; the first is train.best_metric=auto.
 TASK_METRICS = {
@@ -113,8 +114,9 @@ def base_config():
   c.data.multilabel_separator = ","  # task.name=multilabel: labels in one cell, joined by this
   # data.source=label_first: with ":", TREC's "DESC:manner" becomes "DESC" (coarse labels).
   c.data.coarse_label_separator = ""
-  # data.source=conll: iob2 (B- begins an entity) or iob1 (I- does, as in CoNLL-2003's first
-  # release; converted to IOB2 on reading).
+  # data.source=conll: iob2 (B- begins an entity), iob1 (I- does, as in CoNLL-2003's first
+  # release) or bioes (B-, I-, E- ends an entity, S- is one of one word); the last two are
+  # converted to IOB2 on reading.
   c.data.tag_scheme = "iob2"
   c.data.tfds_name = ""
   c.data.tfds_data_dir = ""
@@ -392,7 +394,7 @@ def validate(config, files=True):
   for key, choices in (("data.source", SOURCES), ("distribution.strategy", STRATEGIES),
                        ("train.precision", PRECISIONS), ("model.pooling", POOLINGS),
                        ("task.name", TASKS), ("task.class_weights", CLASS_WEIGHTS),
-                       ("peft.method", PEFT_METHODS)):
+                       ("peft.method", PEFT_METHODS), ("data.tag_scheme", TAG_SCHEMES)):
     _check_choice(config, key, choices)
   _check(config.train.best_metric in ("auto",) + TASK_METRICS[config.task.name],
          "train.best_metric", config.train.best_metric,
@@ -452,8 +454,6 @@ def validate(config, files=True):
          d.delimiter, "must be one character other than a quote or a line break (empty: tab "
          "for tsv, comma for csv)")
   _check(d.bad_text in ("error", "skip"), "data.bad_text", d.bad_text, "must be error or skip")
-  _check(d.tag_scheme in ("iob2", "iob1"), "data.tag_scheme", d.tag_scheme,
-         "must be iob2 or iob1")
   _check(d.tag_scheme == "iob2" or d.source == "conll", "data.tag_scheme", d.tag_scheme,
          f"reads tags, which data.source={d.source!r} has none of (it is for conll)")
   if d.source in ("tsv", "csv", "jsonl", "tfds"):  # the sources that read named columns

@@ -409,7 +409,9 @@ BYTE_ORDER_MARK = "\ufeff"
 _CONLL_COMMENT = re.compile(r"^#\s*([A-Za-z_][\w.-]*)\s*=\s*(.*?)\s*$")
 
 
-TAG_SCHEMES = ("iob2", "iob1")
+# The tag prefixes each data.tag_scheme writes (besides O); each is read as IOB2's B- or I-.
+_PREFIXES = {"iob2": {"B-": "B-", "I-": "I-"}, "iob1": {"B-": "B-", "I-": "I-"},
+             "bioes": {"B-": "B-", "I-": "I-", "E-": "I-", "S-": "B-"}}
 
 
 def _begins_with_inside(tags):
@@ -430,12 +432,16 @@ def iob1_to_iob2(tags):
 
 
 def _check_tag_scheme(path, tags, origins, tag_scheme):
-  """iob1: the tags converted to IOB2. iob2: the tags as written; a file where more entities
-  begin with I- than with B- is refused (it is IOB1, whose entities strict IOB2 scoring and
-  the served span decoder would not see), a few stray I- tags are named in a warning."""
+  """iob1: the tags converted to IOB2. bioes: E- read as I-, S- as B-, then as iob2. iob2:
+  the tags as written; a file where more entities begin with I- than with B- is refused (it
+  is IOB1, whose entities strict IOB2 scoring and the served span decoder would not see), a
+  few stray I- tags are named in a warning."""
   from absl import logging
   if tag_scheme == "iob1":
     return [iob1_to_iob2(sentence) for sentence in tags]
+  prefixes = _PREFIXES[tag_scheme]
+  tags = [[tag if tag == "O" else prefixes[tag[:2]] + tag[2:] for tag in sentence]
+          for sentence in tags]
   strays = [(s, i) for s, sentence in enumerate(tags) for i in _begins_with_inside(sentence)]
   if not strays:
     return tags
@@ -462,8 +468,8 @@ def _check_tag_scheme(path, tags, origins, tag_scheme):
 def read_conll(path, split_name="train", encoding="utf-8", keep_columns=(), tag_scheme="iob2"):
   """CoNLL-style word-per-line files: the word first, its tag last, separated by a tab (or,
   on lines without one, by spaces), a blank line between sentences; -DOCSTART- lines are
-  skipped. Tags are IOB2/BIO (O, B-type, I-type), or with tag_scheme="iob1" IOB1, converted
-  to IOB2 (_check_tag_scheme).
+  skipped. Tags are IOB2/BIO (O, B-type, I-type), or with tag_scheme="iob1" IOB1 and with
+  "bioes" BIOES (E-type, S-type too), converted to IOB2 (_check_tag_scheme).
 
   A line `# key = value` (CoNLL-U's sentence comments; no tab on it) gives the next sentence
   a column `key`; keep_columns names the ones kept in `TokenSplit.columns`, and every
@@ -514,8 +520,11 @@ def read_conll(path, split_name="train", encoding="utf-8", keep_columns=(), tag_
     word, tag = fields[0].strip(), fields[-1].strip()
     if not word:
       raise DataError(f"{path}:{line}: empty word")
-    if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
-      raise DataError(f"{path}:{line}: tag {tag!r} is not O, B-<type> or I-<type>")
+    if tag != "O" and not (tag[:2] in _PREFIXES[tag_scheme] and len(tag) > 2):
+      raise DataError(f"{path}:{line}: tag {tag!r} is not O, " + (
+          "B-<type>, I-<type>, E-<type> or S-<type>" if tag_scheme == "bioes" else
+          "B-<type> or I-<type>" + (" (BIOES tags: --config.data.tag_scheme=bioes)"
+                                    if tag[:2] in ("E-", "S-") and len(tag) > 2 else "")))
     if first_line is None:
       first_line = line
     words.append(word)
