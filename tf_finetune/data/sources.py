@@ -421,7 +421,7 @@ def _begins_with_inside(tags):
           if tag.startswith("I-") and (i == 0 or tags[i - 1][2:] != tag[2:])]
 
 
-def iob1_to_iob2(tags):
+def _iob1_to_iob2(tags):
   """IOB1 (an entity begins with I-; B- marks one that directly follows another of its type)
   to IOB2. Written here because seqeval's IOB1 reading drops a B- that follows O; valid IOB2
   comes back unchanged."""
@@ -431,14 +431,13 @@ def iob1_to_iob2(tags):
   return tags
 
 
-def _check_tag_scheme(path, tags, origins, tag_scheme):
+def _as_iob2(tags, origins, tag_scheme):
   """iob1: the tags converted to IOB2. bioes: E- read as I-, S- as B-, then as iob2. iob2:
   the tags as written; a file where more entities begin with I- than with B- is refused (it
   is IOB1, whose entities strict IOB2 scoring and the served span decoder would not see), a
   few stray I- tags are named in a warning."""
-  from absl import logging
   if tag_scheme == "iob1":
-    return [iob1_to_iob2(sentence) for sentence in tags]
+    return [_iob1_to_iob2(sentence) for sentence in tags]
   prefixes = _PREFIXES[tag_scheme]
   tags = [[tag if tag == "O" else prefixes[tag[:2]] + tag[2:] for tag in sentence]
           for sentence in tags]
@@ -457,9 +456,9 @@ def _check_tag_scheme(path, tags, origins, tag_scheme):
         "(data.tag_scheme='iob2') those entities would be neither scored nor served. Read it "
         "with --config.data.tag_scheme=iob1, which converts its tags to IOB2")
   logging.warning(
-      "%s: tag %r continues no %s entity (%d such tag%s in the file): it is learnt as written, "
-      "strict IOB2 scoring (entity_f1) counts no entity there and conlleval's (entity_f1_"
-      "conlleval) begins one. If the file is tagged IOB1, read it with "
+      "%s: tag %r continues no %s entity (%d such tag%s in the file): it is learnt as written; "
+      "strict IOB2 scoring (entity_f1) begins no entity there, conlleval's scoring "
+      "(entity_f1_conlleval) begins one. If the file is tagged IOB1, read it with "
       "--config.data.tag_scheme=iob1", where, tag, tag[2:], len(strays),
       "" if len(strays) == 1 else "s")
   return tags
@@ -469,7 +468,7 @@ def read_conll(path, split_name="train", encoding="utf-8", keep_columns=(), tag_
   """CoNLL-style word-per-line files: the word first, its tag last, separated by a tab (or,
   on lines without one, by spaces), a blank line between sentences; -DOCSTART- lines are
   skipped. Tags are IOB2/BIO (O, B-type, I-type), or with tag_scheme="iob1" IOB1 and with
-  "bioes" BIOES (E-type, S-type too), converted to IOB2 (_check_tag_scheme).
+  "bioes" BIOES (E-type, S-type too), converted to IOB2 (_as_iob2).
 
   A line `# key = value` (CoNLL-U's sentence comments; no tab on it) gives the next sentence
   a column `key`; keep_columns names the ones kept in `TokenSplit.columns`, and every
@@ -534,7 +533,7 @@ def read_conll(path, split_name="train", encoding="utf-8", keep_columns=(), tag_
     raise DataError(f"{path}: no sentences")
   if stray:
     logging.warning("%s: removed %d stray byte-order mark(s) (U+FEFF)", path, stray)
-  tags = _check_tag_scheme(path, tags, origins, tag_scheme)
+  tags = _as_iob2(tags, origins, tag_scheme)
   return TokenSplit(split_name, tokens, tags, origins, kept)
 
 
