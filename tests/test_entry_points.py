@@ -56,8 +56,11 @@ def test_smoke_train_then_resume_then_evaluate(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--output=x"], "error: --file_source and --output go with --file"),
-    (["--file_source=tsv"], "error: --file_source and --output go with --file"),
+    (["--output=x"], "error: --file_source, --file_tag_scheme and --output go with --file"),
+    (["--file_source=tsv"], "error: --file_source, --file_tag_scheme and --output go with "
+                            "--file"),
+    (["--file_tag_scheme=iob1"], "error: --file_source, --file_tag_scheme and --output go with "
+                                 "--file"),
     (["--file=x.tsv", "--splits=dev"], "error: --file evaluates that file instead of the run's "
                                        "splits; drop --splits"),
     (["--positive_label=1"], "error: --positive_label goes with --slice_column"),

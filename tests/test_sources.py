@@ -251,7 +251,8 @@ def test_a_conll_file_tagged_bioes_is_converted_with_tag_scheme_bioes(tmp_path):
   path.write_text("EU\tS-ORG\nrejects\tO\n\nPeter\tB-PER\nvan\tI-PER\nBlackburn\tE-PER\n"
                   "John\tS-PER\n")
   with pytest.raises(DataError, match=r"ner.conll:1: tag 'S-ORG' is not O, B-<type> or "
-                                      r"I-<type> \(BIOES tags: --config.data.tag_scheme=bioes\)"):
+                                      r"I-<type>: the file looks tagged BIOES. Read it with "
+                                      r"--config.data.tag_scheme=bioes, which converts"):
     sources.read_conll(path)
   assert sources.read_conll(path, tag_scheme="bioes").tags == [
       ["B-ORG", "O"], ["B-PER", "I-PER", "I-PER", "B-PER"]]

@@ -262,6 +262,42 @@ def test_tiny_model_learns_entities_and_reports_them(ner_run):
   assert origin.endswith("ner_dev.conll:3") and len(gold.split()) == len(text.split())
 
 
+def _as_iob1(conll_text):
+  """IOB2 lines to IOB1: a B- that follows no word of its type becomes I-."""
+  lines, previous = [], "O"
+  for line in conll_text.split("\n"):
+    if "\t" in line:
+      word, tag = line.split("\t")
+      if tag.startswith("B-") and previous[2:] != tag[2:]:
+        tag = "I-" + tag[2:]
+      line, previous = f"{word}\t{tag}", tag
+    else:
+      previous = "O"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+def test_a_held_out_file_tagged_iob1_is_scored_with_evaluates_file_tag_scheme(ner_run, tmp_path):
+  iob2 = tmp_path / "iob2" / "held_out.conll"
+  iob1 = tmp_path / "iob1" / "held_out.conll"
+  for path in (iob2, iob1):
+    path.parent.mkdir()
+  iob2.write_text((NER_DATA / "ner_dev.conll").read_text())
+  iob1.write_text(_as_iob1(iob2.read_text()))
+  assert iob1.read_text() != iob2.read_text()
+  with pytest.raises(DataError, match=r"held_out.conll:3: tag 'I-person' begins an entity.*"
+                                      r"looks tagged IOB1.*served. Give --file_tag_scheme=iob1, "
+                                      r"which converts its tags to IOB2$"):
+    evaluator.evaluate_file(ner_run, iob1)
+  as_iob1 = evaluator.evaluate_file(ner_run, iob1, tag_scheme="iob1",
+                                    output=str(tmp_path / "out1"))["splits"]["held_out.conll"]
+  as_iob2 = evaluator.evaluate_file(ner_run, iob2, output=str(tmp_path / "out2"))
+  assert as_iob1 == as_iob2["splits"]["held_out.conll"] and as_iob1["num_entities"] > 0
+  with pytest.raises(ConfigError, match=r"--file_tag_scheme: .*held_out.conll is read as "
+                                       r"data.source='tsv', which has no tags"):
+    evaluator.evaluate_file(ner_run, iob1, source="tsv", tag_scheme="iob1")
+
+
 def test_export_serves_entities_with_character_offsets(ner_run):
   export = serving.export_saved_model(ner_run)
   served = tf.saved_model.load(str(export)).signatures["serving_default"]

@@ -3,12 +3,13 @@
   python -m tf_finetune.evaluate --workdir=runs/bbc [--checkpoint=best|latest|PATH] \
       [--splits=dev,test] [--slice_column=COLUMN [--positive_label=LABEL]]
   python -m tf_finetune.evaluate --workdir=runs/bbc --file=heldout.tsv [--file_source=tsv] \
-      [--output=DIR]
+      [--file_tag_scheme=iob1] [--output=DIR]
 """
 from absl import flags
 
 import tf_finetune  # noqa: F401
 from tf_finetune import cli
+from tf_finetune import config as config_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a checkpoint path.")
@@ -24,6 +25,10 @@ _FILE_SOURCE = flags.DEFINE_enum(
     "file_source", "", ["", "tsv", "csv", "jsonl", "label_first", "conll"],
     "With --file: its format (default: the run's data.source; needed for runs on bbc_news or "
     "TFDS). Its columns are the run's (data.text_column, data.label_column, ...).")
+_FILE_TAG_SCHEME = flags.DEFINE_enum(
+    "file_tag_scheme", "", ["", *config_lib.TAG_SCHEMES],
+    "With a CoNLL --file: its tag scheme (default: the run's data.tag_scheme); iob1 and bioes "
+    "are converted to IOB2, the run's tags.")
 _OUTPUT = flags.DEFINE_string(
     "output", "", "With --file: where report.json, report.txt and predictions.tsv go "
     "(default: WORKDIR/eval/<file name>/).")
@@ -36,8 +41,8 @@ def main(argv):
   del argv
   cli.import_tensorflow_quietly()
   from tf_finetune.evaluation import evaluator
-  if not _FILE.value and (_FILE_SOURCE.value or _OUTPUT.value):
-    raise SystemExit("error: --file_source and --output go with --file")
+  if not _FILE.value and (_FILE_SOURCE.value or _FILE_TAG_SCHEME.value or _OUTPUT.value):
+    raise SystemExit("error: --file_source, --file_tag_scheme and --output go with --file")
   if _POSITIVE_LABEL.value and not _SLICE_COLUMN.value:
     raise SystemExit("error: --positive_label goes with --slice_column")
   if _FILE.value and _SPLITS.value:
@@ -45,7 +50,8 @@ def main(argv):
                      "--splits")
   if _FILE.value:
     report = evaluator.evaluate_file(_WORKDIR.value, _FILE.value, _CHECKPOINT.value,
-                                     source=_FILE_SOURCE.value, output=_OUTPUT.value,
+                                     source=_FILE_SOURCE.value,
+                                     tag_scheme=_FILE_TAG_SCHEME.value, output=_OUTPUT.value,
                                      slice_column=_SLICE_COLUMN.value,
                                      positive_label=_POSITIVE_LABEL.value)
   else:

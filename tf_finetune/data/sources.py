@@ -130,6 +130,19 @@ class HeaderDelimiterError(DataError):
             f"separates the columns, {way}")
 
 
+class TagSchemeError(DataError):
+  """Tags written in another scheme than the one read: `problem` and the `scheme` that reads
+  them, so that an entry point without data.tag_scheme (evaluate --file) can name its own
+  way out."""
+
+  def __init__(self, problem, scheme):
+    self.problem, self.scheme = problem, scheme
+    super().__init__(self.with_way_out(f"Read it with --config.data.tag_scheme={scheme}"))
+
+  def with_way_out(self, way):
+    return f"{self.problem}. {way}, which converts its tags to IOB2"
+
+
 def _column_index(path, header, column, role=""):
   """role: what the column is read as ("text", "label", "text-pair"), or "" for a column
   kept beside the examples (evaluate's --slice_column)."""
@@ -449,17 +462,17 @@ def _as_iob2(tags, origins, tag_scheme):
   where, tag = f"{path_of_sentence}:{int(line) + i}", tags[s][i]
   begins = sum(t.startswith("B-") for sentence in tags for t in sentence)
   if len(strays) > begins:
-    raise DataError(
+    raise TagSchemeError(
         f"{where}: tag {tag!r} begins an entity (no {tag[2:]} word before it), as {len(strays)} "
         f"of the file's {len(strays) + begins} entities do: the file looks tagged IOB1, where "
-        "I- begins an entity (CoNLL-2003's first release is), and read as IOB2 "
-        "(data.tag_scheme='iob2') those entities would be neither scored nor served. Read it "
-        "with --config.data.tag_scheme=iob1, which converts its tags to IOB2")
+        "I- begins an entity (CoNLL-2003's first release is), and read as IOB2 those entities "
+        "would be neither scored nor served", "iob1")
   logging.warning(
       "%s: tag %r continues no %s entity (%d such tag%s in the file): it is learnt as written; "
       "strict IOB2 scoring (entity_f1) begins no entity there, conlleval's scoring "
       "(entity_f1_conlleval) begins one. If the file is tagged IOB1, read it with "
-      "--config.data.tag_scheme=iob1", where, tag, tag[2:], len(strays),
+      "--config.data.tag_scheme=iob1 (evaluate --file: --file_tag_scheme=iob1)", where, tag,
+      tag[2:], len(strays),
       "" if len(strays) == 1 else "s")
   return tags
 
@@ -520,10 +533,12 @@ def read_conll(path, split_name="train", encoding="utf-8", keep_columns=(), tag_
     if not word:
       raise DataError(f"{path}:{line}: empty word")
     if tag != "O" and not (tag[:2] in _PREFIXES[tag_scheme] and len(tag) > 2):
+      if tag[:2] in _PREFIXES["bioes"] and len(tag) > 2:
+        raise TagSchemeError(f"{path}:{line}: tag {tag!r} is not O, B-<type> or I-<type>: the "
+                             "file looks tagged BIOES", "bioes")
       raise DataError(f"{path}:{line}: tag {tag!r} is not O, " + (
           "B-<type>, I-<type>, E-<type> or S-<type>" if tag_scheme == "bioes" else
-          "B-<type> or I-<type>" + (" (BIOES tags: --config.data.tag_scheme=bioes)"
-                                    if tag[:2] in ("E-", "S-") and len(tag) > 2 else "")))
+          "B-<type> or I-<type>"))
     if first_line is None:
       first_line = line
     words.append(word)

@@ -18,15 +18,16 @@ from tf_finetune.evaluation import reports
 FILE_SOURCES = ("tsv", "csv", "jsonl", "label_first", "conll")
 
 
-def evaluate_file(workdir, file, checkpoint="best", *, source="", output="", slice_column="",
-                  positive_label=""):
+def evaluate_file(workdir, file, checkpoint="best", *, source="", tag_scheme="", output="",
+                  slice_column="", positive_label=""):
   """Evaluates the checkpoint on one labelled file the run did not read (a held-out set),
   read as the run's data files are: its data.source, columns, delimiter, encoding, screening
   and PII masking (`source` names the format for runs that read bbc_news or TFDS). Writes
   report.json (naming the file), report.txt, predictions.tsv and the plots to `output`
   (default WORKDIR/eval/<file name>/), never over the run's own eval/ files, nor over the
-  report of another file. The split is named by the file's name. The privacy a DP-SGD run
-  spent is in its own eval/report.json."""
+  report of another file. The split is named by the file's name. tag_scheme: a CoNLL file's
+  (default: the run's data.tag_scheme). The privacy a DP-SGD run spent is in its own
+  eval/report.json."""
   run = experiment.load_run(workdir, checkpoint)
   config, wd = run.config, run.workdir
   data_config = copy.deepcopy(config.data)
@@ -39,6 +40,10 @@ def evaluate_file(workdir, file, checkpoint="best", *, source="", output="", sli
   if source and source != data_config.source:
     data_config.delimiter = ""  # the format's own (tab, comma), not the run's
   data_config.source = source or data_config.source
+  if tag_scheme and data_config.source != "conll":
+    raise ConfigError(f"--file_tag_scheme: {file} is read as data.source="
+                      f"{data_config.source!r}, which has no tags (it goes with conll)")
+  data_config.tag_scheme = tag_scheme or data_config.tag_scheme
   data_config.dir = ""
   path = pathlib.Path(file).expanduser().absolute()
   out = pathlib.Path(output).expanduser() if output else wd.eval / path.name
@@ -59,6 +64,8 @@ def evaluate_file(workdir, file, checkpoint="best", *, source="", output="", sli
         f"give --file_source={source}" if source else
         "write it with tabs (--file_source=tsv) or commas (--file_source=csv), the "
         "delimiters evaluate --file reads besides the run's own")) from None
+  except sources.TagSchemeError as e:  # likewise data.tag_scheme
+    raise DataError(e.with_way_out(f"Give --file_tag_scheme={e.scheme}")) from None
   if run.task.needs_calibration:  # multi-label thresholds are tuned on the run's dev
     data["dev"] = experiment.load_data(config, run.labels, keep_in={"dev"})[0]["dev"]
   return evaluate_workdir(wd.root, checkpoint, [name], slice_column=slice_column,
