@@ -1,7 +1,10 @@
 """One process of a multi-worker test: trains a config (JSON) as `tf_finetune.train` does,
 then saves its trainable weights and prints a JSON line about itself.
 
-  TF_CONFIG='{...}' python tests/run_worker.py CONFIG_JSON WORKDIR WEIGHTS_NPZ [UNTIL_STEP]
+  TF_CONFIG='{...}' python -m tests.run_worker CONFIG_JSON WORKDIR WEIGHTS_NPZ [UNTIL_STEP]
+
+Run from the repository's root, so that it trains with the checkout's tf_finetune, as the
+tests' `python -m tf_finetune.train` does, not with another installed copy.
 """
 import json
 import pathlib
@@ -11,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tf_finetune import train  # the installed package (pip install -e .)
+from tf_finetune import train
 from tf_finetune.errors import Interrupted
 
 

@@ -42,8 +42,8 @@ def _two_workers(config, workdir, out_dir, until_step=None):
   try:
     for index, tf_config in enumerate(distribute.local_tf_configs(2)):
       env = dict(os.environ, TF_CONFIG=tf_config)
-      command = [sys.executable, str(REPO / "tests" / "run_worker.py"), str(config_path),
-                 str(workdir), str(out_dir / f"weights_{index}.npz")]
+      command = [sys.executable, "-m", "tests.run_worker", str(config_path), str(workdir),
+                 str(out_dir / f"weights_{index}.npz")]
       if until_step:
         command.append(str(until_step))
       processes.append(subprocess.Popen(command, env=env, cwd=REPO, text=True,
@@ -140,8 +140,8 @@ def _sigterm_to_worker_1_at(config, workdir, out, log_text):
       logs.append(out / f"worker_{index}.log")
       with open(logs[-1], "w") as log:
         processes.append(subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "run_worker.py"), str(config_path),
-             str(workdir), str(out / f"weights_{index}.npz")],
+            [sys.executable, "-m", "tests.run_worker", str(config_path), str(workdir),
+             str(out / f"weights_{index}.npz")],
             env=dict(os.environ, TF_CONFIG=tf_config), cwd=REPO, stdout=log, stderr=log))
     deadline = time.time() + TIMEOUT_SECONDS
     while log_text not in logs[0].read_text():
