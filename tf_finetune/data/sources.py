@@ -423,8 +423,9 @@ _CONLL_COMMENT = re.compile(r"^#\s*([A-Za-z_][\w.-]*)\s*=\s*(.*?)\s*$")
 
 
 # The tag prefixes each data.tag_scheme writes (besides O); each is read as IOB2's B- or I-.
-_PREFIXES = {"iob2": {"B-": "B-", "I-": "I-"}, "iob1": {"B-": "B-", "I-": "I-"},
-             "bioes": {"B-": "B-", "I-": "I-", "E-": "I-", "S-": "B-"}}
+_IOB_PREFIXES = {"B-": "B-", "I-": "I-"}
+_PREFIXES = {"iob2": _IOB_PREFIXES, "iob1": _IOB_PREFIXES,
+             "bioes": {**_IOB_PREFIXES, "E-": "I-", "S-": "B-"}}
 
 
 def _begins_with_inside(tags):
@@ -444,22 +445,21 @@ def _iob1_to_iob2(tags):
   return tags
 
 
-def _as_iob2(tags, origins, tag_scheme):
-  """iob1: the tags converted to IOB2. bioes: E- read as I-, S- as B-, then as iob2. iob2:
+def _as_iob2(split, tag_scheme):
+  """The tags of a TokenSplit as IOB2. iob1: the tags converted. bioes: E- read as I-, S- as B-, then as iob2. iob2:
   the tags as written; a file where more entities begin with I- than with B- is refused (it
   is IOB1, whose entities strict IOB2 scoring and the served span decoder would not see), a
   few stray I- tags are named in a warning."""
   if tag_scheme == "iob1":
-    return [_iob1_to_iob2(sentence) for sentence in tags]
+    return [_iob1_to_iob2(sentence) for sentence in split.tags]
   prefixes = _PREFIXES[tag_scheme]
   tags = [[tag if tag == "O" else prefixes[tag[:2]] + tag[2:] for tag in sentence]
-          for sentence in tags]
+          for sentence in split.tags]
   strays = [(s, i) for s, sentence in enumerate(tags) for i in _begins_with_inside(sentence)]
   if not strays:
     return tags
   s, i = strays[0]
-  path_of_sentence, line = origins[s].rsplit(":", 1)
-  where, tag = f"{path_of_sentence}:{int(line) + i}", tags[s][i]
+  where, tag = split.word_origin(s, i), tags[s][i]
   begins = sum(t.startswith("B-") for sentence in tags for t in sentence)
   if len(strays) > begins:
     raise TagSchemeError(
@@ -548,8 +548,9 @@ def read_conll(path, split_name="train", encoding="utf-8", keep_columns=(), tag_
     raise DataError(f"{path}: no sentences")
   if stray:
     logging.warning("%s: removed %d stray byte-order mark(s) (U+FEFF)", path, stray)
-  tags = _as_iob2(tags, origins, tag_scheme)
-  return TokenSplit(split_name, tokens, tags, origins, kept)
+  split = TokenSplit(split_name, tokens, tags, origins, kept)
+  split.tags = _as_iob2(split, tag_scheme)
+  return split
 
 
 def bio_entities(tags):
