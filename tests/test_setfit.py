@@ -157,6 +157,27 @@ def test_a_run_made_before_task_head_c_resumes_with_the_head_it_was_made_with(tm
   assert "head_c" not in json.loads((workdir / "config.json").read_text())["task"]
 
 
+@pytest.mark.parametrize("until_step", [3, 7])
+def test_a_run_stopped_between_evaluations_resumes_to_the_uninterrupted_weights(tmp_path,
+                                                                                until_step):
+  """The packed pair stream, dropout and the head refitted at the resume's checkpoint and
+  evaluations: a run stopped before its first evaluation (step 3) or after it (step 7) ends
+  with every variable of the uninterrupted run, head included, bit for bit."""
+  data = write_sentiment_tsv(tmp_path / "data", n_train=48, n_dev=24)
+  config = _setfit_config(data, model__dropout=0.1)
+  assert config.data.packing
+  straight = trainer_lib.Trainer(config, tmp_path / "straight")
+  straight.train()
+  trainer_lib.Trainer(config, tmp_path / "resumed").train(until_step=until_step)
+  resumed = trainer_lib.Trainer(config, tmp_path / "resumed")
+  assert resumed.step == until_step
+  resumed.train()
+  for a, b in zip(straight.model.variables, resumed.model.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+  assert (json.loads((tmp_path / "straight" / "checkpoints" / "best.json").read_text())
+          == json.loads((tmp_path / "resumed" / "checkpoints" / "best.json").read_text()))
+
+
 def test_wise_ft_evaluates_the_mix_of_start_and_trained_weights_and_trains_on_unmixed(
     tmp_path):
   """task.wise_ft_alpha=0.5: every evaluation, the best checkpoint and the last one hold
