@@ -140,6 +140,22 @@ def test_predict_cli_arguments_file_and_stdin(exported, tmp_path):
   assert [line.split("\t")[0] for line in by_stdin.stdout.strip().splitlines()] == ["four", "five"]
 
 
+@pytest.mark.slow
+def test_predict_logs_its_progress_on_stderr_not_among_the_predictions(exported, tmp_path):
+  """With every line due (EVERY_SECONDS 0), one line a batch; stdout keeps only the rows."""
+  texts = tmp_path / "texts.txt"
+  texts.write_text("one\ntwo\nthree\n")
+  run = ("import sys; from absl import app; from tf_finetune import progress, predict; "
+         "progress.EVERY_SECONDS = 0.0; app.run(predict.main, argv=sys.argv)")
+  out = subprocess.run([sys.executable, "-c", run, f"--model={exported}", f"--input={texts}",
+                        "--batch_size=2"], capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert [line.split("\t")[0] for line in out.stdout.splitlines()] == ["one", "two", "three"]
+  lines = re.findall(r"predict: (\d+) of 3 texts \((\d+)%\) \| [\d.]+ texts/s \| ETA \dm\d\ds",
+                     out.stderr)
+  assert lines == [("2", "67"), ("3", "100")], out.stderr[-2000:]
+
+
 def _predict(exported, *args, stdin=b""):
   return subprocess.run([sys.executable, "-m", "tf_finetune.predict", f"--model={exported}",
                          *args], input=stdin, capture_output=True, timeout=300, cwd=REPO)

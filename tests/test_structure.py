@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tf_finetune"
 # within their own package (a sub-package is one unit).
 LAYERS = [
     {"tf_finetune.errors"},
-    {"tf_finetune.atomic", "tf_finetune.plots", "tf_finetune.workdir_lock",
+    {"tf_finetune.atomic", "tf_finetune.plots", "tf_finetune.workdir_lock", "tf_finetune.progress",
      "tf_finetune.families", "tf_finetune.checkpoint_dirs", "tf_finetune.rendezvous"},
     {"tf_finetune.config"},
     {"tf_finetune.checkpoints", "tf_finetune.text_encoder", "tf_finetune.peft",

@@ -29,6 +29,7 @@ from tf_finetune.data import pipeline
 from tf_finetune.data import sources
 from tf_finetune.errors import ConfigError, WorkdirError
 from tf_finetune import peft
+from tf_finetune import progress
 from tf_finetune.tasks import base as tasks_base
 
 CONFIG_FILE = "config.json"
@@ -414,8 +415,9 @@ _FORWARD = weakref.WeakKeyDictionary()  # model -> its traced inference function
 _PACKED_FORWARD = weakref.WeakKeyDictionary()  # model -> (task, its traced packed forward)
 
 
-def predict_logits(model, dataset, strategy=None, task=None):
-  """Logits for every example of an eval dataset, in order.
+def predict_logits(model, dataset, strategy=None, task=None, progress_log=None):
+  """Logits for every example of an eval dataset, in order; each batch's rows are added to
+  `progress_log` (a progress.ProgressLog).
 
   With a single-client strategy, the forward pass runs on its replicas (the dataset must
   have static shapes and an example_mask, as pipeline.eval_dataset(static_shapes=True)
@@ -424,7 +426,7 @@ def predict_logits(model, dataset, strategy=None, task=None):
   task.traced_inference names, then through the layer it names, if any.
   """
   if strategy is not None:
-    return _predict_logits_distributed(model, dataset, strategy)
+    return _predict_logits_distributed(model, dataset, strategy, progress_log)
   head = None
   if task is not None:
     model, head = task.traced_inference(model)
@@ -439,7 +441,12 @@ def predict_logits(model, dataset, strategy=None, task=None):
           lambda features: model(features, training=False), autograph=False,
           input_signature=[{k: tf.TensorSpec([None, None], tf.int32) for k in MODEL_INPUTS}])
     forward, inputs = _FORWARD[model], MODEL_INPUTS
-  outputs = _concatenate([forward({k: b[k] for k in inputs}).numpy() for b in dataset])
+  outputs = []
+  for batch in dataset:
+    outputs.append(forward({k: batch[k] for k in inputs}).numpy())
+    if progress_log is not None:
+      progress_log.add(len(outputs[-1]))
+  outputs = _concatenate(outputs)
   return outputs if head is None else head(outputs).numpy()
 
 
@@ -455,7 +462,7 @@ def _concatenate(batches):
 _DISTRIBUTED_FORWARD = weakref.WeakKeyDictionary()  # model -> (strategy, traced function)
 
 
-def _predict_logits_distributed(model, dataset, strategy):
+def _predict_logits_distributed(model, dataset, strategy, progress_log=None):
   """For single-client strategies (TPUStrategy, MirroredStrategy): each global batch is
   split over the replicas in order, and the local results hold every replica's rows.
   The traced function is kept per model: each new one would retrace (on TPU, recompile)."""
@@ -471,7 +478,10 @@ def _predict_logits_distributed(model, dataset, strategy):
   for batch in strategy.experimental_distribute_dataset(dataset):
     replica_logits, replica_mask = forward(batch)
     logits += [v.numpy() for v in strategy.experimental_local_results(replica_logits)]
-    mask += [v.numpy() for v in strategy.experimental_local_results(replica_mask)]
+    batch_mask = [v.numpy() for v in strategy.experimental_local_results(replica_mask)]
+    mask += batch_mask
+    if progress_log is not None:
+      progress_log.add(sum(int(m.sum()) for m in batch_mask))
   return _concatenate(logits)[np.concatenate(mask, axis=0) > 0]
 
 
@@ -583,9 +593,15 @@ def evaluate_split(task, model, split, *, batch_size, label_values=None, static_
   """The one way to evaluate a split: (label values, logits of every example in file
   order; with data.long_text=windows, its windows' logits pooled). The task's
   report(label_values, logits, calibration) turns them into metrics.
-  With a single-client strategy and static shapes, the forward pass runs on its replicas."""
+  With a single-client strategy and static shapes, the forward pass runs on its replicas.
+  A forward pass longer than progress.EVERY_SECONDS logs its progress."""
   if label_values is None:
     label_values = task.label_values(split)
+  if task.windowed:  # counting the windows tokenizes the split: only once a line is due
+    progress_log = progress.ProgressLog(f"{split.name} forward pass",
+                                        lambda: task.window_counts(split).sum(), "windows")
+  else:
+    progress_log = progress.ProgressLog(f"{split.name} forward pass", len(split))
   packing = strategy is None and not task.packing_refusal(training=False)
   # Unpacked, each batch is padded to its longest example, so batches of similar lengths
   # pad less. Tagging keeps file order: its label values locate each word in the model's rows.
@@ -596,7 +612,8 @@ def evaluate_split(task, model, split, *, batch_size, label_values=None, static_
   dataset = pipeline.eval_dataset(batched_split, batched_values, task, batch_size=batch_size,
                                   static_shapes=static_shapes, packing=packing)
   logits = task.example_logits(
-      batched_split, predict_logits(model, dataset, strategy, task if packing else None))
+      batched_split, predict_logits(model, dataset, strategy, task if packing else None,
+                                    progress_log))
   if order is not None:
     in_file_order = np.empty_like(logits)
     in_file_order[order] = logits

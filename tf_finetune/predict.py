@@ -17,7 +17,8 @@ Input lines: output line i is input line i. A blank input line gets an output li
 fields are empty (TSV) or null with "blank": true (JSON lines), and is not sent to the
 model. Input that is not UTF-8 stops with its line number before anything is printed,
 unless --errors=replace, which writes U+FFFD for the bad bytes and says how many lines had
-them. Empty input is an error.
+them. Empty input is an error. Work longer than 30 s logs a progress line (texts/s, ETA) on
+stderr every 30 s.
 
 Ensembles: `--model=A --model=B ...` (exports of classification runs with the same labels,
 or of regression runs) averages the models' probabilities (or scores) per text.
@@ -30,6 +31,7 @@ from absl import app
 from absl import flags
 
 from tf_finetune import cli
+from tf_finetune import progress
 from tf_finetune.data.labels import LabelVocabulary
 from tf_finetune.errors import WorkdirError
 from tf_finetune.export import WARMUP_FILE
@@ -253,6 +255,7 @@ def main(argv):
   cli.import_tensorflow_quietly()
   predict = Predictor(_MODEL.value)
   names = None  # the output fields, from the first batch the model answers
+  progress_log = progress.ProgressLog("predict", len(texts), unit="texts")  # on stderr
   for start in range(0, len(texts), _BATCH.value):
     batch = texts[start:start + _BATCH.value]
     asked = [t for t in batch if t.strip()]
@@ -269,6 +272,7 @@ def main(argv):
         print("\t".join([text] + [_tsv(v) for v in fields.values()]))
       else:  # a blank line: as many (empty) columns as the others
         print("\t".join([text] + [""] * len(names or [])))
+    progress_log.add(len(batch))
 
 
 def _tsv(value):

@@ -33,6 +33,7 @@ from tf_finetune import experiment
 from tf_finetune import peft
 from tf_finetune import plots
 from tf_finetune import privacy
+from tf_finetune import progress
 from tf_finetune import workdir_lock
 from tf_finetune.data import augment
 from tf_finetune.data import packing
@@ -71,12 +72,6 @@ class Preempted(Interrupted):
     name = signal.Signals(signum).name
     super().__init__(f"{name} received: saved {path} at step {step}; run the same command "
                      "to resume", exit_code=128 + signum)
-
-
-def _format_duration(seconds):
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class Trainer:
@@ -810,7 +805,7 @@ class Trainer:
           logging.info("step %d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.2f steps/s | "
                        "%.1f examples/s | ETA %s", step, self.total_steps, mean_loss, lr,
                        float(norm), steps_per_sec, steps_per_sec * self.global_batch_size,
-                       _format_duration(eta))
+                       progress.format_duration(eta))
           scalars = {
               "loss": mean_loss, "learning_rate": lr, "grad_norm": float(norm),
               "steps_per_sec": steps_per_sec,
