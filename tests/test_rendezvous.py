@@ -119,7 +119,10 @@ def test_ctrl_c_stops_a_worker_waiting_for_its_cluster(tmp_path):
       [sys.executable, "-m", "tf_finetune.train", "--config=configs/smoke.py",
        f"--workdir={tmp_path / 'run'}", "--config.distribution.strategy=multi_worker",
        "--config.distribution.cluster_wait_seconds=0"],
-      env=dict(os.environ, TF_CONFIG=tf_config), cwd=REPO, stderr=subprocess.PIPE, text=True)
+      env=dict(os.environ, TF_CONFIG=tf_config), cwd=REPO, stderr=subprocess.PIPE, text=True,
+      # As started from a terminal: a test run started in the background (`nohup ... &`)
+      # ignores SIGINT, and its children would inherit that and never see the Ctrl-C.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     seen = []
     for line in process.stderr:  # until the worker says whom it waits for
