@@ -23,9 +23,9 @@ def _lines(caplog, what):
 
 
 def test_a_line_every_interval_with_the_rate_and_the_time_left(caplog):
+  assert progress.EVERY_SECONDS == 30
   clock, totals = FakeClock(), []
-  log = progress.ProgressLog("dev forward pass", lambda: totals.append(1) or 400, every=30,
-                             clock=clock)
+  log = progress.ProgressLog("dev forward pass", lambda: totals.append(1) or 400, clock=clock)
   with caplog.at_level(logging.INFO, logger="absl"):
     for seconds, count in ((10, 40), (29, 40), (40, 120), (50, 40), (71, 40), (80, 40)):
       clock.now = 100.0 + seconds
@@ -38,7 +38,7 @@ def test_a_line_every_interval_with_the_rate_and_the_time_left(caplog):
 
 def test_work_shorter_than_the_interval_logs_nothing(caplog):
   clock = FakeClock()
-  log = progress.ProgressLog("predict", 10, unit="texts", every=30, clock=clock)
+  log = progress.ProgressLog("predict", 10, unit="texts", clock=clock)
   with caplog.at_level(logging.INFO, logger="absl"):
     for _ in range(10):
       clock.now += 2.9

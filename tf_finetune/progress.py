@@ -20,9 +20,9 @@ class ProgressLog:
   line, so that a log file keeps them as the trainer's step lines are kept. `total` may be
   a function, called once, when the first line is due (a count that costs work to make)."""
 
-  def __init__(self, what, total, unit="examples", every=None, clock=time.monotonic):
+  def __init__(self, what, total, unit="examples", clock=time.monotonic):
     self.what, self.total, self.unit = what, total, unit
-    self.every = EVERY_SECONDS if every is None else every
+    self.every = EVERY_SECONDS
     self.clock = clock
     self.start = self.last = clock()
     self.done = 0

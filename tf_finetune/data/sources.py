@@ -446,10 +446,10 @@ def _iob1_to_iob2(tags):
 
 
 def _as_iob2(split, tag_scheme):
-  """The tags of a TokenSplit as IOB2. iob1: the tags converted. bioes: E- read as I-, S- as B-, then as iob2. iob2:
-  the tags as written; a file where more entities begin with I- than with B- is refused (it
-  is IOB1, whose entities strict IOB2 scoring and the served span decoder would not see), a
-  few stray I- tags are named in a warning."""
+  """The tags of a TokenSplit as IOB2. iob1: the tags converted. bioes: E- read as I-, S- as
+  B-, then as iob2. iob2: the tags as written; a file where more entities begin with I- than
+  with B- is refused (it is IOB1, whose entities strict IOB2 scoring and the served span
+  decoder would not see), a few stray I- tags are named in a warning."""
   if tag_scheme == "iob1":
     return [_iob1_to_iob2(sentence) for sentence in split.tags]
   prefixes = _PREFIXES[tag_scheme]
