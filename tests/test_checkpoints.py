@@ -105,7 +105,7 @@ def test_a_tokenizer_json_whose_ids_are_not_each_used_once_is_refused(tmp_path, 
     checkpoints.read_tokenizer_spec(directory)
 
 
-def test_checkpoint_files_of_the_wrong_form_are_refused_naming_the_file(tmp_path):
+def test_checkpoint_files_of_the_wrong_form_are_refused_naming_the_file(tmp_path, capfd):
   """Damage that keeps the JSON valid (a field of another type, a field missing), as a
   mutation fuzzer of the tiny checkpoints' files found it: one line naming the file, where
   each of these ended in a TypeError, KeyError, IndexError or a panic of tokenizers."""
@@ -125,9 +125,11 @@ def test_checkpoint_files_of_the_wrong_form_are_refused_naming_the_file(tmp_path
   assert "the tokenizers library cannot read it (" in damaged("bert", "tokenizer.json", id_as_list)
   assert "the file is damaged" in damaged(
       "roberta", "tokenizer.json", lambda spec: spec["model"].pop("vocab"))
+  capfd.readouterr()
   assert "the tokenizers library cannot read it" in damaged(  # a panic in tokenizers' Rust
       "xlm-roberta", "tokenizer.json", lambda spec: spec["normalizer"].pop(
           "precompiled_charsmap"))
+  assert "panicked" not in capfd.readouterr().err  # the error quotes the panic's message
   assert "model_type=['bert'] is not supported" in damaged(
       "bert", "config.json", lambda config: config.update(model_type=["bert"]))
 

@@ -188,6 +188,25 @@ def test_predict_keeps_one_output_line_per_input_line(exported):
   assert len(rows) == 3 and len({len(r) for r in rows}) == 1 and rows[1][1:] == ["", "", ""]
 
 
+def test_predict_refuses_a_tab_that_would_shift_the_tsv_columns(exported, tmp_path):
+  """A single-text model reads a whole line as its text: a line holding a tab (a TSV data
+  file given as input, text<TAB>label) would be predicted with its label's word in the text
+  and printed with a column too many. TSV output refuses it naming the line; JSON lines keep
+  the text as it is."""
+  texts = tmp_path / "dev.tsv"
+  texts.write_text("a wonderful film\na dull mess\t0\n")
+  out = _predict(exported, f"--input={texts}")
+  assert _refusal(out) == [
+      f"error: {texts}:2: the text holds a tab, which would add a column to the TSV output "
+      "(and a data file's columns would be read as one text); give one text per line, or "
+      "--output_format=jsonl to predict on the line as it is; nothing was predicted"]
+  assert _refusal(_predict(exported, "fine", "one\ttwo"))[0].startswith("error: argument 2: ")
+  kept = _predict(exported, f"--input={texts}", "--output_format=jsonl")
+  assert kept.returncode == 0, kept.stderr[-2000:]
+  assert [json.loads(l)["text"] for l in kept.stdout.decode().splitlines()] == [
+      "a wonderful film", "a dull mess\t0"]
+
+
 def test_predict_stops_on_bytes_that_are_not_utf8_before_printing_anything(exported, tmp_path):
   texts = tmp_path / "texts.txt"
   texts.write_bytes(b"fine\nbad \xff byte\nfine again\n")
@@ -411,6 +430,17 @@ def test_sentence_pair_export_takes_two_strings(tmp_path):
   assert features["segment_ids"].numpy().tolist() == [[0] * 6 + [1] * 4]
   by_ids = model.signatures["token_ids"](**features)
   np.testing.assert_allclose(by_ids["logits"].numpy()[0], out["logits"].numpy()[0], atol=1e-6)
+  # predict reads text<TAB>pair; a line with no tab (or two) was read as a text and an empty
+  # (or tab-holding) pair: refused, naming the line, before anything is predicted.
+  answered = _predict(exported, stdin=b"the film was long\tit is long\n\nx\ty\n")
+  assert answered.returncode == 0, answered.stderr[-2000:]
+  rows = [line.split("\t") for line in answered.stdout.decode().splitlines()]
+  assert [r[:2] for r in rows] == [["the film was long", "it is long"], ["", ""], ["x", "y"]]
+  np.testing.assert_allclose(float(rows[0][3]), out["probabilities"].numpy()[0].max(), atol=1e-5)
+  for line, tabs in ((b"the film was long it is long", 0), (b"a\tb\tc", 2)):
+    assert _refusal(_predict(exported, stdin=b"x\ty\n" + line + b"\n")) == [
+        f"error: standard input:2: a sentence-pair model takes text<TAB>pair, one tab; this "
+        f"line holds {tabs}; nothing was predicted"]
 
 
 def test_tflite_runs_in_the_interpreter_close_to_the_saved_model(run_dir, exported):

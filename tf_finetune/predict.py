@@ -4,7 +4,8 @@
   python -m tf_finetune.predict --model=EXPORT_DIR --input=texts.txt --output_format=jsonl
   cat texts.txt | python -m tf_finetune.predict --model=EXPORT_DIR
 
-One text per argument or per input line (for sentence-pair models: text<TAB>pair). Prints,
+One text per argument or per input line (for sentence-pair models: text<TAB>pair, one tab;
+a single-text model's line holds no tab, unless --output_format=jsonl). Prints,
 as TSV (default) or JSON lines, the text and: label and probability (classification), the
 predicted labels (multi-label, at the thresholds tuned on dev), the score (regression), or
 the entities (tagging): in TSV `type[start:end]=surface (score)` joined by "; ", in JSON
@@ -33,7 +34,7 @@ from absl import flags
 from tf_finetune import cli
 from tf_finetune import progress
 from tf_finetune.data.labels import LabelVocabulary
-from tf_finetune.errors import WorkdirError
+from tf_finetune.errors import UserError, WorkdirError
 from tf_finetune.export import WARMUP_FILE
 
 _MODEL = flags.DEFINE_multi_string(
@@ -254,6 +255,7 @@ def main(argv):
   texts = cli.read_texts(argv[1:], _INPUT.value, _ERRORS.value)
   cli.import_tensorflow_quietly()
   predict = Predictor(_MODEL.value)
+  _check_tabs(texts, argv[1:], predict.has_pairs)
   names = None  # the output fields, from the first batch the model answers
   progress_log = progress.ProgressLog("predict", len(texts), unit="texts")  # on stderr
   for start in range(0, len(texts), _BATCH.value):
@@ -273,6 +275,26 @@ def main(argv):
       else:  # a blank line: as many (empty) columns as the others
         print("\t".join([text] + [""] * len(names or [])))
     progress_log.add(len(batch))
+
+
+def _check_tabs(texts, arguments, has_pairs):
+  """Tabs make the columns: a sentence-pair model's line is text<TAB>pair, and a TSV output
+  row is the text, then the outputs. A line they would split otherwise is refused before
+  anything is predicted."""
+  source = _INPUT.value if _INPUT.value and _INPUT.value != "-" else "standard input"
+  for number, text in enumerate(texts, start=1):
+    tabs = text.count("\t")
+    if not text.strip() or tabs == int(has_pairs) or (tabs and _FORMAT.value == "jsonl"
+                                                      and not has_pairs):
+      continue
+    where = f"argument {number}" if arguments else f"{source}:{number}"
+    if has_pairs:
+      raise UserError(f"{where}: a sentence-pair model takes text<TAB>pair, one tab; this "
+                      f"line holds {tabs}; nothing was predicted")
+    raise UserError(f"{where}: the text holds a tab, which would add a column to the TSV "
+                    "output (and a data file's columns would be read as one text); give one "
+                    "text per line, or --output_format=jsonl to predict on the line as it is; "
+                    "nothing was predicted")
 
 
 def _tsv(value):
