@@ -174,6 +174,15 @@ def test_explain_command_prints_and_writes_the_page(keyword_run, tmp_path):
        "--label=maybe", "x"], capture_output=True, text=True, cwd=REPO, timeout=600)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
       "error: --label='maybe': not an output of this run (0, 1)")
+  texts = tmp_path / "texts.txt"  # before, lines 1-2 were explained, then a blank line 3 refused
+  texts.write_text("the superb cast\na plot\n\nthe end\n")
+  blank = subprocess.run(
+      [sys.executable, "-m", "tf_finetune.explain", f"--workdir={keyword_run.workdir.root}",
+       f"--input={texts}", f"--output={out}"], capture_output=True, text=True, cwd=REPO,
+      timeout=600)
+  assert blank.returncode == 1 and blank.stdout == ""
+  assert blank.stderr.strip().splitlines()[-1] == (
+      f"error: {texts}:3: the text is blank; nothing was explained")
   folder = tmp_path / "pages"
   folder.mkdir()
   taken = subprocess.run(  # refused before any text is explained, naming --output itself

@@ -10,7 +10,7 @@ from tests.conftest import SHARED, requires_shared
 from tf_finetune import config as config_lib
 from tf_finetune.data import labels as labels_lib
 from tf_finetune.data import sources
-from tf_finetune.errors import DataError
+from tf_finetune.errors import DataError, UserError
 
 
 def test_tsv_with_pairs_and_quotes(tmp_path):
@@ -521,3 +521,15 @@ def test_texts_to_predict_may_come_compressed(tmp_path):
   path = tmp_path / "texts.txt.gz"
   path.write_bytes(gzip.compress("one\n\ncaf\u00e9\n".encode()))
   assert cli.read_texts([], str(path)) == ["one", "", "café"]
+
+
+def test_a_pair_line_needs_one_tab_and_the_error_says_where_it_came_from():
+  from tf_finetune import cli
+  cli.check_pair_lines(["a\tb", "", " \t ", "c\t"], [], "texts.txt", "predict")  # blank; empty pair
+  with pytest.raises(UserError, match=r"^texts.txt:2: a sentence-pair model takes text<TAB>pair, "
+                     r"one tab; this line holds 0; nothing was explained$"):
+    cli.check_pair_lines(["a\tb", "a b"], [], "texts.txt", "explain")
+  with pytest.raises(UserError, match=r"^argument 1: .* this line holds 2; nothing was predicted"):
+    cli.check_pair_lines(["a\tb\tc"], ["a\tb\tc"], None, "predict")
+  with pytest.raises(UserError, match=r"^standard input:1: "):
+    cli.check_pair_lines(["ab"], [], "-", "predict")

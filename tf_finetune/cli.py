@@ -163,6 +163,23 @@ def run(main):
   app.run(guard(no_arguments), flags_parser=parse_flags)
 
 
+def text_place(arguments, input_path, number):
+  """Where read_texts' text `number` (from 1) came from, for messages."""
+  if arguments:
+    return f"argument {number}"
+  return f"{input_path if input_path and input_path != '-' else 'standard input'}:{number}"
+
+
+def check_pair_lines(texts, arguments, input_path, verb):
+  """A sentence-pair model's line is text<TAB>pair, one tab (blank lines aside): a line
+  with none would be read with an empty pair, one with two with a tab in its pair."""
+  for number, text in enumerate(texts, start=1):
+    if text.strip() and text.count("\t") != 1:
+      raise UserError(f"{text_place(arguments, input_path, number)}: a sentence-pair model "
+                      f"takes text<TAB>pair, one tab; this line holds {text.count(chr(9))}; "
+                      f"nothing was {verb}ed")
+
+
 def read_texts(arguments, input_path, errors="strict", verb="predict"):
   """The texts, one per argument or per line of input_path (None or "-": standard input;
   a gzip, bzip2 or xz file is read as the text it holds); blank lines kept, as "".

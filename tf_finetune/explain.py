@@ -3,7 +3,8 @@
   python -m tf_finetune.explain --workdir=runs/sst2 "a gripping, funny film" "dull"
   python -m tf_finetune.explain --workdir=runs/sst2 --input=texts.txt --label=0 --steps=64
 
-One text per argument or per input line (sentence-pair runs: text<TAB>pair). Prints, per
+One text per argument or per input line (sentence-pair runs: text<TAB>pair, one tab; a
+blank or malformed line is refused, naming it, before any text is explained). Prints, per
 text and explained output, each word's and each wordpiece's attribution and the
 completeness gap (sum of attributions minus logit(text) - logit(baseline)); writes an HTML
 page with the words shaded (default WORKDIR/explain/explanations.html) and the same figures
@@ -39,22 +40,24 @@ def main(argv):
   from tf_finetune import experiment
   from tf_finetune.evaluation import explain
   texts = cli.read_texts(argv[1:], _INPUT.value, verb="explain")
+  blank = next((n for n, text in enumerate(texts, start=1) if not text.strip()), None)
+  if blank:
+    raise UserError(f"{cli.text_place(argv[1:], _INPUT.value, blank)}: the text is blank; "
+                    "nothing was explained")
   run = experiment.load_run(_WORKDIR.value, _CHECKPOINT.value)
   pairs = bool(run.config.data.text_pair_column)
+  if pairs:
+    cli.check_pair_lines(texts, argv[1:], _INPUT.value, "explain")
   explainer = explain.IntegratedGradients(run, _STEPS.value, _MAX_STEPS.value, _MAX_GAP.value)
   output = pathlib.Path(_OUTPUT.value or run.workdir.root / "explain" / "explanations.html")
   if output.is_dir():
     raise UserError(f"--output={output}: is a directory; give the HTML page's file name")
   atomic.writable_directory(output.parent)
   explanations = []
-  for number, text in enumerate(texts, start=1):
-    if not text.strip():
-      raise UserError(f"text {number} is blank; nothing to explain")
+  for text in texts:
     pair = None
     if pairs:
-      if "\t" not in text:
-        raise UserError(f"text {number}: this run reads sentence pairs; write text<TAB>pair")
-      text, pair = text.split("\t", 1)
+      text, pair = text.split("\t")
     for e in explainer.explain(text, pair, _LABEL.value or None):
       explanations.append(e)
       print("\n".join(explain.text_lines(e)))

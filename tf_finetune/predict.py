@@ -281,20 +281,18 @@ def _check_tabs(texts, arguments, has_pairs):
   """Tabs make the columns: a sentence-pair model's line is text<TAB>pair, and a TSV output
   row is the text, then the outputs. A line they would split otherwise is refused before
   anything is predicted."""
-  source = _INPUT.value if _INPUT.value and _INPUT.value != "-" else "standard input"
+  if has_pairs:
+    cli.check_pair_lines(texts, arguments, _INPUT.value, "predict")
+    return
+  if _FORMAT.value == "jsonl":
+    return
   for number, text in enumerate(texts, start=1):
-    tabs = text.count("\t")
-    if not text.strip() or tabs == int(has_pairs) or (tabs and _FORMAT.value == "jsonl"
-                                                      and not has_pairs):
-      continue
-    where = f"argument {number}" if arguments else f"{source}:{number}"
-    if has_pairs:
-      raise UserError(f"{where}: a sentence-pair model takes text<TAB>pair, one tab; this "
-                      f"line holds {tabs}; nothing was predicted")
-    raise UserError(f"{where}: the text holds a tab, which would add a column to the TSV "
-                    "output (and a data file's columns would be read as one text); give one "
-                    "text per line, or --output_format=jsonl to predict on the line as it is; "
-                    "nothing was predicted")
+    if "\t" in text:
+      raise UserError(f"{cli.text_place(arguments, _INPUT.value, number)}: the text holds a "
+                      "tab, which would add a column to the TSV output (and a data file's "
+                      "columns would be read as one text); give one text per line, or "
+                      "--output_format=jsonl to predict on the line as it is; nothing was "
+                      "predicted")
 
 
 def _tsv(value):
