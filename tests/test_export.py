@@ -188,11 +188,12 @@ def test_predict_keeps_one_output_line_per_input_line(exported):
   assert len(rows) == 3 and len({len(r) for r in rows}) == 1 and rows[1][1:] == ["", "", ""]
 
 
-def test_predict_refuses_a_tab_that_would_shift_the_tsv_columns(exported, tmp_path):
+def test_predict_refuses_a_tab_or_carriage_return_that_would_break_the_tsv_output(exported, tmp_path):
   """A single-text model reads a whole line as its text: a line holding a tab (a TSV data
   file given as input, text<TAB>label) would be predicted with its label's word in the text
-  and printed with a column too many. TSV output refuses it naming the line; JSON lines keep
-  the text as it is."""
+  and printed with a column too many; a carriage return inside a line (a file of old Mac
+  line endings, read as one text) is a row break to pandas. TSV output refuses them, naming
+  the line; JSON lines keep the text as it is."""
   texts = tmp_path / "dev.tsv"
   texts.write_text("a wonderful film\na dull mess\t0\n")
   out = _predict(exported, f"--input={texts}")
@@ -201,6 +202,13 @@ def test_predict_refuses_a_tab_that_would_shift_the_tsv_columns(exported, tmp_pa
       "(and a data file's columns would be read as one text); give one text per line, or "
       "--output_format=jsonl to predict on the line as it is; nothing was predicted"]
   assert _refusal(_predict(exported, "fine", "one\ttwo"))[0].startswith("error: argument 2: ")
+  old_mac = _refusal(_predict(exported, stdin=b"a wonderful film\ra dull mess\r"))
+  assert old_mac == [
+      "error: standard input:1: the text holds a carriage return (\\r) that does not end the "
+      "line, which readers of the TSV output (pandas among them) take for a line break (a file "
+      "whose lines end in \\r alone is read as one text); give one text per line, ended by "
+      "\\n or \\r\\n, or --output_format=jsonl to predict on the line as it is; nothing was "
+      "predicted"]
   kept = _predict(exported, f"--input={texts}", "--output_format=jsonl")
   assert kept.returncode == 0, kept.stderr[-2000:]
   assert [json.loads(l)["text"] for l in kept.stdout.decode().splitlines()] == [
@@ -283,6 +291,23 @@ def test_predict_on_an_export_with_damaged_variables_says_so_in_one_line(exporte
   assert message[-1].startswith(f"error: {copy}: cannot load a SavedModel ("), message
   assert message[-1].endswith("): its variables/ files are damaged (cut short, garbled or "
                               "missing); export the run again"), message[-1]
+
+
+def test_a_fingerprint_cut_short_at_any_byte_is_refused(exported, tmp_path):
+  """fingerprint.pb is a protocol buffer, which a cut between two of its fields (or to
+  nothing) leaves readable, with the fields after the cut zero: such a file was taken for
+  one from another way of hashing (its version 0) and the export loaded unchecked. In the
+  CLI test below, that was the fate of a cut at byte 10 whenever the first hash's varint
+  was 9 bytes long, about one export in two."""
+  from tf_finetune import predict
+  copy = tmp_path / "1"
+  shutil.copytree(exported, copy)
+  content = (copy / "fingerprint.pb").read_bytes()
+  assert predict._damaged_by_fingerprint(str(copy)) is None
+  for length in range(len(content)):
+    (copy / "fingerprint.pb").write_bytes(content[:length])
+    assert predict._damaged_by_fingerprint(str(copy)).startswith(
+        "its fingerprint.pb cannot be read ("), length
 
 
 @pytest.mark.parametrize("damage", ["graph", "fingerprint cut short", "graph, no fingerprint",

@@ -82,6 +82,16 @@ def _damaged_by_fingerprint(path):
         pywrap_saved_model.fingerprinting.CreateFingerprintDef(str(path)))
   except Exception:  # noqa: BLE001
     return None
+  # A protocol buffer cut between two fields (or to nothing) still parses, without the
+  # fields after the cut; every way of hashing writes its version, and the same way writes
+  # the fields the recomputation holds (a hash of zero, which counts as absent, has odds of
+  # 2**-64).
+  held = {field.name for field, _ in fingerprint_pb2.FingerprintDef.FromString(
+      (pathlib.Path(path) / "fingerprint.pb").read_bytes()).ListFields()}
+  missing = [field.name for field, _ in now.ListFields() if field.name not in held]
+  if "version" in missing or (now.version.producer == recorded.version.producer and missing):
+    return (f"its fingerprint.pb cannot be read (it holds no {', '.join(missing)}: the file "
+            "ends before its last fields)")
   if now.version.producer != recorded.version.producer:  # another way of hashing
     return None
   if now.saved_model_checksum != recorded.saved_model_checksum:
@@ -293,6 +303,13 @@ def _check_tabs(texts, arguments, has_pairs):
                       "columns would be read as one text); give one text per line, or "
                       "--output_format=jsonl to predict on the line as it is; nothing was "
                       "predicted")
+    if "\r" in text:  # read_texts has taken off a \r that ends a line
+      raise UserError(f"{cli.text_place(arguments, _INPUT.value, number)}: the text holds a "
+                      "carriage return (\\r) that does not end the line, which readers of the "
+                      "TSV output (pandas among them) take for a line break (a file whose "
+                      "lines end in \\r alone is read as one text); give one text per line, "
+                      "ended by \\n or \\r\\n, or --output_format=jsonl to predict on the "
+                      "line as it is; nothing was predicted")
 
 
 def _tsv(value):
