@@ -466,6 +466,8 @@ def test_sentence_pair_export_takes_two_strings(tmp_path):
     assert _refusal(_predict(exported, stdin=b"x\ty\n" + line + b"\n")) == [
         f"error: standard input:2: a sentence-pair model takes text<TAB>pair, one tab; this "
         f"line holds {tabs}; nothing was predicted"]
+  assert _refusal(_predict(exported, stdin=b"x\ty\rz\n"))[0].startswith(
+      "error: standard input:1: the text holds a carriage return")
 
 
 def test_tflite_runs_in_the_interpreter_close_to_the_saved_model(run_dir, exported):

@@ -174,10 +174,11 @@ def check_pair_lines(texts, arguments, input_path, verb):
   """A sentence-pair model's line is text<TAB>pair, one tab (blank lines aside): a line
   with none would be read with an empty pair, one with two with a tab in its pair."""
   for number, text in enumerate(texts, start=1):
-    if text.strip() and text.count("\t") != 1:
+    tabs = text.count("\t")
+    if text.strip() and tabs != 1:
       raise UserError(f"{text_place(arguments, input_path, number)}: a sentence-pair model "
-                      f"takes text<TAB>pair, one tab; this line holds {text.count(chr(9))}; "
-                      f"nothing was {verb}ed")
+                      f"takes text<TAB>pair, one tab; this line holds {tabs}; nothing was "
+                      f"{verb}ed")
 
 
 def read_texts(arguments, input_path, errors="strict", verb="predict"):

@@ -265,7 +265,7 @@ def main(argv):
   texts = cli.read_texts(argv[1:], _INPUT.value, _ERRORS.value)
   cli.import_tensorflow_quietly()
   predict = Predictor(_MODEL.value)
-  _check_tabs(texts, argv[1:], predict.has_pairs)
+  _check_lines(texts, argv[1:], predict.has_pairs)
   names = None  # the output fields, from the first batch the model answers
   progress_log = progress.ProgressLog("predict", len(texts), unit="texts")  # on stderr
   for start in range(0, len(texts), _BATCH.value):
@@ -287,17 +287,16 @@ def main(argv):
     progress_log.add(len(batch))
 
 
-def _check_tabs(texts, arguments, has_pairs):
-  """Tabs make the columns: a sentence-pair model's line is text<TAB>pair, and a TSV output
-  row is the text, then the outputs. A line they would split otherwise is refused before
-  anything is predicted."""
+def _check_lines(texts, arguments, has_pairs):
+  """Tabs make columns and line breaks rows: a sentence-pair model's line is text<TAB>pair,
+  and a TSV output row is the line, then the outputs. A line they would split otherwise is
+  refused before anything is predicted."""
   if has_pairs:
     cli.check_pair_lines(texts, arguments, _INPUT.value, "predict")
-    return
   if _FORMAT.value == "jsonl":
     return
   for number, text in enumerate(texts, start=1):
-    if "\t" in text:
+    if "\t" in text and not has_pairs:
       raise UserError(f"{cli.text_place(arguments, _INPUT.value, number)}: the text holds a "
                       "tab, which would add a column to the TSV output (and a data file's "
                       "columns would be read as one text); give one text per line, or "
