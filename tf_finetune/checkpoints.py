@@ -211,7 +211,11 @@ def _rust_panic_messages_removed_from_stderr():
   Here stderr goes to a file meanwhile, and what else was written there is passed on.
   Written by hand: Python cannot replace a Rust library's panic hook."""
   sys.stderr.flush()
-  stderr = os.dup(2)
+  try:
+    stderr = os.dup(2)
+  except OSError:  # no stderr (closed by a daemon): nothing to keep clean
+    yield
+    return
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
