@@ -163,11 +163,13 @@ def run(main):
   app.run(guard(no_arguments), flags_parser=parse_flags)
 
 
+def _input_name(input_path):
+  return input_path if input_path and input_path != "-" else "standard input"
+
+
 def text_place(arguments, input_path, number):
   """Where read_texts' text `number` (from 1) came from, for messages."""
-  if arguments:
-    return f"argument {number}"
-  return f"{input_path if input_path and input_path != '-' else 'standard input'}:{number}"
+  return f"argument {number}" if arguments else f"{_input_name(input_path)}:{number}"
 
 
 def check_pair_lines(texts, arguments, input_path, verb):
@@ -188,14 +190,14 @@ def read_texts(arguments, input_path, errors="strict", verb="predict"):
   (U+FFFD, counted on stderr)."""
   if arguments:
     return list(arguments)
-  if input_path and input_path != "-":
-    name = input_path
+  name = _input_name(input_path)
+  if name == input_path:
     try:
       data = sources.read_data_file(name)
     except OSError as e:
       raise UserError(f"--input={name}: {e.strerror}") from None
   else:
-    name, data = "standard input", sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read()
   if not data:
     raise UserError(f"no text to {verb}: {name} is empty")
   lines = data.split(b"\n")
@@ -208,7 +210,8 @@ def read_texts(arguments, input_path, errors="strict", verb="predict"):
       texts.append(line.decode("utf-8"))
     except UnicodeDecodeError as e:
       if errors == "strict":
-        raise UserError(f"{name}:{number}: bytes {line[e.start:e.end]!r} are not valid UTF-8; "
+        raise UserError(f"{text_place([], input_path, number)}: bytes "
+                        f"{line[e.start:e.end]!r} are not valid UTF-8; "
                         f"nothing was {verb}ed (--errors=replace reads them as U+FFFD)") from None
       texts.append(line.decode("utf-8", errors="replace"))
       replaced += 1

@@ -68,14 +68,14 @@ def _damaged_by_fingerprint(path):
   (TensorFlow before 2.12), or when the recomputation fails (the load then says why). A
   damaged graph can fail anywhere in TensorFlow's loader or crash the process when called
   (a segmentation fault, found by tools/fuzz_files.py), so it is refused before loading."""
-  import tensorflow as tf
   from tensorflow.core.protobuf import fingerprint_pb2
   from tensorflow.python.saved_model import pywrap_saved_model
-  if not (pathlib.Path(path) / "fingerprint.pb").is_file():
+  file = pathlib.Path(path) / "fingerprint.pb"
+  if not file.is_file():
     return None
   try:
-    recorded = tf.saved_model.experimental.read_fingerprint(path)
-  except Exception as e:  # noqa: BLE001; TF raises RuntimeError or FileNotFoundError
+    recorded = fingerprint_pb2.FingerprintDef.FromString(file.read_bytes())
+  except Exception as e:  # noqa: BLE001; protobuf's DecodeError, or an OSError
     return f"its fingerprint.pb cannot be read ({str(e).strip().splitlines()[-1][:200]})"
   try:
     now = fingerprint_pb2.FingerprintDef.FromString(
@@ -86,8 +86,7 @@ def _damaged_by_fingerprint(path):
   # fields after the cut; every way of hashing writes its version, and the same way writes
   # the fields the recomputation holds (a hash of zero, which counts as absent, has odds of
   # 2**-64).
-  held = {field.name for field, _ in fingerprint_pb2.FingerprintDef.FromString(
-      (pathlib.Path(path) / "fingerprint.pb").read_bytes()).ListFields()}
+  held = {field.name for field, _ in recorded.ListFields()}
   missing = [field.name for field, _ in now.ListFields() if field.name not in held]
   if "version" in missing or (now.version.producer == recorded.version.producer and missing):
     return (f"its fingerprint.pb cannot be read (it holds no {', '.join(missing)}: the file "
